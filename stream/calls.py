@@ -1,0 +1,91 @@
+"""The one internal type every stage works on: a decoded analytics call and where it came from.
+
+`normalize` turns a decoded Avro record (or a Segment JSON call, for `produce` and the event
+tester) into a `Call`. JSON-typed fields (traits, properties, context) are parsed here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from stream.errors import DecodeError
+
+CallType = Literal["identify", "track", "alias", "page"]
+CALL_TYPES: tuple[CallType, ...] = ("identify", "track", "alias", "page")
+
+
+@dataclass(slots=True)
+class Source:
+    """Where a record came from: the ack stage and dead letters need it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    """A Segment-model call: identify, track, alias or page."""
+
+    type: CallType
+    message_id: str
+    timestamp: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+    event: str | None = None
+    name: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_object(record: dict[str, Any], key: str) -> dict[str, Any]:
+    raw = record.get(key)
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"field '{key}' is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise DecodeError(f"field '{key}' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def normalize(call_type: str, record: dict[str, Any]) -> Call:
+    """Build a `Call` from an Avro record or a Segment JSON call (camelCase keys)."""
+    if call_type not in CALL_TYPES:
+        raise DecodeError(f"unknown call type '{call_type}' (expected one of {CALL_TYPES})")
+    message_id = record.get("messageId")
+    if not message_id or not isinstance(message_id, str):
+        raise DecodeError("missing required field 'messageId'")
+    timestamp = record.get("timestamp")
+    if not timestamp or not isinstance(timestamp, str):
+        raise DecodeError("missing required field 'timestamp'")
+    call = Call(
+        type=call_type,  # type: ignore[arg-type]
+        message_id=message_id,
+        timestamp=timestamp,
+        user_id=record.get("userId") or None,
+        anonymous_id=record.get("anonymousId") or None,
+        previous_id=record.get("previousId") or None,
+        event=record.get("event") or None,
+        name=record.get("name") or None,
+        traits=_json_object(record, "traits"),
+        properties=_json_object(record, "properties"),
+        context=_json_object(record, "context"),
+    )
+    if call_type == "track" and not call.event:
+        raise DecodeError("a track call needs an 'event' name")
+    if call_type == "alias" and not (call.previous_id and call.user_id):
+        raise DecodeError("an alias call needs 'previousId' and 'userId'")
+    return call

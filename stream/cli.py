@@ -1,0 +1,180 @@
+"""`klaviyo-stream`: run the service, the local Kafka, the Klaviyo sandbox, or publish calls.
+
+A wrong setting prints one line naming it and exits 2; no traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import SecretStr
+
+from stream.errors import ConfigError, StreamError
+from stream.settings import (
+    SANDBOX_API_KEY,
+    Settings,
+    kafka_client_config,
+    load_settings,
+    require_production_settings,
+)
+
+log = logging.getLogger("stream")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="klaviyo-stream", description=__doc__)
+    parser.add_argument("--config", help="settings file (YAML or JSON); env vars win over it")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume calls from Kafka and deliver them to Klaviyo")
+    run.add_argument("--local", action="store_true",
+                     help="start a local Kafka broker and a local Klaviyo sandbox (demo/dev)")
+    run.add_argument("--sample", type=int, default=0, metavar="N",
+                     help="with --local: publish N sample calls after start")
+
+    sandbox = sub.add_parser("sandbox", help="serve the Klaviyo sandbox API")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8080)
+    sandbox.add_argument("--no-rate-limits", action="store_true")
+    sandbox.add_argument("--time-scale", type=float, default=1.0,
+                         help="rate-limit windows × this factor (0.1 = 10× faster)")
+
+    kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker (KRaft)")
+    kafka.add_argument("--port", type=int, default=9092)
+
+    produce = sub.add_parser("produce", help="publish Segment JSON calls as Avro records")
+    source = produce.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="JSON-lines file of calls")
+    source.add_argument("--sample", type=int, metavar="N", help="generate N realistic calls")
+    produce.add_argument("--topic", help="topic (default: the first of KAFKA_TOPICS)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        _configure_logging(settings.log_level)
+        if args.command == "run":
+            return _run(settings, args.local, args.sample)
+        if args.command == "sandbox":
+            return _sandbox(args)
+        if args.command == "kafka":
+            from stream.localkafka import run_foreground
+
+            run_foreground(args.port)
+            return 0
+        if args.command == "produce":
+            return _produce(settings, args)
+    except ConfigError as exc:
+        print(f"klaviyo-stream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StreamError as exc:
+        print(f"klaviyo-stream: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    try:
+        from stream.logs import configure_logging
+    except ImportError:  # pragma: no cover - logs module is optional during bootstrap
+        logging.basicConfig(level=level)
+        return
+    configure_logging(level)
+
+
+@contextlib.contextmanager
+def _local_stack(settings: Settings) -> Iterator[Settings]:
+    """`--local`: a local broker and sandbox, and settings that point at them."""
+    from stream.localkafka import LocalKafka
+    from stream.sandbox import SandboxConfig, SandboxThread
+
+    with LocalKafka() as kafka, SandboxThread(SandboxConfig()) as sandbox:
+        print(f"local Kafka at {kafka.bootstrap_servers}; Klaviyo sandbox at {sandbox.url}",
+              flush=True)
+        yield settings.model_copy(update={
+            "kafka_bootstrap_servers": kafka.bootstrap_servers,
+            "klaviyo_base_url": sandbox.url,
+            "klaviyo_api_key": SecretStr(SANDBOX_API_KEY),
+        })
+
+
+def _run(settings: Settings, local: bool, sample: int) -> int:
+    from stream.service import Service, install_signal_handlers
+
+    async def serve(effective: Settings) -> None:
+        from stream.observe import start_observer
+
+        service = Service(effective)
+        install_signal_handlers(service)
+        observer = await start_observer(effective.metrics_port, service.health)
+        log.info("metrics", extra={"port": observer.port})
+        if sample:
+            loop = asyncio.get_running_loop()
+            count = await loop.run_in_executor(None, _publish_sample, effective, sample)
+            print(f"published {count} sample calls to {effective.kafka_topics[0]}", flush=True)
+        try:
+            result = await service.run()
+        finally:
+            await observer.close()
+        print(f"stopped: {result.consumed} records consumed, "
+              f"{result.dead_lettered} dead-lettered", flush=True)
+
+    if not local:
+        require_production_settings(settings)
+        asyncio.run(serve(settings))
+        return 0
+    with _local_stack(settings) as effective:
+        asyncio.run(serve(effective))
+    return 0
+
+
+def _publish_sample(settings: Settings, count: int) -> int:
+    from stream.produce import Encoder, publish
+    from stream.sample import sample_calls
+
+    topic = settings.kafka_topics[0]
+    return publish(kafka_client_config(settings), topic, sample_calls(count), _encoder(settings, topic))
+
+
+def _encoder(settings: Settings, topic: str) -> Any:
+    from stream.produce import Encoder
+
+    if not settings.schema_registry_url:
+        return Encoder(topic=topic)
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return Encoder(registry=SchemaRegistryClient({"url": settings.schema_registry_url}), topic=topic)
+
+
+def _produce(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.produce import publish, read_jsonl
+    from stream.sample import sample_calls
+
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
+    topic = args.topic or settings.kafka_topics[0]
+    calls = read_jsonl(args.input) if args.input else sample_calls(args.sample)
+    count = publish(kafka_client_config(settings), topic, calls, _encoder(settings, topic))
+    print(f"published {count} calls to {topic}")
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from stream.sandbox import SandboxConfig, run
+
+    run(SandboxConfig(host=args.host, port=args.port, rate_limits=not args.no_rate_limits,
+                      time_scale=args.time_scale))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

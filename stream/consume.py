@@ -1,0 +1,161 @@
+"""Consume stage: a confluent-kafka consumer driven from asyncio.
+
+`consume(n)` runs on one dedicated thread so the event loop never blocks on the broker.
+Offsets: `enable.auto.offset.store=false` — the ack stage stores an offset only after the
+records below it are finished; librdkafka's auto-commit then commits stored offsets on an
+interval, and we commit synchronously on revoke and on shutdown. Assignment is
+cooperative-sticky, so a rebalance only takes away the partitions that move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from stream import metrics
+from stream.settings import Settings, kafka_client_config
+
+log = logging.getLogger(__name__)
+
+Partitions = list[tuple[str, int]]
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """The consumer's librdkafka configuration (connection settings come from one converter)."""
+    return {
+        **kafka_client_config(settings),
+        "group.id": settings.kafka_group_id,
+        "enable.auto.offset.store": False,
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,
+        "auto.offset.reset": settings.kafka_auto_offset_reset,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "max.poll.interval.ms": 300_000,
+        "session.timeout.ms": 45_000,
+        "fetch.max.bytes": 52_428_800,
+        "queued.max.messages.kbytes": 65_536,
+    }
+
+
+class KafkaSource:
+    """The consumer-group member: fetch, pause/resume, store offsets, commit."""
+
+    def __init__(
+        self, settings: Settings, on_revoke: Callable[[Partitions], None],
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self._consumer = Consumer(config or consumer_config(settings))
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consume")
+        self._on_revoke = on_revoke
+        self._paused = False
+        self.assigned: set[tuple[str, int]] = set()
+        self._consumer.subscribe(
+            list(settings.kafka_topics),
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
+        )
+
+    # rebalance callbacks run on the consume thread, inside consume() ----------------------
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.update((p.topic, p.partition) for p in partitions)
+        metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
+        if self._paused and partitions:
+            consumer.pause(partitions)
+        log.info("partitions assigned", extra={"partitions": _names(partitions)})
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = [(p.topic, p.partition) for p in partitions]
+        self._commit_quietly()
+        self._on_revoke(gone)
+        self.assigned.difference_update(gone)
+        metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
+        log.info("partitions revoked", extra={"partitions": _names(partitions)})
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = [(p.topic, p.partition) for p in partitions]
+        self._on_revoke(gone)
+        self.assigned.difference_update(gone)
+        metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
+        log.warning("partitions lost", extra={"partitions": _names(partitions)})
+
+    # the loop's calls ----------------------------------------------------------------------
+
+    async def fetch(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to `max_records` records, waiting at most `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._thread, self._consumer.consume, max_records, timeout
+        )
+
+    def pause(self) -> None:
+        """Backpressure: stop fetching from every assigned partition (membership stays)."""
+        if not self._paused:
+            self._paused = True
+            self._consumer.pause(self._tps())
+
+    def resume(self) -> None:
+        """Fetch again after `pause`."""
+        if self._paused:
+            self._paused = False
+            self._consumer.resume(self._tps())
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def store(self, topic: str, partition: int, next_offset: int) -> None:
+        """Mark `next_offset` as the position to commit for one partition."""
+        try:
+            self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, next_offset)])
+            metrics.OFFSETS_STORED.inc()
+        except KafkaException as exc:  # partition no longer ours: its new owner re-reads
+            log.debug("offset not stored", extra={"error": str(exc)})
+
+    async def commit(self) -> None:
+        """Commit stored offsets now (shutdown)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._commit_quietly)
+
+    def _commit_quietly(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+            metrics.LAST_COMMIT.set(time.time())
+        except KafkaException as exc:
+            if "NO_OFFSET" not in str(exc):
+                log.warning("commit failed", extra={"error": str(exc)})
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """High watermark minus position per assigned partition (cached watermarks, no I/O)."""
+        out: dict[tuple[str, int], int] = {}
+        tps = self._tps()
+        if not tps:
+            return out
+        for tp in self._consumer.position(tps):
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        return out
+
+    async def close(self) -> None:
+        """Leave the group (after the final commit)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._consumer.close)
+        self._thread.shutdown(wait=True)
+
+    def _tps(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.assigned]
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ",".join(f"{p.topic}[{p.partition}]" for p in partitions)

@@ -1,0 +1,102 @@
+"""Dead-letter topic: records we cannot deliver, with the reason, never silently lost.
+
+Each dead letter keeps the original key, value and headers and adds error-context headers in
+the style of Kafka Connect (`dlq.*`). `send` resolves only once the broker has the record, so
+the ack stage can move the offset past it safely. Messages never contain the API key: errors
+are built without request headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from stream.calls import Source
+from stream.klaviyo.errors import KlaviyoError
+
+HEADER_PREFIX = "dlq."
+
+
+def error_headers(source: Source, error: BaseException, stage: str, attempts: int,
+                  first_attempt: float | None = None) -> list[tuple[str, bytes]]:
+    """The `dlq.*` headers that explain why a record is here."""
+    now = time.time()
+    headers = {
+        "stage": stage,
+        "error.class": type(error).__name__,
+        "error.message": str(error)[:2000],
+        "original.topic": source.topic,
+        "original.partition": str(source.partition),
+        "original.offset": str(source.offset),
+        "attempts": str(attempts),
+        "first.attempt.time": str(first_attempt or now),
+        "last.attempt.time": str(now),
+    }
+    if isinstance(error, KlaviyoError):
+        if error.code:
+            headers["klaviyo.code"] = error.code
+        if error.pointers:
+            headers["klaviyo.pointer"] = ",".join(error.pointers)[:2000]
+    return [(HEADER_PREFIX + k, v.encode()) for k, v in headers.items()]
+
+
+class DeadLetters:
+    """An idempotent producer to the dead-letter topic, polled on its own thread."""
+
+    def __init__(self, producer_config: dict[str, Any], topic: str) -> None:
+        self.topic = topic
+        self._producer = Producer(
+            {**producer_config, "enable.idempotence": True, "linger.ms": 20}
+        )
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="dlq-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(self, source: Source, error: BaseException, stage: str, attempts: int = 1,
+                   first_attempt: float | None = None) -> None:
+        """Write one dead letter and wait until the broker acknowledged it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                loop.call_soon_threadsafe(_resolve, done, None)
+            else:
+                loop.call_soon_threadsafe(_resolve, done, RuntimeError(f"DLQ write failed: {err}"))
+
+        headers = list(source.headers or []) + error_headers(
+            source, error, stage, attempts, first_attempt
+        )
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, value=source.value, key=source.key, headers=headers,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:  # local queue full: let the poller drain it
+                await asyncio.sleep(0.05)
+        await done
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what is queued and stop the poller."""
+        self._stop.set()
+        self._poller.join()
+        self._producer.flush(timeout)
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

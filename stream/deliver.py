@@ -1,0 +1,241 @@
+"""Deliver stage: send batches to Klaviyo with bounded concurrency, retries and dead letters.
+
+Every record of a batch ends in exactly one of two places: accepted by Klaviyo, or in the
+dead-letter topic with the reason. Only then is it reported done (and its offset may move).
+- retriable answers (429, 5xx, timeouts, dropped connections): exponential backoff with
+  jitter (Klaviyo SDK style, 0.5 s × 1.5ⁿ ± 50 %), `Retry-After` honoured, bounded in time;
+- a 400 on a bulk request: the entries its JSON pointers name are dead-lettered and the rest
+  resent; a 400 without a usable pointer is bisected until the bad record is alone;
+- other 4xx: dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stream import metrics
+from stream.batch import Batch, Item
+from stream.calls import Source
+from stream.klaviyo import mapping
+from stream.klaviyo.client import (
+    EVENTS,
+    EVENTS_BULK,
+    PROFILE_IMPORT,
+    PROFILES_BULK,
+    KlaviyoClient,
+    Response,
+)
+from stream.klaviyo.errors import (
+    InvalidRequest,
+    KlaviyoClientError,
+    KlaviyoError,
+    RateLimited,
+    Unauthorized,
+)
+
+log = logging.getLogger(__name__)
+
+SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
+_BULK_POINTER = re.compile(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?")
+
+Done = Callable[[list[Source]], None]
+DeadLetter = Callable[[list[Source], BaseException, str, int, float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long to keep trying a retriable failure before dead-lettering."""
+
+    base_seconds: float = 0.5
+    factor: float = 1.5
+    max_delay_seconds: float = 30.0
+    max_total_seconds: float = 300.0
+    max_attempts: int = 12
+
+    def delay(self, attempt: int, error: KlaviyoError) -> float:
+        """Seconds to wait before attempt `attempt + 1`."""
+        if isinstance(error, RateLimited):
+            return error.retry_after + random.uniform(0, 0.25)  # spread the herd a little
+        base = min(self.base_seconds * self.factor**attempt, self.max_delay_seconds)
+        return base * random.uniform(0.5, 1.5)
+
+
+class FatalDeliveryError(Exception):
+    """Delivery cannot go on for any record (the API key was refused): stop the service."""
+
+
+class Deliverer:
+    """Sends batches; reports every record as done once delivered or dead-lettered."""
+
+    def __init__(
+        self, client: KlaviyoClient, on_done: Done, dead_letter: DeadLetter,
+        *, max_in_flight: int = 8, retry: RetryPolicy | None = None,
+    ) -> None:
+        self._client = client
+        self._on_done = on_done
+        self._dead_letter = dead_letter
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._retry = retry or RetryPolicy()
+        self._resume_at: dict[str, float] = {}
+
+    async def send(self, batch: Batch) -> None:
+        """Deliver one batch (waits for a free in-flight slot)."""
+        async with self._slots:
+            if batch.kind == "events":
+                await self._events(batch.items)
+            else:
+                await self._profiles(batch.items)
+
+    # events -----------------------------------------------------------------------------
+
+    async def _events(self, items: list[Item]) -> None:
+        if not items:
+            return
+        if len(items) == 1:
+            item = items[0]
+            assert item.event is not None
+            body = mapping.single_event_body(item.event, item.profile)
+            await self._deliver(EVENTS, body, items)
+            return
+        groups = _group(items)
+        body = mapping.bulk_events_body(
+            [(g[0].profile, [i.event for i in g if i.event is not None]) for g in groups]
+        )
+        try:
+            await self._post(EVENTS_BULK, body, len(items))
+        except InvalidRequest as exc:
+            bad = _bad_entries(exc, groups)
+            if bad:
+                await self._fail(bad, exc, "deliver")
+                await self._events([i for i in items if not any(i is b for b in bad)])
+            else:
+                await self._bisect(items, exc, self._events)
+            return
+        except KlaviyoError as exc:
+            await self._fail(items, exc, "deliver")
+            return
+        self._done(items, EVENTS_BULK)
+
+    # profiles ---------------------------------------------------------------------------
+
+    async def _profiles(self, items: list[Item]) -> None:
+        if len(items) <= SMALL_PROFILE_BATCH:
+            for item in items:
+                await self._deliver(PROFILE_IMPORT, mapping.profile_import_body(item.profile), [item])
+            return
+        body = mapping.bulk_profiles_body([i.profile for i in items])
+        try:
+            await self._post(PROFILES_BULK, body, len(items))
+        except InvalidRequest as exc:
+            await self._bisect(items, exc, self._profiles)
+            return
+        except KlaviyoError as exc:
+            await self._fail(items, exc, "deliver")
+            return
+        self._done(items, PROFILES_BULK)
+
+    # shared -----------------------------------------------------------------------------
+
+    async def _deliver(self, endpoint: str, body: dict[str, Any], items: list[Item]) -> None:
+        try:
+            await self._post(endpoint, body, len(items))
+        except KlaviyoError as exc:
+            await self._fail(items, exc, "deliver")
+            return
+        self._done(items, endpoint)
+
+    async def _bisect(
+        self, items: list[Item], exc: KlaviyoError, send: Callable[[list[Item]], Awaitable[None]]
+    ) -> None:
+        if len(items) == 1:
+            await self._fail(items, exc, "deliver")
+            return
+        half = len(items) // 2
+        await send(items[:half])
+        await send(items[half:])
+
+    async def _post(self, endpoint: str, body: dict[str, Any], records: int) -> Response:
+        """POST with retries on retriable errors; raises the last error when out of budget."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            wait = self._resume_at.get(endpoint, 0.0) - time.monotonic()
+            if wait > 0:
+                metrics.GOVERNOR_WAIT.labels(endpoint).inc(wait)
+                await asyncio.sleep(wait)
+            metrics.IN_FLIGHT_REQUESTS.inc()
+            t0 = time.perf_counter()
+            status = 0
+            try:
+                response = await self._client.post(endpoint, body)
+                status = response.status
+                metrics.BATCH_SIZE.labels(endpoint).observe(records)
+                return response
+            except KlaviyoError as exc:
+                status = exc.status
+                if isinstance(exc, Unauthorized):
+                    raise FatalDeliveryError(str(exc)) from None
+                if isinstance(exc, RateLimited):
+                    metrics.RATE_LIMITED.labels(endpoint).inc()
+                    self._resume_at[endpoint] = time.monotonic() + exc.retry_after
+                if not exc.retriable:
+                    raise
+                delay = self._retry.delay(attempt, exc)
+                attempt += 1
+                spent = time.monotonic() - started
+                if attempt >= self._retry.max_attempts or spent + delay > self._retry.max_total_seconds:
+                    raise
+                metrics.RETRIES.labels(endpoint, type(exc).__name__).inc()
+                log.info("retrying", extra={"endpoint": endpoint, "error": str(exc), "delay": delay})
+            finally:
+                metrics.IN_FLIGHT_REQUESTS.dec()
+                cls = metrics.status_class(status)
+                metrics.BATCHES_SENT.labels(endpoint, cls).inc()
+                metrics.REQUEST_SECONDS.labels(endpoint, cls).observe(time.perf_counter() - t0)
+            await asyncio.sleep(delay)
+
+    def _done(self, items: list[Item], endpoint: str) -> None:
+        metrics.RECORDS_SENT.labels(endpoint).inc(len(items))
+        self._on_done([s for i in items for s in i.sources])
+
+    async def _fail(self, items: list[Item], exc: BaseException, stage: str) -> None:
+        sources = [s for i in items for s in i.sources]
+        attempts = 1
+        await self._dead_letter(sources, exc, stage, attempts, time.time())
+        self._on_done(sources)
+
+
+def _group(items: list[Item]) -> list[list[Item]]:
+    """Items grouped per profile, groups in first-seen order (the bulk request's order)."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.group_key, []).append(item)
+    return list(groups.values())
+
+
+def _bad_entries(exc: KlaviyoClientError, groups: list[list[Item]]) -> list[Item]:
+    """Items named by the 400's pointers: one event (`…/events/data/<j>`) or a whole group."""
+    bad: list[Item] = []
+    for pointer in exc.pointers:
+        match = _BULK_POINTER.match(pointer)
+        if match is None:
+            return []  # a pointer we cannot place: let the caller bisect
+        g = int(match.group(1))
+        if g >= len(groups):
+            return []
+        if match.group(2) is None:
+            bad.extend(groups[g])
+        elif int(match.group(2)) < len(groups[g]):
+            bad.append(groups[g][int(match.group(2))])
+    unique: list[Item] = []
+    for item in bad:
+        if not any(item is u for u in unique):
+            unique.append(item)
+    return unique

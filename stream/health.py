@@ -1,0 +1,36 @@
+"""Liveness and readiness facts the service updates and `/healthz` and `/readyz` read."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Health:
+    """Mutable health state of one service process (written by the poll loop)."""
+
+    stuck_after_seconds: float = 60.0
+    assigned_partitions: int = 0
+    broker_reachable: bool = False
+    last_poll: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+
+    def polled(self) -> None:
+        """The poll loop calls this each turn: proof it is not stuck."""
+        self.last_poll = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        """The process is running its loop."""
+        return time.monotonic() - self.last_poll < self.stuck_after_seconds
+
+    @property
+    def ready(self) -> bool:
+        """Assigned at least one partition, broker reachable, loop not stuck, not stopping."""
+        return (
+            self.alive
+            and self.broker_reachable
+            and self.assigned_partitions > 0
+            and not self.stopping
+        )

@@ -1,0 +1,106 @@
+"""Identifiers of a person, normalized so that one person always looks the same.
+
+email: trimmed, lower-cased, syntax-checked. phone: E.164 through `phonenumbers` (Google's
+libphonenumber), national numbers read with the configured default region. external_id: the
+call's userId, else traits.id. anonymous_id: the call's anonymousId.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import phonenumbers
+
+from stream.calls import Call
+from stream.errors import MappingError
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_EXTERNAL_ID = 255
+
+
+class InvalidIdentifier(MappingError):
+    """An email, phone number or id that Klaviyo would refuse."""
+
+    stage = "identity"
+
+
+@dataclass(frozen=True, slots=True)
+class Identifiers:
+    """Every identifier we know for one person; None where unknown."""
+
+    email: str | None = None
+    phone_number: str | None = None
+    external_id: str | None = None
+    anonymous_id: str | None = None
+
+    @property
+    def named(self) -> bool:
+        """True when Klaviyo can identify the person without an anonymous id."""
+        return bool(self.email or self.phone_number or self.external_id)
+
+    def as_attributes(self, *, anonymous: bool) -> dict[str, str]:
+        """Profile attributes with only the known identifiers (absent keys, never None)."""
+        out: dict[str, str] = {}
+        if self.email:
+            out["email"] = self.email
+        if self.phone_number:
+            out["phone_number"] = self.phone_number
+        if self.external_id:
+            out["external_id"] = self.external_id
+        if anonymous and self.anonymous_id:
+            out["anonymous_id"] = self.anonymous_id
+        return out
+
+
+def normalize_email(raw: Any) -> str | None:
+    """`"  Ann@Example.COM "` → `"ann@example.com"`; raises for something that is not an email."""
+    if raw is None or raw == "":
+        return None
+    email = str(raw).strip().lower()
+    if not _EMAIL.match(email):
+        raise InvalidIdentifier(f"invalid email address {_redact(email)!r}")
+    return email
+
+
+def normalize_phone(raw: Any, region: str) -> str | None:
+    """`"(415) 555-0100"` with region US → `"+14155550100"`; raises for an impossible number."""
+    if raw is None or raw == "":
+        return None
+    text = str(raw).strip()
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidIdentifier(f"invalid phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidIdentifier(f"invalid phone number for region {region}")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _redact(value: str) -> str:
+    """Keep an identifier recognizable in an error without printing it whole."""
+    return value[:2] + "…" if len(value) > 2 else "…"
+
+
+def _external_id(call: Call) -> str | None:
+    raw = call.user_id or call.traits.get("id")
+    if raw is None or raw == "":
+        return None
+    value = str(raw)
+    if len(value) > MAX_EXTERNAL_ID:
+        raise InvalidIdentifier(f"external_id longer than {MAX_EXTERNAL_ID} characters")
+    return value
+
+
+def identifiers_of(call: Call, region: str) -> Identifiers:
+    """The identifiers one call names: traits for identify, context.traits for the others."""
+    traits = call.traits if call.type == "identify" else call.context.get("traits") or {}
+    if not isinstance(traits, dict):
+        traits = {}
+    return Identifiers(
+        email=normalize_email(traits.get("email")),
+        phone_number=normalize_phone(traits.get("phone") or traits.get("phoneNumber"), region),
+        external_id=_external_id(call),
+        anonymous_id=call.anonymous_id,
+    )

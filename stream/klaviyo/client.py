@@ -1,0 +1,115 @@
+"""A thin aiohttp client for the Klaviyo endpoints we call: one request, one typed answer.
+
+It pins the `revision` header, authenticates with `Klaviyo-API-Key`, serializes with orjson, and
+turns every non-2xx answer into a `KlaviyoError`. Retrying and pacing are the deliver stage's
+job, not this module's. One `aiohttp.ClientSession` with a bounded pool is shared by all calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import SecretStr
+
+from stream.klaviyo.errors import KlaviyoError, KlaviyoUnavailable, error_for
+
+JSON_API = "application/vnd.api+json"
+
+EVENTS = "/api/events"
+EVENTS_BULK = "/api/event-bulk-create-jobs"
+PROFILE_IMPORT = "/api/profile-import"
+PROFILES_BULK = "/api/profile-bulk-import-jobs"
+PROFILE_MERGE = "/api/profile-merge"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful answer: status, the rate-limit headers, and the parsed body (or None)."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+class KlaviyoClient:
+    """Posts JSON:API bodies to Klaviyo; raises typed errors; never logs or shows the key."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        revision: str,
+        *,
+        timeout: float = 30.0,
+        max_connections: int = 16,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._headers = {
+            "Authorization": f"Klaviyo-API-Key {api_key.get_secret_value()}",
+            "revision": revision,
+            "Accept": JSON_API,
+            "Content-Type": JSON_API,
+        }
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> KlaviyoClient:
+        # TLS verification stays on: aiohttp verifies certificates by default (ssl=True).
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, body: Any = None) -> Response:
+        """Send one request; 2xx → `Response`, anything else → a `KlaviyoError` subclass."""
+        if self._session is None:
+            raise RuntimeError("KlaviyoClient used outside `async with`")
+        data = orjson.dumps(body) if body is not None else None
+        try:
+            async with self._session.request(
+                method, self._base_url + path, data=data, headers=self._headers
+            ) as resp:
+                raw = await resp.read()
+                parsed = _parse(raw)
+                if resp.status >= 300:
+                    raise error_for(resp.status, parsed, resp.headers.get("Retry-After"))
+                return Response(resp.status, dict(resp.headers), parsed)
+        except KlaviyoError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise KlaviyoUnavailable(f"{method} {path}: {type(exc).__name__}") from None
+
+    async def post(self, path: str, body: Any) -> Response:
+        """POST a JSON:API body."""
+        return await self.request("POST", path, body)
+
+    async def get(self, path: str) -> Response:
+        """GET a resource."""
+        return await self.request("GET", path)
+
+
+def _parse(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None

@@ -1,0 +1,161 @@
+"""Map calls to Klaviyo's current API payloads (JSON:API), as Freshpaint's destination did.
+
+identify → profile: email, phone_number (E.164), external_id (userId or traits.id),
+firstName → first_name, lastName → last_name, title, and every other trait as a custom property.
+track → event: metric = event name, properties, time, value from revenue/value, unique_id =
+messageId. Absent optional fields stay absent: in an upsert a null would clear the field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stream.calls import Call
+from stream.errors import MappingError
+from stream.identifiers import Identifiers
+
+MAX_METRIC_NAME = 128
+MAX_PROPERTIES = 400
+EARLIEST_EVENT = datetime(1990, 1, 1, tzinfo=UTC)
+
+# trait key → Klaviyo profile attribute; identifiers are handled by stream.identifiers
+PROFILE_TRAITS: dict[str, str] = {
+    "firstName": "first_name",
+    "first_name": "first_name",
+    "lastName": "last_name",
+    "last_name": "last_name",
+    "title": "title",
+    "company": "organization",
+    "organization": "organization",
+    "image": "image",
+    "avatar": "image",
+    "locale": "locale",
+}
+IDENTIFIER_TRAITS = frozenset({"email", "phone", "phoneNumber", "id", "anonymousId", "userId"})
+VALUE_KEYS = ("revenue", "value")
+
+
+def event_time(timestamp: str) -> str:
+    """ISO-8601 in UTC, truncated to the second, inside Klaviyo's accepted window."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        raise MappingError(f"timestamp {timestamp!r} is not ISO-8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC).replace(microsecond=0)
+    if moment < EARLIEST_EVENT:
+        raise MappingError(f"timestamp {timestamp!r} is before 1990")
+    if moment > datetime.now(UTC) + timedelta(days=365):
+        raise MappingError(f"timestamp {timestamp!r} is more than a year ahead")
+    return moment.isoformat()
+
+
+def profile_attributes(call: Call, ids: Identifiers) -> dict[str, Any]:
+    """Attributes of a profile upsert for an identify call (no anonymous_id: not in the schema)."""
+    attributes: dict[str, Any] = ids.as_attributes(anonymous=False)
+    custom: dict[str, Any] = {}
+    for key, value in call.traits.items():
+        if key in IDENTIFIER_TRAITS or value is None:
+            continue
+        target = PROFILE_TRAITS.get(key)
+        if target is not None:
+            attributes[target] = value if isinstance(value, str) else str(value)
+        else:
+            custom[key] = value
+    if custom:
+        attributes["properties"] = custom
+    return attributes
+
+
+def profile_resource(attributes: dict[str, Any]) -> dict[str, Any]:
+    """`{"type": "profile", "attributes": …}`."""
+    return {"type": "profile", "attributes": attributes}
+
+
+def event_attributes(call: Call, metric_name: str | None = None) -> dict[str, Any]:
+    """Attributes of one event (without its profile), shared by single and bulk requests."""
+    name = metric_name or call.event or ""
+    if not name or len(name) > MAX_METRIC_NAME:
+        raise MappingError(f"metric name must be 1..{MAX_METRIC_NAME} characters, got {len(name)}")
+    if len(call.properties) > MAX_PROPERTIES:
+        raise MappingError(f"event has {len(call.properties)} properties, Klaviyo allows 400")
+    attributes: dict[str, Any] = {
+        "properties": call.properties,
+        "time": event_time(call.timestamp),
+        "unique_id": call.message_id,
+        "metric": {"data": {"type": "metric", "attributes": {"name": name}}},
+    }
+    for key in VALUE_KEYS:
+        value = call.properties.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            attributes["value"] = value
+            currency = call.properties.get("currency")
+            if isinstance(currency, str) and currency:
+                attributes["value_currency"] = currency
+            break
+    return attributes
+
+
+def single_event_body(event: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
+    """Body of `POST /api/events` for one event."""
+    return {
+        "data": {
+            "type": "event",
+            "attributes": {**event, "profile": {"data": profile_resource(profile)}},
+        }
+    }
+
+
+def bulk_events_body(groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Body of `POST /api/event-bulk-create-jobs`: events grouped per profile."""
+    return {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {
+                "events-bulk-create": {
+                    "data": [
+                        {
+                            "type": "event-bulk-create",
+                            "attributes": {
+                                "profile": {"data": profile_resource(profile)},
+                                "events": {
+                                    "data": [{"type": "event", "attributes": e} for e in events]
+                                },
+                            },
+                        }
+                        for profile, events in groups
+                    ]
+                }
+            },
+        }
+    }
+
+
+def profile_import_body(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Body of `POST /api/profile-import` for one profile."""
+    return {"data": profile_resource(attributes)}
+
+
+def bulk_profiles_body(profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    """Body of `POST /api/profile-bulk-import-jobs`."""
+    return {
+        "data": {
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": [profile_resource(p) for p in profiles]}},
+        }
+    }
+
+
+def merge_body(destination_id: str, source_ids: list[str]) -> dict[str, Any]:
+    """Body of `POST /api/profile-merge`: fold the sources into the destination."""
+    return {
+        "data": {
+            "type": "profile-merge",
+            "id": destination_id,
+            "relationships": {
+                "profiles": {"data": [{"type": "profile", "id": s} for s in source_ids]}
+            },
+        }
+    }

@@ -1,0 +1,149 @@
+"""Handlers of Klaviyo's event endpoints, and helpers every handler shares.
+
+Each runs after `app.guard` has authenticated the caller, spent rate-limit quota and checked
+the body against the operation's OpenAPI schema; here come Klaviyo's further checks and the
+effect on the store. Every handler is synchronous between awaits, so a request is atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import ApiError, ErrorItem, invalid, pointer_of
+from .profiles import ProfileNotFound
+from .state import Sandbox
+from .store import DuplicateUniqueId
+from .validation import (
+    Path,
+    check_bulk_events,
+    check_profile,
+    check_single_event,
+    long_strings,
+)
+
+Handler = Callable[[web.Request, Sandbox, Any], Awaitable[web.StreamResponse]]
+JSON_API = "application/vnd.api+json"
+
+
+def json_response(document: Any, status: int = 200) -> web.Response:
+    """An orjson-encoded JSON:API response."""
+    return web.Response(body=orjson.dumps(document), status=status, content_type=JSON_API)
+
+
+def accepted() -> web.Response:
+    """Klaviyo's empty 202."""
+    return web.Response(status=202)
+
+
+def base_url(request: web.Request) -> str:
+    """scheme://host of this server as the caller sees it (for `links`)."""
+    return f"{request.scheme}://{request.host}"
+
+
+def raise_errors(errors: list[ErrorItem]) -> None:
+    if errors:
+        raise ApiError(400, errors)
+
+
+def with_long_strings(errors: list[ErrorItem], body: Any, depth: int) -> list[ErrorItem]:
+    """Add a 100 KB string error for every entry (path prefix of `depth`) not yet reported."""
+    reported = {tuple((e.pointer or "").split("/")[1 : depth + 1]) for e in errors}
+    for path in long_strings(body):
+        group = tuple(str(p) for p in path[:depth])
+        if group not in reported:
+            reported.add(group)
+            detail = "Strings must be at most 100 KB."
+            errors.append(ErrorItem(400, "invalid", detail, pointer=pointer_of(path)))
+    return errors
+
+
+def not_found(exc: ProfileNotFound, pointer: str, status: int = 400) -> ApiError:
+    detail = f"Profile {exc.profile_id} does not exist."
+    return ApiError(
+        status,
+        [ErrorItem(status, "not_found" if status == 404 else "invalid", detail, pointer=pointer)],
+    )
+
+
+async def create_client_profile(
+    request: web.Request, sandbox: Sandbox, body: Any
+) -> web.StreamResponse:
+    """POST /client/profiles: find the profile like an event would, update it; 202."""
+    found = check_profile(body["data"], ("data",), anonymous_ok=True)
+    raise_errors(with_long_strings([found] if found else [], body, 0)[:1])
+    try:
+        sandbox.store.event_profile(body["data"])
+    except ProfileNotFound as exc:
+        raise not_found(exc, "/data/id") from exc
+    return accepted()
+
+
+async def create_event(request: web.Request, sandbox: Sandbox, body: Any) -> web.StreamResponse:
+    """POST /api/events and /client/events: one event, its profile created or updated."""
+    now = datetime.now(UTC)
+    raise_errors(with_long_strings(check_single_event(body, now), body, 0)[:1])
+    attrs = body["data"]["attributes"]
+    try:
+        sandbox.store.add_events([(attrs["profile"]["data"], [attrs])], now)
+    except ProfileNotFound as exc:
+        raise not_found(exc, "/data/attributes/profile/data/id") from exc
+    return accepted()
+
+
+async def bulk_create_events(
+    request: web.Request, sandbox: Sandbox, body: Any
+) -> web.StreamResponse:
+    """POST /api/event-bulk-create-jobs: all entries valid or none stored; 202 without a job."""
+    root: Path = ("data", "attributes", "events-bulk-create", "data")
+    entries = [((*root, i), entry) for i, entry in enumerate(_dig(body, root))]
+    raise_errors(
+        with_long_strings(check_bulk_events(entries, datetime.now(UTC)), body, len(root) + 1)
+    )
+    _store_bulk(sandbox, entries)
+    return accepted()
+
+
+async def bulk_create_client_events(
+    request: web.Request, sandbox: Sandbox, body: Any
+) -> web.StreamResponse:
+    """POST /client/event-bulk-create: one profile and its events."""
+    entries: list[tuple[Path, dict[str, Any]]] = [(("data",), body["data"])]
+    raise_errors(with_long_strings(check_bulk_events(entries, datetime.now(UTC)), body, 0)[:1])
+    _store_bulk(sandbox, entries)
+    return accepted()
+
+
+def _dig(body: Any, path: Path) -> Any:
+    for part in path:
+        body = body[part]
+    return body
+
+
+def _store_bulk(sandbox: Sandbox, entries: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Record bulk entries, turning an in-request unique_id repeat into a 400 for that event."""
+    flat = []
+    for _, entry in entries:
+        events = [dict(e["attributes"]) for e in entry["attributes"]["events"]["data"]]
+        if entry["attributes"].get("backfill"):
+            for event in events:
+                event.setdefault("backfill", True)
+        flat.append((entry["attributes"]["profile"]["data"], events))
+    try:
+        sandbox.store.add_events(flat, datetime.now(UTC))
+    except DuplicateUniqueId as exc:
+        path = entries[exc.entry][0]
+        where = (*path, "attributes", "events", "data", exc.event, "attributes", "unique_id")
+        detail = (
+            f"Duplicate unique_id {exc.unique_id!r} for the same profile and metric in "
+            "this request; no events were processed."
+        )
+        raise invalid(detail, pointer=pointer_of(where)) from exc
+    except ProfileNotFound as exc:
+        index = next(i for i, (p, _) in enumerate(flat) if p.get("id") == exc.profile_id)
+        pointer = pointer_of((*entries[index][0], "attributes", "profile", "data", "id"))
+        raise not_found(exc, pointer) from exc

@@ -1,0 +1,108 @@
+"""The sandbox's own endpoints under /sandbox/ (no auth, no rate limit, not logged).
+
+They let tests and demos see what "Klaviyo" received and holds, reset it between tests, and
+turn fault injection up or down while the service runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .resources import event_snapshot, profile_snapshot
+from .state import Sandbox
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(document), status=status, content_type="application/json")
+
+
+def _bad(detail: str) -> web.Response:
+    return _json({"errors": [{"status": 400, "code": "invalid", "detail": detail}]}, 400)
+
+
+def routes(sandbox: Sandbox) -> list[web.RouteDef]:
+    """The /sandbox/ routes bound to `sandbox`."""
+
+    async def profiles(request: web.Request) -> web.Response:
+        """GET /sandbox/profiles: every live profile and the ids merged into it."""
+        return _json(
+            {
+                "profiles": [profile_snapshot(p) for p in sandbox.store.profiles.values()],
+                "merged_into": dict(sandbox.store.merged_into),
+            }
+        )
+
+    async def events(request: web.Request) -> web.Response:
+        """GET /sandbox/events[?profile_id=&metric=]: stored events in arrival order."""
+        wanted_profile = request.query.get("profile_id")
+        wanted_metric = request.query.get("metric")
+        if wanted_profile:
+            wanted_profile = sandbox.store.canonical_id(wanted_profile) or wanted_profile
+        found = [
+            event_snapshot(e)
+            for e in sandbox.store.events
+            if (not wanted_profile or e.profile_id == wanted_profile)
+            and (not wanted_metric or e.metric == wanted_metric)
+        ]
+        return _json({"events": found})
+
+    async def stats(request: web.Request) -> web.Response:
+        """GET /sandbox/stats: request counts per endpoint and status, and the other counters."""
+        store = sandbox.store
+        return _json(
+            {
+                "requests": {k: dict(v) for k, v in sandbox.stats.requests.items()},
+                "requests_total": sandbox.log.seq,
+                "refused_duplicates": store.refused_duplicates,
+                "merges": store.merges,
+                "throttled": sandbox.stats.throttled,
+                "faults": dict(sandbox.stats.faults),
+                "fault_rate": sandbox.faults.rate,
+                "profiles": len(store.profiles),
+                "events": len(store.events),
+                "import_jobs": len(store.jobs),
+            }
+        )
+
+    async def requests(request: web.Request) -> web.Response:
+        """GET /sandbox/requests[?since=SEQ]: the request log, oldest first."""
+        since = request.query.get("since", "0")
+        if not since.isdigit():
+            return _bad("since must be a non-negative integer")
+        return _json(
+            {
+                "requests": sandbox.log.since(int(since)),
+                "last_seq": sandbox.log.seq,
+                "evicted": sandbox.log.evicted,
+            }
+        )
+
+    async def reset(request: web.Request) -> web.Response:
+        """POST /sandbox/reset: empty store, windows, counters and log; faults back to config."""
+        sandbox.reset()
+        return _json({"reset": True})
+
+    async def faults(request: web.Request) -> web.Response:
+        """GET or POST /sandbox/faults {"fault_rate": 0.2}: read or set the fault share."""
+        if request.method == "POST":
+            try:
+                rate = orjson.loads(await request.read()).get("fault_rate")
+            except (orjson.JSONDecodeError, AttributeError):
+                return _bad('body must be {"fault_rate": <0..1>}')
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+                return _bad("fault_rate must be a number from 0 to 1")
+            sandbox.faults.rate = float(rate)
+        return _json({"fault_rate": sandbox.faults.rate})
+
+    return [
+        web.get("/sandbox/profiles", profiles),
+        web.get("/sandbox/events", events),
+        web.get("/sandbox/stats", stats),
+        web.get("/sandbox/requests", requests),
+        web.post("/sandbox/reset", reset),
+        web.get("/sandbox/faults", faults),
+        web.post("/sandbox/faults", faults),
+    ]

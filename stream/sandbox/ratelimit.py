@@ -1,0 +1,104 @@
+"""Klaviyo's per-account, per-endpoint rate limits: fixed burst (1 s) and steady (1 min) windows.
+
+Klaviyo documents a fixed-window algorithm; a request counts against both windows and is
+refused (429) when either is full. Headers describe the steady window, as Klaviyo's do.
+Every private key of the account shares the same budget, so the limiter is keyed by
+endpoint only. `time_scale` shortens both windows for fast benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .spec import RateLimit
+
+
+@dataclass
+class _Window:
+    length: float
+    limit: int
+    start: float = 0.0
+    count: int = 0
+
+    def roll(self, now: float) -> None:
+        """Start a new window if the current one is over (windows are back to back)."""
+        if now >= self.start + self.length:
+            self.start += math.floor((now - self.start) / self.length) * self.length
+            self.count = 0
+
+    def reset_in(self, now: float) -> float:
+        return max(0.0, self.start + self.length - now)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The limiter's answer: allowed or not, plus what the response headers should say."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int
+    retry_after: int
+
+    def headers(self) -> dict[str, str]:
+        """RateLimit-* always; Retry-After only on a refusal."""
+        out = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+        }
+        if not self.allowed:
+            out["Retry-After"] = str(self.retry_after)
+        return out
+
+
+class RateLimiter:
+    """Fixed burst and steady windows per endpoint; `enforce=False` only counts."""
+
+    def __init__(
+        self,
+        time_scale: float = 1.0,
+        enforce: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._scale = time_scale
+        self._enforce = enforce
+        self._clock = clock
+        self._windows: dict[str, tuple[_Window, _Window]] = {}
+
+    def reset(self) -> None:
+        """Forget every window (used by POST /sandbox/reset)."""
+        self._windows.clear()
+
+    def hit(self, endpoint: str, quota: RateLimit, *, count: bool = True) -> Decision:
+        """Count one request to `endpoint` and say whether it may proceed.
+
+        `count=False` only reports the current state (for answers that spend no quota).
+        """
+        now = self._clock()
+        windows = self._windows.get(endpoint)
+        if windows is None:
+            windows = (
+                _Window(1.0 * self._scale, quota.burst, start=now),
+                _Window(60.0 * self._scale, quota.steady, start=now),
+            )
+            self._windows[endpoint] = windows
+        burst, steady = windows
+        burst.roll(now)
+        steady.roll(now)
+        full = [w for w in windows if w.count >= w.limit]
+        allowed = not (self._enforce and full and count)
+        if allowed and count:
+            burst.count += 1
+            steady.count += 1
+        wait = max((w.reset_in(now) for w in full), default=0.0)
+        return Decision(
+            allowed=allowed,
+            limit=steady.limit,
+            remaining=max(0, steady.limit - steady.count),
+            reset=max(0, math.ceil(steady.reset_in(now))),
+            retry_after=max(1, math.ceil(wait)),
+        )

@@ -1,0 +1,93 @@
+"""What one running sandbox holds besides its data: counters, the request log, fault dice."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import SandboxConfig
+from .ratelimit import RateLimiter
+from .spec import Operation, load_operations
+from .store import Store
+
+FAULT_KINDS = ("500", "503", "429", "drop", "drop_after")
+_FAULT_WEIGHTS = (1.0, 1.0, 1.0, 0.5, 0.5)
+
+
+class FaultInjector:
+    """Decides which API requests fail instead of being served, and how.
+
+    The mix is 500, 503, 429 (with Retry-After) and dropped connections: `drop` closes the
+    connection before the request is applied, `drop_after` applies it and then loses the
+    answer (the case only `unique_id` makes safe to retry).
+    """
+
+    def __init__(self, rate: float, seed: int | None = None) -> None:
+        self.rate = rate
+        self._random = random.Random(seed)
+
+    def draw(self) -> str | None:
+        """None for a normal answer, else one of FAULT_KINDS."""
+        if self.rate <= 0 or self._random.random() >= self.rate:
+            return None
+        return self._random.choices(FAULT_KINDS, weights=_FAULT_WEIGHTS)[0]
+
+
+@dataclass
+class Stats:
+    """Counters exposed at GET /sandbox/stats."""
+
+    requests: dict[str, Counter[str]] = field(default_factory=dict)
+    throttled: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+
+    def count(self, endpoint: str, status: str) -> None:
+        """One answered request of `endpoint` with `status` (a code, or 'dropped')."""
+        self.requests.setdefault(endpoint, Counter())[status] += 1
+
+
+class RequestLog:
+    """Every API request in arrival order, bounded; older entries fall off the front."""
+
+    def __init__(self, limit: int) -> None:
+        self._entries: deque[dict[str, Any]] = deque(maxlen=limit or None)
+        self._limit = limit
+        self.seq = 0
+        self.evicted = 0
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Append `entry`, numbering it; never stores headers (so never an API key)."""
+        self.seq += 1
+        if self._limit == 0:
+            self.evicted += 1
+            return
+        if len(self._entries) == self._entries.maxlen:
+            self.evicted += 1
+        self._entries.append({"seq": self.seq, **entry})
+
+    def since(self, seq: int) -> list[dict[str, Any]]:
+        """Entries numbered above `seq`."""
+        return [entry for entry in self._entries if entry["seq"] > seq]
+
+
+class Sandbox:
+    """The running sandbox: config, OpenAPI operations, store, limiter, faults, stats, log."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.operations: dict[str, Operation] = load_operations(config.openapi_dir)
+        self.store = Store()
+        self.limiter = RateLimiter(config.time_scale, enforce=config.rate_limits)
+        self.faults = FaultInjector(config.fault_rate, config.fault_seed)
+        self.stats = Stats()
+        self.log = RequestLog(config.request_log_limit)
+
+    def reset(self) -> None:
+        """Back to the state right after start-up (fault rate included)."""
+        self.store.reset()
+        self.limiter.reset()
+        self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed)
+        self.stats = Stats()
+        self.log = RequestLog(self.config.request_log_limit)

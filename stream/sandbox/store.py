@@ -1,0 +1,264 @@
+"""The sandbox's account: events, merges and profile import jobs on top of the profile book.
+
+All methods are synchronous and run on the event loop thread, so each call is atomic: a
+bulk request either changes nothing (it raises before the first write) or is fully applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .profiles import (
+    IDENTIFIERS,
+    Profile,
+    ProfileBook,
+    ProfileConflict,
+    ProfileNotFound,
+    iso,
+    new_id,
+    norm,
+)
+from .validation import parse_time
+
+
+class DuplicateUniqueId(Exception):
+    """A unique_id repeated for one profile and metric inside one bulk request."""
+
+    def __init__(self, entry: int, event: int, unique_id: str) -> None:
+        super().__init__(f"unique_id {unique_id!r} repeated in this request")
+        self.entry = entry
+        self.event = event
+        self.unique_id = unique_id
+
+
+@dataclass
+class Event:
+    """One recorded event."""
+
+    id: str
+    profile_id: str
+    metric: str
+    properties: dict[str, Any]
+    time: str
+    value: float | None
+    value_currency: str | None
+    unique_id: str | None
+    backfill: bool
+    received: str
+
+
+@dataclass
+class ImportJob:
+    """A profile bulk import job and its per-record outcome."""
+
+    id: str
+    created_at: str
+    total_count: int
+    status: str = "queued"
+    started_at: str | None = None
+    completed_at: str | None = None
+    expires_at: str | None = None
+    completed_count: int = 0
+    failed_count: int = 0
+    profile_ids: list[str] = field(default_factory=list)
+    list_ids: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Store(ProfileBook):
+    """Everything the sandbox account holds; `reset()` empties it."""
+
+    def reset(self) -> None:
+        """Forget every profile, event, merge and job."""
+        super().reset()
+        self.events: list[Event] = []
+        self.event_keys: dict[str, set[tuple[str, str]]] = {}
+        self.jobs: dict[str, ImportJob] = {}
+        self.refused_duplicates = 0
+        self.merges = 0
+
+    # events --------------------------------------------------------------------------------
+
+    def _provisional_key(self, data: dict[str, Any], aliases: dict[tuple[str, str], str]) -> str:
+        """Who an event entry belongs to, without writing anything (for in-request dedup)."""
+        matches = self._matches(data, IDENTIFIERS)
+        if matches:
+            return matches[0][1]
+        attrs = data.get("attributes") or {}
+        keys = [(n, norm(n, attrs[n])) for n in IDENTIFIERS if isinstance(attrs.get(n), str)]
+        key = next((aliases[k] for k in keys if k in aliases), f"new:{len(aliases)}")
+        for k in keys:
+            aliases.setdefault(k, key)
+        return key
+
+    def add_events(
+        self, entries: list[tuple[dict[str, Any], list[dict[str, Any]]]], received: datetime
+    ) -> tuple[int, int]:
+        """Record (profile, events) entries atomically; returns (stored, refused duplicates).
+
+        Raises DuplicateUniqueId (nothing stored) when an explicit unique_id repeats for one
+        profile and metric inside this request, and ProfileNotFound for an unknown bare id.
+        An event whose key (unique_id, else its time to the second) was already recorded for
+        that profile and metric is silently refused.
+        """
+        aliases: dict[tuple[str, str], str] = {}
+        seen: set[tuple[str, str, str]] = set()
+        for i, (profile_data, events) in enumerate(entries):
+            owner = self._provisional_key(profile_data, aliases)
+            if owner.startswith("new:") and profile_data.get("id"):
+                attrs = profile_data.get("attributes") or {}
+                if not any(attrs.get(name) for name in IDENTIFIERS):
+                    raise ProfileNotFound(profile_data["id"])
+            for j, event in enumerate(events):
+                unique_id = event.get("unique_id")
+                if unique_id is None:
+                    continue
+                key = (owner, event["metric"]["data"]["attributes"]["name"], unique_id)
+                if key in seen:
+                    raise DuplicateUniqueId(i, j, unique_id)
+                seen.add(key)
+        stored = refused = 0
+        for profile_data, events in entries:
+            profile = self.event_profile(profile_data)
+            for event in events:
+                if self._record(profile, event, received):
+                    stored += 1
+                else:
+                    refused += 1
+        self.refused_duplicates += refused
+        return stored, refused
+
+    def _record(self, profile: Profile, attrs: dict[str, Any], received: datetime) -> bool:
+        """Store one event unless its dedup key is taken; True if stored."""
+        when = parse_time(attrs["time"]) if attrs.get("time") else None
+        moment = (when or received).replace(microsecond=0)
+        metric = attrs["metric"]["data"]["attributes"]["name"]
+        unique_id = attrs.get("unique_id")
+        key = (metric, f"u:{unique_id}" if unique_id is not None else f"t:{moment.timestamp()}")
+        keys = self.event_keys.setdefault(profile.id, set())
+        if key in keys:
+            return False
+        keys.add(key)
+        self.events.append(
+            Event(
+                id=new_id(),
+                profile_id=profile.id,
+                metric=metric,
+                properties=attrs.get("properties") or {},
+                time=iso(moment),
+                value=attrs.get("value"),
+                value_currency=attrs.get("value_currency"),
+                unique_id=unique_id,
+                backfill=bool(attrs.get("backfill")),
+                received=iso(received),
+            )
+        )
+        if profile.last_event_date is None or iso(moment) > profile.last_event_date:
+            profile.last_event_date = iso(moment)
+        return True
+
+    # merges --------------------------------------------------------------------------------
+
+    def merge(self, destination_id: str, source_ids: list[str]) -> Profile:
+        """Fold sources into the destination: fill its gaps, move events, delete the sources.
+
+        Raises ProfileNotFound for an unknown id and ValueError if a source is the destination.
+        """
+        dest_id = self.canonical_id(destination_id)
+        if dest_id is None:
+            raise ProfileNotFound(destination_id)
+        sources: list[str] = []
+        for source_id in source_ids:
+            live = self.canonical_id(source_id)
+            if live is None:
+                raise ProfileNotFound(source_id)
+            if live == dest_id:
+                raise ValueError(f"profile {source_id} is the destination profile")
+            if live not in sources:
+                sources.append(live)
+        dest = self.profiles[dest_id]
+        for source_id in sources:
+            source = self.profiles.pop(source_id)
+            for name in IDENTIFIERS:
+                if source.attributes.get(name) is not None:
+                    self._set_identifier(source, name, None)
+            for name, value in source.attributes.items():
+                if value is not None and dest.attributes.get(name) is None:
+                    if name in IDENTIFIERS:
+                        self._set_identifier(dest, name, value)
+                    else:
+                        dest.attributes[name] = value
+            for key, value in source.location.items():
+                dest.location.setdefault(key, value)
+            for key, value in source.properties.items():
+                dest.properties.setdefault(key, value)
+            for event in self.events:
+                if event.profile_id == source_id:
+                    event.profile_id = dest_id
+            self.event_keys.setdefault(dest_id, set()).update(self.event_keys.pop(source_id, set()))
+            if source.last_event_date and (dest.last_event_date or "") < source.last_event_date:
+                dest.last_event_date = source.last_event_date
+            dest.merged_ids.extend([source_id, *source.merged_ids])
+            self.merged_into[source_id] = dest_id
+            self.merges += 1
+        dest.updated = iso(datetime.now(UTC))
+        return dest
+
+    # bulk import jobs ----------------------------------------------------------------------
+
+    def run_import(self, profiles: list[dict[str, Any]], list_ids: list[str]) -> ImportJob:
+        """Create a job and process every profile now; failures are recorded per record."""
+        now = datetime.now(UTC)
+        job = ImportJob(
+            id=new_id(),
+            created_at=iso(now),
+            total_count=len(profiles),
+            list_ids=list_ids,
+            expires_at=iso(now + timedelta(days=7)),
+        )
+        self.jobs[job.id] = job
+        job.started_at = iso(now)
+        for index, data in enumerate(profiles):
+            try:
+                profile, _ = self.upsert_profile(data)
+            except ProfileConflict as exc:
+                self._import_error(
+                    job,
+                    index,
+                    data,
+                    "duplicate_profile",
+                    f"A profile already exists with one of these identifiers "
+                    f"({exc.field_name}): {exc.duplicate_id}.",
+                )
+            except ProfileNotFound as exc:
+                self._import_error(
+                    job, index, data, "not_found", f"Profile {exc.profile_id} does not exist."
+                )
+            else:
+                job.completed_count += 1
+                if profile.id not in job.profile_ids:
+                    job.profile_ids.append(profile.id)
+        job.status = "complete"
+        job.completed_at = iso(datetime.now(UTC))
+        return job
+
+    @staticmethod
+    def _import_error(
+        job: ImportJob, index: int, data: dict[str, Any], code: str, detail: str
+    ) -> None:
+        job.failed_count += 1
+        job.errors.append(
+            {
+                "type": "import-error",
+                "id": new_id(),
+                "attributes": {
+                    "code": code,
+                    "title": "Conflict." if code == "duplicate_profile" else "Not found.",
+                    "detail": detail,
+                    "source": {"pointer": f"/data/attributes/profiles/data/{index}"},
+                    "original_payload": data,
+                },
+            }
+        )

@@ -1,0 +1,195 @@
+"""`klaviyo-stream run`: the consume → … → ack loop of one consumer-group member.
+
+Guarantees: an offset is stored only when every earlier record of its partition was accepted
+by Klaviyo or written to the dead-letter topic (at-least-once); `unique_id` = messageId makes
+a replay harmless at Klaviyo. On SIGTERM/SIGINT: stop fetching, send what is batched, wait
+for in-flight requests (bounded by `shutdown_timeout`), commit, leave the group, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+
+from stream import metrics
+from stream.batch import Batch, Batcher
+from stream.calls import Source
+from stream.consume import KafkaSource, Partitions
+from stream.deadletter import DeadLetters
+from stream.decode import Decoder, make_decoder
+from stream.deliver import Deliverer, FatalDeliveryError
+from stream.ack import OffsetTracker
+from stream.errors import RecordError
+from stream.health import Health
+from stream.klaviyo.client import KlaviyoClient
+from stream.process import Processor
+from stream.route import Router
+from stream.settings import Settings, kafka_client_config
+
+log = logging.getLogger(__name__)
+
+FETCH_MAX = 1000
+FETCH_TIMEOUT = 0.1
+
+
+@dataclass
+class RunResult:
+    """What a run did, for the CLI's last line and for tests."""
+
+    consumed: int = 0
+    dead_lettered: int = 0
+
+
+class Service:
+    """One consumer-group member; `run()` until `stop()`."""
+
+    def __init__(self, settings: Settings, *, health: Health | None = None,
+                 decoder: Decoder | None = None, shutdown_timeout: float = 30.0) -> None:
+        self.settings = settings
+        self.health = health or Health()
+        self.result = RunResult()
+        self._decoder = decoder or make_decoder(settings.schema_registry_url)
+        self._processor = Processor(Router(), settings.phone_default_region)
+        self._batcher = Batcher(
+            settings.batch_max_events, settings.batch_max_profiles, settings.batch_linger_ms / 1000
+        )
+        self._tracker = OffsetTracker()
+        self._stopping = asyncio.Event()
+        self._shutdown_timeout = shutdown_timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fatal: BaseException | None = None
+        self._source: KafkaSource | None = None
+        self._dead_letters: DeadLetters | None = None
+        self._deliverer: Deliverer | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish (signal-safe)."""
+        self._stopping.set()
+
+    async def run(self) -> RunResult:
+        """Consume until stopped; returns counts. Raises on a fatal delivery error."""
+        settings = self.settings
+        assert settings.klaviyo_api_key is not None
+        self._dead_letters = DeadLetters(kafka_client_config(settings), settings.dlq_topic)
+        self._source = KafkaSource(settings, on_revoke=self._revoked)
+        client = KlaviyoClient(
+            settings.klaviyo_base_url, settings.klaviyo_api_key, settings.klaviyo_revision,
+            timeout=settings.klaviyo_timeout_seconds,
+            max_connections=settings.klaviyo_max_connections,
+        )
+        async with client:
+            self._deliverer = Deliverer(
+                client, self._completed, self._dead_letter,
+                max_in_flight=settings.klaviyo_max_in_flight,
+            )
+            try:
+                await self._loop(self._source)
+            finally:
+                await self._shutdown(self._source)
+        if self._fatal is not None:
+            raise self._fatal
+        return self.result
+
+    async def _loop(self, source: KafkaSource) -> None:
+        max_pending = self.settings.max_pending_records
+        while not self._stopping.is_set() and self._fatal is None:
+            if self._tracker.pending >= max_pending:
+                source.pause()
+            elif source.paused and self._tracker.pending < max_pending // 2:
+                source.resume()
+            messages = await source.fetch(FETCH_MAX, FETCH_TIMEOUT)
+            self.health.polled()
+            self.health.broker_reachable = True
+            self.health.assigned_partitions = len(source.assigned)
+            for message in messages:
+                await self._handle(message)
+            for batch in self._batcher.due():
+                self._spawn(batch)
+            metrics.PENDING_RECORDS.set(self._tracker.pending)
+
+    async def _handle(self, message: Message) -> None:
+        if message.error() is not None:
+            log.warning("consume error", extra={"error": str(message.error())})
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        self.result.consumed += 1
+        metrics.RECORDS_CONSUMED.labels(topic, str(partition)).inc()
+        self._tracker.begin((topic, partition), offset)
+        value = message.value()
+        source = Source(topic, partition, offset, message.key(), value, message.headers())
+        try:
+            call = self._decoder.decode(value)
+            metrics.RECORDS_DECODED.labels(call.type).inc()
+            items = self._processor.items(call, source)
+        except RecordError as exc:
+            await self._dead_letter([source], exc, exc.stage, 1, time.time())
+            self._completed([source])
+            return
+        if not items:
+            self._completed([source])
+            return
+        for item in items:
+            for batch in self._batcher.add(item):
+                self._spawn(batch)
+
+    def _spawn(self, batch: Batch) -> None:
+        task = asyncio.create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: Batch) -> None:
+        assert self._deliverer is not None
+        try:
+            await self._deliverer.send(batch)
+        except FatalDeliveryError as exc:
+            log.error("fatal delivery error, stopping", extra={"error": str(exc)})
+            self._fatal = exc
+            self._stopping.set()
+
+    def _completed(self, sources: list[Source]) -> None:
+        assert self._source is not None
+        for s in sources:
+            moved = self._tracker.complete((s.topic, s.partition), s.offset)
+            if moved is not None:
+                self._source.store(s.topic, s.partition, moved)
+
+    async def _dead_letter(self, sources: list[Source], error: BaseException, stage: str,
+                           attempts: int, first_attempt: float) -> None:
+        assert self._dead_letters is not None
+        for s in sources:
+            metrics.DEAD_LETTERS.labels(stage, type(error).__name__).inc()
+            log.warning(
+                "dead-lettered",
+                extra={"stage": stage, "error": str(error), "topic": s.topic,
+                       "partition": s.partition, "offset": s.offset},
+            )
+            await self._dead_letters.send(s, error, stage, attempts, first_attempt)
+            self.result.dead_lettered += 1
+
+    def _revoked(self, partitions: Partitions) -> None:
+        self._tracker.forget(partitions)
+
+    async def _shutdown(self, source: KafkaSource) -> None:
+        self.health.stopping = True
+        for batch in self._batcher.drain():
+            self._spawn(batch)
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=self._shutdown_timeout)
+            for task in pending:
+                task.cancel()
+        await source.commit()
+        await source.close()
+        if self._dead_letters is not None:
+            self._dead_letters.close()
+
+
+def install_signal_handlers(service: Service) -> None:
+    """SIGTERM and SIGINT stop the service gracefully."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)

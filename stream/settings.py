@@ -1,0 +1,144 @@
+"""One typed, immutable settings object, read from environment variables and an optional file.
+
+Precedence: environment > settings file (`KLAVIYO_STREAM_CONFIG` or `--config`, YAML or JSON)
+> defaults. `load_settings` turns any validation failure into one `ConfigError` line that names
+the environment variable, never a traceback. Secrets are `SecretStr`: they print as `**********`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from stream.errors import ConfigError
+
+CONFIG_FILE_ENV = "KLAVIYO_STREAM_CONFIG"
+SANDBOX_API_KEY = "pk_sandbox_0000000000000000000000000000"
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment. Names are the env variables."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=False)
+
+    # Kafka
+    kafka_bootstrap_servers: str | None = None
+    kafka_topics: CommaList = ("analytics",)
+    kafka_group_id: str = "klaviyo-stream"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    schema_registry_url: str | None = None
+    dlq_topic: str = "klaviyo-stream-dlq"
+
+    # Klaviyo
+    klaviyo_api_key: SecretStr | None = None
+    klaviyo_base_url: str = "https://a.klaviyo.com"
+    klaviyo_revision: str = Field(default="2026-07-15", pattern=r"^\d{4}-\d{2}-\d{2}(\.\w+)?$")
+    klaviyo_timeout_seconds: float = Field(default=30.0, gt=0)
+    klaviyo_max_connections: int = Field(default=16, ge=1)
+    klaviyo_max_in_flight: int = Field(default=8, ge=1)
+
+    # Mapping and identity
+    phone_default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
+    use_email_as_identifier: bool = True
+
+    # Batching and flow control
+    batch_max_events: int = Field(default=1000, ge=1, le=1000)
+    batch_max_profiles: int = Field(default=10_000, ge=1, le=10_000)
+    batch_linger_ms: int = Field(default=200, ge=0)
+    max_pending_records: int = Field(default=50_000, ge=1)
+
+    # Operations
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("kafka_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("klaviyo_api_key")
+    @classmethod
+    def _check_private_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("pk_"):
+            raise ValueError("a private API key starts with 'pk_'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_FILE_ENV)
+        if path:
+            file = Path(path)
+            if file.suffix == ".json":
+                sources.append(JsonConfigSettingsSource(settings_cls, json_file=file))
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once; raise `ConfigError` with one line naming the bad setting."""
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise ConfigError(f"{CONFIG_FILE_ENV}: no such settings file: {config_file}")
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        raise ConfigError(f"{name}: {first['msg']}") from None
+
+
+def require_production_settings(settings: Settings) -> None:
+    """Without `--local` there is no fallback: a broker and an API key must be configured."""
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set (use `run --local` for a local broker)")
+    if settings.klaviyo_api_key is None:
+        raise ConfigError("KLAVIYO_API_KEY: not set (use `run --local` for the Klaviyo sandbox)")
+
+
+def kafka_client_config(settings: Settings) -> dict[str, str]:
+    """The librdkafka connection dict shared by consumer, producer and admin: the one converter."""
+    conf: dict[str, str] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers or "",
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username:
+        conf["sasl.username"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location:
+        conf["ssl.ca.location"] = settings.kafka_ssl_ca_location
+    return conf
