@@ -20,14 +20,14 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY schemas ./schemas
 COPY stream ./stream
-RUN pip install --no-cache-dir --no-deps . && rm -rf /src
-
-# Run as an unprivileged user; its home holds the SQLite state when STATE_URL is not Redis.
-RUN groupadd --system --gid 10001 stream \
+# An unprivileged user too; its home holds the SQLite state when STATE_URL is not Redis.
+RUN pip install --no-cache-dir --no-deps . \
+    && cd / && rm -rf /src \
+    && groupadd --system --gid 10001 stream \
     && useradd --system --uid 10001 --gid stream --home-dir /var/lib/klaviyo-stream \
        --create-home --shell /usr/sbin/nologin stream
-USER stream:stream
 WORKDIR /var/lib/klaviyo-stream
+USER stream:stream
 
 EXPOSE 9400
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
@@ -66,11 +66,15 @@ class SchemaSet:
         call_type = call_type_of(writer)
         if call_type is None:
             return None
-        parsed = parse_schema(writer, _write_hint=False)
+        parsed = _parse(writer)
         same = to_parsing_canonical_form(parsed) == to_parsing_canonical_form(
             self.current[call_type]
         )
         return WriterSchema(call_type, parsed, None if same else self.current[call_type])
+
+
+def _parse(schema: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], parse_schema(schema))
 
 
 @cache
@@ -82,7 +86,7 @@ def load_schemas(directory: Path | None = None) -> SchemaSet:
     by_fp: dict[bytes, WriterSchema] = {}
     for path in sorted(root.glob("*.avsc")):
         text = path.read_text()
-        parsed = parse_schema(json.loads(text))
+        parsed = _parse(json.loads(text))
         call_type = call_type_of(parsed)
         if call_type is None:
             continue
@@ -90,7 +94,7 @@ def load_schemas(directory: Path | None = None) -> SchemaSet:
         raw[call_type] = text
         by_fp[single_object_fingerprint(parsed)] = WriterSchema(call_type, parsed, None)
     for path in sorted((root / "history").glob("*.avsc")):
-        parsed = parse_schema(json.loads(path.read_text()))
+        parsed = _parse(json.loads(path.read_text()))
         call_type = call_type_of(parsed)
         if call_type is not None and call_type in current:
             by_fp.setdefault(

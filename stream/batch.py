@@ -69,7 +69,10 @@ class Batcher:
     """Holds at most one open batch per kind; hands out batches that are ready to send."""
 
     def __init__(
-        self, max_events: int = 1000, max_profiles: int = 10_000, linger_seconds: float = 0.2,
+        self,
+        max_events: int = 1000,
+        max_profiles: int = 10_000,
+        linger_seconds: float = 0.2,
         max_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self._max = {"events": max_events, "profiles": max_profiles}

@@ -26,7 +26,7 @@ class Source:
     offset: int
     key: bytes | None = None
     value: bytes | None = None
-    headers: list[tuple[str, bytes]] | None = None
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 @dataclass(slots=True)

@@ -33,17 +33,29 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="consume calls from Kafka and deliver them to Klaviyo")
-    run.add_argument("--local", action="store_true",
-                     help="start a local Kafka broker and a local Klaviyo sandbox (demo/dev)")
-    run.add_argument("--sample", type=int, default=0, metavar="N",
-                     help="with --local: publish N sample calls after start")
+    run.add_argument(
+        "--local",
+        action="store_true",
+        help="start a local Kafka broker and a local Klaviyo sandbox (demo/dev)",
+    )
+    run.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --local: publish N sample calls after start",
+    )
 
     sandbox = sub.add_parser("sandbox", help="serve the Klaviyo sandbox API")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8080)
     sandbox.add_argument("--no-rate-limits", action="store_true")
-    sandbox.add_argument("--time-scale", type=float, default=1.0,
-                         help="rate-limit windows × this factor (0.1 = 10× faster)")
+    sandbox.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="rate-limit windows × this factor (0.1 = 10× faster)",
+    )
 
     kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker (KRaft)")
     kafka.add_argument("--port", type=int, default=9092)
@@ -91,6 +103,26 @@ def _configure_logging(level: str) -> None:
     configure_logging(level)
 
 
+async def _report_sandbox(url: str, every: float = 2.0) -> None:
+    """`--local`: print what the sandbox holds when it changes: a newcomer sees data arrive."""
+    import aiohttp
+
+    last: tuple[int, int] = (-1, -1)
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{url}/sandbox/stats") as resp:
+                stats = await resp.json()
+            now = (stats["profiles"], stats["events"])
+            if now != last:
+                print(
+                    f"sandbox: {now[0]} profiles, {now[1]} events "
+                    f"(see {url}/sandbox/profiles and {url}/sandbox/events)",
+                    flush=True,
+                )
+                last = now
+            await asyncio.sleep(every)
+
+
 @contextlib.contextmanager
 def _local_stack(settings: Settings) -> Iterator[Settings]:
     """`--local`: a local broker and sandbox, and settings that point at them."""
@@ -98,13 +130,17 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
     from stream.sandbox import SandboxConfig, SandboxThread
 
     with LocalKafka() as kafka, SandboxThread(SandboxConfig()) as sandbox:
-        print(f"local Kafka at {kafka.bootstrap_servers}; Klaviyo sandbox at {sandbox.url}",
-              flush=True)
-        yield settings.model_copy(update={
-            "kafka_bootstrap_servers": kafka.bootstrap_servers,
-            "klaviyo_base_url": sandbox.url,
-            "klaviyo_api_key": SecretStr(SANDBOX_API_KEY),
-        })
+        print(
+            f"local Kafka at {kafka.bootstrap_servers}; Klaviyo sandbox at {sandbox.url}",
+            flush=True,
+        )
+        yield settings.model_copy(
+            update={
+                "kafka_bootstrap_servers": kafka.bootstrap_servers,
+                "klaviyo_base_url": sandbox.url,
+                "klaviyo_api_key": SecretStr(SANDBOX_API_KEY),
+            }
+        )
 
 
 def _run(settings: Settings, local: bool, sample: int) -> int:
@@ -121,12 +157,19 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
             loop = asyncio.get_running_loop()
             count = await loop.run_in_executor(None, _publish_sample, effective, sample)
             print(f"published {count} sample calls to {effective.kafka_topics[0]}", flush=True)
+        reporter = (
+            asyncio.create_task(_report_sandbox(effective.klaviyo_base_url)) if local else None
+        )
         try:
             result = await service.run()
         finally:
+            if reporter is not None:
+                reporter.cancel()
             await observer.close()
-        print(f"stopped: {result.consumed} records consumed, "
-              f"{result.dead_lettered} dead-lettered", flush=True)
+        print(
+            f"stopped: {result.consumed} records consumed, {result.dead_lettered} dead-lettered",
+            flush=True,
+        )
 
     if not local:
         require_production_settings(settings)
@@ -138,11 +181,13 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
 
 
 def _publish_sample(settings: Settings, count: int) -> int:
-    from stream.produce import Encoder, publish
+    from stream.produce import publish
     from stream.sample import sample_calls
 
     topic = settings.kafka_topics[0]
-    return publish(kafka_client_config(settings), topic, sample_calls(count), _encoder(settings, topic))
+    return publish(
+        kafka_client_config(settings), topic, sample_calls(count), _encoder(settings, topic)
+    )
 
 
 def _encoder(settings: Settings, topic: str) -> Any:
@@ -152,7 +197,9 @@ def _encoder(settings: Settings, topic: str) -> Any:
         return Encoder(topic=topic)
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return Encoder(registry=SchemaRegistryClient({"url": settings.schema_registry_url}), topic=topic)
+    return Encoder(
+        registry=SchemaRegistryClient({"url": settings.schema_registry_url}), topic=topic
+    )
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
@@ -171,8 +218,14 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
 def _sandbox(args: argparse.Namespace) -> int:
     from stream.sandbox import SandboxConfig, run
 
-    run(SandboxConfig(host=args.host, port=args.port, rate_limits=not args.no_rate_limits,
-                      time_scale=args.time_scale))
+    run(
+        SandboxConfig(
+            host=args.host,
+            port=args.port,
+            rate_limits=not args.no_rate_limits,
+            time_scale=args.time_scale,
+        )
+    )
     return 0
 
 

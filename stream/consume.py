@@ -47,7 +47,9 @@ class KafkaSource:
     """The consumer-group member: fetch, pause/resume, store offsets, commit."""
 
     def __init__(
-        self, settings: Settings, on_revoke: Callable[[Partitions], None],
+        self,
+        settings: Settings,
+        on_revoke: Callable[[Partitions], None],
         config: dict[str, Any] | None = None,
     ) -> None:
         self._consumer = Consumer(config or consumer_config(settings))

@@ -21,8 +21,13 @@ from stream.klaviyo.errors import KlaviyoError
 HEADER_PREFIX = "dlq."
 
 
-def error_headers(source: Source, error: BaseException, stage: str, attempts: int,
-                  first_attempt: float | None = None) -> list[tuple[str, bytes]]:
+def error_headers(
+    source: Source,
+    error: BaseException,
+    stage: str,
+    attempts: int,
+    first_attempt: float | None = None,
+) -> list[tuple[str, str | bytes | None]]:
     """The `dlq.*` headers that explain why a record is here."""
     now = time.time()
     headers = {
@@ -49,9 +54,7 @@ class DeadLetters:
 
     def __init__(self, producer_config: dict[str, Any], topic: str) -> None:
         self.topic = topic
-        self._producer = Producer(
-            {**producer_config, "enable.idempotence": True, "linger.ms": 20}
-        )
+        self._producer = Producer({**producer_config, "enable.idempotence": True, "linger.ms": 20})
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="dlq-poll", daemon=True)
         self._poller.start()
@@ -60,8 +63,14 @@ class DeadLetters:
         while not self._stop.is_set():
             self._producer.poll(0.1)
 
-    async def send(self, source: Source, error: BaseException, stage: str, attempts: int = 1,
-                   first_attempt: float | None = None) -> None:
+    async def send(
+        self,
+        source: Source,
+        error: BaseException,
+        stage: str,
+        attempts: int = 1,
+        first_attempt: float | None = None,
+    ) -> None:
         """Write one dead letter and wait until the broker acknowledged it."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -78,7 +87,10 @@ class DeadLetters:
         while True:
             try:
                 self._producer.produce(
-                    self.topic, value=source.value, key=source.key, headers=headers,
+                    self.topic,
+                    value=source.value,
+                    key=source.key,
+                    headers=headers,
                     on_delivery=on_delivery,
                 )
                 break

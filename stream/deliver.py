@@ -43,7 +43,9 @@ from stream.klaviyo.errors import (
 log = logging.getLogger(__name__)
 
 SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
-_BULK_POINTER = re.compile(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?")
+_BULK_POINTER = re.compile(
+    r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?"
+)
 
 Done = Callable[[list[Source]], None]
 DeadLetter = Callable[[list[Source], BaseException, str, int, float], Awaitable[None]]
@@ -75,8 +77,13 @@ class Deliverer:
     """Sends batches; reports every record as done once delivered or dead-lettered."""
 
     def __init__(
-        self, client: KlaviyoClient, on_done: Done, dead_letter: DeadLetter,
-        *, max_in_flight: int = 8, retry: RetryPolicy | None = None,
+        self,
+        client: KlaviyoClient,
+        on_done: Done,
+        dead_letter: DeadLetter,
+        *,
+        max_in_flight: int = 8,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._client = client
         self._on_done = on_done
@@ -128,7 +135,9 @@ class Deliverer:
     async def _profiles(self, items: list[Item]) -> None:
         if len(items) <= SMALL_PROFILE_BATCH:
             for item in items:
-                await self._deliver(PROFILE_IMPORT, mapping.profile_import_body(item.profile), [item])
+                await self._deliver(
+                    PROFILE_IMPORT, mapping.profile_import_body(item.profile), [item]
+                )
             return
         body = mapping.bulk_profiles_body([i.profile for i in items])
         try:
@@ -190,10 +199,15 @@ class Deliverer:
                 delay = self._retry.delay(attempt, exc)
                 attempt += 1
                 spent = time.monotonic() - started
-                if attempt >= self._retry.max_attempts or spent + delay > self._retry.max_total_seconds:
+                if (
+                    attempt >= self._retry.max_attempts
+                    or spent + delay > self._retry.max_total_seconds
+                ):
                     raise
                 metrics.RETRIES.labels(endpoint, type(exc).__name__).inc()
-                log.info("retrying", extra={"endpoint": endpoint, "error": str(exc), "delay": delay})
+                log.info(
+                    "retrying", extra={"endpoint": endpoint, "error": str(exc), "delay": delay}
+                )
             finally:
                 metrics.IN_FLIGHT_REQUESTS.dec()
                 cls = metrics.status_class(status)

@@ -25,9 +25,11 @@ _SECRET_PATTERNS = (
 )
 
 # Attributes every LogRecord has; anything else came from `extra=`.
-_RECORD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
-) | {"message", "asctime", "taskName"}
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 _HANDLER_NAME = "klaviyo-stream-json"
 

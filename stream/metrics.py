@@ -13,20 +13,29 @@ P = "klaviyo_stream_"
 
 # consume → decode → route → dedup → identity
 RECORDS_CONSUMED = Counter(
-    P + "records_consumed_total", "Records read from Kafka.", ["topic", "partition"], registry=REGISTRY
+    P + "records_consumed_total",
+    "Records read from Kafka.",
+    ["topic", "partition"],
+    registry=REGISTRY,
 )
 RECORDS_DECODED = Counter(
     P + "records_decoded_total", "Records decoded into calls.", ["type"], registry=REGISTRY
 )
 RECORDS_FILTERED = Counter(
-    P + "records_filtered_total", "Calls not sent to Klaviyo by routing.", ["type", "reason"],
+    P + "records_filtered_total",
+    "Calls not sent to Klaviyo by routing.",
+    ["type", "reason"],
     registry=REGISTRY,
 )
 RECORDS_DEDUPLICATED = Counter(
-    P + "records_deduplicated_total", "Calls dropped as already seen (messageId).", registry=REGISTRY
+    P + "records_deduplicated_total",
+    "Calls dropped as already seen (messageId).",
+    registry=REGISTRY,
 )
 RECORDS_HELD = Counter(
-    P + "records_held_total", "Calls of anonymous persons held until an identify.", registry=REGISTRY
+    P + "records_held_total",
+    "Calls of anonymous persons held until an identify.",
+    registry=REGISTRY,
 )
 RECORDS_RELEASED = Counter(
     P + "records_released_total", "Held calls released, by outcome.", ["outcome"], registry=REGISTRY
@@ -35,33 +44,45 @@ IDENTITY_LINKS = Counter(
     P + "identity_links_total", "Identifiers linked to a person.", ["kind"], registry=REGISTRY
 )
 PROFILE_MERGES = Counter(
-    P + "profile_merges_total", "Klaviyo profiles merged after a 409 duplicate_profile.",
+    P + "profile_merges_total",
+    "Klaviyo profiles merged after a 409 duplicate_profile.",
     registry=REGISTRY,
 )
 
 # batch → deliver
 BATCHES_SENT = Counter(
-    P + "batches_sent_total", "Requests sent to Klaviyo.", ["endpoint", "status_class"],
+    P + "batches_sent_total",
+    "Requests sent to Klaviyo.",
+    ["endpoint", "status_class"],
     registry=REGISTRY,
 )
 RECORDS_SENT = Counter(
     P + "records_sent_total", "Records Klaviyo accepted.", ["endpoint"], registry=REGISTRY
 )
 BATCH_SIZE = Histogram(
-    P + "batch_size_records", "Records per request.", ["endpoint"],
-    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 10000), registry=REGISTRY,
-)
-REQUEST_SECONDS = Histogram(
-    P + "request_duration_seconds", "Klaviyo request latency.", ["endpoint", "status_class"],
+    P + "batch_size_records",
+    "Records per request.",
+    ["endpoint"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 10000),
     registry=REGISTRY,
 )
-RETRIES = Counter(P + "retries_total", "Requests retried.", ["endpoint", "reason"], registry=REGISTRY)
+REQUEST_SECONDS = Histogram(
+    P + "request_duration_seconds",
+    "Klaviyo request latency.",
+    ["endpoint", "status_class"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    P + "retries_total", "Requests retried.", ["endpoint", "reason"], registry=REGISTRY
+)
 RATE_LIMITED = Counter(
     P + "rate_limited_total", "429 answers from Klaviyo.", ["endpoint"], registry=REGISTRY
 )
 GOVERNOR_WAIT = Counter(
-    P + "governor_wait_seconds_total", "Seconds spent waiting on the rate-limit governor.",
-    ["endpoint"], registry=REGISTRY,
+    P + "governor_wait_seconds_total",
+    "Seconds spent waiting on the rate-limit governor.",
+    ["endpoint"],
+    registry=REGISTRY,
 )
 IN_FLIGHT_REQUESTS = Gauge(
     P + "in_flight_requests", "Requests awaiting Klaviyo's answer.", registry=REGISTRY
@@ -72,26 +93,29 @@ PENDING_RECORDS = Gauge(
 
 # dead letters → ack
 DEAD_LETTERS = Counter(
-    P + "dead_letters_total", "Records sent to the dead-letter topic.", ["stage", "reason"],
+    P + "dead_letters_total",
+    "Records sent to the dead-letter topic.",
+    ["stage", "reason"],
     registry=REGISTRY,
 )
 OFFSETS_STORED = Counter(
     P + "offsets_stored_total", "Offset stores after delivery.", registry=REGISTRY
 )
 LAST_COMMIT = Gauge(
-    P + "last_commit_timestamp_seconds", "Unix time of the last successful commit.",
+    P + "last_commit_timestamp_seconds",
+    "Unix time of the last successful commit.",
     registry=REGISTRY,
 )
 CONSUMER_LAG = Gauge(
-    P + "consumer_lag_records", "High watermark minus consumed position.", ["topic", "partition"],
+    P + "consumer_lag_records",
+    "High watermark minus consumed position.",
+    ["topic", "partition"],
     registry=REGISTRY,
 )
 ASSIGNED_PARTITIONS = Gauge(
     P + "assigned_partitions", "Partitions assigned to this consumer.", registry=REGISTRY
 )
-STATE_KEYS = Gauge(
-    P + "state_store_keys", "Keys in the state store.", ["kind"], registry=REGISTRY
-)
+STATE_KEYS = Gauge(P + "state_store_keys", "Keys in the state store.", ["kind"], registry=REGISTRY)
 
 
 def status_class(status: int) -> str:

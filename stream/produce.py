@@ -36,8 +36,9 @@ def to_avro_record(call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 class Encoder:
     """Encodes calls in the configured wire format."""
 
-    def __init__(self, schemas: SchemaSet | None = None, registry: Any = None,
-                 topic: str = "") -> None:
+    def __init__(
+        self, schemas: SchemaSet | None = None, registry: Any = None, topic: str = ""
+    ) -> None:
         self._schemas = schemas or load_schemas()
         self._registry = registry
         self._topic = topic
@@ -67,8 +68,9 @@ def key_of(call: dict[str, Any]) -> bytes | None:
     return str(key).encode() if key else None
 
 
-def publish(producer_config: dict[str, Any], topic: str, calls: Iterable[dict[str, Any]],
-            encoder: Encoder) -> int:
+def publish(
+    producer_config: dict[str, Any], topic: str, calls: Iterable[dict[str, Any]], encoder: Encoder
+) -> int:
     """Produce every call and wait until the broker has them all; returns the count."""
     producer = Producer({**producer_config, "linger.ms": 20, "enable.idempotence": True})
     errors: list[str] = []
@@ -89,6 +91,7 @@ def publish(producer_config: dict[str, Any], topic: str, calls: Iterable[dict[st
         producer.poll(0)
         count += 1
     remaining = producer.flush(60)
+    producer.close()
     if remaining or errors:
         raise RuntimeError(f"{remaining} undelivered, errors: {errors[:3]}")
     return count

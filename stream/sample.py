@@ -51,8 +51,12 @@ def sample_calls(count: int, seed: int = 7, persons: int | None = None) -> Itera
         idx = rng.randrange(len(people))
         person = people[idx]
         when = (start + timedelta(seconds=n)).isoformat()
-        base = {"messageId": str(uuid.UUID(int=rng.getrandbits(128))), "timestamp": when,
-                "userId": person["userId"], "anonymousId": person["anonymousId"]}
+        base = {
+            "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+            "timestamp": when,
+            "userId": person["userId"],
+            "anonymousId": person["anonymousId"],
+        }
         if idx not in identified:
             identified.add(idx)
             traits = {k: v for k, v in person["traits"].items() if v is not None}
@@ -60,17 +64,31 @@ def sample_calls(count: int, seed: int = 7, persons: int | None = None) -> Itera
             continue
         roll = rng.random()
         if roll < 0.1:
-            yield {"type": "page", **base, "name": "Home",
-                   "properties": {"url": "https://shop.example.com/", "path": "/"}}
+            yield {
+                "type": "page",
+                **base,
+                "name": "Home",
+                "properties": {"url": "https://shop.example.com/", "path": "/"},
+            }
             continue
         sku, name, price = rng.choice(PRODUCTS)
         if roll < 0.6:
-            yield {"type": "track", **base, "event": "Viewed Product",
-                   "properties": {"sku": sku, "name": name, "price": price}}
+            yield {
+                "type": "track",
+                **base,
+                "event": "Viewed Product",
+                "properties": {"sku": sku, "name": name, "price": price},
+            }
         else:
             quantity = rng.randint(1, 3)
-            yield {"type": "track", **base, "event": "Ordered Product",
-                   "properties": {"revenue": round(price * quantity, 2), "currency": "USD",
-                                  "gift": rng.random() < 0.2,
-                                  "products": [{"sku": sku, "name": name, "price": price,
-                                                "quantity": quantity}]}}
+            yield {
+                "type": "track",
+                **base,
+                "event": "Ordered Product",
+                "properties": {
+                    "revenue": round(price * quantity, 2),
+                    "currency": "USD",
+                    "gift": rng.random() < 0.2,
+                    "products": [{"sku": sku, "name": name, "price": price, "quantity": quantity}],
+                },
+            }

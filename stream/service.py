@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from confluent_kafka import Message
 
 from stream import metrics
+from stream.ack import OffsetTracker
 from stream.batch import Batch, Batcher
 from stream.calls import Source
 from stream.consume import KafkaSource, Partitions
 from stream.deadletter import DeadLetters
 from stream.decode import Decoder, make_decoder
 from stream.deliver import Deliverer, FatalDeliveryError
-from stream.ack import OffsetTracker
 from stream.errors import RecordError
 from stream.health import Health
 from stream.klaviyo.client import KlaviyoClient
@@ -48,8 +48,14 @@ class RunResult:
 class Service:
     """One consumer-group member; `run()` until `stop()`."""
 
-    def __init__(self, settings: Settings, *, health: Health | None = None,
-                 decoder: Decoder | None = None, shutdown_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        health: Health | None = None,
+        decoder: Decoder | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
         self.settings = settings
         self.health = health or Health()
         self.result = RunResult()
@@ -78,13 +84,17 @@ class Service:
         self._dead_letters = DeadLetters(kafka_client_config(settings), settings.dlq_topic)
         self._source = KafkaSource(settings, on_revoke=self._revoked)
         client = KlaviyoClient(
-            settings.klaviyo_base_url, settings.klaviyo_api_key, settings.klaviyo_revision,
+            settings.klaviyo_base_url,
+            settings.klaviyo_api_key,
+            settings.klaviyo_revision,
             timeout=settings.klaviyo_timeout_seconds,
             max_connections=settings.klaviyo_max_connections,
         )
         async with client:
             self._deliverer = Deliverer(
-                client, self._completed, self._dead_letter,
+                client,
+                self._completed,
+                self._dead_letter,
                 max_in_flight=settings.klaviyo_max_in_flight,
             )
             try:
@@ -116,12 +126,16 @@ class Service:
         if message.error() is not None:
             log.warning("consume error", extra={"error": str(message.error())})
             return
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        topic, partition, offset = _position(message)
         self.result.consumed += 1
         metrics.RECORDS_CONSUMED.labels(topic, str(partition)).inc()
         self._tracker.begin((topic, partition), offset)
         value = message.value()
-        source = Source(topic, partition, offset, message.key(), value, message.headers())
+        headers = message.headers()
+        source = Source(
+            topic, partition, offset, message.key(), value,
+            list(headers.items()) if isinstance(headers, dict) else headers,
+        )
         try:
             call = self._decoder.decode(value)
             metrics.RECORDS_DECODED.labels(call.type).inc()
@@ -158,15 +172,26 @@ class Service:
             if moved is not None:
                 self._source.store(s.topic, s.partition, moved)
 
-    async def _dead_letter(self, sources: list[Source], error: BaseException, stage: str,
-                           attempts: int, first_attempt: float) -> None:
+    async def _dead_letter(
+        self,
+        sources: list[Source],
+        error: BaseException,
+        stage: str,
+        attempts: int,
+        first_attempt: float,
+    ) -> None:
         assert self._dead_letters is not None
         for s in sources:
             metrics.DEAD_LETTERS.labels(stage, type(error).__name__).inc()
             log.warning(
                 "dead-lettered",
-                extra={"stage": stage, "error": str(error), "topic": s.topic,
-                       "partition": s.partition, "offset": s.offset},
+                extra={
+                    "stage": stage,
+                    "error": str(error),
+                    "topic": s.topic,
+                    "partition": s.partition,
+                    "offset": s.offset,
+                },
             )
             await self._dead_letters.send(s, error, stage, attempts, first_attempt)
             self.result.dead_lettered += 1
@@ -186,6 +211,12 @@ class Service:
         await source.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
+
+
+def _position(message: Message) -> tuple[str, int, int]:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
 
 
 def install_signal_handlers(service: Service) -> None:

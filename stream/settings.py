@@ -38,9 +38,7 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str | None = None
     kafka_topics: CommaList = ("analytics",)
     kafka_group_id: str = "klaviyo-stream"
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -60,6 +58,13 @@ class Settings(BaseSettings):
     # Mapping and identity
     phone_default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
     use_email_as_identifier: bool = True
+
+    # State: dedup window, identity graph, held anonymous calls
+    state_url: str = "sqlite:///klaviyo-stream-state.db"
+    dedup_window_seconds: float = Field(default=7 * 86400, gt=0)
+    hold_anonymous_seconds: float = Field(default=3600, ge=0)
+    hold_anonymous_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    expired_anonymous: Literal["drop", "send"] = "drop"
 
     # Batching and flow control
     batch_max_events: int = Field(default=1000, ge=1, le=1000)

@@ -68,8 +68,14 @@ async def sandbox_get(base_url: str, path: str) -> Any:
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
     """Read `expected` records of a topic from the beginning (dead letters, for instance)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     records: list[Any] = []
     deadline = time.monotonic() + timeout

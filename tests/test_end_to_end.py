@@ -21,12 +21,9 @@ from tests.support import running_service, sandbox_get, service_settings, wait_u
 RECORDS = 10_000
 
 
-def rows(body: Any) -> list[dict[str, Any]]:
-    return body["data"] if isinstance(body, dict) else body
-
-
-async def deliver_and_check(bootstrap: str, topic: str, encoder: Encoder,
-                            decoder: RegistryDecoder | None = None) -> None:
+async def deliver_and_check(
+    bootstrap: str, topic: str, encoder: Encoder, decoder: RegistryDecoder | None = None
+) -> None:
     calls = list(sample_calls(RECORDS, seed=11, persons=700))
     publish({"bootstrap.servers": bootstrap}, topic, calls, encoder)
     expected = {c["messageId"]: c for c in calls if c["type"] in ("track", "page")}
@@ -36,14 +33,16 @@ async def deliver_and_check(bootstrap: str, topic: str, encoder: Encoder,
         settings = service_settings(bootstrap, topic, sandbox.url)
 
         async def all_arrived() -> bool:
-            events = rows(await sandbox_get(sandbox.url, "/sandbox/events"))
-            profiles = rows(await sandbox_get(sandbox.url, "/sandbox/profiles"))
+            events = (await sandbox_get(sandbox.url, "/sandbox/events"))["events"]
+            profiles = (await sandbox_get(sandbox.url, "/sandbox/profiles"))["profiles"]
             return len(events) >= len(expected) and len(profiles) >= len(persons)
 
         async with running_service(settings, decoder) as service:
             await wait_until(all_arrived, timeout=240, what="every event and profile")
-        events = rows(await sandbox_get(sandbox.url, "/sandbox/events"))
-        profiles = {p["id"]: p for p in rows(await sandbox_get(sandbox.url, "/sandbox/profiles"))}
+        events = (await sandbox_get(sandbox.url, "/sandbox/events"))["events"]
+        profiles = {
+            p["id"]: p for p in (await sandbox_get(sandbox.url, "/sandbox/profiles"))["profiles"]
+        }
 
     assert service.result.dead_lettered == 0
     assert service.result.consumed == RECORDS

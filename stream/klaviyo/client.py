@@ -7,7 +7,6 @@ job, not this module's. One `aiohttp.ClientSession` with a bounded pool is share
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -63,12 +62,17 @@ class KlaviyoClient:
         # TLS verification stays on: aiohttp verifies certificates by default (ssl=True).
         connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=True)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+            connector=connector,
+            timeout=self._timeout,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
         )
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -94,7 +98,7 @@ class KlaviyoClient:
                 return Response(resp.status, dict(resp.headers), parsed)
         except KlaviyoError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise KlaviyoUnavailable(f"{method} {path}: {type(exc).__name__}") from None
 
     async def post(self, path: str, body: Any) -> Response:

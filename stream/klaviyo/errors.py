@@ -59,7 +59,9 @@ class RateLimited(KlaviyoError):
 
     retriable = True
 
-    def __init__(self, message: str, retry_after: float, errors: list[dict[str, Any]] | None = None):
+    def __init__(
+        self, message: str, retry_after: float, errors: list[dict[str, Any]] | None = None
+    ):
         super().__init__(message, 429, errors)
         self.retry_after = retry_after
 
@@ -90,7 +92,8 @@ def error_for(status: int, body: Any, retry_after: str | None) -> KlaviyoError:
     errors = body.get("errors") if isinstance(body, dict) else None
     errors = errors if isinstance(errors, list) else []
     first = errors[0] if errors and isinstance(errors[0], dict) else {}
-    message = f"Klaviyo {status} {first.get('code', '')}: {first.get('detail') or first.get('title') or ''}".strip()
+    detail = first.get("detail") or first.get("title") or ""
+    message = f"Klaviyo {status} {first.get('code', '')}: {detail}".strip()
     if status == 429:
         try:
             wait = max(float(retry_after or 1), 0.0)

@@ -220,11 +220,19 @@ class LocalKafka:
         return self.start(timeout)
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the broker's log (stdout and stderr of the JVM)."""
+        """The last lines of the broker's log (stdout and stderr of the JVM).
+
+        The last ERROR line comes first when it is further up, since a stack trace can bury it.
+        """
         if self._work_dir is None:
             return ""
         log = self._work_dir / _LOG_NAME
-        return _tail(log.read_text(errors="replace"), lines) if log.is_file() else ""
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        tail = _tail(text, lines)
+        errors = [line for line in text.splitlines() if " ERROR " in line]
+        if errors and errors[-1] not in tail:
+            return f"{errors[-1]}\n...\n{tail}"
+        return tail
 
     def __enter__(self) -> LocalKafka:
         try:

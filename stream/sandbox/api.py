@@ -19,12 +19,16 @@ from .profiles import ProfileNotFound
 from .state import Sandbox
 from .store import DuplicateUniqueId
 from .validation import (
+    MAX_BULK_EVENTS,
     Path,
     check_bulk_events,
     check_profile,
     check_single_event,
     long_strings,
 )
+
+SCHEMA_ERRORS = web.RequestKey("sandbox_schema_errors", list)
+"""Schema errors of a bulk body, left for the handler to combine with its own per-entry checks."""
 
 Handler = Callable[[web.Request, Sandbox, Any], Awaitable[web.StreamResponse]]
 JSON_API = "application/vnd.api+json"
@@ -48,6 +52,28 @@ def base_url(request: web.Request) -> str:
 def raise_errors(errors: list[ErrorItem]) -> None:
     if errors:
         raise ApiError(400, errors)
+
+
+def bulk_errors(
+    request: web.Request,
+    entries: list[tuple[Path, Any]],
+    check: Callable[[list[tuple[Path, Any]]], list[ErrorItem]],
+    body: Any,
+) -> None:
+    """Raise one 400 listing every bad bulk entry: schema errors, then `check` on the others."""
+    schema = request.get(SCHEMA_ERRORS) or []
+    bad = {_entry_of(error, len(entries[0][0])) for error in schema} if entries else set()
+    clean = [(path, entry) for path, entry in entries if path not in bad]
+    errors = [*schema, *check(clean)] if clean else list(schema)
+    depth = len(entries[0][0]) if entries else 0
+    errors = with_long_strings(errors, body, depth)
+    errors.sort(key=lambda e: [p.zfill(12) for p in (e.pointer or "").split("/")])
+    raise_errors(errors)
+
+
+def _entry_of(error: ErrorItem, depth: int) -> tuple[str | int, ...]:
+    parts = (error.pointer or "").split("/")[1 : depth + 1]
+    return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
 def with_long_strings(errors: list[ErrorItem], body: Any, depth: int) -> list[ErrorItem]:
@@ -101,9 +127,12 @@ async def bulk_create_events(
     """POST /api/event-bulk-create-jobs: all entries valid or none stored; 202 without a job."""
     root: Path = ("data", "attributes", "events-bulk-create", "data")
     entries = [((*root, i), entry) for i, entry in enumerate(_dig(body, root))]
-    raise_errors(
-        with_long_strings(check_bulk_events(entries, datetime.now(UTC)), body, len(root) + 1)
-    )
+    total = sum(_event_count(entry) for _, entry in entries)
+    if total > MAX_BULK_EVENTS:
+        detail = f"At most {MAX_BULK_EVENTS} events per request; got {total}."
+        raise invalid(detail, pointer=pointer_of(root))
+    now = datetime.now(UTC)
+    bulk_errors(request, entries, lambda clean: check_bulk_events(clean, now), body)
     _store_bulk(sandbox, entries)
     return accepted()
 
@@ -116,6 +145,15 @@ async def bulk_create_client_events(
     raise_errors(with_long_strings(check_bulk_events(entries, datetime.now(UTC)), body, 0)[:1])
     _store_bulk(sandbox, entries)
     return accepted()
+
+
+def _event_count(entry: Any) -> int:
+    """How many events a (possibly malformed) bulk entry carries."""
+    try:
+        events = entry["attributes"]["events"]["data"]
+    except (KeyError, TypeError):
+        return 0
+    return len(events) if isinstance(events, list) else 0
 
 
 def _dig(body: Any, path: Path) -> Any:

@@ -7,12 +7,19 @@ from typing import Any
 
 from aiohttp import web
 
-from .api import base_url, json_response, not_found, raise_errors, with_long_strings
-from .errors import ApiError, ErrorItem, invalid
+from .api import (
+    base_url,
+    bulk_errors,
+    json_response,
+    not_found,
+    raise_errors,
+    with_long_strings,
+)
+from .errors import ApiError, ErrorItem, invalid, pointer_of
 from .profiles import ProfileConflict, ProfileNotFound
 from .resources import job_resource, profile_resource
 from .state import Sandbox
-from .validation import Path, check_profile, check_profiles
+from .validation import MAX_BULK_PROFILES, Path, check_profile, check_profiles
 
 _FILTER = re.compile(r"^\s*(equals|any)\(\s*([A-Za-z_]+)\s*,\s*(.*?)\s*\)\s*$", re.S)
 _QUOTED = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
@@ -52,7 +59,10 @@ async def bulk_import_profiles(
     """POST /api/profile-bulk-import-jobs: validate all, then run the job; 202 with the job."""
     root: Path = ("data", "attributes", "profiles", "data")
     profiles = body["data"]["attributes"]["profiles"]["data"]
-    raise_errors(with_long_strings(check_profiles(profiles, root), body, len(root) + 1))
+    entries = [((*root, i), entry) for i, entry in enumerate(profiles)]
+    if len(profiles) > MAX_BULK_PROFILES:
+        raise invalid(f"At most {MAX_BULK_PROFILES} profiles per request.", pointer_of(root))
+    bulk_errors(request, entries, check_profiles, body)
     relationships = body["data"].get("relationships") or {}
     list_ids = [item["id"] for item in (relationships.get("lists") or {}).get("data") or []]
     job = sandbox.store.run_import(profiles, list_ids)

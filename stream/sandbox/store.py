@@ -181,10 +181,11 @@ class Store(ProfileBook):
         dest = self.profiles[dest_id]
         for source_id in sources:
             source = self.profiles.pop(source_id)
+            inherited = dict(source.attributes)
             for name in IDENTIFIERS:
                 if source.attributes.get(name) is not None:
                     self._set_identifier(source, name, None)
-            for name, value in source.attributes.items():
+            for name, value in inherited.items():
                 if value is not None and dest.attributes.get(name) is None:
                     if name in IDENTIFIERS:
                         self._set_identifier(dest, name, value)

@@ -200,13 +200,11 @@ def check_bulk_events(entries: list[tuple[Path, dict[str, Any]]], now: datetime)
     return errors
 
 
-def check_profiles(entries: list[dict[str, Any]], root: Path) -> list[ErrorItem]:
-    """Profile upsert entries under `root`: identifier checks, one error per entry."""
-    if len(entries) > MAX_BULK_PROFILES:
-        return [_invalid(root, f"At most {MAX_BULK_PROFILES} profiles per request.")]
+def check_profiles(entries: list[tuple[Path, dict[str, Any]]]) -> list[ErrorItem]:
+    """Profile upsert entries, each with its own path: identifier checks, one error per entry."""
     errors = []
-    for index, entry in enumerate(entries):
-        found = check_profile(entry, (*root, index), anonymous_ok=False)
+    for path, entry in entries:
+        found = check_profile(entry, path, anonymous_ok=False)
         if found:
             errors.append(found)
     return errors

@@ -106,7 +106,13 @@ def test_restart_keeps_data_and_ports(tmp_path: Path) -> None:
 
         after = [b"after-0"]
         _produce(bootstrap, topic, after)
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "restart-test"})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "restart-test",
+                "enable.auto.commit": False,
+            }
+        )
         try:
             consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
             received = _consume(consumer, len(before) + len(after))

@@ -21,7 +21,14 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 EXPECTED_SERVICES = {
-    "kafka", "schema-registry", "redis", "consumer", "sandbox", "producer", "prometheus", "grafana",
+    "kafka",
+    "schema-registry",
+    "redis",
+    "consumer",
+    "sandbox",
+    "producer",
+    "prometheus",
+    "grafana",
 }
 APP_SERVICES = ("consumer", "sandbox", "producer")
 
@@ -42,7 +49,9 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def dockerfile() -> list[str]:
     """Dockerfile instructions, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
@@ -61,7 +70,7 @@ def _assert_pinned(image: str) -> None:
 
 
 def test_every_expected_service_is_defined(services: dict[str, dict[str, Any]]) -> None:
-    assert EXPECTED_SERVICES <= set(services)
+    assert set(services) >= EXPECTED_SERVICES
 
 
 def test_every_image_is_pinned_to_a_version(services: dict[str, dict[str, Any]]) -> None:
@@ -109,7 +118,15 @@ def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("kafka", "schema-registry", "redis", "sandbox", "consumer", "prometheus", "grafana"):
+    for name in (
+        "kafka",
+        "schema-registry",
+        "redis",
+        "sandbox",
+        "consumer",
+        "prometheus",
+        "grafana",
+    ):
         check = services[name].get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), f"{name}: no healthcheck"
     consumer_test = " ".join(services["consumer"]["healthcheck"]["test"])
@@ -179,7 +196,9 @@ def test_dockerfile_installs_dependencies_before_copying_source(dockerfile: list
     assert index("COPY pyproject.toml") < index("COPY stream")
     installs = [ln for ln in dockerfile if "pip install" in ln]
     assert installs and all("--no-cache-dir" in ln for ln in installs)
-    assert any(re.search(r"pip install --no-cache-dir (--no-deps )?\.(\s|$)", ln) for ln in installs)
+    assert any(
+        re.search(r"pip install --no-cache-dir (--no-deps )?\.(\s|$)", ln) for ln in installs
+    )
 
 
 def test_dockerfile_healthcheck_uses_the_standard_library(dockerfile: list[str]) -> None:

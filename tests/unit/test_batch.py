@@ -8,8 +8,11 @@ def event(uid: str, profile: str = "a@x.io", size_hint: str = "") -> Item:
     return Item(
         "events",
         {"email": profile},
-        {"unique_id": uid, "properties": {"blob": size_hint},
-         "metric": {"data": {"type": "metric", "attributes": {"name": "E"}}}},
+        {
+            "unique_id": uid,
+            "properties": {"blob": size_hint},
+            "metric": {"data": {"type": "metric", "attributes": {"name": "E"}}},
+        },
         [Source("t", 0, int(uid) if uid.isdigit() else 0)],
     )
 

@@ -14,10 +14,17 @@ from stream.errors import DecodeError
 from stream.produce import Encoder, to_avro_record
 
 ORDER = {
-    "type": "track", "messageId": "m-1", "timestamp": "2026-02-02T12:00:00Z", "userId": "u-1",
+    "type": "track",
+    "messageId": "m-1",
+    "timestamp": "2026-02-02T12:00:00Z",
+    "userId": "u-1",
     "event": "Ordered Product",
-    "properties": {"revenue": 12.5, "gift": True, "count": 2,
-                   "products": [{"sku": "A", "price": 1.5, "tags": ["x"]}]},
+    "properties": {
+        "revenue": 12.5,
+        "gift": True,
+        "count": 2,
+        "products": [{"sku": "A", "price": 1.5, "tags": ["x"]}],
+    },
     "context": {"ip": "10.0.0.1"},
 }
 

@@ -11,14 +11,28 @@ from stream.klaviyo import mapping
 
 
 def identify(traits: dict, user_id: str | None = "u-1") -> dict:
-    call = normalize("identify", {"messageId": "m", "timestamp": "2026-03-01T10:00:00Z",
-                                  "userId": user_id, "traits": traits})
+    call = normalize(
+        "identify",
+        {
+            "messageId": "m",
+            "timestamp": "2026-03-01T10:00:00Z",
+            "userId": user_id,
+            "traits": traits,
+        },
+    )
     return mapping.profile_attributes(call, identifiers_of(call, "US"))
 
 
 def test_mapping_table_of_the_destination() -> None:
-    attributes = identify({"firstName": "Ada", "lastName": "Lovelace", "title": "Engineer",
-                           "email": "  Ada@Example.COM ", "phone": "(415) 555-0100"})
+    attributes = identify(
+        {
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+            "title": "Engineer",
+            "email": "  Ada@Example.COM ",
+            "phone": "(415) 555-0100",
+        }
+    )
     assert attributes == {
         "email": "ada@example.com",
         "phone_number": "+14155550100",
@@ -41,7 +55,10 @@ def test_user_id_wins_over_traits_id() -> None:
 def test_other_traits_become_custom_properties_with_their_types() -> None:
     attributes = identify({"plan": "pro", "seats": 3, "beta": True, "address": {"city": "Paris"}})
     assert attributes["properties"] == {
-        "plan": "pro", "seats": 3, "beta": True, "address": {"city": "Paris"}
+        "plan": "pro",
+        "seats": 3,
+        "beta": True,
+        "address": {"city": "Paris"},
     }
 
 
@@ -51,8 +68,10 @@ def test_absent_and_null_traits_are_not_sent() -> None:
 
 
 def test_national_phone_uses_the_default_region_setting() -> None:
-    call = normalize("identify", {"messageId": "m", "timestamp": "2026-03-01T10:00:00Z",
-                                  "traits": {"phone": "030 901820"}})
+    call = normalize(
+        "identify",
+        {"messageId": "m", "timestamp": "2026-03-01T10:00:00Z", "traits": {"phone": "030 901820"}},
+    )
     assert identifiers_of(call, "DE").phone_number == "+4930901820"
 
 
@@ -63,16 +82,25 @@ def test_invalid_identifiers_are_record_errors(traits: dict) -> None:
 
 
 def test_track_maps_to_an_event_with_unique_id_time_and_value() -> None:
-    call = normalize("track", {
-        "messageId": "msg-42", "timestamp": "2026-03-01T10:00:00.734+02:00", "userId": "u-1",
-        "event": "Ordered Product",
-        "properties": '{"revenue": 29.5, "currency": "EUR", "gift": false,'
-                      ' "products": [{"sku": "A", "quantity": 2}]}',
-    })
+    call = normalize(
+        "track",
+        {
+            "messageId": "msg-42",
+            "timestamp": "2026-03-01T10:00:00.734+02:00",
+            "userId": "u-1",
+            "event": "Ordered Product",
+            "properties": '{"revenue": 29.5, "currency": "EUR", "gift": false,'
+            ' "products": [{"sku": "A", "quantity": 2}]}',
+        },
+    )
     event = mapping.event_attributes(call)
     assert event == {
-        "properties": {"revenue": 29.5, "currency": "EUR", "gift": False,
-                       "products": [{"sku": "A", "quantity": 2}]},
+        "properties": {
+            "revenue": 29.5,
+            "currency": "EUR",
+            "gift": False,
+            "products": [{"sku": "A", "quantity": 2}],
+        },
         "time": "2026-03-01T08:00:00+00:00",
         "unique_id": "msg-42",
         "value": 29.5,
@@ -83,14 +111,17 @@ def test_track_maps_to_an_event_with_unique_id_time_and_value() -> None:
 
 @pytest.mark.parametrize("timestamp", ["1989-12-31T23:59:59Z", "2999-01-01T00:00:00Z", "yesterday"])
 def test_event_time_outside_klaviyo_window_is_refused(timestamp: str) -> None:
-    call = normalize("track", {"messageId": "m", "timestamp": timestamp, "userId": "u",
-                               "event": "E"})
+    call = normalize(
+        "track", {"messageId": "m", "timestamp": timestamp, "userId": "u", "event": "E"}
+    )
     with pytest.raises(MappingError):
         mapping.event_attributes(call)
 
 
 def test_metric_name_over_128_characters_is_refused() -> None:
-    call = normalize("track", {"messageId": "m", "timestamp": "2026-01-01T00:00:00Z",
-                               "userId": "u", "event": "x" * 129})
+    call = normalize(
+        "track",
+        {"messageId": "m", "timestamp": "2026-01-01T00:00:00Z", "userId": "u", "event": "x" * 129},
+    )
     with pytest.raises(MappingError):
         mapping.event_attributes(call)

@@ -1,0 +1,21 @@
+"""A Klaviyo stand-in: the endpoints the service calls, validated against Klaviyo's OpenAPI.
+
+Used as the test double for Klaviyo, the demo sink, and a target for staging deploys. It
+validates requests against the vendored official OpenAPI slices (`openapi/`, MIT), answers
+with Klaviyo's JSON:API errors, enforces per-endpoint burst/steady rate limits with the real
+headers, refuses repeated `unique_id`s, keeps profile identity (email / phone_number /
+external_id unique, 409 `duplicate_profile`), merges profiles, runs bulk import jobs, and can
+inject faults. `/sandbox/*` endpoints expose what it received and holds.
+
+    async with SandboxServer(SandboxConfig()) as sb:   # on the current loop
+        ...sb.url, sb.store
+    with SandboxThread(SandboxConfig()) as sb:         # on its own thread
+        ...
+    run(SandboxConfig(port=8080))                      # foreground, until SIGINT/SIGTERM
+"""
+
+from .app import create_app
+from .config import SandboxConfig
+from .server import SandboxServer, SandboxThread, run
+
+__all__ = ["SandboxConfig", "SandboxServer", "SandboxThread", "create_app", "run"]

@@ -1,0 +1,153 @@
+"""Types shared by the state backends: identifiers, persons, link results and the store protocol.
+
+The store keeps two things the hot path needs across restarts and across consumer processes:
+the dedup window (message ids already delivered) and the identity graph (which identifiers
+belong to one person, their traits, and the payloads of anonymous persons waiting to be named).
+
+Clock: `now` / `timestamp` arguments are Unix seconds (`time.time()`). A dedup key marked at
+`now` counts as seen until `now + window` on the wall clock, in both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
+
+from stream.errors import StreamError
+
+Kind = Literal["email", "phone", "external_id", "anonymous_id"]
+Identifier = tuple[Kind, str]  # values already normalized by the caller
+
+KINDS: tuple[Kind, ...] = get_args(Kind)
+NAMED_KINDS: tuple[Kind, ...] = ("email", "phone", "external_id")
+DEFAULT_DEDUP_WINDOW = 7 * 86400.0
+
+
+class StateError(StreamError):
+    """The state store failed; `retriable` is True for connection problems (Redis down, locked)."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+@dataclass(frozen=True)
+class Person:
+    """One canonical person: every identifier known for it and its merged traits."""
+
+    id: str  # stable id of the canonical person
+    identifiers: dict[Kind, tuple[str, ...]]  # per kind, most recently seen first
+    traits: dict[str, Any]  # merged traits
+
+    @property
+    def named(self) -> bool:
+        """True when the person has an email, phone or external_id (Klaviyo can identify it)."""
+        return any(self.identifiers.get(kind) for kind in NAMED_KINDS)
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """What one `link` call did."""
+
+    person: Person
+    merged_ids: tuple[str, ...]  # ids of persons folded into `person` by this call
+    released: tuple[bytes, ...]  # held payloads released because the person is now named
+
+
+class StateStore(Protocol):
+    """Dedup window + identity graph; every method is one atomic step (one round trip in Redis)."""
+
+    def link(
+        self,
+        identifiers: Sequence[Identifier],
+        traits: Mapping[str, Any] | None = None,
+        timestamp: float = 0.0,
+    ) -> LinkResult:
+        """Make everything owning `identifiers` one person, attach them, merge traits per key.
+
+        The smallest (oldest) person id survives; the others are folded in. A trait replaces the
+        stored one only if `timestamp` >= that key's stored timestamp. If the person is named
+        afterwards, payloads held under its anonymous ids are removed and returned, oldest first.
+        Raises ValueError if `identifiers` is empty.
+        """
+        ...
+
+    def lookup(self, identifier: Identifier) -> Person | None:
+        """The person owning `identifier`, or None."""
+        ...
+
+    def hold(self, anonymous_id: str, payload: bytes, now: float) -> Person | None:
+        """Return the person if `anonymous_id` is named already, else hold `payload`; None.
+
+        Atomic, so a concurrent `link` either sees the held payload or makes us see the person.
+        """
+        ...
+
+    def expire_held(self, older_than: float, limit: int = 1000) -> list[tuple[str, bytes]]:
+        """Remove and return (anonymous_id, payload) held before `older_than`, oldest first."""
+        ...
+
+    def held_count(self) -> int:
+        """Number of payloads currently held."""
+        ...
+
+    def held_bytes(self) -> int:
+        """Total bytes of held payloads (for the memory bound)."""
+        ...
+
+    def seen(self, message_ids: Sequence[str]) -> set[str]:
+        """Which of `message_ids` were marked delivered within the dedup window."""
+        ...
+
+    def mark_delivered(self, message_ids: Sequence[str], now: float) -> None:
+        """Remember `message_ids` as delivered at `now` for the dedup window."""
+        ...
+
+    def prune(self, now: float) -> int:
+        """Drop dedup keys older than the window; return how many were removed."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Sizes for metrics: persons, identifiers, dedup_keys, held."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; the data stays."""
+        ...
+
+
+def check_identifiers(identifiers: Sequence[Identifier]) -> list[Identifier]:
+    """Validate kinds, drop exact duplicates keeping first position; ValueError if none."""
+    out: list[Identifier] = []
+    seen: set[Identifier] = set()
+    for kind, value in identifiers:
+        if kind not in KINDS:
+            raise ValueError(f"unknown identifier kind {kind!r}")
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"identifier {kind} must be a non-empty string")
+        if (kind, value) not in seen:
+            seen.add((kind, value))
+            out.append((kind, value))
+    if not out:
+        raise ValueError("link() needs at least one identifier")
+    return out
+
+
+def build_person(
+    person_id: str,
+    rows: Sequence[tuple[str, str, float, int]],
+    traits: dict[str, Any],
+) -> Person:
+    """Assemble a Person from (kind, value, last_seen, seq) rows, most recent first per kind."""
+    ordered = sorted(rows, key=lambda r: (r[2], r[3]), reverse=True)
+    identifiers: dict[Kind, list[str]] = {}
+    for kind, value, _, _ in ordered:
+        identifiers.setdefault(kind, []).append(value)  # type: ignore[arg-type]
+    return Person(
+        id=person_id,
+        identifiers={k: tuple(v) for k, v in identifiers.items()},
+        traits=traits,
+    )

@@ -1,0 +1,30 @@
+"""Pick the state backend from one URL (the `STATE_URL` setting)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from stream.errors import ConfigError
+from stream.state.base import DEFAULT_DEDUP_WINDOW, StateStore
+
+
+def open_store(url: str, dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW) -> StateStore:
+    """Open the store named by `url`.
+
+    `sqlite:///relative/path.db`, `sqlite:////abs/path.db`, `sqlite:///:memory:` (tests);
+    `redis://host:port/db` or `rediss://…` (TLS). Anything else is a ConfigError.
+    """
+    if dedup_window_seconds <= 0:
+        raise ConfigError("DEDUP_WINDOW: must be positive")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise ConfigError(f"STATE_URL: expected sqlite:///path/to/file.db, got {url!r}")
+        from stream.state.sqlite import SqliteStore
+
+        return SqliteStore(url[len("sqlite:///") :], dedup_window_seconds)
+    if scheme in ("redis", "rediss", "unix"):
+        from stream.state.redis import RedisStore
+
+        return RedisStore(url, dedup_window_seconds)
+    raise ConfigError(f"STATE_URL: unknown scheme in {url!r} (use sqlite:/// or redis://)")

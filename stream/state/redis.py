@@ -1,0 +1,373 @@
+"""Shared state store on Redis, for every consumer process of a group.
+
+Each identity operation is one Lua script (one round trip, atomic on the server), so two
+consumers linking the same person at once end in one person, and a hold cannot slip between
+another consumer's link and its release. Dedup keys are plain `SET key 1 PXAT now+window`
+keys: Redis expires them, so memory is bounded by the window and `prune` has nothing to do.
+
+Layout under `prefix` (default "ks:"):
+    ids                 hash  "kind:value" -> person id
+    p:<id>              hash  "i:kind:value" -> "last_seen seq", "t:key" -> ts,
+                              "v:key" -> JSON value, "n" -> "1" when named
+    fwd                 hash  folded person id -> the id it was folded into
+    seq:person, seq:touch, seq:held, n:persons, hbytes      counters
+    h:<anonymous_id>    list  held entry ids, oldest first
+    hz / hp / ha        zset entry -> held_at; hash entry -> payload; hash entry -> anonymous id
+    d:<message_id>      string, expires at now + window
+Scripts compute key names at run time, so Redis Cluster is not supported (one primary only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+import orjson
+import redis as redis_lib
+
+from stream.state.base import (
+    DEFAULT_DEDUP_WINDOW,
+    Identifier,
+    LinkResult,
+    Person,
+    StateError,
+    build_person,
+    check_identifiers,
+)
+
+_RELEASE = """
+local function release(P, anons)
+  local items = {}
+  for _, a in ipairs(anons) do
+    local lk = P .. 'h:' .. a
+    local members = redis.call('LRANGE', lk, 0, -1)
+    if #members > 0 then
+      redis.call('DEL', lk)
+      for _, m in ipairs(members) do
+        local score = redis.call('ZSCORE', P .. 'hz', m)
+        local payload = redis.call('HGET', P .. 'hp', m)
+        items[#items + 1] = {tonumber(score), m, payload}
+      end
+    end
+  end
+  table.sort(items, function(x, y)
+    if x[1] ~= y[1] then return x[1] < y[1] end
+    return x[2] < y[2]
+  end)
+  local out, bytes = {}, 0
+  for i, it in ipairs(items) do
+    out[i] = it[3]
+    bytes = bytes + #it[3]
+    redis.call('ZREM', P .. 'hz', it[2])
+    redis.call('HDEL', P .. 'hp', it[2])
+    redis.call('HDEL', P .. 'ha', it[2])
+  end
+  if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
+  return out
+end
+"""
+
+_LINK = (
+    _RELEASE
+    + """
+local P, ts = ARGV[1], ARGV[2]
+local tsn = tonumber(ts)
+local n = tonumber(ARGV[3])
+local idmap = P .. 'ids'
+local function is_named(f)
+  local head = string.sub(f, 1, 8)
+  return head == 'i:email:' or head == 'i:phone:' or string.sub(f, 1, 14) == 'i:external_id:'
+end
+local function is_anon(f) return string.sub(f, 1, 15) == 'i:anonymous_id:' end
+
+local owners, seen = {}, {}
+for i = 1, n do
+  local pid = redis.call('HGET', idmap, ARGV[3 + i])
+  if pid and not seen[pid] then
+    seen[pid] = true
+    owners[#owners + 1] = tonumber(pid)
+  end
+end
+local survivor
+if #owners == 0 then
+  survivor = redis.call('INCR', P .. 'seq:person')
+  redis.call('INCR', P .. 'n:persons')
+else
+  table.sort(owners)
+  survivor = owners[1]
+end
+local skey = P .. 'p:' .. survivor
+local was_named = redis.call('HEXISTS', skey, 'n') == 1
+local candidates = {}   -- anonymous ids that may have held payloads
+
+local merged = {}
+for j = 2, #owners do
+  local loser = owners[j]
+  local lkey = P .. 'p:' .. loser
+  local flat = redis.call('HGETALL', lkey)
+  local h = {}
+  for k = 1, #flat, 2 do h[flat[k]] = flat[k + 1] end
+  local loser_named = h['n'] ~= nil
+  for f, v in pairs(h) do
+    local kind = string.sub(f, 1, 2)
+    if kind == 'i:' then
+      redis.call('HSET', skey, f, v)
+      redis.call('HSET', idmap, string.sub(f, 3), survivor)
+      if is_anon(f) and not loser_named then candidates[#candidates + 1] = string.sub(f, 16) end
+    elseif kind == 't:' then
+      local cur = redis.call('HGET', skey, f)
+      if (not cur) or tonumber(v) > tonumber(cur) then
+        local vk = 'v:' .. string.sub(f, 3)
+        redis.call('HSET', skey, f, v, vk, h[vk])
+      end
+    end
+  end
+  redis.call('DEL', lkey)
+  redis.call('HSET', P .. 'fwd', loser, survivor)
+  redis.call('DECR', P .. 'n:persons')
+  merged[#merged + 1] = tostring(loser)
+end
+
+local top = redis.call('INCRBY', P .. 'seq:touch', n)
+for i = 1, n do
+  local id = ARGV[3 + i]
+  local f = 'i:' .. id
+  local cur = redis.call('HGET', skey, f)
+  if (not cur) or tsn >= tonumber(string.match(cur, '^(%S+)')) then
+    redis.call('HSET', skey, f, ts .. ' ' .. (top - i + 1))
+  end
+  redis.call('HSET', idmap, id, survivor)
+  if is_anon(f) then candidates[#candidates + 1] = string.sub(f, 16) end
+end
+
+for k = 4 + n, #ARGV, 2 do
+  local f = 't:' .. ARGV[k]
+  local cur = redis.call('HGET', skey, f)
+  if (not cur) or tsn >= tonumber(cur) then
+    redis.call('HSET', skey, f, ts, 'v:' .. ARGV[k], ARGV[k + 1])
+  end
+end
+
+local flat = redis.call('HGETALL', skey)
+local named, anons = false, {}
+for k = 1, #flat, 2 do
+  local f = flat[k]
+  if is_named(f) then named = true elseif is_anon(f) then anons[#anons + 1] = string.sub(f, 16) end
+end
+local released = {}
+if named then
+  if not was_named then
+    redis.call('HSET', skey, 'n', '1')
+    candidates = anons
+  end
+  released = release(P, candidates)
+end
+return {tostring(survivor), merged, flat, released}
+"""
+)
+
+_HOLD = """
+local P, anon, payload, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local pid = redis.call('HGET', P .. 'ids', 'anonymous_id:' .. anon)
+if pid then
+  local skey = P .. 'p:' .. pid
+  if redis.call('HEXISTS', skey, 'n') == 1 then return {pid, redis.call('HGETALL', skey)} end
+end
+local m = string.format('%016d', redis.call('INCR', P .. 'seq:held'))
+redis.call('RPUSH', P .. 'h:' .. anon, m)
+redis.call('ZADD', P .. 'hz', now, m)
+redis.call('HSET', P .. 'hp', m, payload)
+redis.call('HSET', P .. 'ha', m, anon)
+redis.call('INCRBY', P .. 'hbytes', #payload)
+return false
+"""
+
+_LOOKUP = """
+local pid = redis.call('HGET', ARGV[1] .. 'ids', ARGV[2])
+if not pid then return false end
+return {pid, redis.call('HGETALL', ARGV[1] .. 'p:' .. pid)}
+"""
+
+_EXPIRE = """
+local P = ARGV[1]
+local ms = redis.call('ZRANGEBYSCORE', P .. 'hz', '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
+local out, bytes = {}, 0
+for _, m in ipairs(ms) do
+  local anon = redis.call('HGET', P .. 'ha', m)
+  local payload = redis.call('HGET', P .. 'hp', m)
+  redis.call('LREM', P .. 'h:' .. anon, 1, m)
+  redis.call('HDEL', P .. 'ha', m)
+  redis.call('HDEL', P .. 'hp', m)
+  redis.call('ZREM', P .. 'hz', m)
+  bytes = bytes + #payload
+  out[#out + 1] = anon
+  out[#out + 1] = payload
+end
+if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
+return out
+"""
+
+
+def _fail(exc: redis_lib.RedisError) -> NoReturn:
+    retriable = isinstance(exc, redis_lib.ConnectionError | redis_lib.TimeoutError)
+    raise StateError(f"Redis state: {exc}", retriable=retriable) from exc
+
+
+def _num(ts: float) -> str:
+    """A float as the shortest string that round-trips (Lua's tostring would round it)."""
+    return repr(float(ts))
+
+
+class RedisStore:
+    """State in one Redis database, shared by all consumer processes that use the same URL."""
+
+    def __init__(
+        self,
+        url: str,
+        dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW,
+        prefix: str = "ks:",
+    ) -> None:
+        self.url = url
+        self.window = float(dedup_window_seconds)
+        self.prefix = prefix
+        try:
+            self._r = redis_lib.Redis.from_url(
+                url, decode_responses=False, socket_connect_timeout=5.0, socket_timeout=30.0
+            )
+            self._r.ping()
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        self._link = self._r.register_script(_LINK)
+        self._hold = self._r.register_script(_HOLD)
+        self._lookup = self._r.register_script(_LOOKUP)
+        self._expire = self._r.register_script(_EXPIRE)
+
+    def _person(self, pid: bytes, flat: Sequence[bytes]) -> Person:
+        """Parse a person hash (flat HGETALL reply) into a Person."""
+        rows: list[tuple[str, str, float, int]] = []
+        traits: dict[str, Any] = {}
+        for i in range(0, len(flat), 2):
+            field = flat[i].decode()
+            if field.startswith("i:"):
+                kind, _, value = field[2:].partition(":")
+                ts, _, seq = flat[i + 1].decode().partition(" ")
+                rows.append((kind, value, float(ts), int(seq)))
+            elif field.startswith("v:"):
+                traits[field[2:]] = orjson.loads(flat[i + 1])
+        return build_person(pid.decode(), rows, traits)
+
+    def link(
+        self,
+        identifiers: Sequence[Identifier],
+        traits: Mapping[str, Any] | None = None,
+        timestamp: float = 0.0,
+    ) -> LinkResult:
+        """See StateStore.link; one Lua script."""
+        ids = check_identifiers(identifiers)
+        args: list[str | bytes] = [self.prefix, _num(timestamp), str(len(ids))]
+        args += [f"{k}:{v}" for k, v in ids]
+        for key, value in (traits or {}).items():
+            args += [key, orjson.dumps(value)]
+        try:
+            pid, merged, flat, released = self._link(args=args)
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return LinkResult(
+            person=self._person(pid, flat),
+            merged_ids=tuple(m.decode() for m in merged),
+            released=tuple(released),
+        )
+
+    def lookup(self, identifier: Identifier) -> Person | None:
+        """See StateStore.lookup; one Lua script."""
+        try:
+            reply = self._lookup(args=[self.prefix, f"{identifier[0]}:{identifier[1]}"])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return None if reply is None else self._person(reply[0], reply[1])
+
+    def hold(self, anonymous_id: str, payload: bytes, now: float) -> Person | None:
+        """See StateStore.hold; one Lua script."""
+        try:
+            reply = self._hold(args=[self.prefix, anonymous_id, payload, _num(now)])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return None if reply is None else self._person(reply[0], reply[1])
+
+    def expire_held(self, older_than: float, limit: int = 1000) -> list[tuple[str, bytes]]:
+        """See StateStore.expire_held; one Lua script."""
+        try:
+            flat = self._expire(args=[self.prefix, _num(older_than), str(int(limit))])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return [(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def held_count(self) -> int:
+        """See StateStore.held_count."""
+        try:
+            return int(self._r.zcard(self.prefix + "hz"))
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
+    def held_bytes(self) -> int:
+        """See StateStore.held_bytes."""
+        try:
+            return int(self._r.get(self.prefix + "hbytes") or 0)
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
+    def seen(self, message_ids: Sequence[str]) -> set[str]:
+        """See StateStore.seen; one MGET."""
+        if not message_ids:
+            return set()
+        ids = list(message_ids)
+        try:
+            values = self._r.mget([self.prefix + "d:" + m for m in ids])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return {m for m, v in zip(ids, values, strict=True) if v is not None}
+
+    def mark_delivered(self, message_ids: Sequence[str], now: float) -> None:
+        """See StateStore.mark_delivered; one pipelined round trip, keys expire at now+window."""
+        if not message_ids:
+            return
+        until_ms = int((float(now) + self.window) * 1000)
+        try:
+            with self._r.pipeline(transaction=False) as pipe:
+                for m in message_ids:
+                    pipe.set(self.prefix + "d:" + m, b"1", pxat=until_ms)
+                pipe.execute()
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
+    def prune(self, now: float) -> int:
+        """Nothing to do: Redis expires dedup keys itself (always 0)."""
+        return 0
+
+    def stats(self) -> dict[str, int]:
+        """See StateStore.stats; `dedup_keys` SCANs the keyspace (O(keys), not for the hot path)."""
+        p = self.prefix
+        try:
+            with self._r.pipeline(transaction=False) as pipe:
+                pipe.get(p + "n:persons")
+                pipe.hlen(p + "ids")
+                pipe.zcard(p + "hz")
+                persons, identifiers, held = pipe.execute()
+            pattern = _glob_escape(p) + "d:*"
+            dedup = sum(1 for _ in self._r.scan_iter(match=pattern, count=1000))
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return {
+            "persons": int(persons or 0),
+            "identifiers": int(identifiers),
+            "dedup_keys": dedup,
+            "held": int(held),
+        }
+
+    def close(self) -> None:
+        """Close the connection pool; the data stays in Redis."""
+        self._r.close()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

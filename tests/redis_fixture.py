@@ -1,0 +1,95 @@
+"""Pytest plugin: one real redis-server per session on a free loopback port.
+
+`redis_url` (session) starts `redis-server` without persistence in a temp dir and waits for PING;
+`clean_redis_url` (function) is the same URL after FLUSHDB, so each test starts empty.
+Set REDIS_SERVER to use another binary; without one the Redis tests are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> bool:
+    """Poll PING until it answers, the process dies, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with redis.Redis.from_url(url, socket_connect_timeout=0.5) as client:
+                if client.ping():
+                    return True
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a session-wide redis-server started for the tests (db 0)."""
+    binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if not binary:
+        pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    for _attempt in range(3):  # the free port can be taken between probe and bind
+        port = _free_port()
+        log = open(workdir / f"redis-{port}.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        if _wait_ready(url, proc):
+            break
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+    else:
+        pytest.fail(f"redis-server did not start; logs in {workdir}")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def clean_redis_url(redis_url: str) -> str:
+    """The session Redis URL, with its database flushed before the test."""
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    return redis_url

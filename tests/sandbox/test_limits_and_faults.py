@@ -1,0 +1,119 @@
+"""Rate limits with Klaviyo's headers, and fault injection's mix of failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from stream.sandbox import SandboxConfig, SandboxServer
+
+from .conftest import HEADERS, event, inspect, post
+
+JOB_URL = "/api/profile-bulk-import-jobs/01NOJOB"  # burst 10/s, steady 150/m; a 404 still counts
+
+
+async def _get_status(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] = HEADERS
+) -> tuple[int, dict[str, str]]:
+    async with http.get(url, headers=headers) as r:
+        await r.read()
+        return r.status, dict(r.headers)
+
+
+async def test_burst_exceeded_gives_429_with_retry_after(http: aiohttp.ClientSession) -> None:
+    async with SandboxServer(SandboxConfig(time_scale=0.5)) as sb:
+        answers = [await _get_status(http, sb.url + JOB_URL) for _ in range(11)]
+        statuses = [status for status, _ in answers]
+        assert statuses[:10] == [404] * 10 and statuses[10] == 429
+        for _, headers in answers:
+            assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= headers.keys()
+        assert answers[0][1]["RateLimit-Limit"] == "150"
+        assert int(answers[9][1]["RateLimit-Remaining"]) == 140
+        throttled = answers[10][1]
+        assert int(throttled["Retry-After"]) >= 1
+        async with http.get(sb.url + JOB_URL, headers=HEADERS) as r:
+            body = await r.json(content_type=None)
+        assert body["errors"][0]["code"] == "throttled"
+        deadline = time.monotonic() + 10
+        while (await _get_status(http, sb.url + JOB_URL))[0] == 429:  # the burst window rolls over
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert (await inspect(http, sb.url, "stats"))["throttled"] >= 2
+
+
+async def test_steady_window_exhausts_remaining(http: aiohttp.ClientSession) -> None:
+    async with SandboxServer(SandboxConfig(time_scale=0.05)) as sb:
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline
+            status, headers = await _get_status(http, sb.url + JOB_URL)
+            if status == 429 and headers["RateLimit-Remaining"] == "0":
+                break
+            if status == 429:
+                await asyncio.sleep(0.005)
+
+
+async def test_budget_is_shared_by_every_key_of_the_account(http: aiohttp.ClientSession) -> None:
+    async with SandboxServer(SandboxConfig(api_keys=("pk_one", "pk_two"))) as sb:
+        one = {**HEADERS, "Authorization": "Klaviyo-API-Key pk_one"}
+        two = {**HEADERS, "Authorization": "Klaviyo-API-Key pk_two"}
+        for _ in range(10):
+            assert (await _get_status(http, sb.url + JOB_URL, one))[0] == 404
+        assert (await _get_status(http, sb.url + JOB_URL, two))[0] == 429
+
+
+async def test_rate_limits_can_be_switched_off(http: aiohttp.ClientSession) -> None:
+    async with SandboxServer(SandboxConfig(rate_limits=False)) as sb:
+        statuses = {(await _get_status(http, sb.url + JOB_URL))[0] for _ in range(15)}
+        assert statuses == {404}
+
+
+async def _fire(url: str, index: int) -> str:
+    """One event on a fresh connection; the outcome's label."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        try:
+            status, _, headers = await post(session, url, event(unique_id=f"f-{index}"))
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return "dropped"
+    if status == 429:
+        assert int(headers["Retry-After"]) >= 1
+    return str(status)
+
+
+async def test_fault_injection_mixes_errors_and_drops(http: aiohttp.ClientSession) -> None:
+    async with SandboxServer(SandboxConfig(fault_rate=1.0, fault_seed=7, rate_limits=False)) as sb:
+        outcomes = Counter([await _fire(f"{sb.url}/api/events", i) for i in range(80)])
+        assert {"500", "503", "429", "dropped"} <= outcomes.keys()
+        assert "202" not in outcomes
+        stats = await inspect(http, sb.url, "stats")
+        assert sum(stats["faults"].values()) == 80
+        # a connection dropped after processing still recorded its event
+        assert len(sb.store.events) == stats["faults"].get("drop_after", 0) > 0
+        async with http.post(f"{sb.url}/sandbox/faults", json={"fault_rate": 0}) as r:
+            assert (await r.json()) == {"fault_rate": 0.0}
+        assert await _fire(f"{sb.url}/api/events", 1000) == "202"
+
+
+async def test_faults_can_be_turned_on_at_run_time(
+    sandbox: SandboxServer, http: aiohttp.ClientSession
+) -> None:
+    assert await _fire(f"{sandbox.url}/api/events", 0) == "202"
+    async with http.post(f"{sandbox.url}/sandbox/faults", json={"fault_rate": 1}) as r:
+        assert r.status == 200
+    assert await _fire(f"{sandbox.url}/api/events", 1) != "202"
+    async with http.post(f"{sandbox.url}/sandbox/faults", json={"fault_rate": 2}) as r:
+        assert r.status == 400
+
+
+@pytest.mark.parametrize("rate", [0.25])
+async def test_partial_fault_rate_lets_most_requests_through(
+    http: aiohttp.ClientSession, rate: float
+) -> None:
+    async with SandboxServer(SandboxConfig(fault_rate=rate, fault_seed=1, rate_limits=False)) as sb:
+        outcomes = Counter([await _fire(f"{sb.url}/api/events", i) for i in range(200)])
+        assert 100 < outcomes["202"] < 190
