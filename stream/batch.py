@@ -1,9 +1,10 @@
 """Batch stage: collect mapped items per endpoint and flush on count, bytes or linger time.
 
-Events are grouped per profile, as `POST /api/event-bulk-create-jobs` expects. Sizes are the
-exact encoded length of each entry plus its JSON:API wrapper, so a batch never crosses Klaviyo's
-5 MB limit. A `unique_id` already in the open batch is not added twice (one repeated unique_id
-fails a whole bulk request): the duplicate's source records ride along with the first.
+Events are grouped per profile, as `POST /api/event-bulk-create-jobs` expects. A batch's size is
+accounted exactly: `Batch.size == len(orjson.dumps(body))` of the bulk request deliver sends
+(the wrappers' lengths are measured once from `klaviyo.mapping` itself, so they cannot drift), so
+a batch never crosses Klaviyo's 5 MB limit. A `unique_id` already in the open batch is not added
+twice (one repeated unique_id fails a whole bulk request): the duplicate's sources ride along.
 """
 
 from __future__ import annotations
@@ -15,18 +16,36 @@ from typing import Any, Literal
 import orjson
 
 from stream.calls import Source
+from stream.errors import MappingError
+from stream.klaviyo import mapping
 
 Kind = Literal["events", "profiles"]
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
-# wrapper bytes per event entry (`{"type":"event","attributes":…},`) and per profile group
-EVENT_WRAPPER = len(b'{"type":"event","attributes":},')
-GROUP_WRAPPER = 160
-ENVELOPE = 200
+MAX_STRING_BYTES = 100 * 1024  # Klaviyo refuses any string longer than 100 KB
+
+
+def _length(body: Any) -> int:
+    return len(orjson.dumps(body))
+
+
+# Exact byte costs of the bulk bodies' wrappers, measured on the real mapping functions.
+EVENTS_ENVELOPE = _length(mapping.bulk_events_body([]))
+_ONE_GROUP = _length(mapping.bulk_events_body([({}, [])]))
+GROUP_WRAPPER = _ONE_GROUP - EVENTS_ENVELOPE - len(b"{}")  # a group minus its profile
+EVENT_WRAPPER = _length(mapping.bulk_events_body([({}, [{}])])) - _ONE_GROUP - len(b"{}")
+PROFILES_ENVELOPE = _length(mapping.bulk_profiles_body([]))
+PROFILE_WRAPPER = _length(mapping.bulk_profiles_body([{}])) - PROFILES_ENVELOPE - len(b"{}")
+ENVELOPE = {"events": EVENTS_ENVELOPE, "profiles": PROFILES_ENVELOPE}
 
 
 @dataclass(slots=True)
 class Item:
-    """One thing to send: an event (with its profile) or a profile upsert."""
+    """One thing to send: an event (with its profile) or a profile upsert.
+
+    `size` is the item's exact cost in a bulk body; for an event, `group_size` is the cost of
+    opening its profile's group. Raises `MappingError` for an item Klaviyo must refuse (a string
+    over 100 KB, or an item that alone exceeds a request).
+    """
 
     kind: Kind
     profile: dict[str, Any]
@@ -34,17 +53,43 @@ class Item:
     sources: list[Source]
     group_key: str = ""
     size: int = 0
+    group_size: int = 0
 
     def __post_init__(self) -> None:
+        # sorting keys changes no length: the key's length is the profile's encoded length
+        key = orjson.dumps(self.profile, option=orjson.OPT_SORT_KEYS)
+        profile_bytes = len(key)
         if not self.group_key:
-            self.group_key = orjson.dumps(self.profile, option=orjson.OPT_SORT_KEYS).decode()
-        if not self.size:
-            body = self.event if self.event is not None else self.profile
-            self.size = len(orjson.dumps(body)) + EVENT_WRAPPER
+            self.group_key = key.decode()
+        if self.event is not None:
+            encoded = len(orjson.dumps(self.event))
+            self.size = encoded + EVENT_WRAPPER
+            self.group_size = profile_bytes + GROUP_WRAPPER
+        else:
+            encoded = profile_bytes
+            self.size = encoded + PROFILE_WRAPPER
+        if encoded > MAX_STRING_BYTES:
+            _check_strings(self.event if self.event is not None else self.profile)
+            if self.size + self.group_size + ENVELOPE[self.kind] > MAX_REQUEST_BYTES:
+                raise MappingError(f"{self.kind[:-1]} alone exceeds Klaviyo's 5 MB request limit")
 
     @property
     def unique_id(self) -> str | None:
         return self.event.get("unique_id") if self.event else None
+
+
+def _check_strings(value: Any) -> None:
+    """Raise `MappingError` when a string anywhere in `value` exceeds 100 KB (UTF-8)."""
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_BYTES // 4 and len(value.encode()) > MAX_STRING_BYTES:
+            raise MappingError("a string value exceeds Klaviyo's 100 KB limit")
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _check_strings(key)
+            _check_strings(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _check_strings(inner)
 
 
 @dataclass(slots=True)
@@ -54,8 +99,20 @@ class Batch:
     kind: Kind
     items: list[Item] = field(default_factory=list)
     groups: dict[str, list[Item]] = field(default_factory=dict)
-    size: int = ENVELOPE
+    size: int = 0
     opened: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if not self.size:
+            self.size = ENVELOPE[self.kind]
+
+    def cost(self, item: Item) -> int:
+        """Exact bytes `item` adds to this batch's body (separating commas included)."""
+        if item.kind == "profiles":
+            return item.size + (1 if self.items else 0)
+        if item.group_key in self.groups:
+            return item.size + 1
+        return item.group_size + item.size + (1 if self.groups else 0)
 
     @property
     def sources(self) -> list[Source]:
@@ -92,13 +149,12 @@ class Batcher:
             if twin is not None:
                 twin.sources.extend(item.sources)
                 return ready
-        extra = item.size + (0 if batch and item.group_key in batch.groups else GROUP_WRAPPER)
-        if batch is not None and batch.size + extra > self._max_bytes:
+        if batch is not None and batch.size + batch.cost(item) > self._max_bytes:
             ready.append(self._close(item.kind))
             batch = None
         if batch is None:
             batch = self._open[item.kind] = Batch(item.kind)
-            extra = item.size + GROUP_WRAPPER
+        extra = batch.cost(item)
         batch.items.append(item)
         batch.groups.setdefault(item.group_key, []).append(item)
         batch.size += extra

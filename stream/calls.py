@@ -27,6 +27,8 @@ class Source:
     key: bytes | None = None
     value: bytes | None = None
     headers: list[tuple[str, str | bytes | None]] | None = None
+    tracked: bool = True  # False: already acknowledged (a held call released from the store)
+    message_id: str | None = None  # set once decoded; the dedup key
 
 
 @dataclass(slots=True)

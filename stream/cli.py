@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         help="rate-limit windows × this factor (0.1 = 10× faster)",
     )
 
+    tester = sub.add_parser(
+        "test-event", help="run one JSON call through routing/transform/mapping and send it"
+    )
+    tester.add_argument("file", help="one Segment-format call as a JSON object")
+    tester.add_argument("--dry-run", action="store_true", help="show the request, do not send")
+
     kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker (KRaft)")
     kafka.add_argument("--port", type=int, default=9092)
 
@@ -65,6 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="JSON-lines file of calls")
     source.add_argument("--sample", type=int, metavar="N", help="generate N realistic calls")
     produce.add_argument("--topic", help="topic (default: the first of KAFKA_TOPICS)")
+
+    dlq = sub.add_parser("dlq", help="work with the dead-letter topic (DLQ_TOPIC)")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    replay = dlq_sub.add_parser(
+        "replay", help="re-send chosen dead letters to their original topic (as backfill)"
+    )
+    replay.add_argument("--reason", help="substring of the stage, error class/message or code")
+    replay.add_argument("--since", help="last attempt at or after (ISO-8601 or Unix seconds)")
+    replay.add_argument("--until", help="last attempt at or before (ISO-8601 or Unix seconds)")
+    replay.add_argument("--to-topic", help="publish here instead of each original topic")
+    replay.add_argument("--dry-run", action="store_true", help="count, do not publish")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -85,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "produce":
             return _produce(settings, args)
+        if args.command == "test-event":
+            from stream.tester import run_tester
+
+            return asyncio.run(run_tester(settings, args.file, dry_run=args.dry_run))
+        if args.command == "dlq":
+            return _dlq_replay(settings, args)
     except ConfigError as exc:
         print(f"klaviyo-stream: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -212,6 +236,29 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
     calls = read_jsonl(args.input) if args.input else sample_calls(args.sample)
     count = publish(kafka_client_config(settings), topic, calls, _encoder(settings, topic))
     print(f"published {count} calls to {topic}")
+    return 0
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.replay import ReplayFilter, parse_time, replay
+
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
+    selection = ReplayFilter(
+        reason=args.reason,
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+    )
+    result = replay(
+        kafka_client_config(settings),
+        settings.dlq_topic,
+        selection,
+        to_topic=args.to_topic,
+        dry_run=args.dry_run,
+        progress=not args.no_progress,
+    )
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {result.replayed} of {result.read} dead letters ({result.skipped} not chosen)")
     return 0
 
 

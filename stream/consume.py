@@ -28,7 +28,9 @@ Partitions = list[tuple[str, int]]
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The consumer's librdkafka configuration (connection settings come from one converter)."""
+    static = {"group.instance.id": settings.kafka_group_instance_id}
     return {
+        **(static if settings.kafka_group_instance_id else {}),
         **kafka_client_config(settings),
         "group.id": settings.kafka_group_id,
         "enable.auto.offset.store": False,

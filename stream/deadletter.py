@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -19,6 +20,10 @@ from stream.calls import Source
 from stream.klaviyo.errors import KlaviyoError
 
 HEADER_PREFIX = "dlq."
+WITHHELD = "message withheld (HIPAA mode); see dlq.error.class and dlq.klaviyo.code"
+
+Redactor = Callable[[Source], bytes | None]
+"""HIPAA mode: the value to write instead of the original record (None: no value)."""
 
 
 def error_headers(
@@ -27,13 +32,14 @@ def error_headers(
     stage: str,
     attempts: int,
     first_attempt: float | None = None,
+    withhold_message: bool = False,
 ) -> list[tuple[str, str | bytes | None]]:
-    """The `dlq.*` headers that explain why a record is here."""
+    """The `dlq.*` headers that explain why a record is here (HIPAA: without the message)."""
     now = time.time()
     headers = {
         "stage": stage,
         "error.class": type(error).__name__,
-        "error.message": str(error)[:2000],
+        "error.message": WITHHELD if withhold_message else str(error)[:2000],
         "original.topic": source.topic,
         "original.partition": str(source.partition),
         "original.offset": str(source.offset),
@@ -52,8 +58,11 @@ def error_headers(
 class DeadLetters:
     """An idempotent producer to the dead-letter topic, polled on its own thread."""
 
-    def __init__(self, producer_config: dict[str, Any], topic: str) -> None:
+    def __init__(
+        self, producer_config: dict[str, Any], topic: str, redactor: Redactor | None = None
+    ) -> None:
         self.topic = topic
+        self._redactor = redactor
         self._producer = Producer({**producer_config, "enable.idempotence": True, "linger.ms": 20})
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="dlq-poll", daemon=True)
@@ -81,15 +90,20 @@ class DeadLetters:
             else:
                 loop.call_soon_threadsafe(_resolve, done, RuntimeError(f"DLQ write failed: {err}"))
 
-        headers = list(source.headers or []) + error_headers(
-            source, error, stage, attempts, first_attempt
+        redacted = self._redactor is not None
+        headers = ([] if redacted else list(source.headers or [])) + error_headers(
+            source, error, stage, attempts, first_attempt, withhold_message=redacted
         )
+        key, value = source.key, source.value
+        if self._redactor is not None:  # HIPAA: no original key, value or headers
+            key, value = None, self._redactor(source)
+            headers.append(("dlq.redacted", b"hipaa"))
         while True:
             try:
                 self._producer.produce(
                     self.topic,
-                    value=source.value,
-                    key=source.key,
+                    value=value,
+                    key=key,
                     headers=headers,
                     on_delivery=on_delivery,
                 )

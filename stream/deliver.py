@@ -12,6 +12,7 @@ dead-letter topic with the reason. Only then is it reported done (and its offset
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -25,6 +26,9 @@ from stream.batch import Batch, Item
 from stream.calls import Source
 from stream.klaviyo import mapping
 from stream.klaviyo.client import (
+    CLIENT_EVENTS,
+    CLIENT_EVENTS_BULK,
+    CLIENT_PROFILES,
     EVENTS,
     EVENTS_BULK,
     PROFILE_IMPORT,
@@ -33,21 +37,26 @@ from stream.klaviyo.client import (
     Response,
 )
 from stream.klaviyo.errors import (
+    DuplicateProfile,
     InvalidRequest,
     KlaviyoClientError,
     KlaviyoError,
     RateLimited,
     Unauthorized,
 )
+from stream.klaviyo.governor import Governor
+from stream.klaviyo.importjob import import_failures
+from stream.klaviyo.merge import merge_duplicate
 
 log = logging.getLogger(__name__)
 
+MERGE_ATTEMPTS = 3
 SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
 _BULK_POINTER = re.compile(
     r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?"
 )
 
-Done = Callable[[list[Source]], None]
+Done = Callable[[list[Source], bool], None]  # (sources, delivered: False = dead-lettered)
 DeadLetter = Callable[[list[Source], BaseException, str, int, float], Awaitable[None]]
 
 
@@ -84,21 +93,52 @@ class Deliverer:
         *,
         max_in_flight: int = 8,
         retry: RetryPolicy | None = None,
+        governor: Governor | None = None,
+        client_mode: bool = False,
     ) -> None:
         self._client = client
         self._on_done = on_done
         self._dead_letter = dead_letter
         self._slots = asyncio.Semaphore(max_in_flight)
         self._retry = retry or RetryPolicy()
-        self._resume_at: dict[str, float] = {}
+        self._governor = governor or Governor()
+        self._client_mode = client_mode  # public key: /client/ endpoints, one profile a request
 
     async def send(self, batch: Batch) -> None:
         """Deliver one batch (waits for a free in-flight slot)."""
         async with self._slots:
-            if batch.kind == "events":
+            if self._client_mode:
+                await self._client_side(batch.items)
+            elif batch.kind == "events":
                 await self._events(batch.items)
             else:
                 await self._profiles(batch.items)
+
+    # client-side mode -------------------------------------------------------------------
+
+    async def _client_side(self, items: list[Item]) -> None:
+        """/client/ endpoints: profiles one by one, events one by one or bulk per profile."""
+        for group in _group(items):
+            first = group[0]
+            if first.event is None:
+                for item in group:
+                    body = mapping.profile_import_body(item.profile)
+                    await self._deliver(CLIENT_PROFILES, body, [item])
+            elif len(group) == 1:
+                body = mapping.single_event_body(first.event, first.profile)
+                await self._deliver(CLIENT_EVENTS, body, group)
+            else:
+                events = [i.event for i in group if i.event is not None]
+                body = mapping.client_bulk_events_body(first.profile, events)
+                try:
+                    await self._post(CLIENT_EVENTS_BULK, body, len(group))
+                except InvalidRequest as exc:
+                    await self._bisect(group, exc, self._client_side)
+                    continue
+                except KlaviyoError as exc:
+                    await self._fail(group, exc, "deliver")
+                    continue
+                self._done(group, CLIENT_EVENTS_BULK)
 
     # events -----------------------------------------------------------------------------
 
@@ -141,24 +181,59 @@ class Deliverer:
             return
         body = mapping.bulk_profiles_body([i.profile for i in items])
         try:
-            await self._post(PROFILES_BULK, body, len(items))
+            response = await self._post(PROFILES_BULK, body, len(items))
         except InvalidRequest as exc:
             await self._bisect(items, exc, self._profiles)
             return
         except KlaviyoError as exc:
             await self._fail(items, exc, "deliver")
             return
-        self._done(items, PROFILES_BULK)
+        try:
+            failures = await import_failures(
+                self._client, response, [i.profile for i in items], self._retry.max_total_seconds
+            )
+        except Unauthorized as exc:
+            raise FatalDeliveryError(str(exc)) from None
+        except KlaviyoError as exc:  # the job's outcome is unknowable: replay is a safe upsert
+            await self._fail(items, exc, "import-job")
+            return
+        failed = {index for index in failures if index < len(items)}
+        for index in sorted(failed):
+            if failures[index].code == "duplicate_profile":
+                # a split person: the single upsert answers 409 synchronously and heals it
+                body = mapping.profile_import_body(items[index].profile)
+                await self._deliver(PROFILE_IMPORT, body, [items[index]])
+            else:
+                await self._fail([items[index]], failures[index], "import-job")
+        self._done([item for i, item in enumerate(items) if i not in failed], PROFILES_BULK)
 
     # shared -----------------------------------------------------------------------------
 
     async def _deliver(self, endpoint: str, body: dict[str, Any], items: list[Item]) -> None:
         try:
-            await self._post(endpoint, body, len(items))
+            await self._upsert_healing(endpoint, body, items[0].profile, len(items))
         except KlaviyoError as exc:
             await self._fail(items, exc, "deliver")
             return
         self._done(items, endpoint)
+
+    async def _upsert_healing(
+        self, endpoint: str, body: dict[str, Any], profile: dict[str, Any], records: int
+    ) -> None:
+        """POST; on 409 duplicate_profile (one person split over two Klaviyo profiles) merge
+        the duplicate into the profile Klaviyo matched and try again (a few times: another
+        consumer may be healing the same person)."""
+        for _attempt in range(MERGE_ATTEMPTS):
+            try:
+                await self._post(endpoint, body, records)
+                return
+            except DuplicateProfile as exc:
+                if exc.duplicate_profile_id is None:
+                    raise
+                # KlaviyoClientError: merged meanwhile by another consumer; the next upsert tells
+                with contextlib.suppress(KlaviyoClientError):
+                    await merge_duplicate(self._client, profile, exc.duplicate_profile_id)
+        await self._post(endpoint, body, records)
 
     async def _bisect(
         self, items: list[Item], exc: KlaviyoError, send: Callable[[list[Item]], Awaitable[None]]
@@ -175,16 +250,16 @@ class Deliverer:
         started = time.monotonic()
         attempt = 0
         while True:
-            wait = self._resume_at.get(endpoint, 0.0) - time.monotonic()
-            if wait > 0:
-                metrics.GOVERNOR_WAIT.labels(endpoint).inc(wait)
-                await asyncio.sleep(wait)
+            waited = await self._governor.acquire(endpoint)
+            if waited > 0:
+                metrics.GOVERNOR_WAIT.labels(endpoint).inc(waited)
             metrics.IN_FLIGHT_REQUESTS.inc()
             t0 = time.perf_counter()
             status = 0
             try:
                 response = await self._client.post(endpoint, body)
                 status = response.status
+                self._governor.observe(endpoint, response.headers)
                 metrics.BATCH_SIZE.labels(endpoint).observe(records)
                 return response
             except KlaviyoError as exc:
@@ -193,10 +268,12 @@ class Deliverer:
                     raise FatalDeliveryError(str(exc)) from None
                 if isinstance(exc, RateLimited):
                     metrics.RATE_LIMITED.labels(endpoint).inc()
-                    self._resume_at[endpoint] = time.monotonic() + exc.retry_after
+                    self._governor.throttled(endpoint, exc.retry_after)
                 if not exc.retriable:
                     raise
                 delay = self._retry.delay(attempt, exc)
+                # after a 429 the governor holds the endpoint until Retry-After: no extra sleep
+                pause = 0.0 if isinstance(exc, RateLimited) else delay
                 attempt += 1
                 spent = time.monotonic() - started
                 if (
@@ -213,17 +290,17 @@ class Deliverer:
                 cls = metrics.status_class(status)
                 metrics.BATCHES_SENT.labels(endpoint, cls).inc()
                 metrics.REQUEST_SECONDS.labels(endpoint, cls).observe(time.perf_counter() - t0)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(pause)
 
     def _done(self, items: list[Item], endpoint: str) -> None:
         metrics.RECORDS_SENT.labels(endpoint).inc(len(items))
-        self._on_done([s for i in items for s in i.sources])
+        self._on_done([s for i in items for s in i.sources], True)
 
     async def _fail(self, items: list[Item], exc: BaseException, stage: str) -> None:
         sources = [s for i in items for s in i.sources]
         attempts = 1
         await self._dead_letter(sources, exc, stage, attempts, time.time())
-        self._on_done(sources)
+        self._on_done(sources, False)
 
 
 def _group(items: list[Item]) -> list[list[Item]]:

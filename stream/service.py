@@ -18,23 +18,30 @@ from confluent_kafka import Message
 
 from stream import metrics
 from stream.ack import OffsetTracker
-from stream.batch import Batch, Batcher
-from stream.calls import Source
+from stream.batch import Batch, Batcher, Item
+from stream.calls import Call, Source
 from stream.consume import KafkaSource, Partitions
 from stream.deadletter import DeadLetters
 from stream.decode import Decoder, make_decoder
+from stream.dedup import Deduplicator
 from stream.deliver import Deliverer, FatalDeliveryError
 from stream.errors import RecordError
 from stream.health import Health
+from stream.hipaa import dead_letter_redactor
+from stream.identity import Held, IdentityResolver
 from stream.klaviyo.client import KlaviyoClient
+from stream.klaviyo.governor import Governor
 from stream.process import Processor
-from stream.route import Router
-from stream.settings import Settings, kafka_client_config
+from stream.route import router_from_settings
+from stream.settings import Settings, kafka_client_config, require_klaviyo_credentials
+from stream.state import StateStore, open_store
+from stream.transform import transformer_from_settings
 
 log = logging.getLogger(__name__)
 
 FETCH_MAX = 1000
 FETCH_TIMEOUT = 0.1
+SWEEP_SECONDS = 5.0
 
 
 @dataclass
@@ -54,13 +61,21 @@ class Service:
         *,
         health: Health | None = None,
         decoder: Decoder | None = None,
+        store: StateStore | None = None,
         shutdown_timeout: float = 30.0,
     ) -> None:
         self.settings = settings
         self.health = health or Health()
         self.result = RunResult()
         self._decoder = decoder or make_decoder(settings.schema_registry_url)
-        self._processor = Processor(Router(), settings.phone_default_region)
+        self._store = store or open_store(settings.state_url, settings.dedup_window_seconds)
+        self._dedup = Deduplicator(self._store)
+        identity = IdentityResolver(self._store, email_first=settings.use_email_as_identifier)
+        self._transformer = transformer_from_settings(settings)  # routes/rules/HIPAA, checked now
+        self._processor = Processor(
+            router_from_settings(settings), identity, settings.phone_default_region,
+            self._transformer,
+        )
         self._batcher = Batcher(
             settings.batch_max_events, settings.batch_max_profiles, settings.batch_linger_ms / 1000
         )
@@ -80,8 +95,13 @@ class Service:
     async def run(self) -> RunResult:
         """Consume until stopped; returns counts. Raises on a fatal delivery error."""
         settings = self.settings
-        assert settings.klaviyo_api_key is not None
-        self._dead_letters = DeadLetters(kafka_client_config(settings), settings.dlq_topic)
+        require_klaviyo_credentials(settings)
+        redact = settings.hipaa_mode and not settings.hipaa_dlq_keep_original
+        self._dead_letters = DeadLetters(
+            kafka_client_config(settings),
+            settings.dlq_topic,
+            dead_letter_redactor(self._decoder.decode, self._transformer) if redact else None,
+        )
         self._source = KafkaSource(settings, on_revoke=self._revoked)
         client = KlaviyoClient(
             settings.klaviyo_base_url,
@@ -89,6 +109,7 @@ class Service:
             settings.klaviyo_revision,
             timeout=settings.klaviyo_timeout_seconds,
             max_connections=settings.klaviyo_max_connections,
+            public_key=settings.klaviyo_public_key if settings.klaviyo_mode == "client" else None,
         )
         async with client:
             self._deliverer = Deliverer(
@@ -96,11 +117,19 @@ class Service:
                 self._completed,
                 self._dead_letter,
                 max_in_flight=settings.klaviyo_max_in_flight,
+                client_mode=settings.klaviyo_mode == "client",
+                governor=Governor(
+                    share=settings.klaviyo_rate_share,
+                    time_scale=settings.klaviyo_rate_time_scale,
+                ),
             )
+            sweeper = asyncio.create_task(self._sweep())
             try:
                 await self._loop(self._source)
             finally:
+                sweeper.cancel()
                 await self._shutdown(self._source)
+                self._store.close()
         if self._fatal is not None:
             raise self._fatal
         return self.result
@@ -112,44 +141,68 @@ class Service:
                 source.pause()
             elif source.paused and self._tracker.pending < max_pending // 2:
                 source.resume()
-            messages = await source.fetch(FETCH_MAX, FETCH_TIMEOUT)
+            # never fetch past the bound: pending records stay <= MAX_PENDING_RECORDS
+            room = max(1, min(FETCH_MAX, max_pending - self._tracker.pending))
+            messages = await source.fetch(room, FETCH_TIMEOUT)
             self.health.polled()
             self.health.broker_reachable = True
             self.health.assigned_partitions = len(source.assigned)
-            for message in messages:
-                await self._handle(message)
+            await self._handle(messages)
             for batch in self._batcher.due():
                 self._spawn(batch)
             metrics.PENDING_RECORDS.set(self._tracker.pending)
 
-    async def _handle(self, message: Message) -> None:
-        if message.error() is not None:
-            log.warning("consume error", extra={"error": str(message.error())})
-            return
+    async def _handle(self, messages: list[Message]) -> None:
+        """decode → dedup (one store round trip per fetch) → process → batch."""
+        decoded: list[tuple[Call, Source]] = []
+        for message in messages:
+            if message.error() is not None:
+                log.warning("consume error", extra={"error": str(message.error())})
+                continue
+            source = self._begin(message)
+            try:
+                call = self._decoder.decode(source.value)
+            except RecordError as exc:
+                await self._reject(source, exc)
+                continue
+            metrics.RECORDS_DECODED.labels(call.type).inc()
+            source.message_id = call.message_id
+            decoded.append((call, source))
+        fresh = self._dedup.fresh([call.message_id for call, _ in decoded])
+        for (call, source), new in zip(decoded, fresh, strict=True):
+            if not new:
+                source.message_id = None  # not ours to mark: the first copy is
+                self._completed([source], False)
+                continue
+            try:
+                outcome = self._processor.process(call, source)
+            except RecordError as exc:
+                await self._reject(source, exc)
+                continue
+            if outcome.held or not any(s is source for i in outcome.items for s in i.sources):
+                # held durably in the state store, or filtered: this record is finished
+                self._completed([source], outcome.held)
+            for item in outcome.items:
+                self._enqueue(item)
+
+    def _begin(self, message: Message) -> Source:
         topic, partition, offset = _position(message)
         self.result.consumed += 1
         metrics.RECORDS_CONSUMED.labels(topic, str(partition)).inc()
         self._tracker.begin((topic, partition), offset)
-        value = message.value()
         headers = message.headers()
-        source = Source(
-            topic, partition, offset, message.key(), value,
+        return Source(
+            topic, partition, offset, message.key(), message.value(),
             list(headers.items()) if isinstance(headers, dict) else headers,
         )
-        try:
-            call = self._decoder.decode(value)
-            metrics.RECORDS_DECODED.labels(call.type).inc()
-            items = self._processor.items(call, source)
-        except RecordError as exc:
-            await self._dead_letter([source], exc, exc.stage, 1, time.time())
-            self._completed([source])
-            return
-        if not items:
-            self._completed([source])
-            return
-        for item in items:
-            for batch in self._batcher.add(item):
-                self._spawn(batch)
+
+    async def _reject(self, source: Source, exc: RecordError) -> None:
+        await self._dead_letter([source], exc, exc.stage, 1, time.time())
+        self._completed([source], False)
+
+    def _enqueue(self, item: Item) -> None:
+        for batch in self._batcher.add(item):
+            self._spawn(batch)
 
     def _spawn(self, batch: Batch) -> None:
         task = asyncio.create_task(self._send(batch))
@@ -165,12 +218,42 @@ class Service:
             self._fatal = exc
             self._stopping.set()
 
-    def _completed(self, sources: list[Source]) -> None:
+    def _completed(self, sources: list[Source], delivered: bool) -> None:
+        """Records are finished (delivered, held, filtered or dead-lettered): move offsets."""
         assert self._source is not None
+        ids = [s.message_id for s in sources if s.message_id]
+        if delivered:
+            self._dedup.delivered(ids)
+        else:
+            self._dedup.abandoned(ids)
         for s in sources:
+            if not s.tracked:
+                continue
             moved = self._tracker.complete((s.topic, s.partition), s.offset)
             if moved is not None:
                 self._source.store(s.topic, s.partition, moved)
+
+    async def _sweep(self) -> None:
+        """Every few seconds: expire held calls past their time or over the memory bound,
+        prune the dedup window, and publish state-store sizes."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.time()
+            expired = self._store.expire_held(now - settings.hold_anonymous_seconds)
+            while self._store.held_bytes() > settings.hold_anonymous_max_bytes:
+                oldest = self._store.expire_held(now, limit=100)
+                if not oldest:
+                    break
+                expired += oldest
+            send = settings.expired_anonymous == "send"
+            for _anonymous_id, payload in expired:
+                item = Processor.expired(Held.decode(payload), send)
+                if item is not None:
+                    self._enqueue(item)
+            self._store.prune(now)
+            for kind, size in self._store.stats().items():
+                metrics.STATE_KEYS.labels(kind).set(size)
 
     async def _dead_letter(
         self,

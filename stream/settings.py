@@ -8,6 +8,7 @@ the environment variable, never a traceback. Secrets are `SecretStr`: they print
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -76,6 +77,36 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Rate-limit governor: replicas split the account's quota (4 replicas → 0.25 each);
+    # the time scale matches a sandbox started with --time-scale (1 against Klaviyo)
+    klaviyo_rate_share: float = Field(default=1.0, gt=0, le=1)
+    klaviyo_rate_time_scale: float = Field(default=1.0, gt=0, le=1)
+
+    # Static group membership: a replica restarted with the same id (a pod name) takes its
+    # partitions back at once instead of waiting out the session timeout of its crashed self
+    kafka_group_instance_id: str | None = None
+
+    # Destination features: event definitions, transformations, HIPAA mode, connection mode
+    event_definitions_file: str | None = None
+    transformations_file: str | None = None
+    page_event_name: str = Field(default="Viewed Page", max_length=128)  # "" = ignore pages
+    hipaa_mode: bool = False
+    hipaa_config_file: str | None = None
+    hipaa_dlq_keep_original: bool = False
+    klaviyo_mode: Literal["server", "client"] = "server"
+    klaviyo_public_key: str | None = None
+
+    @field_validator("klaviyo_public_key")
+    @classmethod
+    def _check_public_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("pk_"):
+            raise ValueError("this is a private key (pk_…); client mode takes the public key")
+        if not re.fullmatch(r"[A-Za-z0-9]{6}", value):
+            raise ValueError("a public API key (site ID) is 6 letters or digits, like 'AbC123'")
+        return value
+
     @field_validator("kafka_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:
@@ -128,7 +159,15 @@ def require_production_settings(settings: Settings) -> None:
     """Without `--local` there is no fallback: a broker and an API key must be configured."""
     if not settings.kafka_bootstrap_servers:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set (use `run --local` for a local broker)")
-    if settings.klaviyo_api_key is None:
+    require_klaviyo_credentials(settings)
+
+
+def require_klaviyo_credentials(settings: Settings) -> None:
+    """Server mode needs the private key; client mode the six-character public key."""
+    if settings.klaviyo_mode == "client":
+        if settings.klaviyo_public_key is None:
+            raise ConfigError("KLAVIYO_PUBLIC_KEY: not set (KLAVIYO_MODE=client needs it)")
+    elif settings.klaviyo_api_key is None:
         raise ConfigError("KLAVIYO_API_KEY: not set (use `run --local` for the Klaviyo sandbox)")
 
 

@@ -1,3 +1,3 @@
-"""Shared fixtures: one real Kafka broker per session (tests.kafka_fixture) and helpers."""
+"""Shared fixtures: one real Kafka broker and one real Redis per session, and helpers."""
 
-pytest_plugins = ["tests.kafka_fixture"]
+pytest_plugins = ["tests.kafka_fixture", "tests.redis_fixture"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -40,6 +41,7 @@ def service_settings(bootstrap: str, topic: str, sandbox_url: str, **extra: Any)
         "klaviyo_api_key": SecretStr(SANDBOX_API_KEY),
         "batch_linger_ms": 50,
         "metrics_port": 0,
+        "state_url": f"sqlite:///{tempfile.mkdtemp(prefix='state-')}/state.db",
     }
     values.update(extra)
     return Settings(**values)

@@ -24,6 +24,10 @@ EVENTS_BULK = "/api/event-bulk-create-jobs"
 PROFILE_IMPORT = "/api/profile-import"
 PROFILES_BULK = "/api/profile-bulk-import-jobs"
 PROFILE_MERGE = "/api/profile-merge"
+# client-side mode: public key as `company_id`, no Authorization header
+CLIENT_EVENTS = "/client/events"
+CLIENT_EVENTS_BULK = "/client/event-bulk-create"
+CLIENT_PROFILES = "/client/profiles"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +45,22 @@ class KlaviyoClient:
     def __init__(
         self,
         base_url: str,
-        api_key: SecretStr,
+        api_key: SecretStr | None,
         revision: str,
         *,
         timeout: float = 30.0,
         max_connections: int = 16,
+        public_key: str | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._headers = {
-            "Authorization": f"Klaviyo-API-Key {api_key.get_secret_value()}",
             "revision": revision,
             "Accept": JSON_API,
             "Content-Type": JSON_API,
         }
+        if public_key is None and api_key is not None:  # client mode never sends a private key
+            self._headers["Authorization"] = f"Klaviyo-API-Key {api_key.get_secret_value()}"
+        self._client_params = {"company_id": public_key} if public_key is not None else None
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -87,9 +94,10 @@ class KlaviyoClient:
         if self._session is None:
             raise RuntimeError("KlaviyoClient used outside `async with`")
         data = orjson.dumps(body) if body is not None else None
+        params = self._client_params if path.startswith("/client/") else None
         try:
             async with self._session.request(
-                method, self._base_url + path, data=data, headers=self._headers
+                method, self._base_url + path, data=data, headers=self._headers, params=params
             ) as resp:
                 raw = await resp.read()
                 parsed = _parse(raw)

@@ -7,7 +7,8 @@
     └── KlaviyoClientError     4xx: the request itself is wrong         not retriable
         ├── Unauthorized       401/403: the API key                     fatal for the service
         ├── DuplicateProfile   409: carries duplicate_profile_id        healed by a merge
-        └── InvalidRequest     400: carries the JSON pointers of the bad fields
+        ├── InvalidRequest     400: carries the JSON pointers of the bad fields
+        └── ImportRecordFailed one profile of a bulk import job failed (its import-errors)
 
 Messages carry Klaviyo's code, title and detail, never the request headers (the API key).
 """
@@ -85,6 +86,10 @@ class DuplicateProfile(KlaviyoClientError):
     def duplicate_profile_id(self) -> str | None:
         meta = self.errors[0].get("meta") if self.errors else None
         return meta.get("duplicate_profile_id") if isinstance(meta, dict) else None
+
+
+class ImportRecordFailed(KlaviyoClientError):
+    """A bulk import job accepted the request but failed this profile (`/import-errors`)."""
 
 
 def error_for(status: int, body: Any, retry_after: str | None) -> KlaviyoError:

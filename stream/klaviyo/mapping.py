@@ -98,6 +98,15 @@ def event_attributes(call: Call, metric_name: str | None = None) -> dict[str, An
     return attributes
 
 
+BACKFILL_HEADER = "klaviyo-stream.backfill"
+
+
+def wants_backfill(headers: list[tuple[str, str | bytes | None]] | None) -> bool:
+    """True when a record carries `klaviyo-stream.backfill: 1` (dead-letter replays set it):
+    its event is sent with `backfill: true`, recorded without triggering flows."""
+    return any(k == BACKFILL_HEADER and v in (b"1", "1") for k, v in headers or ())
+
+
 def single_event_body(event: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
     """Body of `POST /api/events` for one event."""
     return {
@@ -128,6 +137,21 @@ def bulk_events_body(groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) 
                         for profile, events in groups
                     ]
                 }
+            },
+        }
+    }
+
+
+def client_bulk_events_body(
+    profile: dict[str, Any], events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Body of `POST /client/event-bulk-create`: one profile and its events (client mode)."""
+    return {
+        "data": {
+            "type": "event-bulk-create",
+            "attributes": {
+                "profile": {"data": profile_resource(profile)},
+                "events": {"data": [{"type": "event", "attributes": e} for e in events]},
             },
         }
     }

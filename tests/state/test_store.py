@@ -280,7 +280,7 @@ def test_unreachable_redis_is_a_retriable_state_error() -> None:
 # concurrency (Redis: several consumer processes) ------------------------------------------
 
 PROCESSES = 6
-CHAIN = [
+CHAIN: list[Identifier] = [
     ("email", f"u{k}@x.io")
     if k % 3 == 0
     else ("external_id", f"x{k}")

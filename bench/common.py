@@ -1,0 +1,273 @@
+"""What every benchmark needs: a real broker, a fast publisher, the sandbox in its own process,
+raw consume+decode as a baseline, and a service run that reports wall and CPU time.
+
+Benchmarks print figures and ratios measured in the same run; they never assert timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.decode import LocalDecoder
+from stream.localkafka import LocalKafka
+from stream.produce import Encoder, key_of
+from stream.sample import sample_calls
+from stream.service import Service
+from stream.settings import SANDBOX_API_KEY, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = 2_000  # distinct encoded calls; records differ by their 36-character messageId
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--bootstrap", help="use this broker instead of starting a local one")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="keep the sandbox's OpenAPI (jsonschema) validation on: it then is the bottleneck",
+    )
+    return p
+
+
+def machine() -> str:
+    """One line describing where the figures were measured."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " + (
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# broker and topics ----------------------------------------------------------------------------
+
+
+class Broker:
+    """`--bootstrap` if given, else a local Kafka started for the run."""
+
+    def __init__(self, bootstrap: str | None) -> None:
+        self._kafka = None if bootstrap else LocalKafka()
+        self.bootstrap = bootstrap or ""
+
+    def __enter__(self) -> Broker:
+        if self._kafka is not None:
+            self.bootstrap = self._kafka.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._kafka is not None:
+            self._kafka.stop()
+
+    def topic(self, prefix: str, partitions: int = 3) -> str:
+        """A new topic with a leader on every partition."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+        while True:
+            meta = admin.list_topics(topic=name, timeout=5).topics.get(name)
+            ready = meta is not None and meta.error is None and len(meta.partitions) == partitions
+            if ready and all(p.leader >= 0 for p in meta.partitions.values()):
+                return name
+            time.sleep(0.05)
+
+
+def records(count: int, seed: int = 5, tracks_only: bool = False) -> Iterator[tuple[bytes, bytes]]:
+    """`count` (key, value) records of realistic calls, every messageId unique.
+
+    Encoding a million calls one by one would take longer than the benchmark: a pool of encoded
+    calls is reused and only the messageId (36 bytes, same length) is replaced.
+    """
+    encoder = Encoder()
+    pool = []
+    for call in sample_calls(POOL, seed=seed, persons=POOL // 20):
+        if tracks_only and call["type"] != "track":
+            continue
+        pool.append((call["messageId"].encode(), key_of(call) or b"", encoder.encode(call)))
+    for n in range(count):
+        mid, key, value = pool[n % len(pool)]
+        yield key, value.replace(mid, str(uuid.UUID(int=n)).encode(), 1)
+
+
+def publish(bootstrap: str, topic: str, count: int, tracks_only: bool = False) -> float:
+    """Produce `count` records; returns seconds taken."""
+    started = time.perf_counter()
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+    for key, value in records(count, tracks_only=tracks_only):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120):
+        raise RuntimeError("records left unpublished")
+    return time.perf_counter() - started
+
+
+def raw_consume_decode(bootstrap: str, topic: str, count: int) -> float:
+    """Baseline: consume(1000) + schemaless decode of every record; returns records/s."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 52_428_800,
+            "queued.max.messages.kbytes": 65_536,
+        }
+    )
+    consumer.subscribe([topic])
+    decoder = LocalDecoder()
+    seen = 0
+    started = 0.0
+    try:
+        while seen < count:
+            batch = consumer.consume(1000, 1.0)
+            if batch and not started:
+                started = time.perf_counter()
+            for message in batch:
+                decoder.decode(message.value())
+            seen += len(batch)
+        return count / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
+# the sandbox in its own process --------------------------------------------------------------
+
+
+@dataclass
+class SandboxProcess:
+    """`stream.sandbox` served by a child process (so its CPU is not the service's)."""
+
+    rate_limits: bool = True
+    time_scale: float = 1.0
+    validate: bool = False
+    url: str = ""
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SandboxProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).with_name("sandbox_process.py")),
+            "--port",
+            str(port),
+            "--time-scale",
+            str(self.time_scale),
+        ]
+        if not self.rate_limits:
+            cmd.append("--no-rate-limits")
+        if not self.validate:
+            cmd.append("--no-validation")
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().decode()
+        if "http://" not in line:
+            raise RuntimeError(f"sandbox did not start: {line!r}")
+        self.url = line.split()[-1]
+        return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time the sandbox process has used so far (user + system)."""
+        assert self._proc is not None
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+
+
+# the service ----------------------------------------------------------------------------------
+
+
+def settings(
+    bootstrap: str, topic: str, sandbox_url: str, state_dir: str, **extra: Any
+) -> Settings:
+    """Service settings for a benchmark run (fresh group, its own state file)."""
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_topics": (topic,),
+        "kafka_group_id": f"bench-{topic}",
+        "dlq_topic": f"{topic}-dlq",
+        "klaviyo_base_url": sandbox_url,
+        "klaviyo_api_key": SANDBOX_API_KEY,
+        "state_url": f"sqlite:///{state_dir}/state.db",
+        "metrics_port": 0,
+        "log_level": "WARNING",
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+@dataclass
+class RunFigures:
+    """What one service run measured."""
+
+    records: int
+    wall_seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.wall_seconds
+
+    @property
+    def cpu_rate(self) -> float:
+        """Records per CPU-second of this process: the rate if the service had a core to itself."""
+        return self.records / self.cpu_seconds
+
+
+async def run_until_done(service: Service, count: int, timeout: float = 900) -> RunFigures:
+    """Run the service until `count` records are consumed and finished; wall + CPU from the
+    first consumed record to the last finished one."""
+    task = asyncio.create_task(service.run())
+    deadline = time.monotonic() + timeout
+    started = cpu0 = 0.0
+    try:
+        while time.monotonic() < deadline:
+            if task.done():
+                task.result()
+                raise RuntimeError("service stopped early")
+            consumed = service.result.consumed
+            if consumed and not started:
+                started, cpu0 = time.perf_counter(), time.process_time()
+            if consumed >= count and service._tracker.pending == 0:
+                return RunFigures(count, time.perf_counter() - started, time.process_time() - cpu0)
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"not done after {timeout} s: {service.result.consumed} consumed")
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 120)

@@ -1,0 +1,121 @@
+"""Identity stage: one person, one Klaviyo profile.
+
+Identifiers seen together in one call, or linked by `alias`, are one person in the identity
+graph (the state store). Every profile upsert and every event carries all the identifiers we
+know for that person — the most recent of each kind, the strongest first ("use email as
+identifier": email > phone > external_id; off: external_id first) — so Klaviyo links them to one
+profile. A person with no email, phone or external_id is never sent: their calls are held in the
+store until an identify names them (see `hold`), then released onto the right profile.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from stream.calls import Call, Source
+from stream.identifiers import Identifiers
+from stream.state import Identifier, Person, StateStore
+
+EMAIL_FIRST = ("email", "phone_number", "external_id")
+EXTERNAL_ID_FIRST = ("external_id", "email", "phone_number")
+_ATTRIBUTE_OF_KIND = {"email": "email", "phone": "phone_number", "external_id": "external_id"}
+
+
+def call_time(call: Call) -> float:
+    """The call's own timestamp in Unix seconds (orders trait updates); now if unreadable."""
+    try:
+        return datetime.fromisoformat(call.timestamp).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def graph_identifiers(ids: Identifiers) -> list[Identifier]:
+    """The identifiers of one call as identity-graph keys."""
+    out: list[Identifier] = []
+    if ids.email:
+        out.append(("email", ids.email))
+    if ids.phone_number:
+        out.append(("phone", ids.phone_number))
+    if ids.external_id:
+        out.append(("external_id", ids.external_id))
+    if ids.anonymous_id:
+        out.append(("anonymous_id", ids.anonymous_id))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An event waiting for its person to be named, as stored in the state store."""
+
+    event: dict[str, Any]
+    anonymous_id: str
+    source: Source
+
+    def encode(self) -> bytes:
+        s = self.source
+        return orjson.dumps({
+            "event": self.event, "anonymous_id": self.anonymous_id,
+            "source": [s.topic, s.partition, s.offset],
+            "key": base64.b64encode(s.key).decode() if s.key else None,
+            "value": base64.b64encode(s.value).decode() if s.value else None,
+        })
+
+    @staticmethod
+    def decode(payload: bytes) -> Held:
+        raw = orjson.loads(payload)
+        topic, partition, offset = raw["source"]
+        source = Source(
+            topic, partition, offset,
+            base64.b64decode(raw["key"]) if raw.get("key") else None,
+            base64.b64decode(raw["value"]) if raw.get("value") else None,
+            tracked=False, message_id=raw["event"].get("unique_id"),
+        )
+        return Held(raw["event"], raw["anonymous_id"], source)
+
+
+class IdentityResolver:
+    """Links a call's identifiers into the graph and says whom to send it as."""
+
+    def __init__(self, store: StateStore, *, email_first: bool = True) -> None:
+        self._store = store
+        self._order = EMAIL_FIRST if email_first else EXTERNAL_ID_FIRST
+
+    def link(self, call: Call, ids: Identifiers) -> tuple[Person | None, list[Held]]:
+        """Link what this call names; returns the person (None if still anonymous) and the
+        held events its identification released."""
+        identifiers = graph_identifiers(ids)
+        if call.type == "alias" and call.previous_id:
+            identifiers.append(("anonymous_id", call.previous_id))
+            if self._store.lookup(("external_id", call.previous_id)) is not None:
+                identifiers.append(("external_id", call.previous_id))
+        if not identifiers:
+            return None, []
+        traits = call.traits if call.type == "identify" else None
+        result = self._store.link(identifiers, traits, call_time(call))
+        released = [Held.decode(p) for p in result.released]
+        return (result.person if result.person.named else None), released
+
+    def hold(self, held: Held) -> Person | None:
+        """Hold an anonymous person's event; the person if they were named meanwhile."""
+        person = self._store.hold(held.anonymous_id, held.encode(), time.time())
+        return person if person is not None and person.named else None
+
+    def profile(self, person: Person) -> dict[str, str]:
+        """Klaviyo profile identifiers of a person: the latest of each kind, strongest first."""
+        latest = {
+            _ATTRIBUTE_OF_KIND[kind]: values[0]
+            for kind, values in person.identifiers.items()
+            if kind in _ATTRIBUTE_OF_KIND and values
+        }
+        return {attr: latest[attr] for attr in self._order if attr in latest}
+
+    @staticmethod
+    def with_traits(call: Call, person: Person) -> Call:
+        """The identify call carrying the person's merged traits (newest value per key)."""
+        return replace(call, traits=dict(person.traits))

@@ -1,0 +1,184 @@
+"""Rate-limit governor: run each Klaviyo endpoint at its documented limit without tripping it.
+
+Klaviyo counts every request of an account against two fixed windows per endpoint, a burst
+(1 s) and a steady (60 s) one. The governor paces requests by virtual scheduling (GCRA): each
+`acquire` reserves the next free send slot, `interval` apart, so waiters wake one by one at
+distinct times (no thundering herd when a window opens) and every window receives at most
+`headroom` of its quota. Corrections from Klaviyo's answers:
+
+- `RateLimit-Limit` replaces the table's steady limit (an account may have other limits);
+- `RateLimit-Remaining`/`RateLimit-Reset` (steady window): when other clients of the account
+  spend the quota, the rest of the window is spread over what remains, and `Remaining: 0`
+  blocks until the reset;
+- a 429's `Retry-After` blocks the endpoint until then; the first slot after it is jittered.
+
+Several replicas share one account's quota. This is a **documented split**, not a shared
+budget: each process takes `share` (setting `KLAVIYO_RATE_SHARE`, e.g. 0.25 for 4 replicas)
+of every limit, and the Remaining/Reset correction catches a split that does not add up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from stream.klaviyo.client import (
+    EVENTS,
+    EVENTS_BULK,
+    PROFILE_IMPORT,
+    PROFILE_MERGE,
+    PROFILES_BULK,
+)
+
+BURST_WINDOW = 1.0
+STEADY_WINDOW = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Klaviyo's per-account quota of one endpoint: requests per 1 s and per 60 s."""
+
+    burst: int
+    steady: int
+
+
+# Klaviyo's documented limits (revision 2026-07-15, `x-klaviyo-ratelimit` of each operation).
+KLAVIYO_LIMITS: dict[str, Limit] = {
+    EVENTS_BULK: Limit(10, 150),
+    EVENTS: Limit(350, 3500),
+    PROFILES_BULK: Limit(10, 150),
+    PROFILE_IMPORT: Limit(75, 750),
+    PROFILE_MERGE: Limit(10, 150),
+}
+
+
+@dataclass(slots=True)
+class _Budget:
+    """The pacing state of one endpoint (all times on the governor's clock)."""
+
+    limit: Limit
+    interval: float
+    next_at: float = 0.0
+    blocked_until: float = 0.0
+    stretched_until: float = 0.0
+    stretched_interval: float = 0.0
+
+
+class Governor:
+    """Paces requests per endpoint; `acquire` before a request, `observe`/`throttled` after."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, Limit] | None = None,
+        *,
+        share: float = 1.0,
+        headroom: float = 0.97,
+        time_scale: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if not 0 < share <= 1 or not 0 < headroom <= 1 or time_scale <= 0:
+            raise ValueError("share and headroom must be in (0, 1], time_scale > 0")
+        self._limits = dict(KLAVIYO_LIMITS if limits is None else limits)
+        self._share = share
+        self._headroom = headroom
+        self._scale = time_scale
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._budgets: dict[str, _Budget] = {}
+
+    def interval(self, endpoint: str) -> float:
+        """Seconds between two requests to `endpoint` (0 for an endpoint without a limit)."""
+        budget = self._budget(endpoint)
+        return budget.interval if budget is not None else 0.0
+
+    def ceiling(self, endpoint: str, seconds: float) -> float:
+        """Requests Klaviyo's steady limit (times `share`) allows in `seconds`: the target."""
+        limit = self._limits[endpoint]
+        return limit.steady * self._share * seconds / (STEADY_WINDOW * self._scale)
+
+    async def acquire(self, endpoint: str) -> float:
+        """Wait for this request's send slot; returns the seconds waited."""
+        budget = self._budget(endpoint)
+        if budget is None:
+            return 0.0
+        now = self._clock()
+        interval = budget.interval
+        if now < budget.stretched_until:
+            interval = max(interval, budget.stretched_interval)
+        slot = max(now, budget.next_at, budget.blocked_until)
+        budget.next_at = slot + interval
+        wait = slot - now
+        if wait > 0:
+            await self._sleep(wait)
+        return max(wait, 0.0)
+
+    def observe(self, endpoint: str, headers: Mapping[str, str]) -> None:
+        """Correct the budget from an answer's RateLimit-Limit/Remaining/Reset headers."""
+        budget = self._budget(endpoint)
+        if budget is None:
+            return
+        limit = _header(headers, "RateLimit-Limit")
+        if limit is not None and limit > 0 and limit != budget.limit.steady:
+            budget.limit = Limit(budget.limit.burst, limit)
+            budget.interval = self._interval(budget.limit)
+        remaining = _header(headers, "RateLimit-Remaining")
+        reset = _header(headers, "RateLimit-Reset")
+        if remaining is None or reset is None:
+            return
+        now = self._clock()
+        if remaining <= 0:
+            self._block(budget, now + max(reset, 1))
+            return
+        # Reset is rounded up to whole seconds: the window surely lasts `reset - 1` more. If
+        # others spent the quota, spread what remains over that time (our share of it).
+        stretched = max(reset - 1, 0) / (remaining * self._share)
+        if stretched > budget.interval:
+            budget.stretched_until = now + reset - 1
+            budget.stretched_interval = stretched
+
+    def throttled(self, endpoint: str, retry_after: float) -> None:
+        """A 429: nothing goes to `endpoint` before `Retry-After` has passed."""
+        budget = self._budget(endpoint)
+        if budget is not None:
+            self._block(budget, self._clock() + retry_after)
+
+    def _block(self, budget: _Budget, until: float) -> None:
+        # jitter the first slot so replicas blocked by the same window do not all fire at once
+        until += self._jitter() * budget.interval
+        if until > budget.blocked_until:
+            budget.blocked_until = until
+            budget.next_at = until
+
+    def _budget(self, endpoint: str) -> _Budget | None:
+        budget = self._budgets.get(endpoint)
+        if budget is None:
+            limit = self._limits.get(endpoint)
+            if limit is None:
+                return None
+            budget = self._budgets[endpoint] = _Budget(limit, self._interval(limit))
+        return budget
+
+    def _interval(self, limit: Limit) -> float:
+        rate = self._share * self._headroom
+        steady = STEADY_WINDOW * self._scale / (limit.steady * rate)
+        burst = BURST_WINDOW * self._scale / (limit.burst * rate)
+        return max(steady, burst)
+
+
+def _header(headers: Mapping[str, str], name: str) -> int | None:
+    """An integer header, whatever its case (HTTP/2 sends lower-case names)."""
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None

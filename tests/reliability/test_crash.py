@@ -1,0 +1,92 @@
+"""Crashes: SIGKILL at random points of a 100,000-record run, and SIGTERM mid-run.
+
+The service runs as a real process against the real broker and the sandbox. After every
+kill it is restarted at once; at the end every event is stored exactly once at the sandbox
+(what was re-read was refused by the dedup store or by `unique_id`), every person has one
+profile, and nothing went to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.produce import Encoder, publish
+from stream.sample import sample_calls
+from stream.sandbox import SandboxConfig, SandboxThread
+from tests.reliability.harness import (
+    ServiceProcess,
+    assert_exactly_once,
+    committed_lag,
+    service_env,
+    state_dir,
+    stats,
+    topic_size,
+)
+from tests.support import wait_until
+
+RECORDS = 100_000
+PERSONS = 2_000
+KILLS = 6
+
+
+def expected_of(calls: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """(messageIds that must become events, userIds that must become profiles)."""
+    events = {c["messageId"] for c in calls if c["type"] in ("track", "page")}
+    profiles = {c["userId"] for c in calls if c["type"] == "identify"}
+    return events, profiles
+
+
+async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
+    seed = random.randrange(1_000_000)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    topic = topic_factory(partitions=4)
+    calls = list(sample_calls(RECORDS, seed=seed, persons=PERSONS))
+    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
+    events, profiles = expected_of(calls)
+    # kill points: random numbers of delivered events, spread over the whole run
+    points = sorted(rng.sample(range(len(events) // 20, len(events) * 19 // 20), KILLS))
+    started = time.monotonic()
+    with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
+        env = service_env(
+            kafka_bootstrap, topic, sandbox.url, state_dir(), kafka_group_instance_id="crashy"
+        )
+        service = ServiceProcess(env, tmp_path / "service.log")
+        try:
+            for point in points:
+                service.start()
+
+                async def reached(point: int = point) -> bool:
+                    assert service.alive, service.log()[-3000:]
+                    return int((await stats(sandbox.url))["events"]) >= point
+
+                await wait_until(reached, timeout=300, what=f"{point} events before a kill")
+                # a random moment after the threshold: inside a batch, not at its edge
+                await asyncio.sleep(rng.uniform(0, 0.3))
+                service.kill()
+            service.start()
+
+            async def finished() -> bool:
+                assert service.alive, service.log()[-3000:]
+                if int((await stats(sandbox.url))["events"]) < len(events):
+                    return False
+                return committed_lag(kafka_bootstrap, f"group-{topic}", topic) == 0
+
+            await wait_until(finished, timeout=600, what="every record delivered and committed")
+            assert service.terminate() == 0
+        finally:
+            service.stop_quietly()
+        await assert_exactly_once(sandbox.url, events, profiles)
+        final = await stats(sandbox.url)
+    assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
+    print(
+        f"{RECORDS} records, {KILLS} SIGKILLs at {points} events, {service.starts} starts, "
+        f"{final['refused_duplicates']} replays refused by unique_id, "
+        f"{time.monotonic() - started:.0f} s"
+    )

@@ -1,0 +1,120 @@
+"""Outages: the broker stopped and restarted mid-run; Klaviyo failing 20 % of requests.
+
+Both runs must end with every event stored exactly once at the sandbox, one profile per
+person, and nothing in the dead-letter topic: outages are retried, never dead-lettered
+(within the retry budget), and what is retried after a lost answer is refused by unique_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from stream.localkafka import LocalKafka
+from stream.produce import Encoder, publish
+from stream.sample import sample_calls
+from stream.sandbox import SandboxConfig, SandboxThread
+from tests.reliability.harness import (
+    ServiceProcess,
+    assert_exactly_once,
+    committed_lag,
+    service_env,
+    state_dir,
+    stats,
+    topic_size,
+)
+from tests.reliability.test_crash import expected_of
+from tests.support import wait_until
+
+RECORDS = 20_000
+PERSONS = 1_000
+
+
+async def _run_to_the_end(
+    service: ServiceProcess, sandbox_url: str, bootstrap: str, topic: str, events: int
+) -> None:
+    async def finished() -> bool:
+        assert service.alive, service.log()[-3000:]
+        if int((await stats(sandbox_url))["events"]) < events:
+            return False
+        return committed_lag(bootstrap, f"group-{topic}", topic) == 0
+
+    await wait_until(finished, timeout=600, what="every record delivered and committed")
+    assert service.terminate() == 0, service.log()[-3000:]
+
+
+async def _events_reach(service: ServiceProcess, sandbox_url: str, count: int) -> None:
+    async def reached() -> bool:
+        assert service.alive, service.log()[-3000:]
+        return int((await stats(sandbox_url))["events"]) >= count
+
+    await wait_until(reached, timeout=300, what=f"{count} events")
+
+
+async def test_broker_restart_mid_run_loses_and_duplicates_nothing(
+    kafka_broker: LocalKafka, kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
+    topic = topic_factory(partitions=3)
+    calls = list(sample_calls(RECORDS, seed=21, persons=PERSONS))
+    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
+    events, profiles = expected_of(calls)
+    started = time.monotonic()
+    with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
+        service = ServiceProcess(
+            service_env(kafka_bootstrap, topic, sandbox.url, state_dir()), tmp_path / "svc.log"
+        )
+        try:
+            service.start()
+            await _events_reach(service, sandbox.url, len(events) // 4)
+            await asyncio.to_thread(kafka_broker.restart)
+            at_restart = int((await stats(sandbox.url))["events"])
+            await _run_to_the_end(service, sandbox.url, kafka_bootstrap, topic, len(events))
+        finally:
+            service.stop_quietly()
+        await assert_exactly_once(sandbox.url, events, profiles)
+        final = await stats(sandbox.url)
+    assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
+    assert at_restart < len(events), "the run ended before the broker came back: no test"
+    print(
+        f"{RECORDS} records, broker restarted at {at_restart} events, "
+        f"{final['refused_duplicates']} replays refused, {time.monotonic() - started:.0f} s"
+    )
+
+
+async def test_klaviyo_failing_a_fifth_of_requests_then_recovering(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
+    topic = topic_factory(partitions=3)
+    calls = list(sample_calls(RECORDS, seed=22, persons=PERSONS))
+    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
+    events, profiles = expected_of(calls)
+    started = time.monotonic()
+    with SandboxThread(SandboxConfig(rate_limits=False, fault_seed=3)) as sandbox:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"{sandbox.url}/sandbox/faults", json={"fault_rate": 0.2})
+            service = ServiceProcess(
+                service_env(kafka_bootstrap, topic, sandbox.url, state_dir(), batch_max_events=200),
+                tmp_path / "svc.log",
+            )
+            try:
+                service.start()
+                await _events_reach(service, sandbox.url, len(events) // 2)
+                during = await stats(sandbox.url)
+                await http.post(f"{sandbox.url}/sandbox/faults", json={"fault_rate": 0.0})
+                await _run_to_the_end(service, sandbox.url, kafka_bootstrap, topic, len(events))
+            finally:
+                service.stop_quietly()
+        await assert_exactly_once(sandbox.url, events, profiles)
+        final = await stats(sandbox.url)
+    assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
+    faults = during["faults"]
+    assert {"500", "503", "429"} <= set(faults), faults
+    assert faults.get("drop", 0) + faults.get("drop_after", 0) > 0, faults
+    print(
+        f"{RECORDS} records, faults while at 20 %: {faults}, "
+        f"{final['refused_duplicates']} replays refused, {time.monotonic() - started:.0f} s"
+    )

@@ -1,0 +1,88 @@
+"""Rebalances under load: a second consumer joins the group mid-run, then the first leaves.
+
+Partitions move twice while records are in flight. A partition's new owner re-reads from the
+last committed offset; what the old owner had already delivered is refused at the sandbox by
+unique_id. The end state: every event once, one profile per person, no dead letters.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.produce import Encoder, publish
+from stream.sample import sample_calls
+from stream.sandbox import SandboxConfig, SandboxThread
+from tests.reliability.harness import (
+    ServiceProcess,
+    assert_exactly_once,
+    committed_lag,
+    service_env,
+    state_dir,
+    stats,
+    topic_size,
+)
+from tests.reliability.test_crash import expected_of
+from tests.support import wait_until
+
+RECORDS = 30_000
+PERSONS = 1_500
+
+
+async def test_consumer_joining_and_leaving_under_load(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
+    topic = topic_factory(partitions=6)
+    calls = list(sample_calls(RECORDS, seed=31, persons=PERSONS))
+    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
+    events, profiles = expected_of(calls)
+    started = time.monotonic()
+    with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
+        first = ServiceProcess(
+            service_env(kafka_bootstrap, topic, sandbox.url, state_dir()), tmp_path / "first.log"
+        )
+        second = ServiceProcess(
+            service_env(kafka_bootstrap, topic, sandbox.url, state_dir()), tmp_path / "second.log"
+        )
+
+        async def events_reach(count: int) -> None:
+            async def reached() -> bool:
+                return int((await stats(sandbox.url))["events"]) >= count
+
+            await wait_until(reached, timeout=300, what=f"{count} events")
+
+        try:
+            first.start()
+            await events_reach(len(events) // 5)
+            second.start()
+
+            async def second_owns_partitions() -> bool:
+                assert second.alive, second.log()[-3000:]
+                return "partitions assigned" in second.log()
+
+            await wait_until(second_owns_partitions, timeout=120, what="the second member")
+            at_join = int((await stats(sandbox.url))["events"])
+            await events_reach(at_join + len(events) // 5)
+            at_leave = int((await stats(sandbox.url))["events"])
+            assert first.terminate() == 0, first.log()[-3000:]
+
+            async def finished() -> bool:
+                assert second.alive, second.log()[-3000:]
+                if int((await stats(sandbox.url))["events"]) < len(events):
+                    return False
+                return committed_lag(kafka_bootstrap, f"group-{topic}", topic) == 0
+
+            await wait_until(finished, timeout=600, what="every record delivered and committed")
+            assert second.terminate() == 0, second.log()[-3000:]
+        finally:
+            first.stop_quietly()
+            second.stop_quietly()
+        await assert_exactly_once(sandbox.url, events, profiles)
+        final = await stats(sandbox.url)
+    assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
+    assert at_leave < len(events), "the run ended before the first member left: no test"
+    print(
+        f"{RECORDS} records, joined at {at_join} events, left at {at_leave}, "
+        f"{final['refused_duplicates']} replays refused, {time.monotonic() - started:.0f} s"
+    )

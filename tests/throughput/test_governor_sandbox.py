@@ -1,0 +1,62 @@
+"""The governor against the sandbox's real Klaviyo limits (time-scaled): no window overrun."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import SecretStr
+
+from stream.batch import Batch, Batcher, Item
+from stream.calls import Source
+from stream.deliver import Deliverer
+from stream.klaviyo.client import KlaviyoClient
+from stream.klaviyo.governor import Governor
+from stream.sandbox import SandboxConfig, SandboxServer
+from stream.settings import SANDBOX_API_KEY
+from tests.support import sandbox_get
+
+TIME_SCALE = 0.02  # steady window 1.2 s, burst window 20 ms: 150 bulk requests per 1.2 s
+BATCHES = 450  # three steady windows' worth
+
+
+def event_batches(count: int, size: int = 2) -> list[Batch]:
+    batcher = Batcher(max_events=size)
+    batches: list[Batch] = []
+    for n in range(count * size):
+        event = {
+            "properties": {"n": n},
+            "time": "2026-01-01T00:00:00+00:00",
+            "unique_id": f"m-{n}",
+            "metric": {"data": {"type": "metric", "attributes": {"name": "Viewed Product"}}},
+        }
+        item = Item("events", {"email": f"p{n % 50}@example.com"}, event, [Source("t", 0, n)])
+        batches += batcher.add(item)
+    return batches
+
+
+async def test_governed_bulk_requests_stay_within_burst_and_steady_limits() -> None:
+    delivered: list[bool] = []
+
+    async def dead_letter(*args: Any) -> None:
+        raise AssertionError(f"dead-lettered: {args[1]}")
+
+    config = SandboxConfig(time_scale=TIME_SCALE)
+    async with SandboxServer(config) as sandbox:
+        client = KlaviyoClient(sandbox.url, SecretStr(SANDBOX_API_KEY), "2026-07-15")
+        async with client:
+            deliverer = Deliverer(
+                client,
+                lambda sources, ok: delivered.extend([ok] * len(sources)),
+                dead_letter,
+                max_in_flight=8,
+                governor=Governor(time_scale=TIME_SCALE),
+            )
+            await asyncio.gather(*(deliverer.send(b) for b in event_batches(BATCHES)))
+        stats = await sandbox_get(sandbox.url, "/sandbox/stats")
+    assert delivered == [True] * BATCHES * 2
+    answered = stats["requests"]["POST /api/event-bulk-create-jobs"]
+    total = sum(answered.values())
+    # every 429 is a window the governor overran: at most 1 % of requests
+    assert stats["throttled"] <= 0.01 * total, answered
+    assert answered["202"] == BATCHES
