@@ -14,6 +14,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -271,3 +272,100 @@ async def run_until_done(service: Service, count: int, timeout: float = 900) -> 
     finally:
         service.stop()
         await asyncio.wait_for(task, 120)
+
+
+# a governed run: the service against the sandbox's real (time-scaled) limits ------------------
+
+
+@dataclass
+class GovernedFigures:
+    """Delivered rate over a measured interval, against the endpoint's theoretical ceiling."""
+
+    endpoint: str
+    seconds: float
+    events: int
+    ceiling_events: float
+    requests: int
+    throttled: int
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def of_ceiling(self) -> float:
+        return self.events / self.ceiling_events
+
+    @property
+    def throttled_share(self) -> float:
+        return self.throttled / max(self.requests, 1)
+
+
+async def _stats(url: str) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url + "/sandbox/stats") as resp:
+        return dict(await resp.json())
+
+
+def _count(stats: dict[str, Any], endpoint: str) -> tuple[int, int]:
+    answered = stats["requests"].get(f"POST {endpoint}", {})
+    return sum(answered.values()), int(answered.get("429", 0))
+
+
+async def governed_run(
+    bootstrap: str,
+    topic: str,
+    sandbox_url: str,
+    *,
+    time_scale: float,
+    batch_events: int,
+    windows: float,
+    warmup_windows: float = 0.5,
+) -> GovernedFigures:
+    """Run the service with the governor at `time_scale` and measure `windows` steady windows
+    (after a warm-up) of delivered events on the endpoint the batch size selects."""
+    from stream.klaviyo.client import EVENTS, EVENTS_BULK
+    from stream.klaviyo.governor import STEADY_WINDOW, Governor
+
+    endpoint = EVENTS if batch_events == 1 else EVENTS_BULK
+    window = STEADY_WINDOW * time_scale
+    with tempfile.TemporaryDirectory() as state:
+        service = Service(
+            settings(
+                bootstrap,
+                topic,
+                sandbox_url,
+                state,
+                batch_max_events=batch_events,
+                klaviyo_rate_time_scale=time_scale,
+                klaviyo_max_in_flight=16 if batch_events == 1 else 8,
+                klaviyo_max_connections=16,
+            )
+        )
+        task = asyncio.create_task(service.run())
+        try:
+            while (await _stats(sandbox_url))["events"] == 0:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(warmup_windows * window)
+            first = await _stats(sandbox_url)
+            t0 = time.perf_counter()
+            await asyncio.sleep(windows * window)
+            last = await _stats(sandbox_url)
+            seconds = time.perf_counter() - t0
+        finally:
+            service.stop()
+            await asyncio.wait_for(task, 300)
+    requests0, throttled0 = _count(first, endpoint)
+    requests1, throttled1 = _count(last, endpoint)
+    ceiling = Governor(time_scale=time_scale).ceiling(endpoint, seconds) * batch_events
+    return GovernedFigures(
+        endpoint,
+        seconds,
+        last["events"] - first["events"],
+        ceiling,
+        requests1 - requests0,
+        throttled1 - throttled0,
+    )

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream.calls import Source
 from stream.klaviyo.errors import KlaviyoError
@@ -80,16 +80,11 @@ class DeadLetters:
         attempts: int = 1,
         first_attempt: float | None = None,
     ) -> None:
-        """Write one dead letter and wait until the broker acknowledged it."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        """Write one dead letter and wait until the broker acknowledged it.
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                loop.call_soon_threadsafe(_resolve, done, None)
-            else:
-                loop.call_soon_threadsafe(_resolve, done, RuntimeError(f"DLQ write failed: {err}"))
-
+        A value too large for the dead-letter topic is left out (`dlq.value.omitted` says why):
+        the headers still name the original record's topic, partition and offset.
+        """
         redacted = self._redactor is not None
         headers = ([] if redacted else list(source.headers or [])) + error_headers(
             source, error, stage, attempts, first_attempt, withhold_message=redacted
@@ -98,6 +93,26 @@ class DeadLetters:
         if self._redactor is not None:  # HIPAA: no original key, value or headers
             key, value = None, self._redactor(source)
             headers.append(("dlq.redacted", b"hipaa"))
+        try:
+            await self._write(key, value, headers)
+        except _TooLarge as exc:
+            omitted = f"{len(value or b'')} bytes, too large for {self.topic}: {exc}"
+            await self._write(key, None, [*headers, ("dlq.value.omitted", omitted.encode())])
+
+    async def _write(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, Any]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                loop.call_soon_threadsafe(_resolve, done, None)
+            elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                loop.call_soon_threadsafe(_resolve, done, _TooLarge(err.str()))
+            else:
+                loop.call_soon_threadsafe(_resolve, done, RuntimeError(f"DLQ write failed: {err}"))
+
         while True:
             try:
                 self._producer.produce(
@@ -110,6 +125,10 @@ class DeadLetters:
                 break
             except BufferError:  # local queue full: let the poller drain it
                 await asyncio.sleep(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise _TooLarge(exc.args[0].str()) from None
+                raise
         await done
 
     def close(self, timeout: float = 30.0) -> None:
@@ -117,6 +136,10 @@ class DeadLetters:
         self._stop.set()
         self._poller.join()
         self._producer.flush(timeout)
+
+
+class _TooLarge(Exception):
+    """The dead letter exceeds the producer's or the topic's maximum message size."""
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -82,9 +82,15 @@ class Held:
 class IdentityResolver:
     """Links a call's identifiers into the graph and says whom to send it as."""
 
-    def __init__(self, store: StateStore, *, email_first: bool = True) -> None:
+    def __init__(
+        self, store: StateStore, *, email_first: bool = True, cache_seconds: float = 5.0,
+        cache_size: int = 100_000,
+    ) -> None:
         self._store = store
         self._order = EMAIL_FIRST if email_first else EXTERNAL_ID_FIRST
+        self._cache_seconds = cache_seconds
+        self._cache_size = cache_size
+        self._cache: dict[Identifier, tuple[Person, float]] = {}
 
     def link(self, call: Call, ids: Identifiers) -> tuple[Person | None, list[Held]]:
         """Link what this call names; returns the person (None if still anonymous) and the
@@ -97,9 +103,42 @@ class IdentityResolver:
         if not identifiers:
             return None, []
         traits = call.traits if call.type == "identify" else None
+        if traits is None and call.type != "alias":
+            known = self._cached(identifiers)
+            if known is not None:
+                return known, []
+            if all(kind == "anonymous_id" for kind, _ in identifiers):
+                return None, []  # nothing to link: `hold` finds the person if there is one
         result = self._store.link(identifiers, traits, call_time(call))
+        self._remember(result.person)
         released = [Held.decode(p) for p in result.released]
         return (result.person if result.person.named else None), released
+
+    def _cached(self, identifiers: list[Identifier]) -> Person | None:
+        """The named person all these identifiers already belong to, if recently seen.
+
+        Most calls are events of known persons that bring nothing new: they skip the store
+        round trip. Staleness is bounded by `cache_seconds` (another consumer may have added
+        an identifier meanwhile; Klaviyo still finds the profile by the ones we send).
+        """
+        now = time.monotonic()
+        person: Person | None = None
+        for identifier in identifiers:
+            entry = self._cache.get(identifier)
+            if entry is None or entry[1] < now or (person is not None and entry[0] is not person):
+                return None
+            person = entry[0]
+        return person
+
+    def _remember(self, person: Person) -> None:
+        if not person.named or self._cache_seconds <= 0:
+            return
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()  # simple bound: the cache refills from the store
+        expires = time.monotonic() + self._cache_seconds
+        for kind, values in person.identifiers.items():
+            for value in values:
+                self._cache[(kind, value)] = (person, expires)
 
     def hold(self, held: Held) -> Person | None:
         """Hold an anonymous person's event; the person if they were named meanwhile."""

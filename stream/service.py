@@ -70,7 +70,11 @@ class Service:
         self._decoder = decoder or make_decoder(settings.schema_registry_url)
         self._store = store or open_store(settings.state_url, settings.dedup_window_seconds)
         self._dedup = Deduplicator(self._store)
-        identity = IdentityResolver(self._store, email_first=settings.use_email_as_identifier)
+        identity = IdentityResolver(
+            self._store,
+            email_first=settings.use_email_as_identifier,
+            cache_seconds=settings.identity_cache_seconds,
+        )
         self._transformer = transformer_from_settings(settings)  # routes/rules/HIPAA, checked now
         self._processor = Processor(
             router_from_settings(settings), identity, settings.phone_default_region,

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     hold_anonymous_seconds: float = Field(default=3600, ge=0)
     hold_anonymous_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     expired_anonymous: Literal["drop", "send"] = "drop"
+    identity_cache_seconds: float = Field(default=5.0, ge=0)
 
     # Batching and flow control
     batch_max_events: int = Field(default=1000, ge=1, le=1000)

@@ -61,6 +61,7 @@ class _Budget:
 
     limit: Limit
     interval: float
+    tolerance: float = 0.0
     next_at: float = 0.0
     blocked_until: float = 0.0
     stretched_until: float = 0.0
@@ -108,11 +109,11 @@ class Governor:
         if budget is None:
             return 0.0
         now = self._clock()
-        interval = budget.interval
+        interval, tolerance = budget.interval, budget.tolerance
         if now < budget.stretched_until:
-            interval = max(interval, budget.stretched_interval)
-        slot = max(now, budget.next_at, budget.blocked_until)
-        budget.next_at = slot + interval
+            interval, tolerance = max(interval, budget.stretched_interval), 0.0
+        slot = max(now, budget.next_at - tolerance, budget.blocked_until)
+        budget.next_at = max(budget.next_at, slot) + interval
         wait = slot - now
         if wait > 0:
             await self._sleep(wait)
@@ -126,7 +127,7 @@ class Governor:
         limit = _header(headers, "RateLimit-Limit")
         if limit is not None and limit > 0 and limit != budget.limit.steady:
             budget.limit = Limit(budget.limit.burst, limit)
-            budget.interval = self._interval(budget.limit)
+            budget.interval, budget.tolerance = self._pace(budget.limit)
         remaining = _header(headers, "RateLimit-Remaining")
         reset = _header(headers, "RateLimit-Reset")
         if remaining is None or reset is None:
@@ -153,7 +154,7 @@ class Governor:
         until += self._jitter() * budget.interval
         if until > budget.blocked_until:
             budget.blocked_until = until
-            budget.next_at = until
+            budget.next_at = until + budget.tolerance  # no catch-up burst when it reopens
 
     def _budget(self, endpoint: str) -> _Budget | None:
         budget = self._budgets.get(endpoint)
@@ -161,14 +162,22 @@ class Governor:
             limit = self._limits.get(endpoint)
             if limit is None:
                 return None
-            budget = self._budgets[endpoint] = _Budget(limit, self._interval(limit))
+            budget = self._budgets[endpoint] = _Budget(limit, *self._pace(limit))
         return budget
 
-    def _interval(self, limit: Limit) -> float:
+    def _pace(self, limit: Limit) -> tuple[float, float]:
+        """(interval, tolerance): seconds between slots, and how far a late caller may catch up.
+
+        The tolerance lets a request whose slot passed while the event loop was busy go out
+        at once instead of losing the slot; it is bounded by the headroom left in a steady
+        window (at most 2 slots), so a window can never receive more than its quota.
+        """
         rate = self._share * self._headroom
         steady = STEADY_WINDOW * self._scale / (limit.steady * rate)
         burst = BURST_WINDOW * self._scale / (limit.burst * rate)
-        return max(steady, burst)
+        interval = max(steady, burst)
+        spare = int((1 - self._headroom) * min(limit.steady, limit.burst * 60) * self._share) - 1
+        return interval, interval * max(0, min(2, spare))
 
 
 def _header(headers: Mapping[str, str], name: str) -> int | None:

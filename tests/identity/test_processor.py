@@ -34,9 +34,15 @@ def call(kind: str, n: int, **fields: Any) -> tuple[Call, Source]:
 
 def test_identifiers_seen_together_are_one_person_on_every_later_event(store: StateStore) -> None:
     p = processor(store)
-    p.process(*call("identify", 1, userId="u1", traits={"email": " Ann@X.io", "phone": "4155550123"}))
+    p.process(
+        *call("identify", 1, userId="u1", traits={"email": " Ann@X.io", "phone": "4155550123"})
+    )
     [item] = p.process(*call("track", 2, userId="u1")).items
-    assert item.profile == {"email": "ann@x.io", "phone_number": "+14155550123", "external_id": "u1"}
+    assert item.profile == {
+        "email": "ann@x.io",
+        "phone_number": "+14155550123",
+        "external_id": "u1",
+    }
 
 
 def test_use_email_as_identifier_off_puts_external_id_first(store: StateStore) -> None:
@@ -45,12 +51,15 @@ def test_use_email_as_identifier_off_puts_external_id_first(store: StateStore) -
     assert list(item.profile)[:2] == ["external_id", "email"]
 
 
-def test_anonymous_calls_are_held_then_released_on_the_identified_profile(store: StateStore) -> None:
+def test_anonymous_calls_are_held_then_released_on_the_identified_profile(
+    store: StateStore,
+) -> None:
     p = processor(store)
     held = p.process(*call("track", 1, anonymousId="anon-1"))
     assert held.held and held.items == []
-    outcome = p.process(*call("identify", 2, userId="u1", anonymousId="anon-1",
-                                traits={"email": "a@x.io"}))
+    outcome = p.process(
+        *call("identify", 2, userId="u1", anonymousId="anon-1", traits={"email": "a@x.io"})
+    )
     events = [i for i in outcome.items if i.kind == "events"]
     assert [e.event["unique_id"] for e in events] == ["m-1"]
     assert events[0].profile == {"email": "a@x.io", "external_id": "u1"}
@@ -70,7 +79,9 @@ def test_alias_links_a_second_device_and_releases_its_calls(store: StateStore) -
 def test_out_of_order_identify_does_not_overwrite_a_newer_trait(store: StateStore) -> None:
     p = processor(store)
     p.process(*call("identify", 5, userId="u1", traits={"email": "a@x.io", "plan": "pro"}))
-    [item] = p.process(*call("identify", 3, userId="u1", traits={"plan": "trial", "seats": 2})).items
+    [item] = p.process(
+        *call("identify", 3, userId="u1", traits={"plan": "trial", "seats": 2})
+    ).items
     assert item.profile["properties"] == {"plan": "pro", "seats": 2}
 
 

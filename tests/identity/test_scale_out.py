@@ -29,8 +29,12 @@ CONSUMERS = 3
 
 def start_consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "stream", "run"], env=env,
-                                stdout=handle, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream", "run"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def test_three_consumers_keep_one_profile_per_person_and_each_event_once(
@@ -57,11 +61,15 @@ async def test_three_consumers_keep_one_profile_per_person_and_each_event_once(
         logs = [tmp_path / f"consumer-{n}.log" for n in range(CONSUMERS)]
         consumers = [start_consumer(env, log) for log in logs]
         try:
+
             async def settled() -> bool:
                 stats = await sandbox_get(sandbox.url, "/sandbox/stats")
-                return stats["events"] >= len(truth.event_owner) and stats["profiles"] <= len(
-                    truth.persons
-                ) and stats["profiles"] > 0 and all(c.poll() is None for c in consumers)
+                return (
+                    stats["events"] >= len(truth.event_owner)
+                    and stats["profiles"] <= len(truth.persons)
+                    and stats["profiles"] > 0
+                    and all(c.poll() is None for c in consumers)
+                )
 
             await wait_until(settled, timeout=240, what="all events delivered")
             # let in-flight merges and upserts finish before reading the final state

@@ -209,13 +209,13 @@ def bad_records() -> list[BadRecord]:
             "string over 100 KB",
             encode(_track(properties={"blob": "x" * 150_000})),
             "100 KB",
-            "deliver",
+            "map",
         ),
         BadRecord(
             "request over 5 MB",
             encode(_track(properties={f"b{i}": "x" * 90_000 for i in range(60)})),
             "5 MB",
-            "deliver",
+            "map",
         ),
     ]
 

@@ -112,7 +112,10 @@ async def test_malformed_corpus_dead_lettered_with_reasons_and_no_secret_anywher
         reason = headers["dlq.error.message"].decode()
         assert record.reason.lower() in reason.lower(), (record.kind, reason)
         assert headers["dlq.stage"].decode() == record.stage, (record.kind, headers["dlq.stage"])
-        assert message.value() == record.value, record.kind
+        if "dlq.value.omitted" in headers:  # over the dead-letter topic's size limit
+            assert message.value() is None and len(record.value or b"") > 1_000_000
+        else:
+            assert message.value() == record.value, record.kind
         assert message.key() == b"corpus-user"
         assert headers["dlq.original.topic"].decode() == topic
         for name in (
