@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream import metrics
 from stream.settings import Settings, kafka_client_config
@@ -54,7 +54,9 @@ class KafkaSource:
         on_revoke: Callable[[Partitions], None],
         config: dict[str, Any] | None = None,
     ) -> None:
-        self._consumer = Consumer(config or consumer_config(settings))
+        self._consumer = Consumer(
+            {**(config or consumer_config(settings)), "on_commit": self._committed}
+        )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consume")
         self._on_revoke = on_revoke
         self._paused = False
@@ -89,6 +91,13 @@ class KafkaSource:
         self.assigned.difference_update(gone)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
         log.warning("partitions lost", extra={"partitions": _names(partitions)})
+
+    def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's auto-commit (and ours) report here: the time of the last good commit."""
+        if error is None:
+            metrics.LAST_COMMIT.set(time.time())
+        elif error.code() != KafkaError._NO_OFFSET:
+            log.warning("commit failed", extra={"error": str(error)})
 
     # the loop's calls ----------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 FETCH_MAX = 1000
 FETCH_TIMEOUT = 0.1
 SWEEP_SECONDS = 5.0
+STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
 
 
 @dataclass
@@ -238,26 +239,40 @@ class Service:
                 self._source.store(s.topic, s.partition, moved)
 
     async def _sweep(self) -> None:
-        """Every few seconds: expire held calls past their time or over the memory bound,
-        prune the dedup window, and publish state-store sizes."""
-        settings = self.settings
+        """Every few seconds, housekeeping that must never stop the service."""
+        turn = 0
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            now = time.time()
-            expired = self._store.expire_held(now - settings.hold_anonymous_seconds)
-            while self._store.held_bytes() > settings.hold_anonymous_max_bytes:
-                oldest = self._store.expire_held(now, limit=100)
-                if not oldest:
-                    break
-                expired += oldest
-            send = settings.expired_anonymous == "send"
-            for _anonymous_id, payload in expired:
-                item = Processor.expired(Held.decode(payload), send)
-                if item is not None:
-                    self._enqueue(item)
-            self._store.prune(now)
+            try:
+                self.sweep_once(time.time(), with_stats=turn % STATS_EVERY == 0)
+            except Exception:  # a state-store hiccup: try again next turn
+                log.exception("housekeeping failed")
+            turn += 1
+
+    def sweep_once(self, now: float, with_stats: bool = True) -> int:
+        """Expire held calls past their time or over the memory bound (dropped or sent per
+        `EXPIRED_ANONYMOUS`), prune the dedup window, publish lag and state sizes.
+        Returns how many held calls expired."""
+        settings = self.settings
+        expired = self._store.expire_held(now - settings.hold_anonymous_seconds)
+        while self._store.held_bytes() > settings.hold_anonymous_max_bytes:
+            oldest = self._store.expire_held(now, limit=100)
+            if not oldest:
+                break
+            expired += oldest
+        send = settings.expired_anonymous == "send"
+        for _anonymous_id, payload in expired:
+            item = Processor.expired(Held.decode(payload), send)
+            if item is not None:
+                self._enqueue(item)
+        self._store.prune(now)
+        if self._source is not None:
+            for (topic, partition), lag in self._source.lag().items():
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        if with_stats:
             for kind, size in self._store.stats().items():
                 metrics.STATE_KEYS.labels(kind).set(size)
+        return len(expired)
 
     async def _dead_letter(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,49 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         f"{final['refused_duplicates']} replays refused by unique_id, "
         f"{time.monotonic() - started:.0f} s"
     )
+
+
+async def test_sigterm_finishes_in_flight_work_and_commits_it(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
+    """After a graceful stop mid-run, the next run reads exactly the records not yet done:
+    nothing twice (everything finished was committed), nothing skipped."""
+    topic = topic_factory(partitions=3)
+    calls = list(sample_calls(20_000, seed=12, persons=500))
+    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
+    events, profiles = expected_of(calls)
+    with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
+        env = service_env(kafka_bootstrap, topic, sandbox.url, state_dir())
+        first = ServiceProcess(env, tmp_path / "first.log")
+        second = ServiceProcess(env, tmp_path / "second.log")
+        try:
+            first.start()
+
+            async def a_quarter() -> bool:
+                assert first.alive, first.log()[-3000:]
+                return int((await stats(sandbox.url))["events"]) >= len(events) // 4
+
+            await wait_until(a_quarter, timeout=300, what="a quarter of the events")
+            assert first.terminate(timeout=90) == 0, first.log()[-3000:]
+            at_stop = await stats(sandbox.url)
+            second.start()
+
+            async def finished() -> bool:
+                assert second.alive, second.log()[-3000:]
+                if int((await stats(sandbox.url))["events"]) < len(events):
+                    return False
+                return committed_lag(kafka_bootstrap, f"group-{topic}", topic) == 0
+
+            await wait_until(finished, timeout=300, what="the rest after the restart")
+            assert second.terminate() == 0
+        finally:
+            first.stop_quietly()
+            second.stop_quietly()
+        await assert_exactly_once(sandbox.url, events, profiles)
+        final = await stats(sandbox.url)
+    consumed = [
+        int(re.findall(r"stopped: (\d+) records consumed", p.log())[-1]) for p in (first, second)
+    ]
+    assert at_stop["events"] < len(events), "the first run finished everything: no test"
+    assert sum(consumed) == len(calls), consumed
+    assert final["refused_duplicates"] == 0

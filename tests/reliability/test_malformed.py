@@ -105,7 +105,7 @@ async def test_malformed_corpus_dead_lettered_with_reasons_and_no_secret_anywher
     assert topic_size(kafka_bootstrap, dlq) == len(bad)
     by_kind = {r.kind: r for r in bad}
     seen = Counter(_headers(m)[KIND_HEADER].decode() for m in letters)
-    assert seen == Counter(by_kind), "each bad record dead-lettered exactly once"
+    assert seen == Counter(r.kind for r in bad), "each bad record dead-lettered once"
     for message in letters:
         headers = _headers(message)
         record = by_kind[headers[KIND_HEADER].decode()]
