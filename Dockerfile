@@ -10,11 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 
-# Dependencies first: this layer is rebuilt only when pyproject.toml changes.
+# Dependencies first, at the exact versions of requirements.lock (reproducible): this layer is
+# rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --no-deps -r requirements.lock
+
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
 
 # Then the package itself (dependencies already satisfied).
 COPY README.md ./

@@ -259,6 +259,11 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     )
     verb = "would replay" if args.dry_run else "replayed"
     print(f"{verb} {result.replayed} of {result.read} dead letters ({result.skipped} not chosen)")
+    if result.without_value:
+        print(
+            f"{result.without_value} chosen dead letters have no value (too large for the "
+            "dead-letter topic): their dlq.original.* headers say where the records are"
+        )
     return 0
 
 

@@ -54,12 +54,19 @@ class KafkaSource:
         on_revoke: Callable[[Partitions], None],
         config: dict[str, Any] | None = None,
     ) -> None:
-        self._consumer = Consumer(
-            {**(config or consumer_config(settings)), "on_commit": self._committed}
-        )
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consume")
         self._on_revoke = on_revoke
         self._paused = False
+        # False after librdkafka reports every broker down, True again on proof of contact
+        # (an assignment, a fetched record, a metadata probe): what /readyz reports.
+        self.broker_reachable = True
+        self._consumer = Consumer(
+            {
+                **(config or consumer_config(settings)),
+                "on_commit": self._committed,
+                "error_cb": self._error,
+            }
+        )
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consume")
         self.assigned: set[tuple[str, int]] = set()
         self._consumer.subscribe(
             list(settings.kafka_topics),
@@ -71,6 +78,7 @@ class KafkaSource:
     # rebalance callbacks run on the consume thread, inside consume() ----------------------
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.broker_reachable = True
         self.assigned.update((p.topic, p.partition) for p in partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
         if self._paused and partitions:
@@ -99,14 +107,36 @@ class KafkaSource:
         elif error.code() != KafkaError._NO_OFFSET:
             log.warning("commit failed", extra={"error": str(error)})
 
+    def _error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors; all brokers down makes the replica not ready."""
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_reachable = False
+            log.warning("all brokers down", extra={"error": str(error)})
+        elif error.fatal():
+            log.error("kafka fatal error", extra={"error": str(error)})
+        else:  # transient (a connection closed, a timeout): librdkafka reconnects by itself
+            log.debug("kafka error", extra={"error": str(error)})
+
     # the loop's calls ----------------------------------------------------------------------
 
     async def fetch(self, max_records: int, timeout: float) -> list[Message]:
         """Up to `max_records` records, waiting at most `timeout` seconds."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        messages: list[Message] = await loop.run_in_executor(
             self._thread, self._consumer.consume, max_records, timeout
         )
+        if not self.broker_reachable and any(m.error() is None for m in messages):
+            self.broker_reachable = True
+        return messages
+
+    async def probe(self, timeout: float = 5.0) -> bool:
+        """Ask a broker for metadata (off the consume thread); marks the broker reachable."""
+        try:
+            await asyncio.to_thread(self._consumer.list_topics, timeout=timeout)
+        except KafkaException:
+            return False
+        self.broker_reachable = True
+        return True
 
     def pause(self) -> None:
         """Backpressure: stop fetching from every assigned partition (membership stays)."""

@@ -247,7 +247,7 @@ class Deliverer:
 
     async def _post(self, endpoint: str, body: dict[str, Any], records: int) -> Response:
         """POST with retries on retriable errors; raises the last error when out of budget."""
-        started = time.monotonic()
+        started, first_attempt = time.monotonic(), time.time()
         attempt = 0
         while True:
             waited = await self._governor.acquire(endpoint)
@@ -264,6 +264,7 @@ class Deliverer:
                 return response
             except KlaviyoError as exc:
                 status = exc.status
+                exc.attempts, exc.first_attempt = attempt + 1, first_attempt  # for dead letters
                 if isinstance(exc, Unauthorized):
                     raise FatalDeliveryError(str(exc)) from None
                 if isinstance(exc, RateLimited):
@@ -298,8 +299,9 @@ class Deliverer:
 
     async def _fail(self, items: list[Item], exc: BaseException, stage: str) -> None:
         sources = [s for i in items for s in i.sources]
-        attempts = 1
-        await self._dead_letter(sources, exc, stage, attempts, time.time())
+        attempts = exc.attempts if isinstance(exc, KlaviyoError) else 1
+        first = exc.first_attempt if isinstance(exc, KlaviyoError) else None
+        await self._dead_letter(sources, exc, stage, attempts, first or time.time())
         self._on_done(sources, False)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from stream import metrics
 from stream.calls import Call, Source
 from stream.identifiers import Identifiers
 from stream.state import Identifier, Person, StateStore
@@ -110,6 +111,8 @@ class IdentityResolver:
             if all(kind == "anonymous_id" for kind, _ in identifiers):
                 return None, []  # nothing to link: `hold` finds the person if there is one
         result = self._store.link(identifiers, traits, call_time(call))
+        for kind in {kind for kind, _ in identifiers}:  # email|phone|external_id|anonymous_id
+            metrics.IDENTITY_LINKS.labels(kind).inc()
         self._remember(result.person)
         released = [Held.decode(p) for p in result.released]
         return (result.person if result.person.named else None), released

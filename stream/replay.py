@@ -77,6 +77,7 @@ class ReplayResult:
     read: int = 0
     replayed: int = 0
     skipped: int = 0
+    without_value: int = 0  # chosen, but too large to have been kept: see dlq.original.*
 
 
 def parse_time(text: str) -> float:
@@ -149,6 +150,9 @@ def replay(
                 original, dlq = split_headers(message.headers())
                 if not selection.matches(dlq):
                     result.skipped += 1
+                    continue
+                if "value.omitted" in dlq:
+                    result.without_value += 1
                     continue
                 target = to_topic or dlq.get("original.topic")
                 if not target:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FETCH_MAX = 1000
 FETCH_TIMEOUT = 0.1
+YIELD_EVERY = 100  # records processed between two turns of the event loop (governor timing)
 SWEEP_SECONDS = 5.0
 STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
 
@@ -150,7 +151,7 @@ class Service:
             room = max(1, min(FETCH_MAX, max_pending - self._tracker.pending))
             messages = await source.fetch(room, FETCH_TIMEOUT)
             self.health.polled()
-            self.health.broker_reachable = True
+            self.health.broker_reachable = source.broker_reachable
             self.health.assigned_partitions = len(source.assigned)
             await self._handle(messages)
             for batch in self._batcher.due():
@@ -174,7 +175,9 @@ class Service:
             source.message_id = call.message_id
             decoded.append((call, source))
         fresh = self._dedup.fresh([call.message_id for call, _ in decoded])
-        for (call, source), new in zip(decoded, fresh, strict=True):
+        for n, ((call, source), new) in enumerate(zip(decoded, fresh, strict=True)):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let paced requests and their answers go meanwhile
             if not new:
                 source.message_id = None  # not ours to mark: the first copy is
                 self._completed([source], False)
@@ -244,6 +247,8 @@ class Service:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
+                if self._source is not None and not self._source.broker_reachable:
+                    await self._source.probe()  # an idle replica fetches nothing to prove it
                 self.sweep_once(time.time(), with_stats=turn % STATS_EVERY == 0)
             except Exception:  # a state-store hiccup: try again next turn
                 log.exception("housekeeping failed")

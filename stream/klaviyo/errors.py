@@ -21,7 +21,10 @@ from stream.errors import StreamError
 
 
 class KlaviyoError(StreamError):
-    """Klaviyo did not accept a request."""
+    """Klaviyo did not accept a request (after `attempts` tries, the first at `first_attempt`)."""
+
+    attempts: int = 1
+    first_attempt: float | None = None
 
     def __init__(self, message: str, status: int = 0, errors: list[dict[str, Any]] | None = None):
         super().__init__(message)

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ ALERTS = MONITORING / "alerts.yml"
 PROMETHEUS_CONFIG = MONITORING / "prometheus.yml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "klaviyo-stream.json"
 JOB = "klaviyo-stream"
+TARGETS_FILE = "targets/consumers.yml"  # matches the consumer job's file_sd glob
 
 # Grafana's built-in variables and ours, replaced by values Prometheus accepts.
 GRAFANA_VARIABLES = {
@@ -54,6 +56,28 @@ class PrometheusError(RuntimeError):
 def find_binary(name: str) -> str | None:
     """`$PROMETHEUS_BIN` / `$PROMTOOL_BIN` if set, else the binary on PATH (apt: /usr/bin)."""
     return os.environ.get(f"{name.upper()}_BIN") or shutil.which(name)
+
+
+def in_ci() -> bool:
+    """CI sets `CI=true` (GitHub Actions, GitLab, our .ci/run): nothing may be skipped there."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def needs_binary(name: str) -> pytest.MarkDecorator:
+    """Skip when `name` is not installed on a developer machine; in CI, run and fail instead,
+    so a missing `apt-get install prometheus` can never turn these tests into silent skips."""
+    return pytest.mark.skipif(
+        find_binary(name) is None and not in_ci(),
+        reason=f"{name} not installed (apt-get install -y prometheus); CI=true makes this fail",
+    )
+
+
+def require_binary(name: str) -> str:
+    """The binary's path, or a test failure naming the package to install."""
+    path = find_binary(name)
+    if path is None:
+        pytest.fail(f"{name} binary not found: apt-get install -y prometheus (scripts/test does)")
+    return path
 
 
 def grafana_to_promql(expr: str) -> str:
@@ -125,28 +149,46 @@ class PrometheusHarness:
         return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> dict[str, Any]:
-        """The generated prometheus.yml, as data."""
-        return {
-            "global": {
-                "scrape_interval": self.scrape_interval,
-                "scrape_timeout": self.scrape_interval,
-                "evaluation_interval": self.scrape_interval,
-            },
-            "rule_files": [str(p) for p in self.rule_files],
-            "scrape_configs": [
-                {"job_name": self.job, "static_configs": [{"targets": self.targets}]}
-            ],
-        }
+        """monitoring/prometheus.yml as shipped, pointed at `targets` and sped up.
+
+        The consumer job keeps its name, path, relabelling and file_sd discovery; only its
+        Docker DNS discovery is dropped (no `consumer` host here) and its `targets/*.yml`,
+        relative to the config file as in production, is written by `start()`. Intervals
+        become `scrape_interval` and rule files absolute paths; the self-scrape job points
+        at this server's port.
+        """
+        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+        timing = {"scrape_interval": self.scrape_interval, "scrape_timeout": self.scrape_interval}
+        config["global"].update(timing, evaluation_interval=self.scrape_interval)
+        config["rule_files"] = [str(p) for p in self.rule_files]
+        jobs = []
+        for job in config["scrape_configs"]:
+            if job["job_name"] == JOB:
+                job.pop("dns_sd_configs", None)
+                job.update(timing, job_name=self.job)
+                jobs.append(job)
+            elif job["job_name"] == "prometheus":
+                job["static_configs"] = [{"targets": [f"127.0.0.1:{self.port}"]}]
+                jobs.append(job)
+        config["scrape_configs"] = jobs
+        return config
+
+    def target_files(self) -> dict[str, Any]:
+        """The file_sd target files the consumer job reads, by path relative to the config."""
+        return {TARGETS_FILE: [{"targets": self.targets, "labels": {"deployment": "test"}}]}
 
     def start(self, timeout: float = 30.0) -> PrometheusHarness:
         """Launch the server and return once `/-/ready` answers 200 (retry if the port is taken)."""
         if self.binary is None:
-            raise FileNotFoundError("prometheus binary not found (apt-get install -y prometheus)")
+            self.binary = require_binary("prometheus")
         self._dir = Path(tempfile.mkdtemp(prefix="prometheus-harness-"))
         config = self._dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        for name, content in self.target_files().items():
+            (self._dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (self._dir / name).write_text(yaml.safe_dump(content, sort_keys=False))
         for _attempt in range(3):
             self.port = free_port()
+            config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
             log = (self._dir / "prometheus.log").open("wb")
             self._proc = subprocess.Popen(
                 [

@@ -8,6 +8,7 @@ variables the service does not read (a typo there is silently ignored at run tim
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,20 @@ def test_dockerfile_healthcheck_uses_the_standard_library(dockerfile: list[str])
 def test_dockerfile_entrypoint_and_default_command(dockerfile: list[str]) -> None:
     assert 'ENTRYPOINT ["klaviyo-stream"]' in dockerfile
     assert 'CMD ["run"]' in dockerfile
+
+
+def test_image_installs_exact_pins_covering_every_dependency() -> None:
+    """Reproducible image: the Dockerfile installs requirements.lock, which pins (==) every
+    dependency pyproject.toml declares."""
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = (root / "Dockerfile").read_text()
+    assert "-r requirements.lock" in dockerfile
+    lock = [
+        line.strip() for line in (root / "requirements.lock").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert all("==" in line for line in lock)
+    pinned = {re.split("==", line)[0].lower().replace("_", "-") for line in lock}
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[\[<>=~! ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared}
+    assert names <= pinned, names - pinned

@@ -25,7 +25,8 @@ from tests.operations.prometheus_harness import (
     alert_expressions,
     alert_rules,
     dashboard_expressions,
-    find_binary,
+    needs_binary,
+    require_binary,
 )
 
 METRIC_NAME = re.compile(r"\bklaviyo_stream_[a-zA-Z0-9_:]*")
@@ -39,10 +40,7 @@ SUFFIXES = {
     "info": ("_info",),
 }
 
-PROMTOOL = find_binary("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (apt-get install -y prometheus)"
-)
+needs_promtool = needs_binary("promtool")
 
 
 def exposed_series_names(registry: CollectorRegistry) -> set[str]:
@@ -147,9 +145,12 @@ def test_prometheus_config_scrapes_the_consumer_replicas() -> None:
 
 
 def _promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
     return subprocess.run(
-        [PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+        [require_binary("promtool"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -163,3 +164,12 @@ def test_promtool_check_config() -> None:
 def test_promtool_check_rules() -> None:
     result = _promtool("check", "rules", ALERTS)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_missing_binary_skips_locally_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    assert needs_binary("no-such-binary-here").args[0] is False  # no skip: the test runs
+    with pytest.raises(pytest.fail.Exception, match="apt-get install"):
+        require_binary("no-such-binary-here")
+    monkeypatch.setenv("CI", "")
+    assert needs_binary("no-such-binary-here").args[0] is True

@@ -2,7 +2,8 @@
 
 This proves what promtool cannot: the exposition format is accepted by the server, the series
 the dashboard and alerts name are really there under those names, and every expression runs
-without error against real data. (Later: the same against the running service.)
+without error against real data. The same against the running service, with records
+flowing: test_prometheus_service.py.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from tests.operations.prometheus_harness import (
     alert_expressions,
     alert_rules,
     dashboard_expressions,
-    find_binary,
     grafana_to_promql,
+    needs_binary,
 )
 
-pytestmark = pytest.mark.skipif(
-    find_binary("prometheus") is None,
-    reason="prometheus binary not installed (apt-get install -y prometheus)",
-)
+pytestmark = needs_binary("prometheus")
 
 
 def set_sample_values() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream.produce import Encoder, publish
 from stream.settings import SANDBOX_API_KEY, Settings
 from tests.support import sandbox_get
 
@@ -178,3 +179,13 @@ async def assert_exactly_once(
     assert set(external) == expected_profiles, "profiles lost or invented"
     assert max(external.values(), default=1) == 1, "a person has two profiles"
     return counts
+
+
+def publish_paced(bootstrap: str, topic: str, calls: list[dict[str, Any]], seconds: float) -> None:
+    """Publish `calls` spread over about `seconds`: load that keeps arriving during a test."""
+    chunks = max(1, int(seconds * 4))
+    size = -(-len(calls) // chunks)
+    encoder = Encoder()
+    for start in range(0, len(calls), size):
+        publish({"bootstrap.servers": bootstrap}, topic, calls[start : start + size], encoder)
+        time.sleep(seconds / chunks)  # pacing, not waiting for a condition

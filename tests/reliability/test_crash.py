@@ -103,7 +103,10 @@ async def test_sigterm_finishes_in_flight_work_and_commits_it(
     publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
     events, profiles = expected_of(calls)
     with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
-        env = service_env(kafka_bootstrap, topic, sandbox.url, state_dir())
+        # a small pending bound: the stop comes with work left over for the next run
+        env = service_env(
+            kafka_bootstrap, topic, sandbox.url, state_dir(), max_pending_records=2000
+        )
         first = ServiceProcess(env, tmp_path / "first.log")
         second = ServiceProcess(env, tmp_path / "second.log")
         try:
@@ -125,6 +128,7 @@ async def test_sigterm_finishes_in_flight_work_and_commits_it(
                 return committed_lag(kafka_bootstrap, f"group-{topic}", topic) == 0
 
             await wait_until(finished, timeout=300, what="the rest after the restart")
+            assert "partitions assigned" in second.log()
             assert second.terminate() == 0
         finally:
             first.stop_quietly()

@@ -1,5 +1,7 @@
 """Outages: the broker stopped and restarted mid-run; Klaviyo failing 20 % of requests.
 
+The broker restart comes while the first half of the records is being delivered; the second
+half is published only once the broker is back, so the service must carry on reading.
 Both runs must end with every event stored exactly once at the sandbox, one profile per
 person, and nothing in the dead-letter topic: outages are retried, never dead-lettered
 (within the retry budget), and what is retried after a lost answer is refused by unique_id.
@@ -60,25 +62,31 @@ async def test_broker_restart_mid_run_loses_and_duplicates_nothing(
 ) -> None:
     topic = topic_factory(partitions=3)
     calls = list(sample_calls(RECORDS, seed=21, persons=PERSONS))
-    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
+    half = len(calls) // 2
+    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls[:half], Encoder())
     events, profiles = expected_of(calls)
     started = time.monotonic()
     with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
-        service = ServiceProcess(
-            service_env(kafka_bootstrap, topic, sandbox.url, state_dir()), tmp_path / "svc.log"
+        # a small pending bound keeps the service fetching (and committing) all along
+        env = service_env(
+            kafka_bootstrap, topic, sandbox.url, state_dir(), max_pending_records=1000
         )
+        service = ServiceProcess(env, tmp_path / "svc.log")
         try:
             service.start()
-            await _events_reach(service, sandbox.url, len(events) // 4)
-            await asyncio.to_thread(kafka_broker.restart)
+            await _events_reach(service, sandbox.url, len(events) // 5)
             at_restart = int((await stats(sandbox.url))["events"])
+            await asyncio.to_thread(kafka_broker.restart)
+            # the second half exists only after the restart: the service must read on
+            publish({"bootstrap.servers": kafka_bootstrap}, topic, calls[half:], Encoder())
             await _run_to_the_end(service, sandbox.url, kafka_bootstrap, topic, len(events))
         finally:
             service.stop_quietly()
         await assert_exactly_once(sandbox.url, events, profiles)
         final = await stats(sandbox.url)
     assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
-    assert at_restart < len(events), "the run ended before the broker came back: no test"
+    first_half_events = len(expected_of(calls[:half])[0])
+    assert at_restart < first_half_events, "the first half was done before the restart: no test"
     print(
         f"{RECORDS} records, broker restarted at {at_restart} events, "
         f"{final['refused_duplicates']} replays refused, {time.monotonic() - started:.0f} s"

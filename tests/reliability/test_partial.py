@@ -1,8 +1,9 @@
 """Partial failures inside one bulk request: per record, even when batched.
 
 A profile bulk import job is accepted as a whole (202) and fails single profiles later; the
-service polls the job, reads its `/import-errors`, and dead-letters exactly the failed
-profiles (with Klaviyo's code and pointer), while the rest of the batch counts as delivered.
+service polls the job and reads its `/import-errors`, so exactly the failed profiles get a
+second treatment (a split person is healed by a merge; any other failure is dead-lettered
+with Klaviyo's code and pointer) while the rest of the batch counts as delivered.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from typing import Any
 from confluent_kafka import Producer
 from pydantic import SecretStr
 
-from stream.klaviyo.client import PROFILE_IMPORT, KlaviyoClient
-from stream.klaviyo.mapping import profile_import_body
+from stream.klaviyo.client import PROFILE_IMPORT, PROFILES_BULK, KlaviyoClient
+from stream.klaviyo.errors import ImportRecordFailed
+from stream.klaviyo.importjob import import_failures
+from stream.klaviyo.mapping import bulk_profiles_body, profile_import_body
 from stream.sandbox import SandboxConfig, SandboxServer
 from stream.settings import SANDBOX_API_KEY
 from tests.reliability.corpus import encode
 from tests.reliability.harness import stats, topic_size
-from tests.support import read_topic, running_service, sandbox_get, service_settings, wait_until
+from tests.support import running_service, sandbox_get, service_settings, wait_until
 
 
 def _identify(n: int, email: str | None = None) -> dict[str, Any]:
@@ -31,9 +34,33 @@ def _identify(n: int, email: str | None = None) -> dict[str, Any]:
     }
 
 
-async def test_bulk_import_job_errors_become_per_record_dead_letters(
+async def test_bulk_import_job_errors_are_read_per_record(kafka_bootstrap: str) -> None:
+    """The job's import-errors name exactly the failed profiles of a 202-accepted batch."""
+    profiles = [{"email": f"job{n}@example.com", "external_id": f"job-{n}"} for n in range(6)]
+    key = SecretStr(SANDBOX_API_KEY)
+    async with (
+        SandboxServer(SandboxConfig(rate_limits=False)) as sandbox,
+        KlaviyoClient(sandbox.url, key, "2026-07-15") as client,
+    ):
+        await client.post(PROFILE_IMPORT, profile_import_body({"email": "job2@example.com"}))
+        await client.post(PROFILE_IMPORT, profile_import_body({"external_id": "job-2"}))
+        await client.post(PROFILE_IMPORT, profile_import_body({"email": "job4@example.com"}))
+        await client.post(PROFILE_IMPORT, profile_import_body({"external_id": "job-4"}))
+        accepted = await client.post(PROFILES_BULK, bulk_profiles_body(profiles))
+        failures = await import_failures(client, accepted, profiles, max_seconds=30)
+    assert accepted.status == 202
+    assert sorted(failures) == [2, 4]
+    for index, error in failures.items():
+        assert isinstance(error, ImportRecordFailed)
+        assert error.code == "duplicate_profile"
+        assert error.pointers == [f"/data/attributes/profiles/data/{index}"]
+
+
+async def test_a_split_person_in_a_bulk_import_is_healed_not_lost(
     kafka_bootstrap: str, topic_factory: Any
 ) -> None:
+    """A profile the job failed (duplicate_profile) is upserted alone and merged; the rest of
+    the batch is imported; nothing is dead-lettered and nothing is lost."""
     topic = topic_factory(partitions=1)
     async with SandboxServer(SandboxConfig(rate_limits=False)) as sandbox:
         # two existing profiles; call 5 names the email of one and the external_id of the other
@@ -48,24 +75,17 @@ async def test_bulk_import_job_errors_become_per_record_dead_letters(
         settings = service_settings(kafka_bootstrap, topic, sandbox.url, batch_linger_ms=500)
 
         async def finished() -> bool:
-            return (
-                topic_size(kafka_bootstrap, settings.dlq_topic) >= 1
-                and int((await stats(sandbox.url))["profiles"]) >= 2 + 11
-            )
+            now = await stats(sandbox.url)
+            return int(now["merges"]) >= 1 and int(now["profiles"]) >= 12
 
         async with running_service(settings) as service:
-            await wait_until(finished, timeout=120, what="11 imported, 1 dead-lettered")
+            await wait_until(finished, timeout=120, what="11 imported, 1 healed by a merge")
         requests = (await stats(sandbox.url))["requests"]
         profiles = (await sandbox_get(sandbox.url, "/sandbox/profiles"))["profiles"]
-    assert "POST /api/profile-bulk-import-jobs" in requests, "the batch went to the bulk job"
+    assert "POST /api/profile-bulk-import-jobs" in requests, "the batch went to a bulk job"
     assert any("import-errors" in endpoint for endpoint in requests)
-    assert service.result.dead_lettered == 1
-    [letter] = read_topic(kafka_bootstrap, settings.dlq_topic, 1)
-    headers = {k: v.decode() for k, v in letter.headers() or [] if v is not None}
-    assert letter.value() == encode(calls[5])
-    assert headers["dlq.stage"] == "import-job"
-    assert headers["dlq.error.class"] == "ImportRecordFailed"
-    assert headers["dlq.klaviyo.code"] == "duplicate_profile"
-    assert headers["dlq.klaviyo.pointer"].startswith("/data/attributes/profiles/data/")
-    imported = {p["attributes"].get("external_id") for p in profiles}
-    assert {f"user-{n}" for n in range(12) if n != 5} <= imported
+    assert service.result.dead_lettered == 0
+    assert topic_size(kafka_bootstrap, settings.dlq_topic) == 0
+    by_external = {p["attributes"].get("external_id"): p for p in profiles}
+    assert {f"user-{n}" for n in range(12)} <= set(by_external)
+    assert by_external["user-5"]["attributes"]["email"] == "taken@example.com"

@@ -1,23 +1,25 @@
 """Rebalances under load: a second consumer joins the group mid-run, then the first leaves.
 
-Partitions move twice while records are in flight. A partition's new owner re-reads from the
+Records keep arriving (published over 40 s) and partitions move twice while records are in
+flight. A partition's new owner re-reads from the
 last committed offset; what the old owner had already delivered is refused at the sandbox by
 unique_id. The end state: every event once, one profile per person, no dead letters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
-from stream.produce import Encoder, publish
 from stream.sample import sample_calls
 from stream.sandbox import SandboxConfig, SandboxThread
 from tests.reliability.harness import (
     ServiceProcess,
     assert_exactly_once,
     committed_lag,
+    publish_paced,
     service_env,
     state_dir,
     stats,
@@ -28,6 +30,7 @@ from tests.support import wait_until
 
 RECORDS = 30_000
 PERSONS = 1_500
+LOAD_SECONDS = 40.0  # records keep arriving while members join and leave
 
 
 async def test_consumer_joining_and_leaving_under_load(
@@ -35,7 +38,6 @@ async def test_consumer_joining_and_leaving_under_load(
 ) -> None:
     topic = topic_factory(partitions=6)
     calls = list(sample_calls(RECORDS, seed=31, persons=PERSONS))
-    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
     events, profiles = expected_of(calls)
     started = time.monotonic()
     with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
@@ -52,9 +54,12 @@ async def test_consumer_joining_and_leaving_under_load(
 
             await wait_until(reached, timeout=300, what=f"{count} events")
 
+        load = asyncio.create_task(
+            asyncio.to_thread(publish_paced, kafka_bootstrap, topic, calls, LOAD_SECONDS)
+        )
         try:
             first.start()
-            await events_reach(len(events) // 5)
+            await events_reach(len(events) // 6)
             second.start()
 
             async def second_owns_partitions() -> bool:
@@ -63,8 +68,9 @@ async def test_consumer_joining_and_leaving_under_load(
 
             await wait_until(second_owns_partitions, timeout=120, what="the second member")
             at_join = int((await stats(sandbox.url))["events"])
-            await events_reach(at_join + len(events) // 5)
+            await events_reach(at_join + len(events) // 6)
             at_leave = int((await stats(sandbox.url))["events"])
+            assert not load.done(), "the load ended before the first member left: no test"
             assert first.terminate() == 0, first.log()[-3000:]
 
             async def finished() -> bool:
@@ -73,15 +79,16 @@ async def test_consumer_joining_and_leaving_under_load(
                     return False
                 return committed_lag(kafka_bootstrap, f"group-{topic}", topic) == 0
 
+            await load
             await wait_until(finished, timeout=600, what="every record delivered and committed")
             assert second.terminate() == 0, second.log()[-3000:]
         finally:
+            await asyncio.gather(load, return_exceptions=True)
             first.stop_quietly()
             second.stop_quietly()
         await assert_exactly_once(sandbox.url, events, profiles)
         final = await stats(sandbox.url)
     assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
-    assert at_leave < len(events), "the run ended before the first member left: no test"
     print(
         f"{RECORDS} records, joined at {at_join} events, left at {at_leave}, "
         f"{final['refused_duplicates']} replays refused, {time.monotonic() - started:.0f} s"
