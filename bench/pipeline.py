@@ -37,7 +37,7 @@ async def service_run(bootstrap: str, topic: str, url: str, count: int) -> RunFi
                 topic,
                 url,
                 state,
-                klaviyo_rate_time_scale=1e-6,  # limits are off: the governor does not pace
+                klaviyo_rate_governor=False,  # the sandbox runs without limits
                 klaviyo_max_in_flight=4,
                 max_pending_records=50_000,
             )

@@ -16,7 +16,7 @@ from stream.service import Service
 
 async def profiled(bootstrap: str, topic: str, url: str, count: int, html: str | None) -> None:
     with tempfile.TemporaryDirectory() as state:
-        service = Service(settings(bootstrap, topic, url, state, klaviyo_rate_time_scale=1e-6))
+        service = Service(settings(bootstrap, topic, url, state, klaviyo_rate_governor=False))
         profiler = Profiler(interval=0.0005, async_mode="disabled")
         profiler.start()
         figures = await run_until_done(service, count)

@@ -125,6 +125,7 @@ class Service:
                 max_in_flight=settings.klaviyo_max_in_flight,
                 client_mode=settings.klaviyo_mode == "client",
                 governor=Governor(
+                    None if settings.klaviyo_rate_governor else {},
                     share=settings.klaviyo_rate_share,
                     time_scale=settings.klaviyo_rate_time_scale,
                 ),

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     # the time scale matches a sandbox started with --time-scale (1 against Klaviyo)
     klaviyo_rate_share: float = Field(default=1.0, gt=0, le=1)
     klaviyo_rate_time_scale: float = Field(default=1.0, gt=0, le=1)
+    klaviyo_rate_governor: bool = True  # false only against a sandbox without rate limits
 
     # Static group membership: a replica restarted with the same id (a pod name) takes its
     # partitions back at once instead of waiting out the session timeout of its crashed self

@@ -135,7 +135,7 @@ async def test_the_requests_actually_sent_have_the_accounted_length() -> None:
                 client,
                 lambda sources, delivered: done.append(len(sources)),
                 dead_letter,
-                governor=Governor(time_scale=1e-6),
+                governor=Governor({}),  # the sandbox runs without limits
             )
             for batch in bulk:
                 await deliverer.send(batch)

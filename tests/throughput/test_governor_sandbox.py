@@ -16,8 +16,8 @@ from stream.sandbox import SandboxConfig, SandboxServer
 from stream.settings import SANDBOX_API_KEY
 from tests.support import sandbox_get
 
-TIME_SCALE = 0.02  # steady window 1.2 s, burst window 20 ms: 150 bulk requests per 1.2 s
-BATCHES = 450  # three steady windows' worth
+TIME_SCALE = 0.05  # steady window 3 s, burst window 50 ms: 150 bulk requests per 3 s
+BATCHES = 300  # two steady windows
 
 
 def event_batches(count: int, size: int = 2) -> list[Batch]:
