@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -58,7 +59,12 @@ def normalize_email(raw: Any) -> str | None:
     """`"  Ann@Example.COM "` → `"ann@example.com"`; raises for something that is not an email."""
     if raw is None or raw == "":
         return None
-    email = str(raw).strip().lower()
+    return _email(str(raw))
+
+
+@lru_cache(maxsize=65_536)
+def _email(raw: str) -> str:
+    email = raw.strip().lower()
     if not _EMAIL.match(email):
         raise InvalidIdentifier(f"invalid email address {_redact(email)!r}")
     return email
@@ -68,7 +74,12 @@ def normalize_phone(raw: Any, region: str) -> str | None:
     """`"(415) 555-0100"` with region US → `"+14155550100"`; raises for an impossible number."""
     if raw is None or raw == "":
         return None
-    text = str(raw).strip()
+    return _phone(str(raw), region)
+
+
+@lru_cache(maxsize=65_536)
+def _phone(raw: str, region: str) -> str:
+    text = raw.strip()
     try:
         number = phonenumbers.parse(text, None if text.startswith("+") else region)
     except phonenumbers.NumberParseException as exc:

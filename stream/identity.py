@@ -92,6 +92,7 @@ class IdentityResolver:
         self._cache_seconds = cache_seconds
         self._cache_size = cache_size
         self._cache: dict[Identifier, tuple[Person, float]] = {}
+        self._profiles: dict[str, tuple[Person, dict[str, str]]] = {}
 
     def link(self, call: Call, ids: Identifiers) -> tuple[Person | None, list[Held]]:
         """Link what this call names; returns the person (None if still anonymous) and the
@@ -149,13 +150,22 @@ class IdentityResolver:
         return person if person is not None and person.named else None
 
     def profile(self, person: Person) -> dict[str, str]:
-        """Klaviyo profile identifiers of a person: the latest of each kind, strongest first."""
+        """Klaviyo profile identifiers of a person: the latest of each kind, strongest first.
+
+        Memoized per person object (events of one person share it; never mutated)."""
+        memo = self._profiles.get(person.id)
+        if memo is not None and memo[0] is person:
+            return memo[1]
         latest = {
             _ATTRIBUTE_OF_KIND[kind]: values[0]
             for kind, values in person.identifiers.items()
             if kind in _ATTRIBUTE_OF_KIND and values
         }
-        return {attr: latest[attr] for attr in self._order if attr in latest}
+        profile = {attr: latest[attr] for attr in self._order if attr in latest}
+        if len(self._profiles) >= self._cache_size:
+            self._profiles.clear()
+        self._profiles[person.id] = (person, profile)
+        return profile
 
     @staticmethod
     def with_traits(call: Call, person: Person) -> Call:

@@ -52,13 +52,13 @@ def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topic
             operation_timeout=timeout,
         )
         futures[name].result(timeout=timeout)
-        _wait_for_leaders(admin, name, partitions, timeout)
+        wait_for_leaders(admin, name, partitions, timeout)
         return name
 
     return make
 
 
-def _wait_for_leaders(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
+def wait_for_leaders(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
     """Wait until metadata shows every partition of `topic` with a leader."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ messageId. Absent optional fields stay absent: in an upsert a null would clear t
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,9 +48,23 @@ def event_time(timestamp: str) -> str:
     moment = moment.astimezone(UTC).replace(microsecond=0)
     if moment < EARLIEST_EVENT:
         raise MappingError(f"timestamp {timestamp!r} is before 1990")
-    if moment > datetime.now(UTC) + timedelta(days=365):
+    if moment > _latest_event_time():
         raise MappingError(f"timestamp {timestamp!r} is more than a year ahead")
     return moment.isoformat()
+
+
+_latest: tuple[float, datetime] = (0.0, EARLIEST_EVENT)
+
+
+def _latest_event_time() -> datetime:
+    """Now + 1 year, read from the clock at most once a minute (this runs per record)."""
+    global _latest
+    checked, latest = _latest
+    now = time.monotonic()
+    if now - checked > 60:
+        latest = datetime.now(UTC) + timedelta(days=365)
+        _latest = (now, latest)
+    return latest
 
 
 def profile_attributes(call: Call, ids: Identifiers) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.produce import Encoder, publish
 from stream.settings import SANDBOX_API_KEY, Settings
+from tests.kafka_fixture import wait_for_leaders
 from tests.support import sandbox_get
 
 
@@ -109,18 +110,8 @@ def create_topic(bootstrap: str, name: str, partitions: int, **config: str) -> s
         [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)]
     )
     futures[name].result(timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        meta = admin.list_topics(topic=name, timeout=5).topics.get(name)
-        if (
-            meta is not None
-            and meta.error is None
-            and len(meta.partitions) == partitions
-            and all(p.leader >= 0 for p in meta.partitions.values())
-        ):
-            return name
-        time.sleep(0.05)
-    raise TimeoutError(f"topic {name} has no leaders")
+    wait_for_leaders(admin, name, partitions, timeout=30)
+    return name
 
 
 def committed_lag(bootstrap: str, group: str, topic: str) -> int:
