@@ -143,22 +143,38 @@ class Service:
         return self.result
 
     async def _loop(self, source: KafkaSource) -> None:
+        """Fetch and handle until stopped. The next fetch runs on the consume thread while this
+        batch is handled (librdkafka releases the GIL), so the broker and the pipeline overlap.
+        Records a last fetch returned after the stop are not begun: their offsets are never
+        stored, the group's next owner reads them again."""
         max_pending = self.settings.max_pending_records
+        fetching: asyncio.Task[list[Message]] | None = None
         while not self._stopping.is_set() and self._fatal is None:
             if self._tracker.pending >= max_pending:
                 source.pause()
             elif source.paused and self._tracker.pending < max_pending // 2:
                 source.resume()
-            # never fetch past the bound: pending records stay <= MAX_PENDING_RECORDS
-            room = max(1, min(FETCH_MAX, max_pending - self._tracker.pending))
-            messages = await source.fetch(room, FETCH_TIMEOUT)
+            if fetching is None:
+                fetching = asyncio.create_task(source.fetch(self._room(0), FETCH_TIMEOUT))
+            messages = await fetching
+            fetching = None
             self.health.polled()
             self.health.broker_reachable = source.broker_reachable
             self.health.assigned_partitions = len(source.assigned)
+            room = self._room(len(messages))
+            if room > 0 and not source.paused:
+                fetching = asyncio.create_task(source.fetch(room, FETCH_TIMEOUT))
             await self._handle(messages)
             for batch in self._batcher.due():
                 self._spawn(batch)
             metrics.PENDING_RECORDS.set(self._tracker.pending)
+        if fetching is not None:
+            await fetching  # let the consume thread finish before the consumer closes
+
+    def _room(self, about_to_begin: int) -> int:
+        """How many records a fetch may return: pending never exceeds MAX_PENDING_RECORDS."""
+        free = self.settings.max_pending_records - self._tracker.pending - about_to_begin
+        return min(FETCH_MAX, free) if about_to_begin else max(1, min(FETCH_MAX, free))
 
     async def _handle(self, messages: list[Message]) -> None:
         """decode → dedup (one store round trip per fetch) → process → batch."""
