@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,18 +154,25 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
     from stream.localkafka import LocalKafka
     from stream.sandbox import SandboxConfig, SandboxThread
 
-    with LocalKafka() as kafka, SandboxThread(SandboxConfig()) as sandbox:
+    with (
+        LocalKafka() as kafka,
+        SandboxThread(SandboxConfig()) as sandbox,
+        tempfile.TemporaryDirectory(prefix="klaviyo-stream-") as state,
+    ):
         print(
             f"local Kafka at {kafka.bootstrap_servers}; Klaviyo sandbox at {sandbox.url}",
             flush=True,
         )
-        yield settings.model_copy(
-            update={
-                "kafka_bootstrap_servers": kafka.bootstrap_servers,
-                "klaviyo_base_url": sandbox.url,
-                "klaviyo_api_key": SecretStr(SANDBOX_API_KEY),
-            }
-        )
+        update: dict[str, object] = {
+            "kafka_bootstrap_servers": kafka.bootstrap_servers,
+            "klaviyo_base_url": sandbox.url,
+            "klaviyo_api_key": SecretStr(SANDBOX_API_KEY),
+        }
+        if "state_url" not in settings.model_fields_set:
+            # a fresh broker and sandbox get fresh state: yesterday's dedup window would drop
+            # today's (deterministic) sample calls
+            update["state_url"] = f"sqlite:///{state}/state.db"
+        yield settings.model_copy(update=update)
 
 
 def _run(settings: Settings, local: bool, sample: int) -> int:
