@@ -119,7 +119,9 @@ BACKFILL_HEADER = "klaviyo-stream.backfill"
 def wants_backfill(headers: list[tuple[str, str | bytes | None]] | None) -> bool:
     """True when a record carries `klaviyo-stream.backfill: 1` (dead-letter replays set it):
     its event is sent with `backfill: true`, recorded without triggering flows."""
-    return any(k == BACKFILL_HEADER and v in (b"1", "1") for k, v in headers or ())
+    if not headers:  # the common case, on the per-record path
+        return False
+    return any(k == BACKFILL_HEADER and v in (b"1", "1") for k, v in headers)
 
 
 def single_event_body(event: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
