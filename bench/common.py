@@ -369,3 +369,28 @@ async def governed_run(
         requests1 - requests0,
         throttled1 - throttled0,
     )
+
+
+def governed_bench(
+    args: argparse.Namespace, batch_events: int, records: int, prefix: str
+) -> GovernedFigures:
+    """One measured run: a broker, the sandbox with Klaviyo's (time-scaled) limits, a backlog
+    of `records` track calls, and the governed service delivering `batch_events` per request."""
+    with (
+        Broker(args.bootstrap) as broker,
+        SandboxProcess(
+            rate_limits=True, time_scale=args.time_scale, validate=args.validate
+        ) as sandbox,
+    ):
+        topic = broker.topic(prefix)
+        publish(broker.bootstrap, topic, records, tracks_only=True)
+        return asyncio.run(
+            governed_run(
+                broker.bootstrap,
+                topic,
+                sandbox.url,
+                time_scale=args.time_scale,
+                batch_events=batch_events,
+                windows=args.windows,
+            )
+        )

@@ -10,9 +10,7 @@ request), and the share of requests answered 429.
 
 from __future__ import annotations
 
-import asyncio
-
-from common import Broker, SandboxProcess, governed_run, machine, parser, publish
+from common import governed_bench, machine, parser
 
 
 def main() -> None:
@@ -24,24 +22,7 @@ def main() -> None:
     window = 60 * args.time_scale
     ceiling_rate = 150 / window * args.batch_events
     records = int(ceiling_rate * window * (args.windows + 3) * 1.3)
-    with (
-        Broker(args.bootstrap) as broker,
-        SandboxProcess(
-            rate_limits=True, time_scale=args.time_scale, validate=args.validate
-        ) as sandbox,
-    ):
-        topic = broker.topic("bench-governor")
-        publish(broker.bootstrap, topic, records, tracks_only=True)
-        figures = asyncio.run(
-            governed_run(
-                broker.bootstrap,
-                topic,
-                sandbox.url,
-                time_scale=args.time_scale,
-                batch_events=args.batch_events,
-                windows=args.windows,
-            )
-        )
+    figures = governed_bench(args, args.batch_events, records, "bench-governor")
     print(f"machine: {machine()}")
     print(
         f"limits: {figures.endpoint} 10/s burst, 150/min steady, time scale {args.time_scale} "

@@ -11,9 +11,7 @@ our speed-up. Klaviyo's limits put the naive ceiling at 3,500/min ≈ 58 events/
 
 from __future__ import annotations
 
-import asyncio
-
-from common import Broker, SandboxProcess, governed_run, machine, parser, publish
+from common import governed_bench, machine, parser
 
 
 def main() -> None:
@@ -27,24 +25,7 @@ def main() -> None:
     for label, batch in (("naive, 1 event/request", 1), ("batched + governed", args.batch_events)):
         per_window = 3500 if batch == 1 else 150 * batch
         records = int(per_window * (args.windows + 3) * 1.3)
-        with (
-            Broker(args.bootstrap) as broker,
-            SandboxProcess(
-                rate_limits=True, time_scale=args.time_scale, validate=args.validate
-            ) as sandbox,
-        ):
-            topic = broker.topic("bench-naive")
-            publish(broker.bootstrap, topic, records, tracks_only=True)
-            runs[label] = asyncio.run(
-                governed_run(
-                    broker.bootstrap,
-                    topic,
-                    sandbox.url,
-                    time_scale=args.time_scale,
-                    batch_events=batch,
-                    windows=args.windows,
-                )
-            )
+        runs[label] = governed_bench(args, batch, records, "bench-naive")
     print(f"machine: {machine()}")
     print(f"time scale {args.time_scale} (steady window {window:g} s)")
     for label, f in runs.items():
