@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
 
 TopicPartition = tuple[str, int]
+
+
+class Record(Protocol):
+    """Where a record sits in Kafka (`calls.Source` is one)."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 class _Partition:
@@ -24,7 +34,9 @@ class _Partition:
 
 
 class OffsetTracker:
-    """Tracks in-flight offsets; `complete` returns the offset to store, if it moved."""
+    """Tracks in-flight offsets; `complete` returns the offsets to store, where they moved.
+
+    Both calls take many records at once (a fetch, a delivered batch): one lock per call."""
 
     def __init__(self) -> None:
         self._parts: dict[TopicPartition, _Partition] = {}
@@ -36,29 +48,41 @@ class OffsetTracker:
         """Records consumed and not yet completed."""
         return self._pending
 
-    def begin(self, tp: TopicPartition, offset: int) -> None:
-        """A record was consumed (call in consumption order per partition)."""
+    def begin(self, records: Iterable[Record]) -> None:
+        """Records were consumed (in consumption order per partition)."""
         with self._lock:
-            part = self._parts.get(tp)
-            if part is None:
-                part = self._parts[tp] = _Partition()
-            part.order.append(offset)
-            self._pending += 1
+            parts = self._parts
+            for r in records:
+                tp = (r.topic, r.partition)
+                part = parts.get(tp)
+                if part is None:
+                    part = parts[tp] = _Partition()
+                part.order.append(r.offset)
+                self._pending += 1
 
-    def complete(self, tp: TopicPartition, offset: int) -> int | None:
-        """A record is finished; the next offset to commit if the contiguous prefix grew."""
+    def complete(self, records: Iterable[Record]) -> dict[TopicPartition, int]:
+        """Records are finished; per partition whose contiguous finished prefix grew, the next
+        offset to commit."""
+        moved: dict[TopicPartition, int] = {}
         with self._lock:
-            part = self._parts.get(tp)
-            if part is None:  # partition revoked meanwhile: its new owner re-reads it
-                return None
-            part.done.add(offset)
-            self._pending -= 1
-            moved: int | None = None
-            while part.order and part.order[0] in part.done:
-                head = part.order.popleft()
-                part.done.discard(head)
-                moved = head + 1
-            return moved
+            parts = self._parts
+            touched: set[TopicPartition] = set()
+            for r in records:
+                tp = (r.topic, r.partition)
+                part = parts.get(tp)
+                if part is None:  # partition revoked meanwhile: its new owner re-reads it
+                    continue
+                part.done.add(r.offset)
+                self._pending -= 1
+                touched.add(tp)
+            for tp in touched:
+                part = parts[tp]
+                order, done = part.order, part.done
+                while order and order[0] in done:
+                    head = order.popleft()
+                    done.discard(head)
+                    moved[tp] = head + 1
+        return moved
 
     def forget(self, tps: list[TopicPartition]) -> None:
         """Partitions were revoked or lost: drop their in-flight state."""

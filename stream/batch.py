@@ -43,8 +43,10 @@ class Item:
     """One thing to send: an event (with its profile) or a profile upsert.
 
     `size` is the item's exact cost in a bulk body; for an event, `group_size` is the cost of
-    opening its profile's group. Raises `MappingError` for an item Klaviyo must refuse (a string
-    over 100 KB, or an item that alone exceeds a request).
+    opening its profile's group. `group_key` is the profile's JSON with sorted keys (computed
+    here unless the caller has it memoized, as `IdentityResolver.profile_key`). Raises
+    `MappingError` for an item Klaviyo must refuse (a string over 100 KB, or an item that alone
+    exceeds a request).
     """
 
     kind: Kind
@@ -57,10 +59,10 @@ class Item:
 
     def __post_init__(self) -> None:
         # sorting keys changes no length: the key's length is the profile's encoded length
-        key = orjson.dumps(self.profile, option=orjson.OPT_SORT_KEYS)
-        profile_bytes = len(key)
-        if not self.group_key:
-            self.group_key = key.decode()
+        key = self.group_key
+        if not key:
+            key = self.group_key = orjson.dumps(self.profile, option=orjson.OPT_SORT_KEYS).decode()
+        profile_bytes = len(key) if key.isascii() else len(key.encode())
         if self.event is not None:
             encoded = len(orjson.dumps(self.event))
             self.size = encoded + EVENT_WRAPPER
@@ -72,10 +74,6 @@ class Item:
             _check_strings(self.event if self.event is not None else self.profile)
             if self.size + self.group_size + ENVELOPE[self.kind] > MAX_REQUEST_BYTES:
                 raise MappingError(f"{self.kind[:-1]} alone exceeds Klaviyo's 5 MB request limit")
-
-    @property
-    def unique_id(self) -> str | None:
-        return self.event.get("unique_id") if self.event else None
 
 
 def _check_strings(value: Any) -> None:
@@ -140,29 +138,37 @@ class Batcher:
 
     def add(self, item: Item) -> list[Batch]:
         """Add one item; returns the batches that became full (usually none)."""
-        ready: list[Batch] = []
-        batch = self._open.get(item.kind)
-        uid = item.unique_id
-        if batch is not None and uid is not None:
-            metric = item.event["metric"]["data"]["attributes"]["name"] if item.event else ""
-            twin = self._unique.get((item.group_key, metric, uid))
+        kind = item.kind
+        batch = self._open.get(kind)
+        event = item.event
+        twin_key = None
+        if event is not None and "unique_id" in event:
+            twin_key = (item.group_key, event["metric"]["data"]["attributes"]["name"],
+                        event["unique_id"])
+            twin = self._unique.get(twin_key) if batch is not None else None
             if twin is not None:
                 twin.sources.extend(item.sources)
-                return ready
-        if batch is not None and batch.size + batch.cost(item) > self._max_bytes:
-            ready.append(self._close(item.kind))
-            batch = None
+                return []
+        ready: list[Batch] = []
+        if batch is not None:
+            cost = batch.cost(item)
+            if batch.size + cost > self._max_bytes:
+                ready.append(self._close(kind))
+                batch = None
         if batch is None:
-            batch = self._open[item.kind] = Batch(item.kind)
-        extra = batch.cost(item)
+            batch = self._open[kind] = Batch(kind)
+            cost = batch.cost(item)
         batch.items.append(item)
-        batch.groups.setdefault(item.group_key, []).append(item)
-        batch.size += extra
-        if uid is not None and item.event is not None:
-            metric = item.event["metric"]["data"]["attributes"]["name"]
-            self._unique[(item.group_key, metric, uid)] = item
-        if len(batch) >= self._max[item.kind]:
-            ready.append(self._close(item.kind))
+        group = batch.groups.get(item.group_key)
+        if group is None:
+            batch.groups[item.group_key] = [item]
+        else:
+            group.append(item)
+        batch.size += cost
+        if twin_key is not None:
+            self._unique[twin_key] = item
+        if len(batch.items) >= self._max[kind]:
+            ready.append(self._close(kind))
         return ready
 
     def due(self, now: float | None = None) -> list[Batch]:

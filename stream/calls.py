@@ -48,9 +48,8 @@ class Call:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-def _json_object(record: dict[str, Any], key: str) -> dict[str, Any]:
-    raw = record.get(key)
-    if raw is None or raw == "":
+def _json_object(raw: Any, key: str) -> dict[str, Any]:
+    if raw is None or raw == "" or raw == "{}":  # the common empty cases skip the parser
         return {}
     if isinstance(raw, dict):
         return raw
@@ -73,18 +72,19 @@ def normalize(call_type: str, record: dict[str, Any]) -> Call:
     timestamp = record.get("timestamp")
     if not timestamp or not isinstance(timestamp, str):
         raise DecodeError("missing required field 'timestamp'")
+    get = record.get  # per record on the hot path: positional construction, one lookup each
     call = Call(
-        type=call_type,  # type: ignore[arg-type]
-        message_id=message_id,
-        timestamp=timestamp,
-        user_id=record.get("userId") or None,
-        anonymous_id=record.get("anonymousId") or None,
-        previous_id=record.get("previousId") or None,
-        event=record.get("event") or None,
-        name=record.get("name") or None,
-        traits=_json_object(record, "traits"),
-        properties=_json_object(record, "properties"),
-        context=_json_object(record, "context"),
+        call_type,  # type: ignore[arg-type]
+        message_id,
+        timestamp,
+        get("userId") or None,
+        get("anonymousId") or None,
+        get("previousId") or None,
+        get("event") or None,
+        get("name") or None,
+        _json_object(get("traits"), "traits"),
+        _json_object(get("properties"), "properties"),
+        _json_object(get("context"), "context"),
     )
     if call_type == "track" and not call.event:
         raise DecodeError("a track call needs an 'event' name")

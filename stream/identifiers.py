@@ -8,9 +8,8 @@ call's userId, else traits.id. anonymous_id: the call's anonymousId.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import phonenumbers
 
@@ -27,9 +26,8 @@ class InvalidIdentifier(MappingError):
     stage = "identity"
 
 
-@dataclass(frozen=True, slots=True)
-class Identifiers:
-    """Every identifier we know for one person; None where unknown."""
+class Identifiers(NamedTuple):
+    """Every identifier we know for one person; None where unknown (a tuple: built per call)."""
 
     email: str | None = None
     phone_number: str | None = None

@@ -92,11 +92,21 @@ class IdentityResolver:
         self._cache_seconds = cache_seconds
         self._cache_size = cache_size
         self._cache: dict[Identifier, tuple[Person, float]] = {}
-        self._profiles: dict[str, tuple[Person, dict[str, str]]] = {}
+        self._known: dict[Identifiers, tuple[Person, float]] = {}  # whole calls' identifiers
+        self._current: dict[str, Person] = {}  # the latest snapshot of each remembered person
+        self._profiles: dict[str, tuple[Person, dict[str, str], str]] = {}
 
     def link(self, call: Call, ids: Identifiers) -> tuple[Person | None, list[Held]]:
         """Link what this call names; returns the person (None if still anonymous) and the
         held events its identification released."""
+        if call.type == "track" or call.type == "page":
+            known = self._known.get(ids)  # the usual event: these very identifiers, seen lately
+            if (
+                known is not None
+                and known[1] >= time.monotonic()
+                and self._current.get(known[0].id) is known[0]
+            ):
+                return known[0], []
         identifiers = graph_identifiers(ids)
         if call.type == "alias" and call.previous_id:
             identifiers.append(("anonymous_id", call.previous_id))
@@ -106,14 +116,19 @@ class IdentityResolver:
             return None, []
         traits = call.traits if call.type == "identify" else None
         if traits is None and call.type != "alias":
-            known = self._cached(identifiers)
-            if known is not None:
-                return known, []
+            known_person = self._cached(identifiers)
+            if known_person is not None:
+                if len(self._known) >= self._cache_size:
+                    self._known.clear()
+                self._known[ids] = (known_person, time.monotonic() + self._cache_seconds)
+                return known_person, []
             if all(kind == "anonymous_id" for kind, _ in identifiers):
                 return None, []  # nothing to link: `hold` finds the person if there is one
         result = self._store.link(identifiers, traits, call_time(call))
         for kind in {kind for kind, _ in identifiers}:  # email|phone|external_id|anonymous_id
             metrics.IDENTITY_LINKS.labels(kind).inc()
+        for merged_id in result.merged_ids:
+            self._current.pop(merged_id, None)  # snapshots of folded persons are stale now
         self._remember(result.person)
         released = [Held.decode(p) for p in result.released]
         return (result.person if result.person.named else None), released
@@ -138,8 +153,12 @@ class IdentityResolver:
         if not person.named or self._cache_seconds <= 0:
             return
         if len(self._cache) >= self._cache_size:
-            self._cache.clear()  # simple bound: the cache refills from the store
+            # simple bound: the caches refill from the store
+            self._cache.clear()
+            self._known.clear()
+            self._current.clear()
         expires = time.monotonic() + self._cache_seconds
+        self._current[person.id] = person
         for kind, values in person.identifiers.items():
             for value in values:
                 self._cache[(kind, value)] = (person, expires)
@@ -153,19 +172,27 @@ class IdentityResolver:
         """Klaviyo profile identifiers of a person: the latest of each kind, strongest first.
 
         Memoized per person object (events of one person share it; never mutated)."""
+        return self._profile(person)[0]
+
+    def profile_key(self, person: Person) -> str:
+        """The profile's sorted JSON, the batcher's group key (see `Item.group_key`)."""
+        return self._profile(person)[1]
+
+    def _profile(self, person: Person) -> tuple[dict[str, str], str]:
         memo = self._profiles.get(person.id)
         if memo is not None and memo[0] is person:
-            return memo[1]
+            return memo[1], memo[2]
         latest = {
             _ATTRIBUTE_OF_KIND[kind]: values[0]
             for kind, values in person.identifiers.items()
             if kind in _ATTRIBUTE_OF_KIND and values
         }
         profile = {attr: latest[attr] for attr in self._order if attr in latest}
+        key = orjson.dumps(profile, option=orjson.OPT_SORT_KEYS).decode()
         if len(self._profiles) >= self._cache_size:
             self._profiles.clear()
-        self._profiles[person.id] = (person, profile)
-        return profile
+        self._profiles[person.id] = (person, profile, key)
+        return profile, key
 
     @staticmethod
     def with_traits(call: Call, person: Person) -> Call:

@@ -24,10 +24,12 @@ from stream.transform import Transformer
 
 @dataclass(slots=True)
 class Outcome:
-    """What became of one call: items to send now, and whether the call itself was held."""
+    """What became of one call: items to send now; whether the call itself was held (durably,
+    in the state store) or is carried by the last item. Neither: it was filtered or absorbed."""
 
     items: list[Item]
     held: bool = False
+    carried: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,8 @@ class Processor:
                 traits = mapping.profile_attributes(merged, Identifiers())
                 profile = self.identity.profile(person) | traits
                 items.append(Item("profiles", profile, None, [source]))
-            elif not ids.anonymous_id:
+                return Outcome(items, carried=True)
+            if not ids.anonymous_id:
                 raise MappingError("identify names no email, phone, userId or anonymousId")
             return Outcome(items)
         event = mapping.event_attributes(call, self.router.metric_name(call))
@@ -70,15 +73,18 @@ class Processor:
             if person is None:
                 metrics.RECORDS_HELD.inc()
                 return Outcome(items, held=True)
-        items.append(Item("events", self.identity.profile(person), event, [source]))
-        return Outcome(items)
+        identity = self.identity
+        items.append(
+            Item("events", identity.profile(person), event, [source], identity.profile_key(person))
+        )
+        return Outcome(items, carried=True)
 
     def _released(self, released: list[Held], person: Person | None) -> list[Item]:
         if not released or person is None:
             return []
         metrics.RECORDS_RELEASED.labels("identified").inc(len(released))
-        profile = self.identity.profile(person)
-        return [Item("events", profile, h.event, [h.source]) for h in released]
+        profile, key = self.identity.profile(person), self.identity.profile_key(person)
+        return [Item("events", profile, h.event, [h.source], key) for h in released]
 
     @staticmethod
     def expired(held: Held, send: bool) -> Item | None:

@@ -9,6 +9,7 @@ for in-flight requests (bounded by `shutdown_timeout`), commit, leave the group,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -45,6 +46,7 @@ FETCH_TIMEOUT = 0.1
 YIELD_EVERY = 100  # records processed between two turns of the event loop (governor timing)
 SWEEP_SECONDS = 5.0
 STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
 
 @dataclass
@@ -53,6 +55,19 @@ class RunResult:
 
     consumed: int = 0
     dead_lettered: int = 0
+
+
+def tune_gc() -> None:
+    """Fewer, larger garbage collections: the hot path allocates a few dicts per record, and
+    with CPython's default threshold young collections cost about a quarter of its time (the
+    profile in bench/README.md). Startup objects are frozen out of every later collection.
+    Once per process: later services in one process (tests) find it done."""
+    if gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD:
+        return
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class Service:
@@ -103,6 +118,7 @@ class Service:
         """Consume until stopped; returns counts. Raises on a fatal delivery error."""
         settings = self.settings
         require_klaviyo_credentials(settings)
+        tune_gc()
         redact = settings.hipaa_mode and not settings.hipaa_dlq_keep_original
         self._dead_letters = DeadLetters(
             kafka_client_config(settings),
@@ -178,27 +194,22 @@ class Service:
 
     async def _handle(self, messages: list[Message]) -> None:
         """decode → dedup (one store round trip per fetch) → process → batch."""
+        sources = self._begin(messages)
+        decode = self._decoder.decode
         decoded: list[tuple[Call, Source]] = []
-        consumed: Counter[tuple[str, int]] = Counter()
-        for message in messages:
-            if message.error() is not None:
-                log.warning("consume error", extra={"error": str(message.error())})
-                continue
-            source = self._begin(message)
-            consumed[(source.topic, source.partition)] += 1
+        for source in sources:
             try:
-                call = self._decoder.decode(source.value)
+                call = decode(source.value)
             except RecordError as exc:
                 await self._reject(source, exc)
                 continue
             source.message_id = call.message_id
             decoded.append((call, source))
-        # metrics once per fetch, not per record: label lookups are a visible share of the loop
-        for (topic, partition), count in consumed.items():
-            metrics.RECORDS_CONSUMED.labels(topic, str(partition)).inc(count)
         for call_type, count in Counter(call.type for call, _ in decoded).items():
             metrics.RECORDS_DECODED.labels(call_type).inc(count)
         fresh = self._dedup.fresh([call.message_id for call, _ in decoded])
+        process, enqueue = self._processor.process, self._enqueue
+        finished: list[Source] = []  # held durably in the state store, or filtered
         for n, ((call, source), new) in enumerate(zip(decoded, fresh, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # let paced requests and their answers go meanwhile
@@ -207,25 +218,40 @@ class Service:
                 self._completed([source], False)
                 continue
             try:
-                outcome = self._processor.process(call, source)
+                outcome = process(call, source)
             except RecordError as exc:
                 await self._reject(source, exc)
                 continue
-            if outcome.held or not any(s is source for i in outcome.items for s in i.sources):
-                # held durably in the state store, or filtered: this record is finished
-                self._completed([source], outcome.held)
+            if outcome.held:
+                finished.append(source)
+            elif not outcome.carried:
+                self._completed([source], False)
             for item in outcome.items:
-                self._enqueue(item)
+                enqueue(item)
+        if finished:
+            self._completed(finished, True)
 
-    def _begin(self, message: Message) -> Source:
-        topic, partition, offset = _position(message)
-        self.result.consumed += 1
-        self._tracker.begin((topic, partition), offset)
-        headers = message.headers()
-        return Source(
-            topic, partition, offset, message.key(), message.value(),
-            list(headers.items()) if isinstance(headers, dict) else headers,
-        )
+    def _begin(self, messages: list[Message]) -> list[Source]:
+        """Sources of the fetched records, tracked from now on; counted once per fetch (label
+        lookups per record are a visible share of the loop)."""
+        sources: list[Source] = []
+        for message in messages:
+            if message.error() is not None:
+                log.warning("consume error", extra={"error": str(message.error())})
+                continue
+            headers = message.headers()
+            sources.append(
+                Source(
+                    message.topic(), message.partition(), message.offset(),  # type: ignore[arg-type]
+                    message.key(), message.value(),
+                    list(headers.items()) if isinstance(headers, dict) else headers,
+                )
+            )
+        self._tracker.begin(sources)
+        self.result.consumed += len(sources)
+        for (topic, partition), count in Counter((s.topic, s.partition) for s in sources).items():
+            metrics.RECORDS_CONSUMED.labels(topic, str(partition)).inc(count)
+        return sources
 
     async def _reject(self, source: Source, exc: RecordError) -> None:
         await self._dead_letter([source], exc, exc.stage, 1, time.time())
@@ -257,14 +283,8 @@ class Service:
             self._dedup.delivered(ids)
         else:
             self._dedup.abandoned(ids)
-        to_store: dict[tuple[str, int], int] = {}
-        for s in sources:
-            if not s.tracked:
-                continue
-            moved = self._tracker.complete((s.topic, s.partition), s.offset)
-            if moved is not None:
-                to_store[(s.topic, s.partition)] = moved  # offsets only grow: keep the last
-        for (topic, partition), offset in to_store.items():
+        moved = self._tracker.complete(s for s in sources if s.tracked)
+        for (topic, partition), offset in moved.items():
             self._source.store(topic, partition, offset)
 
     async def _sweep(self) -> None:
@@ -344,12 +364,6 @@ class Service:
         await source.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
-
-
-def _position(message: Message) -> tuple[str, int, int]:
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    assert topic is not None and partition is not None and offset is not None
-    return topic, partition, offset
 
 
 def install_signal_handlers(service: Service) -> None:

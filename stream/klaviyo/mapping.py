@@ -8,6 +8,7 @@ messageId. Absent optional fields stay absent: in an upsert a null would clear t
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,34 +38,47 @@ IDENTIFIER_TRAITS = frozenset({"email", "phone", "phoneNumber", "id", "anonymous
 VALUE_KEYS = ("revenue", "value")
 
 
+_UTC_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|\+00:00)")
+
+
 def event_time(timestamp: str) -> str:
     """ISO-8601 in UTC, truncated to the second, inside Klaviyo's accepted window."""
     try:
         moment = datetime.fromisoformat(timestamp)
     except ValueError:
         raise MappingError(f"timestamp {timestamp!r} is not ISO-8601") from None
+    if _UTC_SECONDS.fullmatch(timestamp):  # the usual case: already UTC, so truncate the text
+        text = timestamp[:19] + "+00:00"
+        earliest, latest = _window()
+        if text < earliest:
+            raise MappingError(f"timestamp {timestamp!r} is before 1990")
+        if text > latest:
+            raise MappingError(f"timestamp {timestamp!r} is more than a year ahead")
+        return text
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC).replace(microsecond=0)
     if moment < EARLIEST_EVENT:
         raise MappingError(f"timestamp {timestamp!r} is before 1990")
-    if moment > _latest_event_time():
+    if moment > datetime.fromisoformat(_window()[1]):
         raise MappingError(f"timestamp {timestamp!r} is more than a year ahead")
     return moment.isoformat()
 
 
-_latest: tuple[float, datetime] = (0.0, EARLIEST_EVENT)
+_EARLIEST_TEXT = EARLIEST_EVENT.isoformat()
+_latest: tuple[float, str] = (-1e9, _EARLIEST_TEXT)
 
 
-def _latest_event_time() -> datetime:
-    """Now + 1 year, read from the clock at most once a minute (this runs per record)."""
+def _window() -> tuple[str, str]:
+    """Klaviyo's accepted event times as UTC text, 1990 to now + 1 year (text of one format
+    compares like time). The clock is read at most once a minute: this runs per record."""
     global _latest
     checked, latest = _latest
     now = time.monotonic()
     if now - checked > 60:
-        latest = datetime.now(UTC) + timedelta(days=365)
+        latest = (datetime.now(UTC) + timedelta(days=365)).replace(microsecond=0).isoformat()
         _latest = (now, latest)
-    return latest
+    return _EARLIEST_TEXT, latest
 
 
 def profile_attributes(call: Call, ids: Identifiers) -> dict[str, Any]:

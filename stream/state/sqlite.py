@@ -4,6 +4,12 @@ Every multi-row update runs in one `BEGIN IMMEDIATE` transaction, so a crash lea
 whole link/hold or none of it. `synchronous=NORMAL` in WAL mode can lose the last transactions
 on power loss (never corrupts); the Kafka offsets are stored after delivery, so those records
 are replayed and `unique_id` at Klaviyo refuses duplicates.
+
+`link` is on the hot path of every identify call, so it runs few statements: one read fetches
+the owners of the identifiers with their identifiers and traits and whether anything is held
+for their anonymous ids; the writes follow; the returned person is computed from what was read
+and written (read back from the file only after a fold). Nothing is cached across transactions,
+so another connection writing the same file never makes an answer stale.
 """
 
 from __future__ import annotations
@@ -11,9 +17,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -28,6 +33,7 @@ from stream.state.base import (
 )
 
 _CHUNK = 500  # bound on SQL variables per statement
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS persons (
@@ -77,6 +83,52 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
         yield items[start : start + size]
 
 
+_NEW_PERSON = "INSERT INTO persons (created) VALUES (?) RETURNING id"
+_TOUCH = "UPDATE counters SET value = value + ? WHERE name = 'touch' RETURNING value"
+# `person` is not set on conflict: after the folds every existing row is the survivor's already,
+# and leaving it out keeps the `identifiers_person` index untouched.
+_UPSERT_IDENTIFIER = (
+    "INSERT INTO identifiers (kind, value, person, last_seen, seq) VALUES (?,?,?,?,?)"
+    " ON CONFLICT (kind, value) DO UPDATE SET"
+    " seq = CASE WHEN excluded.last_seen >= last_seen THEN excluded.seq ELSE seq END,"
+    " last_seen = max(last_seen, excluded.last_seen)"
+)
+_UPSERT_TRAIT = (
+    "INSERT INTO traits (person, key, value, ts) VALUES (?,?,?,?)"
+    " ON CONFLICT (person, key) DO UPDATE SET value = excluded.value,"
+    " ts = excluded.ts WHERE excluded.ts >= traits.ts"
+)
+# identifier rows have a kind, trait rows (person, NULL, key, value, ts); (NULL, ...) marks held
+_LOAD = (
+    "SELECT kind, value, last_seen, seq FROM identifiers WHERE person = ?1"
+    " UNION ALL SELECT NULL, key, value, ts FROM traits WHERE person = ?1"
+)
+_OWNERS: dict[int, str] = {}
+
+
+def _owners_sql(count: int) -> str:
+    """The read of `link` for `count` identifiers (cached per count)."""
+    sql = _OWNERS.get(count)
+    if sql is None:
+        values = ",".join(["(?,?)"] * count)
+        sql = _OWNERS[count] = (  # CROSS JOIN: SQLite keeps this join order (index lookups)
+            f"WITH ids (kind, value) AS (VALUES {values}),"
+            " owners (person) AS (SELECT DISTINCT i.person FROM ids"
+            " CROSS JOIN identifiers i ON i.kind = ids.kind AND i.value = ids.value)"
+            " SELECT i.person, i.kind, i.value, i.last_seen, i.seq"
+            " FROM owners o CROSS JOIN identifiers i ON i.person = o.person"
+            " UNION ALL SELECT t.person, NULL, t.key, t.value, t.ts"
+            " FROM owners o CROSS JOIN traits t ON t.person = o.person"
+            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL"
+            " WHERE EXISTS (SELECT 1 FROM ids CROSS JOIN held h"
+            " ON h.anonymous_id = ids.value WHERE ids.kind = 'anonymous_id')"
+            " OR EXISTS (SELECT 1 FROM owners o CROSS JOIN identifiers i"
+            " ON i.person = o.person AND i.kind = 'anonymous_id'"
+            " CROSS JOIN held h ON h.anonymous_id = i.value)"
+        )
+    return sql
+
+
 class SqliteStore:
     """State in one SQLite file (or `:memory:`); thread-safe through one lock, one connection."""
 
@@ -94,19 +146,20 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StateError(f"cannot open SQLite state {path!r}: {exc}", retriable=False) from exc
 
-    @contextmanager
-    def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction under the lock; rolls back on error and maps sqlite errors."""
+    def _run(self, begin: str, body: Callable[..., _T], *args: Any) -> _T:
+        """`body(db, *args)` in one transaction under the lock; rolls back on error and maps
+        sqlite errors."""
         with self._lock:
             db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                db.execute(begin)
                 try:
-                    yield db
+                    out = body(db, *args)
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
+                return out
             except sqlite3.OperationalError as exc:
                 locked = "locked" in str(exc) or "busy" in str(exc)
                 raise StateError(f"SQLite state: {exc}", retriable=locked) from exc
@@ -123,49 +176,77 @@ class SqliteStore:
     ) -> LinkResult:
         """See StateStore.link; one IMMEDIATE transaction."""
         ids = check_identifiers(identifiers)
-        ts = float(timestamp)
-        with self._tx() as db:
-            where = " OR ".join(["(kind = ? AND value = ?)"] * len(ids))
-            params = [x for pair in ids for x in pair]
-            owners = sorted(
-                {
-                    r[0]
-                    for r in db.execute(
-                        f"SELECT DISTINCT person FROM identifiers WHERE {where}", params
-                    )
-                }
-            )
-            if owners:
-                survivor, losers = owners[0], owners[1:]
+        return self._run("BEGIN IMMEDIATE", self._link, ids, traits, float(timestamp))
+
+    def _link(
+        self,
+        db: sqlite3.Connection,
+        ids: list[Identifier],
+        traits: Mapping[str, Any] | None,
+        ts: float,
+    ) -> LinkResult:
+        found = db.execute(_owners_sql(len(ids)), [x for pair in ids for x in pair]).fetchall()
+        persons: set[int] = set()
+        held = False
+        for row in found:
+            if row[0] is None:
+                held = True  # something is held under an anonymous id of the linked person
             else:
-                survivor = db.execute(
-                    "INSERT INTO persons (created) VALUES (?) RETURNING id", (ts,)
-                ).fetchone()[0]
-                losers = []
-            for loser in losers:
-                self._fold(db, loser, survivor)
-            top = db.execute(
-                "UPDATE counters SET value = value + ? WHERE name = 'touch' RETURNING value",
-                (len(ids),),
-            ).fetchone()[0]
-            db.executemany(
-                "INSERT INTO identifiers (kind, value, person, last_seen, seq) VALUES (?,?,?,?,?)"
-                " ON CONFLICT (kind, value) DO UPDATE SET person = excluded.person,"
-                " seq = CASE WHEN excluded.last_seen >= last_seen THEN excluded.seq ELSE seq END,"
-                " last_seen = max(last_seen, excluded.last_seen)",
-                [(k, v, survivor, ts, top - i) for i, (k, v) in enumerate(ids)],
+                persons.add(row[0])
+        if persons:
+            owners = sorted(persons)
+            survivor, losers = owners[0], owners[1:]
+        else:
+            survivor = db.execute(_NEW_PERSON, (ts,)).fetchone()[0]
+            losers = []
+        for loser in losers:
+            self._fold(db, loser, survivor)
+        top = db.execute(_TOUCH, (len(ids),)).fetchone()[0]
+        # the survivor's state after this call, from `found` (exact unless something was folded)
+        known: dict[Identifier, tuple[float, int]] = {}
+        stored: dict[str, tuple[bytes, float]] = {}
+        exact = not losers
+        if exact:
+            for owner, kind, value, first, second in found:
+                if owner is None:
+                    continue
+                if kind is not None:
+                    known[(kind, value)] = (first, second)
+                else:
+                    stored[value] = (first, second)
+        rows = []
+        for i, ident in enumerate(ids):
+            seq = top - i
+            rows.append((ident[0], ident[1], survivor, ts, seq))
+            old = known.get(ident)
+            if old is None or ts >= old[0]:
+                known[ident] = (ts, seq)  # last_seen = max(old, ts)
+        db.executemany(_UPSERT_IDENTIFIER, rows)
+        if traits:
+            changed = []
+            for key, value in traits.items():
+                blob = orjson.dumps(value)
+                if not exact or not isinstance(key, str):
+                    exact = False
+                    changed.append((survivor, key, blob, ts))
+                    continue
+                before = stored.get(key)
+                if before is None or ts > before[1] or (ts == before[1] and blob != before[0]):
+                    changed.append((survivor, key, blob, ts))  # else the upsert would keep it
+                    stored[key] = (blob, ts)
+            if changed:
+                db.executemany(_UPSERT_TRAIT, changed)
+        if exact:
+            person = build_person(
+                str(survivor),
+                [(kind, value, last, seq) for (kind, value), (last, seq) in known.items()],
+                {key: orjson.loads(stored[key][0]) for key in sorted(stored)},
             )
-            if traits:
-                db.executemany(
-                    "INSERT INTO traits (person, key, value, ts) VALUES (?,?,?,?)"
-                    " ON CONFLICT (person, key) DO UPDATE SET value = excluded.value,"
-                    " ts = excluded.ts WHERE excluded.ts >= traits.ts",
-                    [(survivor, k, orjson.dumps(v), ts) for k, v in traits.items()],
-                )
+        else:
             person = self._load(db, survivor)
-            released: tuple[bytes, ...] = ()
-            if person.named and person.identifiers.get("anonymous_id"):
-                released = self._release(db, person.identifiers["anonymous_id"])
+        released: tuple[bytes, ...] = ()
+        if held and person.named and person.identifiers.get("anonymous_id"):
+            released = self._release(db, person.identifiers["anonymous_id"])
         return LinkResult(person, tuple(str(x) for x in losers), released)
 
     @staticmethod
@@ -187,13 +268,13 @@ class SqliteStore:
 
     @staticmethod
     def _load(db: sqlite3.Connection, person_id: int) -> Person:
-        rows = db.execute(
-            "SELECT kind, value, last_seen, seq FROM identifiers WHERE person = ?", (person_id,)
-        ).fetchall()
-        traits = {
-            k: orjson.loads(v)
-            for k, v in db.execute("SELECT key, value FROM traits WHERE person = ?", (person_id,))
-        }
+        rows = []
+        traits = {}
+        for kind, value, first, second in db.execute(_LOAD, (person_id,)):
+            if kind is None:
+                traits[value] = orjson.loads(first)
+            else:
+                rows.append((kind, value, first, second))
         return build_person(str(person_id), rows, traits)
 
     @staticmethod
@@ -213,46 +294,41 @@ class SqliteStore:
 
     def lookup(self, identifier: Identifier) -> Person | None:
         """See StateStore.lookup."""
-        with self._tx(immediate=False) as db:
-            row = db.execute(
-                "SELECT person FROM identifiers WHERE kind = ? AND value = ?", identifier
-            ).fetchone()
-            return None if row is None else self._load(db, row[0])
+        return self._run("BEGIN", self._lookup, identifier)
+
+    def _lookup(self, db: sqlite3.Connection, identifier: Identifier) -> Person | None:
+        row = db.execute(
+            "SELECT person FROM identifiers WHERE kind = ? AND value = ?", identifier
+        ).fetchone()
+        return None if row is None else self._load(db, row[0])
 
     # held payloads ----------------------------------------------------------------------
 
     def hold(self, anonymous_id: str, payload: bytes, now: float) -> Person | None:
         """See StateStore.hold; one IMMEDIATE transaction."""
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT person FROM identifiers WHERE kind = 'anonymous_id' AND value = ?",
-                (anonymous_id,),
-            ).fetchone()
-            if row is not None:
-                named = db.execute(
-                    "SELECT 1 FROM identifiers WHERE person = ? AND kind != 'anonymous_id' LIMIT 1",
-                    (row[0],),
-                ).fetchone()
-                if named:
-                    return self._load(db, row[0])
-            db.execute(
-                "INSERT INTO held (anonymous_id, payload, held_at) VALUES (?,?,?)",
-                (anonymous_id, payload, float(now)),
-            )
-            _bump_held(db, 1, len(payload))
-            return None
+        return self._run("BEGIN IMMEDIATE", self._hold, anonymous_id, payload, float(now))
+
+    def _hold(
+        self, db: sqlite3.Connection, anonymous_id: str, payload: bytes, now: float
+    ) -> Person | None:
+        row = db.execute(
+            "SELECT i.person, EXISTS (SELECT 1 FROM identifiers n"
+            " WHERE n.person = i.person AND n.kind != 'anonymous_id')"
+            " FROM identifiers i WHERE i.kind = 'anonymous_id' AND i.value = ?",
+            (anonymous_id,),
+        ).fetchone()
+        if row is not None and row[1]:
+            return self._load(db, row[0])
+        db.execute(
+            "INSERT INTO held (anonymous_id, payload, held_at) VALUES (?,?,?)",
+            (anonymous_id, payload, now),
+        )
+        _bump_held(db, 1, len(payload))
+        return None
 
     def expire_held(self, older_than: float, limit: int = 1000) -> list[tuple[str, bytes]]:
         """See StateStore.expire_held."""
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT seq, anonymous_id, payload FROM held WHERE held_at < ?"
-                " ORDER BY held_at, seq LIMIT ?",
-                (float(older_than), int(limit)),
-            ).fetchall()
-            if rows:
-                db.executemany("DELETE FROM held WHERE seq = ?", [(r[0],) for r in rows])
-                _bump_held(db, -len(rows), -sum(len(r[2]) for r in rows))
+        rows = self._run("BEGIN IMMEDIATE", _expire, float(older_than), int(limit))
         return [(r[1], bytes(r[2])) for r in rows]
 
     def held_count(self) -> int:
@@ -264,10 +340,8 @@ class SqliteStore:
         return self._counter("held_bytes")
 
     def _counter(self, name: str) -> int:
-        with self._tx(immediate=False) as db:
-            return int(
-                db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
-            )
+        row = self._run("BEGIN", _fetchone, "SELECT value FROM counters WHERE name = ?", (name,))
+        return int(row[0])
 
     # dedup ------------------------------------------------------------------------------
 
@@ -275,50 +349,35 @@ class SqliteStore:
         """See StateStore.seen; entries older than the window no longer count, pruned or not."""
         if not message_ids:
             return set()
-        cutoff = time.time() - self.window
-        out: set[str] = set()
-        with self._tx(immediate=False) as db:
-            for part in _chunks(list(message_ids)):
-                marks = ",".join("?" * len(part))
-                out.update(
-                    r[0]
-                    for r in db.execute(
-                        f"SELECT message_id FROM dedup WHERE message_id IN ({marks}) AND at > ?",
-                        (*part, cutoff),
-                    )
-                )
-        return out
+        return self._run("BEGIN", _seen, list(message_ids), time.time() - self.window)
 
     def mark_delivered(self, message_ids: Sequence[str], now: float) -> None:
         """See StateStore.mark_delivered; one transaction for the batch."""
         if not message_ids:
             return
         at = float(now)
-        with self._tx() as db:
-            db.executemany(
-                "INSERT INTO dedup (message_id, at) VALUES (?, ?)"
-                " ON CONFLICT (message_id) DO UPDATE SET at = max(at, excluded.at)",
-                [(m, at) for m in message_ids],
-            )
+        self._run(
+            "BEGIN IMMEDIATE",
+            _executemany,
+            "INSERT INTO dedup (message_id, at) VALUES (?, ?)"
+            " ON CONFLICT (message_id) DO UPDATE SET at = max(at, excluded.at)",
+            [(m, at) for m in message_ids],
+        )
 
     def prune(self, now: float) -> int:
         """See StateStore.prune; uses the index on `at`."""
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM dedup WHERE at <= ?", (float(now) - self.window,))
-            return cur.rowcount
+        return self._run(
+            "BEGIN IMMEDIATE",
+            _rowcount,
+            "DELETE FROM dedup WHERE at <= ?",
+            (float(now) - self.window,),
+        )
 
     # admin ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
         """See StateStore.stats."""
-        queries = {
-            "persons": "SELECT count(*) FROM persons WHERE merged_into IS NULL",
-            "identifiers": "SELECT count(*) FROM identifiers",
-            "dedup_keys": "SELECT count(*) FROM dedup",
-            "held": "SELECT value FROM counters WHERE name = 'held_count'",
-        }
-        with self._tx(immediate=False) as db:
-            return {name: int(db.execute(sql).fetchone()[0]) for name, sql in queries.items()}
+        return self._run("BEGIN", _stats)
 
     def close(self) -> None:
         """Close the connection (checkpoints the WAL)."""
@@ -332,3 +391,53 @@ def _bump_held(db: sqlite3.Connection, count: int, size: int) -> None:
         " WHERE name IN ('held_count', 'held_bytes')",
         (count, size),
     )
+
+
+def _fetchone(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
+    return db.execute(sql, params).fetchone()
+
+
+def _executemany(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    db.executemany(sql, rows)
+
+
+def _rowcount(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return db.execute(sql, params).rowcount
+
+
+def _expire(db: sqlite3.Connection, older_than: float, limit: int) -> list[Any]:
+    rows = db.execute(
+        "SELECT seq, anonymous_id, payload FROM held WHERE held_at < ?"
+        " ORDER BY held_at, seq LIMIT ?",
+        (older_than, limit),
+    ).fetchall()
+    if rows:
+        db.executemany("DELETE FROM held WHERE seq = ?", [(r[0],) for r in rows])
+        _bump_held(db, -len(rows), -sum(len(r[2]) for r in rows))
+    return rows
+
+
+def _seen(db: sqlite3.Connection, message_ids: list[str], cutoff: float) -> set[str]:
+    out: set[str] = set()
+    for part in _chunks(message_ids):
+        marks = ",".join("?" * len(part))
+        out.update(
+            r[0]
+            for r in db.execute(
+                f"SELECT message_id FROM dedup WHERE message_id IN ({marks}) AND at > ?",
+                (*part, cutoff),
+            )
+        )
+    return out
+
+
+_STATS = {
+    "persons": "SELECT count(*) FROM persons WHERE merged_into IS NULL",
+    "identifiers": "SELECT count(*) FROM identifiers",
+    "dedup_keys": "SELECT count(*) FROM dedup",
+    "held": "SELECT value FROM counters WHERE name = 'held_count'",
+}
+
+
+def _stats(db: sqlite3.Connection) -> dict[str, int]:
+    return {name: int(db.execute(sql).fetchone()[0]) for name, sql in _STATS.items()}
