@@ -56,6 +56,7 @@ class Item:
     group_key: str = ""
     size: int = 0
     group_size: int = 0
+    encoded: bytes = b""  # the event's JSON, encoded once: bulk bodies embed it as it is
 
     def __post_init__(self) -> None:
         # sorting keys changes no length: the key's length is the profile's encoded length
@@ -64,7 +65,9 @@ class Item:
             key = self.group_key = orjson.dumps(self.profile, option=orjson.OPT_SORT_KEYS).decode()
         profile_bytes = len(key) if key.isascii() else len(key.encode())
         if self.event is not None:
-            encoded = len(orjson.dumps(self.event))
+            # a compact copy: orjson's own result reserves about 4 KiB however short it is
+            self.encoded = memoryview(orjson.dumps(self.event)).tobytes()
+            encoded = len(self.encoded)
             self.size = encoded + EVENT_WRAPPER
             self.group_size = profile_bytes + GROUP_WRAPPER
         else:

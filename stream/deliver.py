@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from stream import metrics
 from stream.batch import Batch, Item
 from stream.calls import Source
@@ -153,7 +155,7 @@ class Deliverer:
             return
         groups = _group(items)
         body = mapping.bulk_events_body(
-            [(g[0].profile, [i.event for i in g if i.event is not None]) for g in groups]
+            [(g[0].profile, [orjson.Fragment(i.encoded) for i in g]) for g in groups]
         )
         try:
             await self._post(EVENTS_BULK, body, len(items))

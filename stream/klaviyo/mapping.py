@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from stream.calls import Call
@@ -110,21 +111,28 @@ def event_attributes(call: Call, metric_name: str | None = None) -> dict[str, An
         raise MappingError(f"metric name must be 1..{MAX_METRIC_NAME} characters, got {len(name)}")
     if len(call.properties) > MAX_PROPERTIES:
         raise MappingError(f"event has {len(call.properties)} properties, Klaviyo allows 400")
+    properties = call.properties
     attributes: dict[str, Any] = {
-        "properties": call.properties,
+        "properties": properties,
         "time": event_time(call.timestamp),
         "unique_id": call.message_id,
-        "metric": {"data": {"type": "metric", "attributes": {"name": name}}},
+        "metric": _metric(name),
     }
     for key in VALUE_KEYS:
-        value = call.properties.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        value = properties.get(key)
+        if value is not None and isinstance(value, int | float) and not isinstance(value, bool):
             attributes["value"] = value
-            currency = call.properties.get("currency")
+            currency = properties.get("currency")
             if isinstance(currency, str) and currency:
                 attributes["value_currency"] = currency
             break
     return attributes
+
+
+@lru_cache(maxsize=4096)
+def _metric(name: str) -> dict[str, Any]:
+    """The metric object of an event, one shared (never mutated) dict per metric name."""
+    return {"data": {"type": "metric", "attributes": {"name": name}}}
 
 
 BACKFILL_HEADER = "klaviyo-stream.backfill"
@@ -148,8 +156,9 @@ def single_event_body(event: dict[str, Any], profile: dict[str, Any]) -> dict[st
     }
 
 
-def bulk_events_body(groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Body of `POST /api/event-bulk-create-jobs`: events grouped per profile."""
+def bulk_events_body(groups: list[tuple[dict[str, Any], list[Any]]]) -> dict[str, Any]:
+    """Body of `POST /api/event-bulk-create-jobs`: events grouped per profile (each event's
+    attributes a dict, or already encoded as an `orjson.Fragment`)."""
     return {
         "data": {
             "type": "event-bulk-create-job",

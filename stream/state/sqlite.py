@@ -6,10 +6,12 @@ on power loss (never corrupts); the Kafka offsets are stored after delivery, so 
 are replayed and `unique_id` at Klaviyo refuses duplicates.
 
 `link` is on the hot path of every identify call, so it runs few statements: one read fetches
-the owners of the identifiers with their identifiers and traits and whether anything is held
-for their anonymous ids; the writes follow; the returned person is computed from what was read
-and written (read back from the file only after a fold). Nothing is cached across transactions,
-so another connection writing the same file never makes an answer stale.
+the owners of the identifiers with their identifiers and traits, the touch counter and whether
+anything is held for their anonymous ids; multi-row upserts follow; the returned person is
+computed from what was read and written (read back only after a fold). Sequence numbers come
+from blocks reserved in the counter (see `_touch`). A named person's rows are kept after a
+link, so the next link naming only identifiers it has skips the read: `PRAGMA data_version`
+tells whether any other connection wrote the file since, and if one did nothing kept is used.
 """
 
 from __future__ import annotations
@@ -84,34 +86,40 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
 
 
 _NEW_PERSON = "INSERT INTO persons (created) VALUES (?) RETURNING id"
-_TOUCH = "UPDATE counters SET value = value + ? WHERE name = 'touch' RETURNING value"
+_RESERVE = "UPDATE counters SET value = value + ? WHERE name = 'touch' RETURNING value"
+_SEQ_BLOCK = 1024  # touch sequence numbers reserved per counter write
+_ROWS = 64  # rows per multi-row upsert statement
+_KEPT_PERSONS = 10_000  # persons whose rows are kept between links (then all are dropped)
 # `person` is not set on conflict: after the folds every existing row is the survivor's already,
 # and leaving it out keeps the `identifiers_person` index untouched.
-_UPSERT_IDENTIFIER = (
-    "INSERT INTO identifiers (kind, value, person, last_seen, seq) VALUES (?,?,?,?,?)"
+_UPSERT_IDENTIFIERS = (
+    "INSERT INTO identifiers (kind, value, person, last_seen, seq) VALUES {rows}"
     " ON CONFLICT (kind, value) DO UPDATE SET"
     " seq = CASE WHEN excluded.last_seen >= last_seen THEN excluded.seq ELSE seq END,"
     " last_seen = max(last_seen, excluded.last_seen)"
 )
-_UPSERT_TRAIT = (
-    "INSERT INTO traits (person, key, value, ts) VALUES (?,?,?,?)"
+_UPSERT_TRAITS = (
+    "INSERT INTO traits (person, key, value, ts) VALUES {rows}"
     " ON CONFLICT (person, key) DO UPDATE SET value = excluded.value,"
     " ts = excluded.ts WHERE excluded.ts >= traits.ts"
 )
-# identifier rows have a kind, trait rows (person, NULL, key, value, ts); (NULL, ...) marks held
-_LOAD = (
+_LOAD = (  # identifier rows have a kind, trait rows none
     "SELECT kind, value, last_seen, seq FROM identifiers WHERE person = ?1"
     " UNION ALL SELECT NULL, key, value, ts FROM traits WHERE person = ?1"
 )
-_OWNERS: dict[int, str] = {}
+_SQL: dict[tuple[str, int], str] = {}
+_Rows = dict[Identifier, tuple[float, int]]  # a person's identifiers -> (last_seen, seq)
+_Traits = dict[str, tuple[bytes, float]]  # a person's trait keys -> (JSON, ts)
 
 
-def _owners_sql(count: int) -> str:
-    """The read of `link` for `count` identifiers (cached per count)."""
-    sql = _OWNERS.get(count)
+def _read_sql(count: int) -> str:
+    """The read of `link` for `count` identifiers: rows (person, kind, value, last_seen, seq) of
+    the owners' identifiers, (person, NULL, key, value, ts) of their traits, and one row
+    (NULL, NULL, NULL, touch counter, anything held under their or the new anonymous ids)."""
+    sql = _SQL.get(("read", count))
     if sql is None:
         values = ",".join(["(?,?)"] * count)
-        sql = _OWNERS[count] = (  # CROSS JOIN: SQLite keeps this join order (index lookups)
+        sql = _SQL[("read", count)] = (  # CROSS JOIN: SQLite keeps this order (index lookups)
             f"WITH ids (kind, value) AS (VALUES {values}),"
             " owners (person) AS (SELECT DISTINCT i.person FROM ids"
             " CROSS JOIN identifiers i ON i.kind = ids.kind AND i.value = ids.value)"
@@ -119,14 +127,28 @@ def _owners_sql(count: int) -> str:
             " FROM owners o CROSS JOIN identifiers i ON i.person = o.person"
             " UNION ALL SELECT t.person, NULL, t.key, t.value, t.ts"
             " FROM owners o CROSS JOIN traits t ON t.person = o.person"
-            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL"
-            " WHERE EXISTS (SELECT 1 FROM ids CROSS JOIN held h"
+            " UNION ALL SELECT NULL, NULL, NULL, c.value,"
+            " EXISTS (SELECT 1 FROM ids CROSS JOIN held h"
             " ON h.anonymous_id = ids.value WHERE ids.kind = 'anonymous_id')"
             " OR EXISTS (SELECT 1 FROM owners o CROSS JOIN identifiers i"
             " ON i.person = o.person AND i.kind = 'anonymous_id'"
             " CROSS JOIN held h ON h.anonymous_id = i.value)"
+            " FROM counters c WHERE c.name = 'touch'"
         )
     return sql
+
+
+def _upsert(db: sqlite3.Connection, sql: str, width: int, params: list[Any]) -> None:
+    """Run the multi-row `sql` ({rows} placeholder) over `params`, `width` values per row."""
+    step = _ROWS * width
+    for start in range(0, len(params), step):
+        part = params[start : start + step] if len(params) > step else params
+        count = len(part) // width
+        text = _SQL.get((sql, count))
+        if text is None:
+            row = "(" + ",".join("?" * width) + ")"
+            text = _SQL[(sql, count)] = sql.format(rows=",".join([row] * count))
+        db.execute(text, part)
 
 
 class SqliteStore:
@@ -136,12 +158,25 @@ class SqliteStore:
         self.path = path
         self.window = float(dedup_window_seconds)
         self._lock = threading.Lock()
+        self._seq = (0, -1)  # touch numbers of this connection: (last used, end of its block)
+        # rows of named persons as this connection last wrote them, and identifier -> person
+        self._kept: dict[int, tuple[_Rows, _Traits]] = {}
+        self._owner: dict[Identifier, int] = {}
+        self._version = -1  # PRAGMA data_version when last asked
         try:
             self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
+                path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30.0,
+                cached_statements=256,
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA wal_autocheckpoint=10000")  # fewer checkpoint fsyncs
+            # 64 MiB of page cache (SQLite's default is 2 MiB): the dedup window's random
+            # message-id keys touch pages all over its B-tree
+            self._db.execute("PRAGMA cache_size=-65536")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StateError(f"cannot open SQLite state {path!r}: {exc}", retriable=False) from exc
@@ -160,11 +195,14 @@ class SqliteStore:
                     raise
                 db.execute("COMMIT")
                 return out
-            except sqlite3.OperationalError as exc:
-                locked = "locked" in str(exc) or "busy" in str(exc)
-                raise StateError(f"SQLite state: {exc}", retriable=locked) from exc
-            except sqlite3.Error as exc:
-                raise StateError(f"SQLite state: {exc}", retriable=False) from exc
+            except BaseException as exc:
+                self._forget()  # rolled back: a reservation or kept rows may be undone
+                if isinstance(exc, sqlite3.OperationalError):
+                    locked = "locked" in str(exc) or "busy" in str(exc)
+                    raise StateError(f"SQLite state: {exc}", retriable=locked) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise StateError(f"SQLite state: {exc}", retriable=False) from exc
+                raise
 
     # identity ---------------------------------------------------------------------------
 
@@ -185,14 +223,79 @@ class SqliteStore:
         traits: Mapping[str, Any] | None,
         ts: float,
     ) -> LinkResult:
-        found = db.execute(_owners_sql(len(ids)), [x for pair in ids for x in pair]).fetchall()
+        survivor = self._known(db, ids)
+        if survivor is not None:  # kept rows are the stored ones: nothing to read
+            known, stored = self._kept[survivor]
+            losers: list[int] = []
+            touch, held = self._seq[1], False  # named: its held calls were released
+        else:
+            survivor, losers, known, stored, touch, held = self._read(db, ids, ts)
+        seq = self._touch(db, touch, len(ids))
+        # `known` and `stored` follow the upserts below, so they end as the survivor's rows;
+        # after a fold they are not the survivor's alone and the person is read back instead
+        exact = not losers
+        params: list[Any] = []
+        for ident in ids:
+            params += (ident[0], ident[1], survivor, ts, seq)
+            old = known.get(ident)
+            if old is None or ts >= old[0]:
+                known[ident] = (ts, seq)  # last_seen = max(old, ts)
+            seq -= 1
+        _upsert(db, _UPSERT_IDENTIFIERS, 5, params)
+        if traits:
+            params = []
+            for key, value in traits.items():
+                blob = orjson.dumps(value)
+                if exact and type(key) is str:
+                    before = stored.get(key)
+                    if before is not None and (
+                        ts < before[1] or (ts == before[1] and blob == before[0])
+                    ):
+                        continue  # the upsert would leave the row as it is
+                    stored[key] = (memoryview(blob).tobytes(), ts)  # orjson's is 4 KiB
+                else:
+                    exact = False  # SQLite may coerce the key: read it back
+                params += (survivor, key, blob, ts)
+            if params:
+                _upsert(db, _UPSERT_TRAITS, 4, params)
+        if exact:
+            person = build_person(
+                str(survivor),
+                [(kind, value, last, seq) for (kind, value), (last, seq) in known.items()],
+                {key: orjson.loads(stored[key][0]) for key in sorted(stored)},  # key order
+            )
+        else:
+            person = self._load(db, survivor)
+        released: tuple[bytes, ...] = ()
+        if held and person.named and person.identifiers.get("anonymous_id"):
+            released = self._release(db, person.identifiers["anonymous_id"])
+        for loser in losers:
+            self._kept.pop(loser, None)
+        if exact and person.named:
+            self._keep(survivor, known, stored)
+        else:
+            self._kept.pop(survivor, None)
+        return LinkResult(person, tuple(str(x) for x in losers), released)
+
+    def _read(
+        self, db: sqlite3.Connection, ids: list[Identifier], ts: float
+    ) -> tuple[int, list[int], _Rows, _Traits, int, bool]:
+        """Find or create the survivor, fold the other owners into it; its rows as they were
+        (all owners' rows if there were several), the touch counter, whether anything is held."""
+        found = db.execute(_read_sql(len(ids)), [x for pair in ids for x in pair]).fetchall()
         persons: set[int] = set()
-        held = False
-        for row in found:
-            if row[0] is None:
-                held = True  # something is held under an anonymous id of the linked person
+        known: _Rows = {}
+        stored: _Traits = {}
+        touch, held = 0, False
+        for owner, kind, value, first, second in found:
+            if owner is None:
+                touch, held = first, bool(second)
+                continue
+            persons.add(owner)
+            if kind is not None:
+                known[(kind, value)] = (first, second)
             else:
-                persons.add(row[0])
+                stored[value] = (first, second)
         if persons:
             owners = sorted(persons)
             survivor, losers = owners[0], owners[1:]
@@ -201,53 +304,54 @@ class SqliteStore:
             losers = []
         for loser in losers:
             self._fold(db, loser, survivor)
-        top = db.execute(_TOUCH, (len(ids),)).fetchone()[0]
-        # the survivor's state after this call, from `found` (exact unless something was folded)
-        known: dict[Identifier, tuple[float, int]] = {}
-        stored: dict[str, tuple[bytes, float]] = {}
-        exact = not losers
-        if exact:
-            for owner, kind, value, first, second in found:
-                if owner is None:
-                    continue
-                if kind is not None:
-                    known[(kind, value)] = (first, second)
-                else:
-                    stored[value] = (first, second)
-        rows = []
-        for i, ident in enumerate(ids):
-            seq = top - i
-            rows.append((ident[0], ident[1], survivor, ts, seq))
-            old = known.get(ident)
-            if old is None or ts >= old[0]:
-                known[ident] = (ts, seq)  # last_seen = max(old, ts)
-        db.executemany(_UPSERT_IDENTIFIER, rows)
-        if traits:
-            changed = []
-            for key, value in traits.items():
-                blob = orjson.dumps(value)
-                if not exact or not isinstance(key, str):
-                    exact = False
-                    changed.append((survivor, key, blob, ts))
-                    continue
-                before = stored.get(key)
-                if before is None or ts > before[1] or (ts == before[1] and blob != before[0]):
-                    changed.append((survivor, key, blob, ts))  # else the upsert would keep it
-                    stored[key] = (blob, ts)
-            if changed:
-                db.executemany(_UPSERT_TRAIT, changed)
-        if exact:
-            person = build_person(
-                str(survivor),
-                [(kind, value, last, seq) for (kind, value), (last, seq) in known.items()],
-                {key: orjson.loads(stored[key][0]) for key in sorted(stored)},
-            )
-        else:
-            person = self._load(db, survivor)
-        released: tuple[bytes, ...] = ()
-        if held and person.named and person.identifiers.get("anonymous_id"):
-            released = self._release(db, person.identifiers["anonymous_id"])
-        return LinkResult(person, tuple(str(x) for x in losers), released)
+        return survivor, losers, known, stored, touch, held
+
+    def _known(self, db: sqlite3.Connection, ids: list[Identifier]) -> int | None:
+        """The kept person owning all of `ids`, if no other connection wrote meanwhile."""
+        person = self._owner.get(ids[0])
+        if person is None or person not in self._kept or self._seq[1] < 0:
+            return None
+        for ident in ids:
+            if self._owner.get(ident) != person:
+                return None
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:  # another connection committed since we last asked
+            self._version = version
+            self._kept.clear()
+            self._owner.clear()
+            return None
+        return person
+
+    def _keep(self, person: int, known: _Rows, stored: _Traits) -> None:
+        """Keep a named person's rows as just written (all are dropped at the size bound)."""
+        if person not in self._kept and len(self._kept) >= _KEPT_PERSONS:
+            self._kept.clear()
+            self._owner.clear()
+        self._kept[person] = (known, stored)
+        for ident in known:
+            self._owner[ident] = person
+
+    def _forget(self) -> None:
+        """Drop what this connection remembers of the file (reserved numbers, kept rows)."""
+        self._seq = (0, -1)
+        self._kept.clear()
+        self._owner.clear()
+
+    def _touch(self, db: sqlite3.Connection, counter: int, count: int) -> int:
+        """The top of `count` new touch sequence numbers (the others follow it downwards).
+
+        Numbers come from a block reserved in the `touch` counter, without writing it, for as
+        long as the counter still ends at this connection's block: any other writer's
+        reservation moves it, and the next call reserves a new block above. So every call
+        gets larger numbers than every call committed before it, as with one write per call.
+        """
+        used, bound = self._seq
+        top = used + count
+        if counter != bound or top > bound:
+            bound = db.execute(_RESERVE, (max(_SEQ_BLOCK, count),)).fetchone()[0]
+            top = counter + count
+        self._seq = (top, bound)
+        return top
 
     @staticmethod
     def _fold(db: sqlite3.Connection, loser: int, survivor: int) -> None:
@@ -319,6 +423,8 @@ class SqliteStore:
         ).fetchone()
         if row is not None and row[1]:
             return self._load(db, row[0])
+        if row is not None:
+            self._kept.pop(row[0], None)  # unnamed persons are not kept; to be sure
         db.execute(
             "INSERT INTO held (anonymous_id, payload, held_at) VALUES (?,?,?)",
             (anonymous_id, payload, now),

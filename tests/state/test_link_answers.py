@@ -1,0 +1,86 @@
+"""`link` answers with what the store holds afterwards, also with two SQLite connections."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream.state import Identifier, StateError, StateStore, open_store
+from stream.state.base import KINDS
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """An empty store of each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = str(request.getfixturevalue("clean_redis_url"))
+    opened = open_store(url)
+    yield opened
+    opened.close()
+
+
+def _random_call(rnd: random.Random) -> tuple[list[Identifier], dict[str, Any] | None, float]:
+    kinds = rnd.sample(KINDS, rnd.randint(1, 4))
+    ids: list[Identifier] = [(kind, f"{kind[:2]}{rnd.randrange(12)}") for kind in kinds]
+    if rnd.random() < 0.3:
+        ids.append(("anonymous_id", f"an{rnd.randrange(12)}"))
+    traits = None
+    if rnd.random() < 0.7:
+        keys = rnd.sample(["plan", "city", "age", "é", "Z", "a b", "10", "9"], rnd.randint(0, 5))
+        traits = {key: rnd.choice([1, "x", None, [1, {"q": None}], 2.5, True]) for key in keys}
+    return ids, traits, float(rnd.choice([1, 2, 2, 3, 5, 5, 8]))
+
+
+def test_link_returns_what_lookup_reads_back(store: StateStore) -> None:
+    rnd = random.Random(7)
+    for _ in range(300):
+        ids, traits, ts = _random_call(rnd)
+        if rnd.random() < 0.2:
+            store.hold(f"an{rnd.randrange(12)}", b"held", now=ts)
+        person = store.link(ids, traits, ts).person
+        assert store.lookup(ids[0]) == person
+
+
+def test_sqlite_connections_sharing_a_file_answer_alike(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = open_store(url), open_store(url)
+    try:
+        rnd = random.Random(11)
+        for _ in range(300):
+            ids, traits, ts = _random_call(rnd)
+            writer, reader = (first, second) if rnd.random() < 0.5 else (second, first)
+            person = writer.link(ids, traits, ts).person
+            assert reader.lookup(ids[0]) == person
+            found = writer.lookup(ids[0])
+            assert found is not None and list(found.traits) == list(person.traits)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_sqlite_later_calls_come_first_across_connections_and_failures(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'order.db'}"
+    first, second = open_store(url), open_store(url)
+    try:
+        first.link([("email", "a@x.io")], timestamp=1.0)
+        expected = ["a@x.io"]
+        for i, writer in enumerate([second, first, first, second, first, second, second]):
+            if i == 3:
+                with pytest.raises(StateError):  # a NaN timestamp cannot be stored
+                    writer.link([("email", "a@x.io"), ("email", "nan@x.io")], timestamp=math.nan)
+            value = f"e{i}@x.io"
+            person = writer.link([("email", "a@x.io"), ("email", value)], timestamp=1.0).person
+            expected.insert(1, value)  # equal time: this call first, in listed order
+            assert person.identifiers["email"] == tuple(expected)
+            other = first if writer is second else second
+            assert other.lookup(("email", value)) == person
+    finally:
+        first.close()
+        second.close()
