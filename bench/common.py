@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import resource
 import socket
 import subprocess
@@ -92,7 +93,9 @@ class Broker:
             time.sleep(0.05)
 
 
-def records(count: int, seed: int = 5, tracks_only: bool = False) -> Iterator[tuple[bytes, bytes]]:
+def records(
+    count: int, seed: int = 5, tracks_only: bool = False, sequential_ids: bool = False
+) -> Iterator[tuple[bytes, bytes]]:
     """`count` (key, value) records of realistic calls, every messageId unique.
 
     Encoding a million calls one by one would take longer than the benchmark: a pool of encoded
@@ -104,12 +107,20 @@ def records(count: int, seed: int = 5, tracks_only: bool = False) -> Iterator[tu
         if tracks_only and call["type"] != "track":
             continue
         pool.append((call["messageId"].encode(), key_of(call) or b"", encoder.encode(call)))
+    # random messageIds, as producers make them (uuid4): the dedup store's inserts land all
+    # over its index; `sequential_ids` (0, 1, 2, …) always append at its end, the best case
+    rng = random.Random(seed)
     for n in range(count):
         mid, key, value = pool[n % len(pool)]
-        yield key, value.replace(mid, str(uuid.UUID(int=n)).encode(), 1)
+        fresh = (
+            uuid.UUID(int=n) if sequential_ids else uuid.UUID(int=rng.getrandbits(128), version=4)
+        )
+        yield key, value.replace(mid, str(fresh).encode(), 1)
 
 
-def publish(bootstrap: str, topic: str, count: int, tracks_only: bool = False) -> float:
+def publish(
+    bootstrap: str, topic: str, count: int, tracks_only: bool = False, sequential_ids: bool = False
+) -> float:
     """Produce `count` records; returns seconds taken."""
     started = time.perf_counter()
     producer = Producer(
@@ -121,7 +132,7 @@ def publish(bootstrap: str, topic: str, count: int, tracks_only: bool = False) -
             "queue.buffering.max.messages": 500_000,
         }
     )
-    for key, value in records(count, tracks_only=tracks_only):
+    for key, value in records(count, tracks_only=tracks_only, sequential_ids=sequential_ids):
         while True:
             try:
                 producer.produce(topic, value=value, key=key)

@@ -6,7 +6,7 @@ broker, against the sandbox with rate limits off, until every record is delivere
 stored. Printed: both rates, their ratio, and the service's rate per CPU-second of its own
 process (what it would do with a core to itself: the sandbox and broker share the machine).
 
-    python bench/pipeline.py --records 200000
+    python bench/pipeline.py --records 200000 [--sequential-ids]
 """
 
 from __future__ import annotations
@@ -48,14 +48,20 @@ async def service_run(bootstrap: str, topic: str, url: str, count: int) -> RunFi
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--records", type=int, default=200_000)
+    p.add_argument(
+        "--sequential-ids",
+        action="store_true",
+        help="messageIds 0, 1, 2, … (the dedup store's best case) instead of random uuid4s",
+    )
     args = p.parse_args()
     with (
         Broker(args.bootstrap) as broker,
         SandboxProcess(rate_limits=False, validate=args.validate) as sandbox,
     ):
         topic = broker.topic("bench-pipeline", partitions=3)
-        seconds = publish(broker.bootstrap, topic, args.records)
-        print(f"published {args.records:,} records in {seconds:.1f} s")
+        seconds = publish(broker.bootstrap, topic, args.records, sequential_ids=args.sequential_ids)
+        ids = "sequential" if args.sequential_ids else "random uuid4"
+        print(f"published {args.records:,} records ({ids} messageIds) in {seconds:.1f} s")
         raw = raw_consume_decode(broker.bootstrap, topic, args.records)
         sandbox_cpu = sandbox.cpu_seconds()
         figures = asyncio.run(service_run(broker.bootstrap, topic, sandbox.url, args.records))

@@ -36,7 +36,7 @@ from stream.klaviyo.governor import Governor
 from stream.process import Processor
 from stream.route import router_from_settings
 from stream.settings import Settings, kafka_client_config, require_klaviyo_credentials
-from stream.state import StateStore, open_store
+from stream.state import StateError, StateStore, open_store
 from stream.transform import transformer_from_settings
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ class Service:
             await self._handle(messages)
             for batch in self._batcher.due():
                 self._spawn(batch)
+            self._flush_delivered(due_only=True)
             metrics.PENDING_RECORDS.set(self._tracker.pending)
         if fetching is not None:
             await fetching  # let the consume thread finish before the consumer closes
@@ -287,6 +288,17 @@ class Service:
         for (topic, partition), offset in moved.items():
             self._source.store(topic, partition, offset)
 
+    def _flush_delivered(self, due_only: bool) -> None:
+        """Write delivered message ids to the dedup store; a store hiccup waits for the next
+        turn (the ids stay in this process's in-flight set meanwhile)."""
+        try:
+            if due_only:
+                self._dedup.flush_due()
+            else:
+                self._dedup.flush()
+        except StateError as exc:
+            log.warning("dedup store write failed, retrying", extra={"error": str(exc)})
+
     async def _sweep(self) -> None:
         """Every few seconds, housekeeping that must never stop the service."""
         turn = 0
@@ -360,6 +372,7 @@ class Service:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=self._shutdown_timeout)
             for task in pending:
                 task.cancel()
+        self._flush_delivered(due_only=False)
         await source.commit()
         await source.close()
         if self._dead_letters is not None:
