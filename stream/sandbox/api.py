@@ -17,7 +17,7 @@ from aiohttp import web
 from .errors import ApiError, ErrorItem, invalid, pointer_of
 from .profiles import ProfileNotFound
 from .state import Sandbox
-from .store import DuplicateUniqueId
+from .store import DuplicateUniqueId, EventGroup
 from .validation import (
     MAX_BULK_EVENTS,
     Path,
@@ -29,6 +29,8 @@ from .validation import (
 
 SCHEMA_ERRORS = web.RequestKey("sandbox_schema_errors", list)
 """Schema errors of a bulk body, left for the handler to combine with its own per-entry checks."""
+STRINGS_FIT = web.RequestKey("sandbox_strings_fit", bool)
+"""True when the raw body proved that none of its strings is over 100 KB (`strings_fit`)."""
 
 Handler = Callable[[web.Request, Sandbox, Any], Awaitable[web.StreamResponse]]
 JSON_API = "application/vnd.api+json"
@@ -63,10 +65,10 @@ def bulk_errors(
     """Raise one 400 listing every bad bulk entry: schema errors, then `check` on the others."""
     schema = request.get(SCHEMA_ERRORS) or []
     bad = {_entry_of(error, len(entries[0][0])) for error in schema} if entries else set()
-    clean = [(path, entry) for path, entry in entries if path not in bad]
+    clean = [(path, entry) for path, entry in entries if path not in bad] if bad else entries
     errors = [*schema, *check(clean)] if clean else list(schema)
     depth = len(entries[0][0]) if entries else 0
-    errors = with_long_strings(errors, body, depth)
+    errors = with_long_strings(request, errors, body, depth)
     errors.sort(key=lambda e: [p.zfill(12) for p in (e.pointer or "").split("/")])
     raise_errors(errors)
 
@@ -76,8 +78,12 @@ def _entry_of(error: ErrorItem, depth: int) -> tuple[str | int, ...]:
     return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
-def with_long_strings(errors: list[ErrorItem], body: Any, depth: int) -> list[ErrorItem]:
+def with_long_strings(
+    request: web.Request, errors: list[ErrorItem], body: Any, depth: int
+) -> list[ErrorItem]:
     """Add a 100 KB string error for every entry (path prefix of `depth`) not yet reported."""
+    if request.get(STRINGS_FIT):
+        return errors
     reported = {tuple((e.pointer or "").split("/")[1 : depth + 1]) for e in errors}
     for path in long_strings(body):
         group = tuple(str(p) for p in path[:depth])
@@ -101,7 +107,7 @@ async def create_client_profile(
 ) -> web.StreamResponse:
     """POST /client/profiles: find the profile like an event would, update it; 202."""
     found = check_profile(body["data"], ("data",), anonymous_ok=True)
-    raise_errors(with_long_strings([found] if found else [], body, 0)[:1])
+    raise_errors(with_long_strings(request, [found] if found else [], body, 0)[:1])
     try:
         sandbox.store.event_profile(body["data"])
     except ProfileNotFound as exc:
@@ -112,10 +118,10 @@ async def create_client_profile(
 async def create_event(request: web.Request, sandbox: Sandbox, body: Any) -> web.StreamResponse:
     """POST /api/events and /client/events: one event, its profile created or updated."""
     now = datetime.now(UTC)
-    raise_errors(with_long_strings(check_single_event(body, now), body, 0)[:1])
+    raise_errors(with_long_strings(request, check_single_event(body, now), body, 0)[:1])
     attrs = body["data"]["attributes"]
     try:
-        sandbox.store.add_events([(attrs["profile"]["data"], [attrs])], now)
+        sandbox.store.add_events([EventGroup(attrs["profile"]["data"], [attrs])], now)
     except ProfileNotFound as exc:
         raise not_found(exc, "/data/attributes/profile/data/id") from exc
     return accepted()
@@ -126,7 +132,7 @@ async def bulk_create_events(
 ) -> web.StreamResponse:
     """POST /api/event-bulk-create-jobs: all entries valid or none stored; 202 without a job."""
     root: Path = ("data", "attributes", "events-bulk-create", "data")
-    entries = [((*root, i), entry) for i, entry in enumerate(_dig(body, root))]
+    entries = [(root + (i,), entry) for i, entry in enumerate(_dig(body, root))]
     total = sum(_event_count(entry) for _, entry in entries)
     if total > MAX_BULK_EVENTS:
         detail = f"At most {MAX_BULK_EVENTS} events per request; got {total}."
@@ -142,7 +148,8 @@ async def bulk_create_client_events(
 ) -> web.StreamResponse:
     """POST /client/event-bulk-create: one profile and its events."""
     entries: list[tuple[Path, dict[str, Any]]] = [(("data",), body["data"])]
-    raise_errors(with_long_strings(check_bulk_events(entries, datetime.now(UTC)), body, 0)[:1])
+    errors = check_bulk_events(entries, datetime.now(UTC))
+    raise_errors(with_long_strings(request, errors, body, 0)[:1])
     _store_bulk(sandbox, entries)
     return accepted()
 
@@ -164,15 +171,16 @@ def _dig(body: Any, path: Path) -> Any:
 
 def _store_bulk(sandbox: Sandbox, entries: list[tuple[Path, dict[str, Any]]]) -> None:
     """Record bulk entries, turning an in-request unique_id repeat into a 400 for that event."""
-    flat = []
-    for _, entry in entries:
-        events = [dict(e["attributes"]) for e in entry["attributes"]["events"]["data"]]
-        if entry["attributes"].get("backfill"):
-            for event in events:
-                event.setdefault("backfill", True)
-        flat.append((entry["attributes"]["profile"]["data"], events))
+    groups = [
+        EventGroup(
+            attrs["profile"]["data"],
+            [e["attributes"] for e in attrs["events"]["data"]],
+            bool(attrs.get("backfill")),
+        )
+        for attrs in (entry["attributes"] for _, entry in entries)
+    ]
     try:
-        sandbox.store.add_events(flat, datetime.now(UTC))
+        sandbox.store.add_events(groups, datetime.now(UTC))
     except DuplicateUniqueId as exc:
         path = entries[exc.entry][0]
         where = (*path, "attributes", "events", "data", exc.event, "attributes", "unique_id")
@@ -182,6 +190,6 @@ def _store_bulk(sandbox: Sandbox, entries: list[tuple[Path, dict[str, Any]]]) ->
         )
         raise invalid(detail, pointer=pointer_of(where)) from exc
     except ProfileNotFound as exc:
-        index = next(i for i, (p, _) in enumerate(flat) if p.get("id") == exc.profile_id)
+        index = next(i for i, g in enumerate(groups) if g.profile.get("id") == exc.profile_id)
         pointer = pointer_of((*entries[index][0], "attributes", "profile", "data", "id"))
         raise not_found(exc, pointer) from exc

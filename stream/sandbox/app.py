@@ -19,13 +19,13 @@ import orjson
 from aiohttp import web
 
 from . import api, profile_api
-from .api import SCHEMA_ERRORS, Handler, json_response
+from .api import SCHEMA_ERRORS, STRINGS_FIT, Handler, json_response
 from .config import SandboxConfig
 from .errors import ApiError, ErrorItem, invalid
 from .inspection import routes as inspection_routes
 from .spec import Operation
 from .state import Sandbox
-from .validation import schema_errors
+from .validation import schema_errors, strings_fit
 
 log = logging.getLogger("stream.sandbox")
 
@@ -115,6 +115,7 @@ async def _read_body(request: web.Request, op: Operation, depth: int) -> Any:
         request[BODY] = raw[:10_000].decode("utf-8", "replace")
         raise ApiError(400, [ErrorItem(400, "parse_error", f"JSON parse error: {exc}")]) from exc
     request[BODY] = body
+    request[STRINGS_FIT] = strings_fit(raw)
     errors = schema_errors(op.validator, body, depth)
     shallow = [e for e in errors if (e.pointer or "").count("/") < depth]
     if errors and (not depth or shallow):

@@ -31,7 +31,7 @@ async def create_or_update_profile(
 ) -> web.StreamResponse:
     """POST /api/profile-import: upsert; 201 created, 200 updated, 409 duplicate_profile."""
     found = check_profile(body["data"], ("data",), anonymous_ok=False)
-    raise_errors(with_long_strings([found] if found else [], body, 0)[:1])
+    raise_errors(with_long_strings(request, [found] if found else [], body, 0)[:1])
     try:
         profile, created = sandbox.store.upsert_profile(body["data"])
     except ProfileNotFound as exc:
@@ -59,7 +59,7 @@ async def bulk_import_profiles(
     """POST /api/profile-bulk-import-jobs: validate all, then run the job; 202 with the job."""
     root: Path = ("data", "attributes", "profiles", "data")
     profiles = body["data"]["attributes"]["profiles"]["data"]
-    entries = [((*root, i), entry) for i, entry in enumerate(profiles)]
+    entries = [(root + (i,), entry) for i, entry in enumerate(profiles)]
     if len(profiles) > MAX_BULK_PROFILES:
         raise invalid(f"At most {MAX_BULK_PROFILES} profiles per request.", pointer_of(root))
     bulk_errors(request, entries, check_profiles, body)

@@ -7,12 +7,10 @@ the profile it was merged into. Upserts follow Klaviyo's rules: null clears, abs
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from .stamps import new_id, now_iso
 from .validation import normalize_email
 
 IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id")
@@ -38,18 +36,6 @@ LOCATION_KEYS = (
     "timezone",
     "ip",
 )
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_id() -> str:
-    """A 26-character ULID-style id, like Klaviyo's profile ids (time-ordered, random tail)."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
-
-
-def iso(moment: datetime) -> str:
-    """Klaviyo's timestamp form: ISO 8601 in UTC with an explicit offset."""
-    return moment.astimezone(UTC).isoformat()
 
 
 class ProfileConflict(Exception):
@@ -70,7 +56,7 @@ class ProfileNotFound(Exception):
         self.profile_id = profile_id
 
 
-@dataclass
+@dataclass(slots=True)
 class Profile:
     """One Klaviyo profile; `attributes` holds the standard fields, `properties` custom ones."""
 
@@ -132,13 +118,20 @@ class ProfileBook:
         return found
 
     def _create(self) -> Profile:
-        now = iso(datetime.now(UTC))
-        profile = Profile(id=new_id(), created=now, updated=now)
+        now = now_iso()
+        profile = Profile(new_id(), now, now)  # id, created, updated
         self.profiles[profile.id] = profile
         return profile
 
     def _set_identifier(self, profile: Profile, name: str, value: str | None) -> None:
         old = profile.attributes.get(name)
+        if (
+            isinstance(value, str)
+            and isinstance(old, str)
+            and old == norm(name, value)
+            and self.index[name].get(old) == profile.id
+        ):
+            return  # already this profile's: nothing would change
         if old is not None:
             self.index[name].pop(norm(name, old), None)
         if value is None:
@@ -156,10 +149,9 @@ class ProfileBook:
                 continue
             value = attrs[name]
             if name in IDENTIFIERS:
-                if isinstance(value, str):
-                    owner = self.owner(name, value)
-                    if owner not in (None, profile.id) and only_free:
-                        continue
+                taken = only_free and isinstance(value, str)
+                if taken and self.owner(name, value) not in (None, profile.id):
+                    continue
                 self._set_identifier(profile, name, value)
             else:
                 profile.attributes[name] = value
@@ -175,8 +167,10 @@ class ProfileBook:
             else:
                 profile.properties.update(attrs["properties"])
         meta = data.get("meta") or {}
-        self._patch(profile, meta.get("patch_properties") or {})
-        profile.updated = iso(datetime.now(UTC))
+        patch = meta.get("patch_properties")
+        if patch:
+            self._patch(profile, patch)
+        profile.updated = now_iso()
 
     @staticmethod
     def _patch(profile: Profile, patch: dict[str, Any]) -> None:
@@ -203,7 +197,10 @@ class ProfileBook:
         if data.get("id") and self.canonical_id(data["id"]) is None:
             raise ProfileNotFound(data["id"])
         matches = self._matches(data, ("email", "phone_number", "external_id"))
-        ids = list(dict.fromkeys(pid for _, pid in matches))
+        ids: list[str] = []
+        for _, pid in matches:
+            if pid not in ids:
+                ids.append(pid)
         if len(ids) > 1:
             field_name = next(name for name, pid in matches if pid == ids[1])
             raise ProfileConflict(ids[0], ids[1], field_name)

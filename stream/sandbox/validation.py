@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -31,6 +32,9 @@ _EMAIL = re.compile(
     r"@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
 Path = tuple[str | int, ...]
+_LONG_CHARS = MAX_STRING_BYTES // 4  # fewer characters cannot take 100 KB of UTF-8
+_NAME: Path = ("metric", "data", "attributes", "name")
+_TIME_WINDOW = "Event time must be after 1990-01-01 and at most 1 year in the future."
 
 
 def _invalid(path: Path, detail: str) -> ErrorItem:
@@ -71,10 +75,28 @@ def schema_errors(validator: Draft202012Validator, body: Any, group_depth: int) 
     return [found[k] for k in sorted(found, key=lambda p: [str(x).zfill(12) for x in p])]
 
 
+def strings_fit(raw: bytes) -> bool:
+    """True if the raw JSON `raw` proves that no string in it can be longer than 100 KB.
+
+    A decoded string of n characters spans at least n bytes of raw JSON between its quotes,
+    and `long_strings` only looks closer at strings of more than 25,600 characters. Once every
+    escaped backslash and quote is blanked out, such a span covers a whole aligned block of
+    12,800 bytes without a `"`; so if every block holds a quote, there is no such string. A
+    few `find` calls instead of a walk over every node; False only means "walk to find out".
+    """
+    if len(raw) <= _LONG_CHARS:
+        return True
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    block = _LONG_CHARS // 2
+    starts = range(0, len(raw) - block + 1, block)
+    return all(raw.find(b'"', start, start + block) >= 0 for start in starts)
+
+
 def long_strings(node: Any, path: Path = ()) -> Iterator[Path]:
     """Paths of every string value longer than 100 KB (UTF-8)."""
     if isinstance(node, str):
-        if len(node) > MAX_STRING_BYTES // 4 and len(node.encode()) > MAX_STRING_BYTES:
+        if len(node) > _LONG_CHARS and len(node.encode()) > MAX_STRING_BYTES:
             yield path
     elif isinstance(node, dict):
         for key, value in node.items():
@@ -100,11 +122,13 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
+@lru_cache(maxsize=65_536)
 def valid_email(email: str) -> bool:
     """Syntax check close to what Klaviyo accepts (local@domain.tld, no spaces)."""
     return len(email) <= 254 and _EMAIL.match(email.strip()) is not None
 
 
+@lru_cache(maxsize=65_536)
 def valid_e164(phone: str) -> bool:
     """True if `phone` is a valid number already written in E.164 (+<country><number>)."""
     try:
@@ -133,9 +157,8 @@ def check_profile(
     external_id = attrs.get("external_id")
     if isinstance(external_id, str) and len(external_id) > MAX_EXTERNAL_ID:
         return _invalid((*apath, "external_id"), "external_id must be at most 255 characters.")
-    keys = ["email", "phone_number", "external_id"] + (["anonymous_id"] if anonymous_ok else [])
-    has_identifier = bool(data.get("id")) or any(attrs.get(k) for k in keys)
-    if need_identifier and not has_identifier:
+    named = email or phone or external_id or (anonymous_ok and attrs.get("anonymous_id"))
+    if need_identifier and not (data.get("id") or named):
         names = "id, email, phone_number, external_id" + (", anonymous_id" if anonymous_ok else "")
         return _invalid(apath, f"A profile requires at least one identifier: one of {names}.")
     return None
@@ -143,24 +166,26 @@ def check_profile(
 
 def check_event(attrs: dict[str, Any], path: Path, now: datetime) -> ErrorItem | None:
     """Metric name, property count and time window of an event's attributes."""
+    problem = _event_problem(attrs, now + timedelta(days=365))
+    return None if problem is None else _invalid((*path, *problem[0]), problem[1])
+
+
+def _event_problem(attrs: dict[str, Any], latest: datetime) -> tuple[Path, str] | None:
+    """`check_event` without building paths: (path below `attrs`, detail) of the first problem."""
     name = attrs["metric"]["data"]["attributes"]["name"]
-    name_path = (*path, "metric", "data", "attributes", "name")
     if not name.strip():
-        return _invalid(name_path, "Metric name must not be blank.")
+        return _NAME, "Metric name must not be blank."
     if len(name) > MAX_METRIC_NAME:
-        return _invalid(name_path, "Metric name must be at most 128 characters.")
+        return _NAME, "Metric name must be at most 128 characters."
     if len(attrs["properties"]) > MAX_EVENT_PROPERTIES:
-        return _invalid((*path, "properties"), "An event may have at most 400 properties.")
+        return ("properties",), "An event may have at most 400 properties."
     when = attrs.get("time")
     if isinstance(when, str):
         parsed = parse_time(when)
         if parsed is None:
-            return _invalid((*path, "time"), f"{when!r} is not a valid ISO 8601 date-time.")
-        if parsed <= MIN_EVENT_TIME or parsed > now + timedelta(days=365):
-            return _invalid(
-                (*path, "time"),
-                "Event time must be after 1990-01-01 and at most 1 year in the future.",
-            )
+            return ("time",), f"{when!r} is not a valid ISO 8601 date-time."
+        if parsed <= MIN_EVENT_TIME or parsed > latest:
+            return ("time",), _TIME_WINDOW
     return None
 
 
@@ -185,16 +210,21 @@ def check_bulk_events(entries: list[tuple[Path, dict[str, Any]]], now: datetime)
     if total > MAX_BULK_EVENTS:
         root = entries[0][0][:-1] if len(entries) > 1 else entries[0][0]
         return [_invalid(root, f"At most {MAX_BULK_EVENTS} events per request; got {total}.")]
+    latest = now + timedelta(days=365)
     errors: list[ErrorItem] = []
     for path, entry in entries:
         epath = (*path, "attributes")
         found = check_profile(
             entry["attributes"]["profile"]["data"], (*epath, "profile", "data"), anonymous_ok=True
         )
-        for j, event in enumerate(entry["attributes"]["events"]["data"]):
-            found = found or check_event(
-                event["attributes"], (*epath, "events", "data", j, "attributes"), now
-            )
+        events = enumerate(entry["attributes"]["events"]["data"])  # raises as before if it must
+        if found is None:
+            for j, event in events:
+                problem = _event_problem(event["attributes"], latest)
+                if problem is not None:
+                    where = (*epath, "events", "data", j, "attributes", *problem[0])
+                    found = _invalid(where, problem[1])
+                    break
         if found:
             errors.append(found)
     return errors

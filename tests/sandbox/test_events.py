@@ -113,3 +113,37 @@ async def test_unknown_bare_profile_id_is_400(
     status, body, _ = await post(http, f"{sandbox.url}/api/events", event(who=who))
     assert status == 400
     assert body["errors"][0]["source"]["pointer"] == "/data/attributes/profile/data/id"
+
+
+async def test_event_times_are_stored_in_utc_to_the_second(
+    sandbox: SandboxServer, http: aiohttp.ClientSession
+) -> None:
+    sent = [
+        "2024-05-01T12:00:00+02:00",
+        "2024-05-01T10:00:01+00:00",
+        "2024-05-01T10:00:02",
+        "2024-05-01T10:00:03.700Z",
+        "2024-05-01 10:00:04+00:00",
+    ]
+    events = [bulk_event(time=t, unique_id=str(i)) for i, t in enumerate(sent)]
+    body = bulk_events(bulk_entry(profile(email="a@example.com"), *events))
+    assert (await post(http, f"{sandbox.url}/api/event-bulk-create-jobs", body))[0] == 202
+    stored = [e["time"] for e in (await inspect(http, sandbox.url, "events"))["events"]]
+    assert stored == [f"2024-05-01T10:00:0{i}+00:00" for i in range(5)]
+    [person] = (await inspect(http, sandbox.url, "profiles"))["profiles"]
+    assert person["last_event_date"] == "2024-05-01T10:00:04+00:00"
+
+
+async def test_bulk_entry_backfill_is_the_default_of_its_events(
+    sandbox: SandboxServer, http: aiohttp.ClientSession
+) -> None:
+    entry = bulk_entry(
+        profile(email="a@example.com"),
+        bulk_event(unique_id="1"),
+        bulk_event(unique_id="2", backfill=False),
+    )
+    entry["attributes"]["backfill"] = True
+    status, _, _ = await post(http, f"{sandbox.url}/api/event-bulk-create-jobs", bulk_events(entry))
+    assert status == 202
+    events = (await inspect(http, sandbox.url, "events"))["events"]
+    assert [e["backfill"] for e in events] == [True, False]
