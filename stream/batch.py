@@ -146,8 +146,11 @@ class Batcher:
         event = item.event
         twin_key = None
         if event is not None and "unique_id" in event:
-            twin_key = (item.group_key, event["metric"]["data"]["attributes"]["name"],
-                        event["unique_id"])
+            twin_key = (
+                item.group_key,
+                event["metric"]["data"]["attributes"]["name"],
+                event["unique_id"],
+            )
             twin = self._unique.get(twin_key) if batch is not None else None
             if twin is not None:
                 twin.sources.extend(item.sources)
