@@ -59,8 +59,8 @@ class RunResult:
 
 def tune_gc() -> None:
     """Fewer, larger garbage collections: the hot path allocates a few dicts per record, and
-    with CPython's default threshold young collections cost about a quarter of its time (the
-    profile in bench/README.md). Startup objects are frozen out of every later collection.
+    with CPython's default threshold (700) collections took about a quarter of the per-record
+    time in a stage micro-benchmark. Startup objects are frozen out of every later collection.
     Once per process: later services in one process (tests) find it done."""
     if gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD:
         return

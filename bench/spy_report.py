@@ -1,0 +1,48 @@
+"""Summarize a py-spy raw profile: each function's inclusive share of the service's samples.
+
+py-spy samples with almost no overhead (pyinstrument and cProfile inflate small functions):
+
+    pip install py-spy
+    py-spy record -f raw -r 200 -o spy.txt -- python bench/pipeline.py --records 200000
+    python bench/spy_report.py spy.txt [--top 40]
+
+Only stacks that pass through `stream/service.py` count (the benchmark's own publishing and
+baseline phases are left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+
+def frame_name(frame: str) -> str:
+    """`handle (stream/service.py:201)` → `handle stream/service.py`."""
+    name, _, where = frame.partition(" (")
+    return f"{name} {where.split(':')[0]}" if where else name
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("raw", help="py-spy output written with -f raw")
+    p.add_argument("--top", type=int, default=40)
+    args = p.parse_args()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    with open(args.raw) as lines:
+        for line in lines:
+            stack, _, count = line.rstrip().rpartition(" ")
+            frames = stack.split(";")
+            if not any("stream/service.py" in f for f in frames):
+                continue
+            total += int(count)
+            for name in {frame_name(f) for f in frames}:
+                inclusive[name] += int(count)
+    print(f"{total} samples in the service")
+    for name, count in inclusive.most_common(args.top):
+        if "stream/" in name:
+            print(f"{count / total * 100:5.1f} %  {name}")
+
+
+if __name__ == "__main__":
+    main()
