@@ -210,7 +210,7 @@ class Service:
             metrics.RECORDS_DECODED.labels(call_type).inc(count)
         fresh = self._dedup.fresh([call.message_id for call, _ in decoded])
         process, enqueue = self._processor.process, self._enqueue
-        finished: list[Source] = []  # held durably in the state store, or filtered
+        finished: list[Source] = []  # held durably in the state store: completed together
         for n, ((call, source), new) in enumerate(zip(decoded, fresh, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # let paced requests and their answers go meanwhile
