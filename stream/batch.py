@@ -44,7 +44,7 @@ class Item:
 
     `size` is the item's exact cost in a bulk body; for an event, `group_size` is the cost of
     opening its profile's group. `group_key` is the profile's JSON with sorted keys (computed
-    here unless the caller has it memoized, as `IdentityResolver.profile_key`). Raises
+    here unless the caller has it memoized, as `IdentityResolver.profile_with_key`). Raises
     `MappingError` for an item Klaviyo must refuse (a string over 100 KB, or an item that alone
     exceeds a request).
     """

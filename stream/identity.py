@@ -169,16 +169,13 @@ class IdentityResolver:
         return person if person is not None and person.named else None
 
     def profile(self, person: Person) -> dict[str, str]:
-        """Klaviyo profile identifiers of a person: the latest of each kind, strongest first.
+        """Klaviyo profile identifiers of a person: the latest of each kind, strongest first."""
+        return self.profile_with_key(person)[0]
 
-        Memoized per person object (events of one person share it; never mutated)."""
-        return self._profile(person)[0]
+    def profile_with_key(self, person: Person) -> tuple[dict[str, str], str]:
+        """The profile and its sorted JSON, the batcher's group key (see `Item.group_key`).
 
-    def profile_key(self, person: Person) -> str:
-        """The profile's sorted JSON, the batcher's group key (see `Item.group_key`)."""
-        return self._profile(person)[1]
-
-    def _profile(self, person: Person) -> tuple[dict[str, str], str]:
+        Memoized per person object (events of one person share them; never mutated)."""
         memo = self._profiles.get(person.id)
         if memo is not None and memo[0] is person:
             return memo[1], memo[2]

@@ -73,17 +73,15 @@ class Processor:
             if person is None:
                 metrics.RECORDS_HELD.inc()
                 return Outcome(items, held=True)
-        identity = self.identity
-        items.append(
-            Item("events", identity.profile(person), event, [source], identity.profile_key(person))
-        )
+        profile, key = self.identity.profile_with_key(person)
+        items.append(Item("events", profile, event, [source], key))
         return Outcome(items, carried=True)
 
     def _released(self, released: list[Held], person: Person | None) -> list[Item]:
         if not released or person is None:
             return []
         metrics.RECORDS_RELEASED.labels("identified").inc(len(released))
-        profile, key = self.identity.profile(person), self.identity.profile_key(person)
+        profile, key = self.identity.profile_with_key(person)
         return [Item("events", profile, h.event, [h.source], key) for h in released]
 
     @staticmethod

@@ -19,14 +19,17 @@ from stream.settings import SANDBOX_API_KEY, Settings
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout: float = 120.0, what: str = "condition"
+    condition: Callable[[], Awaitable[bool]],
+    timeout: float = 120.0,
+    what: str = "condition",
+    poll: float = 0.1,
 ) -> None:
     """Poll an async condition until true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await condition():
             return
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
