@@ -24,11 +24,10 @@ from common import Broker, machine, parser, settings
 from pydantic import SecretStr
 
 from stream.calls import normalize
-from stream.errors import RecordError
+from stream.errors import KlaviyoError, RecordError
 from stream.identifiers import identifiers_of
 from stream.klaviyo import mapping
 from stream.klaviyo.client import EVENTS, PROFILE_IMPORT, KlaviyoClient
-from stream.klaviyo.errors import KlaviyoError
 from stream.produce import Encoder, publish, to_avro_record
 from stream.sandbox import SandboxConfig, SandboxServer
 from stream.scenario import GroundTruth, Scenario, build_scenario

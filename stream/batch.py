@@ -1,25 +1,32 @@
-"""Batch stage: collect mapped items per endpoint and flush on count, bytes or linger time.
+"""Batch stage: items, and the lanes that collect them into batches for one kind of request.
 
 Events are grouped per profile, as `POST /api/event-bulk-create-jobs` expects. A batch's size is
 accounted exactly: `Batch.size == len(orjson.dumps(body))` of the bulk request deliver sends
 (the wrappers' lengths are measured once from `klaviyo.mapping` itself, so they cannot drift), so
 a batch never crosses Klaviyo's 5 MB limit. A `unique_id` already in the open batch is not added
-twice (one repeated unique_id fails a whole bulk request): the duplicate's sources ride along.
+twice (one repeated unique_id fails a whole bulk request): the duplicate's records ride along.
+
+Profiles: one upsert per person in flight. A newer snapshot of a person replaces the one waiting
+in the open batch (the older one's records ride along on it), and a person whose upsert is in
+flight waits, parked, until that request has an answer: an older snapshot never lands after a
+newer one. A lane never decides *when* a batch leaves; the send stage (`stream.send`) does.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
-from stream.calls import Source
+from stream.calls import Record
 from stream.errors import MappingError
 from stream.klaviyo import mapping
 
 Kind = Literal["events", "profiles"]
+KINDS: tuple[Kind, ...] = ("events", "profiles")
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_STRING_BYTES = 100 * 1024  # Klaviyo refuses any string longer than 100 KB
 
@@ -38,22 +45,36 @@ PROFILE_WRAPPER = _length(mapping.bulk_profiles_body([{}])) - PROFILES_ENVELOPE 
 ENVELOPE = {"events": EVENTS_ENVELOPE, "profiles": PROFILES_ENVELOPE}
 
 
-@dataclass(slots=True)
+def encode(value: Any) -> bytes:
+    """`value` as JSON, compact; `MappingError` for what no JSON encoder takes (nesting deeper
+    than orjson's 254 levels, integers beyond 64 bits, keys that are not strings)."""
+    try:
+        return memoryview(orjson.dumps(value)).tobytes()  # orjson's own reserves ~4 KiB
+    except TypeError as exc:
+        raise MappingError(f"cannot be encoded as JSON: {exc}") from None
+
+
+@dataclass(slots=True, eq=False)
 class Item:
     """One thing to send: an event (with its profile) or a profile upsert.
 
+    `records` are the Kafka records it finishes (usually one; duplicates and replaced snapshots
+    ride along). `label` names the item in its dead letter when a record made several items.
+    `person` is the identity graph's person id of a profile upsert (one in flight per person).
     `size` is the item's exact cost in a bulk body; for an event, `group_size` is the cost of
     opening its profile's group. `group_key` is the profile's JSON with sorted keys (computed
     here unless the caller has it memoized, as `IdentityResolver.profile_with_key`). Raises
-    `MappingError` for an item Klaviyo must refuse (a string over 100 KB, or an item that alone
-    exceeds a request).
+    `MappingError` for an item Klaviyo must refuse (a string over 100 KB, an item that alone
+    exceeds a request) or that cannot be encoded at all.
     """
 
     kind: Kind
     profile: dict[str, Any]
     event: dict[str, Any] | None
-    sources: list[Source]
+    records: list[Record]
     group_key: str = ""
+    person: str | None = None
+    label: str | None = None
     size: int = 0
     group_size: int = 0
     encoded: bytes = b""  # the event's JSON, encoded once: bulk bodies embed it as it is
@@ -62,11 +83,14 @@ class Item:
         # sorting keys changes no length: the key's length is the profile's encoded length
         key = self.group_key
         if not key:
-            key = self.group_key = orjson.dumps(self.profile, option=orjson.OPT_SORT_KEYS).decode()
+            try:
+                key = orjson.dumps(self.profile, option=orjson.OPT_SORT_KEYS).decode()
+            except TypeError as exc:
+                raise MappingError(f"profile cannot be encoded as JSON: {exc}") from None
+            self.group_key = key
         profile_bytes = len(key) if key.isascii() else len(key.encode())
         if self.event is not None:
-            # a compact copy: orjson's own result reserves about 4 KiB however short it is
-            self.encoded = memoryview(orjson.dumps(self.event)).tobytes()
+            self.encoded = encode(self.event)
             encoded = len(self.encoded)
             self.size = encoded + EVENT_WRAPPER
             self.group_size = profile_bytes + GROUP_WRAPPER
@@ -79,21 +103,35 @@ class Item:
                 raise MappingError(f"{self.kind[:-1]} alone exceeds Klaviyo's 5 MB request limit")
 
 
+    def addressed(self, profile: dict[str, Any], group_key: str = "") -> Item:
+        """This event sent on `profile` (its JSON with sorted keys as `group_key` when known):
+        the event's encoding and checks are kept, the profile's cost is accounted anew."""
+        if not group_key:
+            group_key = orjson.dumps(profile, option=orjson.OPT_SORT_KEYS).decode()
+        self.profile, self.group_key = profile, group_key
+        profile_bytes = len(group_key) if group_key.isascii() else len(group_key.encode())
+        self.group_size = profile_bytes + GROUP_WRAPPER
+        if self.size + self.group_size + ENVELOPE[self.kind] > MAX_REQUEST_BYTES:
+            raise MappingError(f"{self.kind[:-1]} alone exceeds Klaviyo's 5 MB request limit")
+        return self
+
+
 def _check_strings(value: Any) -> None:
     """Raise `MappingError` when a string anywhere in `value` exceeds 100 KB (UTF-8)."""
-    if isinstance(value, str):
-        if len(value) > MAX_STRING_BYTES // 4 and len(value.encode()) > MAX_STRING_BYTES:
-            raise MappingError("a string value exceeds Klaviyo's 100 KB limit")
-    elif isinstance(value, dict):
-        for key, inner in value.items():
-            _check_strings(key)
-            _check_strings(inner)
-    elif isinstance(value, list):
-        for inner in value:
-            _check_strings(inner)
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if len(value) > MAX_STRING_BYTES // 4 and len(value.encode()) > MAX_STRING_BYTES:
+                raise MappingError("a string value exceeds Klaviyo's 100 KB limit")
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Batch:
     """Items bound for one request, with their accounted size."""
 
@@ -102,10 +140,14 @@ class Batch:
     groups: dict[str, list[Item]] = field(default_factory=dict)
     size: int = 0
     opened: float = field(default_factory=time.monotonic)
+    persons: dict[str, int] = field(default_factory=dict)  # profiles: person -> index in items
 
     def __post_init__(self) -> None:
         if not self.size:
             self.size = ENVELOPE[self.kind]
+            given, self.items = self.items, []  # items given at construction (bisection, tests)
+            for item in given:
+                self.put(item)
 
     def cost(self, item: Item) -> int:
         """Exact bytes `item` adds to this batch's body (separating commas included)."""
@@ -115,34 +157,70 @@ class Batch:
             return item.size + 1
         return item.group_size + item.size + (1 if self.groups else 0)
 
+    def put(self, item: Item) -> None:
+        """Append `item` (the caller checked that it fits)."""
+        self.size += self.cost(item)
+        if item.person is not None:
+            self.persons[item.person] = len(self.items)
+        self.items.append(item)
+        group = self.groups.get(item.group_key)
+        if group is None:
+            self.groups[item.group_key] = [item]
+        else:
+            group.append(item)
+
+    def replace(self, index: int, item: Item) -> None:
+        """Put `item` (a newer profile snapshot) where `items[index]` was."""
+        old = self.items[index]
+        self.size += item.size - old.size
+        self.items[index] = item
+        group = self.groups.pop(old.group_key)
+        group.remove(old)
+        if group:
+            self.groups[old.group_key] = group
+        self.groups.setdefault(item.group_key, []).append(item)
+
     @property
-    def sources(self) -> list[Source]:
-        return [s for item in self.items for s in item.sources]
+    def records(self) -> list[Record]:
+        return [r for item in self.items for r in item.records]
 
     def __len__(self) -> int:
         return len(self.items)
 
 
-class Batcher:
-    """Holds at most one open batch per kind; hands out batches that are ready to send."""
+class Lane:
+    """Collects the items of one kind into batches: an open one, and full ones waiting to be
+    taken, oldest first. Batches close on count and exact bytes; time is the send stage's."""
 
-    def __init__(
-        self,
-        max_events: int = 1000,
-        max_profiles: int = 10_000,
-        linger_seconds: float = 0.2,
-        max_bytes: int = MAX_REQUEST_BYTES,
-    ) -> None:
-        self._max = {"events": max_events, "profiles": max_profiles}
-        self._linger = linger_seconds
+    def __init__(self, kind: Kind, max_items: int, max_bytes: int = MAX_REQUEST_BYTES) -> None:
+        self.kind = kind
+        self._max_items = max_items
         self._max_bytes = max_bytes
-        self._open: dict[Kind, Batch] = {}
-        self._unique: dict[tuple[str, str, str], Item] = {}
+        self._open: Batch | None = None
+        self._full: deque[Batch] = deque()
+        self._unique: dict[tuple[str, str, str], Item] = {}  # the open batch's unique_ids
+        self._queued: dict[str, Batch] = {}  # persons with an upsert in a waiting batch
+        self._in_flight: set[str] = set()  # persons whose upsert is being sent
+        self._parked: dict[str, Item] = {}  # their newer snapshots, waiting for the answer
+        self.items = 0  # items waiting in the open and full batches
 
-    def add(self, item: Item) -> list[Batch]:
-        """Add one item; returns the batches that became full (usually none)."""
-        kind = item.kind
-        batch = self._open.get(kind)
+    # adding -----------------------------------------------------------------------------------
+
+    def add(self, item: Item) -> None:
+        """Add one item to the open batch (closing it first when the item would not fit)."""
+        person = item.person
+        if person is not None:
+            if person in self._in_flight:
+                self._park(item)
+                return
+            queued = self._queued.get(person)
+            if queued is not None:
+                index = queued.persons[person]
+                if queued.size + item.size - queued.items[index].size <= self._max_bytes:
+                    queued.replace(index, _newer(queued.items[index], item))
+                else:  # the newer snapshot does not fit there: it follows that request
+                    self._park(item)
+                return
         event = item.event
         twin_key = None
         if event is not None and "unique_id" in event:
@@ -151,44 +229,94 @@ class Batcher:
                 event["metric"]["data"]["attributes"]["name"],
                 event["unique_id"],
             )
-            twin = self._unique.get(twin_key) if batch is not None else None
+            twin = self._unique.get(twin_key) if self._open is not None else None
             if twin is not None:
-                twin.sources.extend(item.sources)
-                return []
-        ready: list[Batch] = []
-        if batch is not None:
-            cost = batch.cost(item)
-            if batch.size + cost > self._max_bytes:
-                ready.append(self._close(kind))
-                batch = None
+                twin.records.extend(item.records)
+                return
+        batch = self._open
+        if batch is not None and batch.size + batch.cost(item) > self._max_bytes:
+            self._close()
+            batch = None
         if batch is None:
-            batch = self._open[kind] = Batch(kind)
-            cost = batch.cost(item)
-        batch.items.append(item)
-        group = batch.groups.get(item.group_key)
-        if group is None:
-            batch.groups[item.group_key] = [item]
-        else:
-            group.append(item)
-        batch.size += cost
+            batch = self._open = Batch(self.kind)
+        batch.put(item)
+        self.items += 1
+        if person is not None:
+            self._queued[person] = batch
         if twin_key is not None:
             self._unique[twin_key] = item
-        if len(batch.items) >= self._max[kind]:
-            ready.append(self._close(kind))
-        return ready
+        if len(batch.items) >= self._max_items:
+            self._close()
 
-    def due(self, now: float | None = None) -> list[Batch]:
-        """Batches whose linger time has passed."""
-        now = time.monotonic() if now is None else now
-        kinds = [k for k, b in self._open.items() if now - b.opened >= self._linger]
-        return [self._close(k) for k in kinds]
+    def _park(self, item: Item) -> None:
+        parked = self._parked.get(item.person)  # type: ignore[arg-type]
+        self._parked[item.person] = item if parked is None else _newer(parked, item)  # type: ignore[index]
+
+    def _close(self) -> None:
+        batch = self._open
+        if batch is not None:
+            self._full.append(batch)
+            self._open = None
+            self._unique.clear()
+
+    # taking -----------------------------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """A batch is waiting that cannot grow any more."""
+        return bool(self._full)
+
+    @property
+    def opened(self) -> float | None:
+        """When the oldest waiting batch was opened (monotonic); None when nothing waits."""
+        if self._full:
+            return self._full[0].opened
+        return self._open.opened if self._open is not None else None
+
+    @property
+    def next_size(self) -> int:
+        """Items of the batch `take` would return now."""
+        if self._full:
+            return len(self._full[0])
+        return len(self._open) if self._open is not None else 0
+
+    def take(self) -> Batch | None:
+        """The oldest full batch, else the open one (closed now); its persons are in flight."""
+        if self._full:
+            batch = self._full.popleft()
+        elif self._open is not None:
+            batch = self._open
+            self._open = None
+            self._unique.clear()
+        else:
+            return None
+        self.items -= len(batch.items)
+        for person in batch.persons:
+            del self._queued[person]
+            self._in_flight.add(person)
+        return batch
+
+    def done(self, batch: Batch) -> None:
+        """`batch` has its answer: its persons may be sent again; parked snapshots move on."""
+        for person in batch.persons:
+            self._in_flight.discard(person)
+            parked = self._parked.pop(person, None)
+            if parked is not None:
+                self.add(parked)
 
     def drain(self) -> list[Batch]:
-        """Every open batch, for shutdown."""
-        return [self._close(k) for k in list(self._open)]
+        """Every waiting batch, oldest first (tests and the synchronous tools)."""
+        out = []
+        while (batch := self.take()) is not None:
+            out.append(batch)
+        return out
 
-    def _close(self, kind: Kind) -> Batch:
-        batch = self._open.pop(kind)
-        if kind == "events":
-            self._unique.clear()
-        return batch
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
+
+
+def _newer(old: Item, new: Item) -> Item:
+    """`new` (a later snapshot of the same person) carrying `old`'s records too."""
+    new.records = old.records + new.records
+    return new

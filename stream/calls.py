@@ -17,18 +17,39 @@ CallType = Literal["identify", "track", "alias", "page"]
 CALL_TYPES: tuple[CallType, ...] = ("identify", "track", "alias", "page")
 
 
-@dataclass(slots=True)
-class Source:
-    """Where a record came from: the ack stage and dead letters need it."""
+Headers = list[tuple[str, str | bytes | None]]
+
+
+@dataclass(slots=True, eq=False)
+class Record:
+    """One consumed Kafka record, from fetch until the completion ledger finishes it.
+
+    Where it came from (dead letters need it all), its message id once decoded (the dedup key),
+    and the ledger's bookkeeping: `generation` is the partition generation it was fetched in
+    (None for a held call released from the state store: no Kafka position of its own, and
+    `held_id` names its store entry instead); `open` counts what still has to happen to it (the
+    processing token, then one per unsettled item); `failed` is set when one of its items was
+    dead-lettered; `waiting` holds later copies of its message id that finish with it.
+    """
 
     topic: str
     partition: int
     offset: int
     key: bytes | None = None
     value: bytes | None = None
-    headers: list[tuple[str, str | bytes | None]] | None = None
-    tracked: bool = True  # False: already acknowledged (a held call released from the store)
-    message_id: str | None = None  # set once decoded; the dedup key
+    headers: Headers | None = None
+    generation: object | None = None
+    message_id: str | None = None
+    held_id: str | None = None
+    open: int = 1
+    failed: bool = False
+    delivered: bool = False
+    waiting: list[Record] | None = None
+
+    @property
+    def position(self) -> str:
+        """`topic[partition]@offset`, for logs."""
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 @dataclass(slots=True)

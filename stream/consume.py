@@ -1,10 +1,16 @@
 """Consume stage: a confluent-kafka consumer driven from asyncio.
 
 `consume(n)` runs on one dedicated thread so the event loop never blocks on the broker.
-Offsets: `enable.auto.offset.store=false` — the ack stage stores an offset only after the
-records below it are finished; librdkafka's auto-commit then commits stored offsets on an
+Offsets: `enable.auto.offset.store=false` — the completion ledger stores an offset only after
+the records below it are finished; librdkafka's auto-commit then commits stored offsets on an
 interval, and we commit synchronously on revoke and on shutdown. Assignment is
 cooperative-sticky, so a rebalance only takes away the partitions that move.
+
+Rebalances run inside `consume()` on the consume thread. An assignment starts a ledger
+generation per partition; a revoke first lets the partitions' in-flight work finish (bounded
+by `REVOKE_DRAIN_SECONDS`), then commits and ends their generations, so the next owner starts
+exactly after what was delivered. Every fetch is stamped with the generations current when it
+returned, on the same thread: the ledger never begins a record of an ended assignment.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream import metrics
+from stream.ledger import Generation, Ledger
 from stream.settings import Settings, kafka_client_config
 
 log = logging.getLogger(__name__)
@@ -45,16 +52,23 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-class KafkaSource:
-    """The consumer-group member: fetch, pause/resume, store offsets, commit."""
+class KafkaConsumer:
+    """The consumer-group member: fetch, pause/resume, store offsets, commit.
+
+    `drain(partitions)` is called on the consume thread when partitions are revoked, before
+    the commit; it returns when their work is finished or its time is up."""
 
     def __init__(
         self,
         settings: Settings,
-        on_revoke: Callable[[Partitions], None],
+        ledger: Ledger,
+        drain: Callable[[Partitions], None],
         config: dict[str, Any] | None = None,
     ) -> None:
-        self._on_revoke = on_revoke
+        self._ledger = ledger
+        self._drain = drain
+        self.closing = False  # set before the final close: no drain, the work is done or gone
+        self.committed: dict[tuple[str, int], int] = {}  # last committed offset per partition
         self._paused = False
         # False after librdkafka reports every broker down, True again on proof of contact
         # (an assignment, a fetched record, a metadata probe): what /readyz reports.
@@ -79,6 +93,7 @@ class KafkaSource:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.broker_reachable = True
+        self._ledger.assign((p.topic, p.partition) for p in partitions)
         self.assigned.update((p.topic, p.partition) for p in partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
         if self._paused and partitions:
@@ -87,15 +102,17 @@ class KafkaSource:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
+        if not self.closing:
+            self._drain(gone)
+        self._ledger.revoke(gone)  # no offset is stored for them after this: commit all
         self._commit_quietly()
-        self._on_revoke(gone)
         self.assigned.difference_update(gone)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
         log.info("partitions revoked", extra={"partitions": _names(partitions)})
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
-        self._on_revoke(gone)
+        self._ledger.revoke(gone)  # another member owns them already: nothing to commit
         self.assigned.difference_update(gone)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
         log.warning("partitions lost", extra={"partitions": _names(partitions)})
@@ -104,6 +121,9 @@ class KafkaSource:
         """librdkafka's auto-commit (and ours) report here: the time of the last good commit."""
         if error is None:
             metrics.LAST_COMMIT.set(time.time())
+            for p in partitions:
+                if p.error is None and p.offset >= 0:
+                    self.committed[(p.topic, p.partition)] = p.offset
         elif error.code() != KafkaError._NO_OFFSET:
             log.warning("commit failed", extra={"error": str(error)})
 
@@ -119,15 +139,24 @@ class KafkaSource:
 
     # the loop's calls ----------------------------------------------------------------------
 
-    async def fetch(self, max_records: int, timeout: float) -> list[Message]:
-        """Up to `max_records` records, waiting at most `timeout` seconds."""
+    async def fetch(
+        self, max_records: int, timeout: float
+    ) -> tuple[list[Message], list[Generation | None]]:
+        """Up to `max_records` records, waiting at most `timeout` seconds, each with the ledger
+        generation of its partition when the fetch returned."""
         loop = asyncio.get_running_loop()
-        messages: list[Message] = await loop.run_in_executor(
-            self._thread, self._consumer.consume, max_records, timeout
+        messages, stamps = await loop.run_in_executor(
+            self._thread, self._consume, max_records, timeout
         )
         if not self.broker_reachable and any(m.error() is None for m in messages):
             self.broker_reachable = True
-        return messages
+        return messages, stamps
+
+    def _consume(
+        self, max_records: int, timeout: float
+    ) -> tuple[list[Message], list[Generation | None]]:
+        messages = self._consumer.consume(max_records, timeout)
+        return messages, self._ledger.stamp(messages)
 
     async def probe(self, timeout: float = 5.0) -> bool:
         """Ask a broker for metadata (off the consume thread); marks the broker reachable."""
@@ -174,6 +203,24 @@ class KafkaSource:
         except KafkaException as exc:
             if "NO_OFFSET" not in str(exc):
                 log.warning("commit failed", extra={"error": str(exc)})
+
+    def committed_lag(self) -> dict[tuple[str, int], int]:
+        """High watermark minus the last committed offset per assigned partition (cached
+        watermarks, no I/O): what a restart would read again, and a stuck partition's growth."""
+        out: dict[tuple[str, int], int] = {}
+        for topic, partition in list(self.assigned):
+            committed = self.committed.get((topic, partition))
+            if committed is None:
+                continue
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+            if high >= 0:
+                out[(topic, partition)] = max(high - committed, 0)
+        return out
 
     def lag(self) -> dict[tuple[str, int], int]:
         """High watermark minus position per assigned partition (cached watermarks, no I/O)."""

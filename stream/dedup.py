@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from stream import metrics
+from stream.calls import Record
 from stream.state import StateStore
 
 FLUSH_IDS = 20_000
@@ -25,7 +26,12 @@ FLUSH_SECONDS = 1.0
 
 
 class Deduplicator:
-    """Answers "seen before?" for a fetched batch and remembers what was delivered."""
+    """Answers "seen before?" for a fetched batch and remembers what was delivered.
+
+    `fresh` says, per record: new (its id is now in flight, owned by that record), seen (the
+    store or this process knows it as delivered: drop it), or the record that has it in flight
+    (the ledger makes the copy wait for it). Marking never touches the store: `flush` does, and
+    a failed flush keeps the ids for the next one."""
 
     def __init__(
         self,
@@ -34,53 +40,77 @@ class Deduplicator:
         flush_seconds: float = FLUSH_SECONDS,
     ) -> None:
         self._store = store
-        self._in_flight: set[str] = set()
+        # in flight here: the owning record, or None once delivered and waiting for the flush
+        self._in_flight: dict[str, Record | None] = {}
         self._delivered: list[str] = []  # accepted by Klaviyo, not yet written to the store
         self._oldest = 0.0  # monotonic time of the oldest unwritten id
         self._flush_ids = flush_ids
         self._flush_seconds = flush_seconds
 
-    def fresh(self, message_ids: Sequence[str]) -> list[bool]:
-        """Per id: True if it is new. Duplicates (earlier or within this batch) are counted."""
-        delivered = self._store.seen(message_ids) if message_ids else set()
-        out: list[bool] = []
-        for mid in message_ids:
-            new = mid not in delivered and mid not in self._in_flight
-            if new:
-                self._in_flight.add(mid)
+    def fresh(self, records: Sequence[Record]) -> list[Record | bool]:
+        """Per record (each with its `message_id`): True if it is new, False if it was
+        delivered before, or the record that has it in flight. Raises `StateError` (nothing
+        changed) when the store cannot answer."""
+        ids = [r.message_id for r in records]
+        delivered = self._store.seen(ids) if ids else set()  # type: ignore[arg-type]
+        in_flight = self._in_flight
+        out: list[Record | bool] = []
+        for record, mid in zip(records, ids, strict=True):
+            assert mid is not None
+            if mid in delivered:
+                out.append(False)
+            elif mid in in_flight:
+                owner = in_flight[mid]
+                out.append(False if owner is None else owner)
             else:
-                metrics.RECORDS_DEDUPLICATED.inc()
-            out.append(new)
+                in_flight[mid] = record
+                out.append(True)
+        duplicates = sum(1 for x in out if x is not True)
+        if duplicates:
+            metrics.RECORDS_DEDUPLICATED.inc(duplicates)
         return out
 
     def delivered(self, message_ids: Iterable[str]) -> None:
         """Klaviyo accepted these (or they are durably held): remembered from the next flush."""
-        ids = [m for m in message_ids if m]
+        ids = list(message_ids)
         if not ids:
             return
         if not self._delivered:
             self._oldest = time.monotonic()
         self._delivered += ids
-        if len(self._delivered) >= self._flush_ids:
-            self.flush()
+        for mid in ids:
+            self._in_flight[mid] = None
 
-    def flush_due(self) -> None:
-        """Flush if the oldest unwritten id has waited `flush_seconds` (call it often)."""
-        if self._delivered and time.monotonic() - self._oldest >= self._flush_seconds:
-            self.flush()
+    def abandoned(self, message_ids: Iterable[str]) -> None:
+        """Not delivered (dead-lettered, filtered, absorbed): a later copy may try again."""
+        in_flight = self._in_flight
+        for mid in message_ids:
+            in_flight.pop(mid, None)
+
+    def flush_due(self) -> bool:
+        """Whether the unwritten ids should be written now (by count or by age)."""
+        return bool(self._delivered) and (
+            len(self._delivered) >= self._flush_ids
+            or time.monotonic() - self._oldest >= self._flush_seconds
+        )
 
     def flush(self) -> None:
-        """Write the delivered ids to the store (sorted: neighbouring index pages together)."""
+        """Write the delivered ids to the store (sorted: neighbouring index pages together).
+        Raises `StateError` with the ids kept for the next try."""
         if not self._delivered:
             return
         ids, self._delivered = self._delivered, []
         try:
-            self._store.mark_delivered(sorted(ids), time.time())
+            self._store.mark_delivered(sorted(set(ids)), time.time())
         except BaseException:
             self._delivered = ids + self._delivered  # kept for the next try
             raise
-        self._in_flight.difference_update(ids)
+        in_flight = self._in_flight
+        for mid in ids:
+            if in_flight.get(mid, 0) is None:  # not taken again meanwhile
+                del in_flight[mid]
 
-    def abandoned(self, message_ids: Iterable[str]) -> None:
-        """Not delivered (dead-lettered, filtered, revoked): a later copy may try again."""
-        self._in_flight.difference_update(message_ids)
+    @property
+    def unwritten(self) -> int:
+        """Delivered ids waiting for the next flush."""
+        return len(self._delivered)

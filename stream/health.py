@@ -11,7 +11,9 @@ class Health:
     """Mutable health state of one service process (written by the poll loop)."""
 
     stuck_after_seconds: float = 60.0
+    stall_after_seconds: float = 600.0
     assigned_partitions: int = 0
+    stalled_seconds: float = 0.0  # the longest a partition's offset has not moved while work waits
     broker_reachable: bool = False
     last_poll: float = field(default_factory=time.monotonic)
     stopping: bool = False
@@ -26,11 +28,18 @@ class Health:
         return time.monotonic() - self.last_poll < self.stuck_after_seconds
 
     @property
+    def stalled(self) -> bool:
+        """A partition's offset has not moved for `stall_after_seconds` while records wait."""
+        return self.stalled_seconds >= self.stall_after_seconds
+
+    @property
     def ready(self) -> bool:
-        """Assigned at least one partition, broker reachable, loop not stuck, not stopping."""
+        """Assigned at least one partition, broker reachable, loop not stuck, no partition
+        stalled, not stopping."""
         return (
             self.alive
             and self.broker_reachable
             and self.assigned_partitions > 0
+            and not self.stalled
             and not self.stopping
         )

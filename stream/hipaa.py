@@ -18,17 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from stream.calls import Call, Source
-from stream.errors import ConfigError, StreamError
+from stream.calls import Call, Record
+from stream.configfile import load_document
+from stream.errors import HipaaConfigError
 
 if TYPE_CHECKING:
     from stream.settings import Settings
 
 NEVER_ALLOWED_CONTEXT = frozenset({"ip", "userAgent", "user_agent", "page", "traits"})
 
-
-class HipaaConfigError(ConfigError):
-    """The HIPAA allow-list file is invalid; the message names the file and field."""
 
 
 def _is_ip(value: Any) -> bool:
@@ -89,16 +87,16 @@ def redacted_record(call: Call) -> bytes:
 
 def dead_letter_redactor(
     decode: Callable[[bytes], Call], shape: Callable[[Call], Call]
-) -> Callable[[Source], bytes | None]:
+) -> Callable[[Record], bytes | None]:
     """For the dead-letter writer: original bytes → the filtered call, or None if unreadable."""
 
-    def redact(source: Source) -> bytes | None:
-        if not source.value:
+    def redact(record: Record) -> bytes | None:
+        if not record.value:
             return None
         try:
-            return redacted_record(shape(decode(source.value)))
-        except StreamError:
-            return None  # undecodable: nothing can be shown without showing the original
+            return redacted_record(shape(decode(record.value)))
+        except Exception:  # undecodable, or a record built to hurt: show nothing of it
+            return None
 
     return redact
 
@@ -114,8 +112,6 @@ def load_policy(path: str | None) -> HipaaPolicy:
     """Read the allow-list file (YAML or JSON); no file allows nothing but identifiers."""
     if path is None:
         return HipaaPolicy()
-    from stream.transform import load_document
-
     document = load_document(path, HipaaConfigError)
     fields = ("allowed_properties", "allowed_traits", "allowed_context")
     unknown = set(document) - set(fields)

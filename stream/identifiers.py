@@ -14,16 +14,11 @@ from typing import Any, NamedTuple
 import phonenumbers
 
 from stream.calls import Call
-from stream.errors import MappingError
+from stream.errors import InvalidIdentifier
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EXTERNAL_ID = 255
 
-
-class InvalidIdentifier(MappingError):
-    """An email, phone number or id that Klaviyo would refuse."""
-
-    stage = "identity"
 
 
 class Identifiers(NamedTuple):

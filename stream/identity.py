@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 
 from stream import metrics
-from stream.calls import Call, Source
+from stream.calls import Call, Record
 from stream.identifiers import Identifiers
-from stream.state import Identifier, Person, StateStore
+from stream.state import HeldEntry, Identifier, Person, StateStore
 
 EMAIL_FIRST = ("email", "phone_number", "external_id")
 EXTERNAL_ID_FIRST = ("external_id", "email", "phone_number")
@@ -52,32 +52,44 @@ def graph_identifiers(ids: Identifiers) -> list[Identifier]:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """An event waiting for its person to be named, as stored in the state store."""
+    """An event waiting for its person to be named, as stored in the state store: the event,
+    the anonymous id it waits under, and its original record (for its dead letter)."""
 
     event: dict[str, Any]
     anonymous_id: str
-    source: Source
+    record: Record
 
     def encode(self) -> bytes:
-        s = self.source
+        r = self.record
         return orjson.dumps({
             "event": self.event, "anonymous_id": self.anonymous_id,
-            "source": [s.topic, s.partition, s.offset],
-            "key": base64.b64encode(s.key).decode() if s.key else None,
-            "value": base64.b64encode(s.value).decode() if s.value else None,
+            "source": [r.topic, r.partition, r.offset],
+            "key": _b64(r.key), "value": _b64(r.value),
+            "headers": [
+                [k, _b64(v.encode() if isinstance(v, str) else v)] for k, v in r.headers or ()
+            ],
         })
 
     @staticmethod
-    def decode(payload: bytes) -> Held:
-        raw = orjson.loads(payload)
+    def decode(entry: HeldEntry) -> Held:
+        """A stored entry as a held call whose record finishes by settling the entry."""
+        raw = orjson.loads(entry.payload)
         topic, partition, offset = raw["source"]
-        source = Source(
-            topic, partition, offset,
-            base64.b64decode(raw["key"]) if raw.get("key") else None,
-            base64.b64decode(raw["value"]) if raw.get("value") else None,
-            tracked=False, message_id=raw["event"].get("unique_id"),
+        headers = raw.get("headers")
+        record = Record(
+            topic, partition, offset, _unb64(raw.get("key")), _unb64(raw.get("value")),
+            [(k, _unb64(v)) for k, v in headers] if headers else None,
+            message_id=raw["event"].get("unique_id"), held_id=entry.id,
         )
-        return Held(raw["event"], raw["anonymous_id"], source)
+        return Held(raw["event"], raw["anonymous_id"], record)
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
 
 
 class IdentityResolver:
@@ -124,13 +136,13 @@ class IdentityResolver:
                 return known_person, []
             if all(kind == "anonymous_id" for kind, _ in identifiers):
                 return None, []  # nothing to link: `hold` finds the person if there is one
-        result = self._store.link(identifiers, traits, call_time(call))
+        result = self._store.link(identifiers, traits, call_time(call), time.time())
         for kind in {kind for kind, _ in identifiers}:  # email|phone|external_id|anonymous_id
             metrics.IDENTITY_LINKS.labels(kind).inc()
         for merged_id in result.merged_ids:
             self._current.pop(merged_id, None)  # snapshots of folded persons are stale now
         self._remember(result.person)
-        released = [Held.decode(p) for p in result.released]
+        released = [Held.decode(entry) for entry in result.released]
         return (result.person if result.person.named else None), released
 
     def _cached(self, identifiers: list[Identifier]) -> Person | None:
@@ -162,6 +174,11 @@ class IdentityResolver:
         for kind, values in person.identifiers.items():
             for value in values:
                 self._cache[(kind, value)] = (person, expires)
+
+    def named_owner(self, anonymous_id: str) -> Person | None:
+        """The named person `anonymous_id` belongs to, if any (a store round trip)."""
+        person = self._store.lookup(("anonymous_id", anonymous_id))
+        return person if person is not None and person.named else None
 
     def hold(self, held: Held) -> Person | None:
         """Hold an anonymous person's event; the person if they were named meanwhile."""

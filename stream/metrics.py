@@ -49,6 +49,24 @@ PROFILE_MERGES = Counter(
     registry=REGISTRY,
 )
 
+STALE_RECORDS = Counter(
+    P + "records_stale_total",
+    "Fetched records of a partition revoked meanwhile: not begun, its next owner reads them.",
+    registry=REGISTRY,
+)
+OUTCOMES = Counter(
+    P + "outcomes_total",
+    "Items (and records without items) finished, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+DEPENDENCY_ERRORS = Counter(
+    P + "dependency_errors_total",
+    "Failures of a dependency the service waited out (state store, registry, dead-letter topic).",
+    ["dependency"],
+    registry=REGISTRY,
+)
+
 # batch → deliver
 BATCHES_SENT = Counter(
     P + "batches_sent_total",
@@ -109,6 +127,18 @@ LAST_COMMIT = Gauge(
 CONSUMER_LAG = Gauge(
     P + "consumer_lag_records",
     "High watermark minus consumed position.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+COMMITTED_LAG = Gauge(
+    P + "committed_lag_records",
+    "High watermark minus the last committed offset: what a restart would read again.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+PARTITION_STALLED = Gauge(
+    P + "partition_stalled_seconds",
+    "Seconds since the partition's offset last moved while records of it wait (0: none wait).",
     ["topic", "partition"],
     registry=REGISTRY,
 )

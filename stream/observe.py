@@ -47,6 +47,8 @@ def failing_conditions(health: Health) -> list[str]:
         failing.append("broker unreachable")
     if health.assigned_partitions <= 0:
         failing.append("no partitions assigned")
+    if health.stalled:
+        failing.append("partition stalled")
     if health.stopping:
         failing.append("stopping")
     return failing

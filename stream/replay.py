@@ -29,15 +29,12 @@ from confluent_kafka import (
 )
 
 from stream.deadletter import HEADER_PREFIX
-from stream.errors import ConfigError, StreamError
+from stream.errors import ConfigError, ReplayError
 from stream.klaviyo.mapping import BACKFILL_HEADER
 
 Headers = list[tuple[str, str | bytes | None]]
 REASON_HEADERS = ("stage", "error.class", "error.message", "klaviyo.code")
 
-
-class ReplayError(StreamError):
-    """The dead-letter topic could not be read, or a replayed record was not acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)

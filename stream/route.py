@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stream.calls import CALL_TYPES, Call
-from stream.errors import ConfigError
+from stream.configfile import load_document
+from stream.errors import ConfigError, EventDefinitionError
 
 if TYPE_CHECKING:
     from stream.settings import Settings
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 SENDABLE = ("identify", "track", "page")
 DEFAULT_PAGE_EVENT = "Viewed Page"
 
-
-class EventDefinitionError(ConfigError):
-    """The event-definitions file is invalid; the message names the file, entry and field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +133,6 @@ def selector_from(entry: dict[str, Any], where: str, error: type[ConfigError]) -
 
 def load_event_definitions(path: str | Path) -> tuple[EventDefinition, ...]:
     """Read and validate an event-definitions file (YAML or JSON), see examples/."""
-    from stream.transform import load_document
-
     document = load_document(path, EventDefinitionError)
     entries = document.get("events")
     if not isinstance(entries, list):

@@ -1,9 +1,14 @@
-"""`klaviyo-stream run`: the consume → … → ack loop of one consumer-group member.
+"""`klaviyo-stream run`: one consumer-group member's fetch loop, housekeeping and shutdown.
 
-Guarantees: an offset is stored only when every earlier record of its partition was accepted
-by Klaviyo or written to the dead-letter topic (at-least-once); `unique_id` = messageId makes
-a replay harmless at Klaviyo. On SIGTERM/SIGINT: stop fetching, send what is batched, wait
-for in-flight requests (bounded by `shutdown_timeout`), commit, leave the group, exit 0.
+The loop fetches, decodes, routes, deduplicates and processes each record, and hands the items
+to the send stage; the completion ledger (`stream.ledger`) decides what finishing a record
+means. No exception from one record leaves the per-record stage: bad input and anything
+unexpected become a dead letter with the reason, and the loop goes on. A dependency that fails
+(state store, Schema Registry) makes the loop wait and try again; it neither stops nor loses.
+
+On SIGTERM/SIGINT: stop fetching, send what is batched, wait for in-flight requests (bounded by
+`shutdown_timeout`), commit, leave the group, exit 0. A refused API key or revision stops the
+service without committing past the records it could not send.
 """
 
 from __future__ import annotations
@@ -16,27 +21,32 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from confluent_kafka import Message
-
 from stream import metrics
-from stream.ack import OffsetTracker
-from stream.batch import Batch, Batcher, Item
-from stream.calls import Call, Source
-from stream.consume import KafkaSource, Partitions
+from stream.batch import Batch
+from stream.calls import Call, Record
+from stream.consume import KafkaConsumer, Partitions
 from stream.deadletter import DeadLetters
 from stream.decode import Decoder, make_decoder
 from stream.dedup import Deduplicator
-from stream.deliver import Deliverer, FatalDeliveryError
-from stream.errors import RecordError
+from stream.deliver import Deliverer
+from stream.errors import (
+    ConfigError,
+    FatalDeliveryError,
+    InternalError,
+    RecordError,
+    StateError,
+    StreamError,
+    Unavailable,
+)
 from stream.health import Health
-from stream.hipaa import dead_letter_redactor
-from stream.identity import Held, IdentityResolver
-from stream.klaviyo.client import KlaviyoClient
-from stream.klaviyo.governor import Governor
-from stream.process import Processor
-from stream.route import router_from_settings
-from stream.settings import Settings, kafka_client_config, require_klaviyo_credentials
-from stream.state import StateError, StateStore, open_store
+from stream.identity import Held
+from stream.ledger import Ledger, Outcome
+from stream.pipeline import build_client, build_dead_letters, build_governor, build_processor
+from stream.process import Processor, Result
+from stream.retry import until_available
+from stream.send import Sender
+from stream.settings import Settings, require_klaviyo_credentials
+from stream.state import HeldEntry, StateStore, open_store
 from stream.transform import transformer_from_settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,7 @@ YIELD_EVERY = 100  # records processed between two turns of the event loop (gove
 SWEEP_SECONDS = 5.0
 STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
+STATE = "state store"
 
 
 @dataclass
@@ -83,221 +94,243 @@ class Service:
         shutdown_timeout: float = 30.0,
     ) -> None:
         self.settings = settings
-        self.health = health or Health()
+        self.health = health or Health(stall_after_seconds=settings.ready_stall_seconds)
         self.result = RunResult()
         self._decoder = decoder or make_decoder(settings.schema_registry_url)
         self._store = store or open_store(settings.state_url, settings.dedup_window_seconds)
         self._dedup = Deduplicator(self._store)
-        identity = IdentityResolver(
-            self._store,
-            email_first=settings.use_email_as_identifier,
-            cache_seconds=settings.identity_cache_seconds,
-        )
-        self._transformer = transformer_from_settings(settings)  # routes/rules/HIPAA, checked now
-        self._processor = Processor(
-            router_from_settings(settings), identity, settings.phone_default_region,
-            self._transformer,
-        )
-        self._batcher = Batcher(
-            settings.batch_max_events, settings.batch_max_profiles, settings.batch_linger_ms / 1000
-        )
-        self._tracker = OffsetTracker()
+        self._transformer = transformer_from_settings(settings)  # rules and HIPAA, checked now
+        self._processor = build_processor(settings, self._store, self._transformer)
         self._stopping = asyncio.Event()
         self._shutdown_timeout = shutdown_timeout
-        self._tasks: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
-        self._source: KafkaSource | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumer: KafkaConsumer | None = None
         self._dead_letters: DeadLetters | None = None
+        self._ledger: Ledger | None = None
+        self._sender: Sender | None = None
         self._deliverer: Deliverer | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
         self._stopping.set()
 
+    # running ----------------------------------------------------------------------------------
+
     async def run(self) -> RunResult:
-        """Consume until stopped; returns counts. Raises on a fatal delivery error."""
+        """Consume until stopped; returns counts. Raises on a fatal delivery or config error."""
         settings = self.settings
         require_klaviyo_credentials(settings)
         tune_gc()
-        redact = settings.hipaa_mode and not settings.hipaa_dlq_keep_original
-        self._dead_letters = DeadLetters(
-            kafka_client_config(settings),
-            settings.dlq_topic,
-            dead_letter_redactor(self._decoder.decode, self._transformer) if redact else None,
-        )
-        self._source = KafkaSource(settings, on_revoke=self._revoked)
-        client = KlaviyoClient(
-            settings.klaviyo_base_url,
-            settings.klaviyo_api_key,
-            settings.klaviyo_revision,
-            timeout=settings.klaviyo_timeout_seconds,
-            max_connections=settings.klaviyo_max_connections,
-            public_key=settings.klaviyo_public_key if settings.klaviyo_mode == "client" else None,
-        )
-        async with client:
+        self._loop = asyncio.get_running_loop()
+        self._dead_letters = build_dead_letters(settings, self._decoder, self._transformer)
+        ledger = self._ledger = Ledger(self._dedup, self._dead_letters, self._store_offset)
+        self._consumer = KafkaConsumer(settings, ledger, self._drain)
+        async with build_client(settings) as client:
+            governor = build_governor(settings)
             self._deliverer = Deliverer(
                 client,
-                self._completed,
-                self._dead_letter,
                 max_in_flight=settings.klaviyo_max_in_flight,
                 client_mode=settings.klaviyo_mode == "client",
-                governor=Governor(
-                    None if settings.klaviyo_rate_governor else {},
-                    share=settings.klaviyo_rate_share,
-                    time_scale=settings.klaviyo_rate_time_scale,
-                ),
+                governor=governor,
             )
+            self._sender = Sender(
+                governor,
+                self._deliver,
+                max_events=settings.batch_max_events,
+                max_profiles=settings.batch_max_profiles,
+                linger_seconds=settings.batch_linger_ms / 1000,
+                max_in_flight=settings.klaviyo_max_in_flight,
+                client_mode=settings.klaviyo_mode == "client",
+            )
+            self._sender.start()
             sweeper = asyncio.create_task(self._sweep())
             try:
-                await self._loop(self._source)
+                await self._fetch_loop(self._consumer, ledger)
             finally:
                 sweeper.cancel()
-                await self._shutdown(self._source)
+                await self._shutdown(self._consumer, ledger, self._sender)
                 self._store.close()
+        self.result.dead_lettered = ledger.dead_lettered
         if self._fatal is not None:
             raise self._fatal
         return self.result
 
-    async def _loop(self, source: KafkaSource) -> None:
+    async def _fetch_loop(self, consumer: KafkaConsumer, ledger: Ledger) -> None:
         """Fetch and handle until stopped. The next fetch runs on the consume thread while this
         batch is handled (librdkafka releases the GIL), so the broker and the pipeline overlap.
         Records a last fetch returned after the stop are not begun: their offsets are never
         stored, the group's next owner reads them again."""
         max_pending = self.settings.max_pending_records
-        fetching: asyncio.Task[list[Message]] | None = None
+        fetching = None
         while not self._stopping.is_set() and self._fatal is None:
-            if self._tracker.pending >= max_pending:
-                source.pause()
-            elif source.paused and self._tracker.pending < max_pending // 2:
-                source.resume()
-            if fetching is None:
-                fetching = asyncio.create_task(source.fetch(self._room(0), FETCH_TIMEOUT))
-            messages = await fetching
+            if ledger.pending >= max_pending:
+                consumer.pause()
+            elif consumer.paused and ledger.pending < max_pending // 2:
+                consumer.resume()
+            if fetching is None:  # fetch even when paused: callbacks run inside the fetch
+                room = max(1, self._room())
+                fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
+            messages, stamps = await fetching
             fetching = None
             self.health.polled()
-            self.health.broker_reachable = source.broker_reachable
-            self.health.assigned_partitions = len(source.assigned)
-            room = self._room(len(messages))
-            if room > 0 and not source.paused:
-                fetching = asyncio.create_task(source.fetch(room, FETCH_TIMEOUT))
-            await self._handle(messages)
-            for batch in self._batcher.due():
-                self._spawn(batch)
-            self._flush_delivered(due_only=True)
-            metrics.PENDING_RECORDS.set(self._tracker.pending)
+            self.health.broker_reachable = consumer.broker_reachable
+            self.health.assigned_partitions = len(consumer.assigned)
+            records = ledger.begin(messages, stamps)
+            room = self._room()
+            if room > 0 and not consumer.paused and not self._stopping.is_set():
+                fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
+            self._count(records)
+            await self._handle(records)
+            self._flush_dedup(due_only=True)
+            metrics.PENDING_RECORDS.set(ledger.pending)
         if fetching is not None:
-            await fetching  # let the consume thread finish before the consumer closes
+            await fetching  # let the consume thread finish; its records are not begun
 
-    def _room(self, about_to_begin: int) -> int:
+    def _room(self) -> int:
         """How many records a fetch may return: pending never exceeds MAX_PENDING_RECORDS."""
-        free = self.settings.max_pending_records - self._tracker.pending - about_to_begin
-        return min(FETCH_MAX, free) if about_to_begin else max(1, min(FETCH_MAX, free))
+        assert self._ledger is not None
+        return min(FETCH_MAX, self.settings.max_pending_records - self._ledger.pending)
 
-    async def _handle(self, messages: list[Message]) -> None:
-        """decode → dedup (one store round trip per fetch) → process → batch."""
-        sources = self._begin(messages)
-        decode = self._decoder.decode
-        decoded: list[tuple[Call, Source]] = []
-        for source in sources:
+    def _count(self, records: list[Record]) -> None:
+        self.result.consumed += len(records)
+        for (topic, partition), count in Counter((r.topic, r.partition) for r in records).items():
+            metrics.RECORDS_CONSUMED.labels(topic, str(partition)).inc(count)
+
+    # the per-record stages --------------------------------------------------------------------
+
+    async def _handle(self, records: list[Record]) -> None:
+        """decode → route → dedup (one store round trip per fetch) → process → send."""
+        ledger, sender = self._ledger, self._sender
+        assert ledger is not None and sender is not None
+        decoder, processor = self._decoder, self._processor
+        values = [r.value for r in records]
+        await until_available(lambda: decoder.prepare(values), "schema registry")
+        routed: list[tuple[Call, Record]] = []
+        types: Counter[str] = Counter()
+        for record in records:
             try:
-                call = decode(source.value)
+                call = decoder.decode(record.value)
+                types[call.type] += 1
+                record.message_id = call.message_id
+                if processor.skip(call) is not None:
+                    ledger.processed(record, Outcome.FILTERED)
+                    continue
+            except (ConfigError, FatalDeliveryError):
+                raise
             except RecordError as exc:
-                await self._reject(source, exc)
+                ledger.reject(record, exc, exc.stage)
                 continue
-            source.message_id = call.message_id
-            decoded.append((call, source))
-        for call_type, count in Counter(call.type for call, _ in decoded).items():
+            except Exception as exc:  # the per-record barrier: a record built to hurt
+                ledger.reject(record, _internal(exc), "decode")
+                continue
+            routed.append((call, record))
+        for call_type, count in types.items():
             metrics.RECORDS_DECODED.labels(call_type).inc(count)
-        fresh = self._dedup.fresh([call.message_id for call, _ in decoded])
-        process, enqueue = self._processor.process, self._enqueue
-        finished: list[Source] = []  # held durably in the state store: completed together
-        for n, ((call, source), new) in enumerate(zip(decoded, fresh, strict=True)):
+        fresh = await until_available(lambda: self._dedup.fresh([r for _, r in routed]), STATE)
+        for n, ((call, record), new) in enumerate(zip(routed, fresh, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # let paced requests and their answers go meanwhile
-            if not new:
-                source.message_id = None  # not ours to mark: the first copy is
-                self._completed([source], False)
+            if new is not True:
+                record.message_id = None  # not ours to remember: the first copy's
+                if new is False:
+                    ledger.processed(record, Outcome.DUPLICATE)
+                else:
+                    ledger.wait_for(record, new)
                 continue
-            try:
-                outcome = process(call, source)
-            except RecordError as exc:
-                await self._reject(source, exc)
+            result = await self._process(call, record)
+            if result is None:
                 continue
-            if outcome.held:
-                finished.append(source)
-            elif not outcome.carried:
-                self._completed([source], False)
-            for item in outcome.items:
-                enqueue(item)
-        if finished:
-            self._completed(finished, True)
+            for item in result.released:
+                ledger.adopt(item.records[0])
+                sender.add(item)
+            for item in result.items:
+                record.open += 1
+                sender.add(item)
+            ledger.processed(record, result.outcome)
 
-    def _begin(self, messages: list[Message]) -> list[Source]:
-        """Sources of the fetched records, tracked from now on; counted once per fetch (label
-        lookups per record are a visible share of the loop)."""
-        sources: list[Source] = []
-        for message in messages:
-            if message.error() is not None:
-                log.warning("consume error", extra={"error": str(message.error())})
-                continue
-            headers = message.headers()
-            sources.append(
-                Source(
-                    message.topic(), message.partition(), message.offset(),  # type: ignore[arg-type]
-                    message.key(), message.value(),
-                    list(headers.items()) if isinstance(headers, dict) else headers,
-                )
-            )
-        self._tracker.begin(sources)
-        self.result.consumed += len(sources)
-        for (topic, partition), count in Counter((s.topic, s.partition) for s in sources).items():
-            metrics.RECORDS_CONSUMED.labels(topic, str(partition)).inc(count)
-        return sources
+    async def _process(self, call: Call, record: Record) -> Result | None:
+        """One call through transform → identity → map, behind the per-record barrier: a
+        dependency failure waits and tries again (the store's steps are atomic), anything else
+        dead-letters the record (None)."""
+        return await until_available(lambda: self._barrier(call, record), STATE)
 
-    async def _reject(self, source: Source, exc: RecordError) -> None:
-        await self._dead_letter([source], exc, exc.stage, 1, time.time())
-        self._completed([source], False)
-
-    def _enqueue(self, item: Item) -> None:
-        for batch in self._batcher.add(item):
-            self._spawn(batch)
-
-    def _spawn(self, batch: Batch) -> None:
-        task = asyncio.create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: Batch) -> None:
-        assert self._deliverer is not None
+    def _barrier(self, call: Call, record: Record) -> Result | None:
+        assert self._ledger is not None
         try:
-            await self._deliverer.send(batch)
-        except FatalDeliveryError as exc:
-            log.error("fatal delivery error, stopping", extra={"error": str(exc)})
-            self._fatal = exc
+            return self._processor.process(call, record)
+        except (Unavailable, ConfigError, FatalDeliveryError):
+            raise
+        except RecordError as exc:
+            self._ledger.reject(record, exc, exc.stage)
+        except Exception as exc:  # the per-record barrier
+            self._ledger.reject(record, _internal(exc), "process")
+        return None
+
+    async def _deliver(self, batch: Batch) -> None:
+        """Send one batch (the send stage calls this) and give its outcomes to the ledger."""
+        assert self._deliverer is not None and self._ledger is not None
+        try:
+            settlement = await self._deliverer.send(batch)
+        except (FatalDeliveryError, ConfigError) as exc:
+            if self._fatal is None:
+                log.error("stopping", extra={"error": str(exc)})
+                self._fatal = exc
             self._stopping.set()
+            return  # its records stay unfinished: read again once the cause is fixed
+        except Exception as exc:
+            log.exception("delivery failed unexpectedly")
+            self._ledger.fail(batch.items, _internal(exc), "deliver")
+            return
+        self._ledger.settle(settlement.delivered)
+        for failure in settlement.failed:
+            self._ledger.fail(failure.items, failure.error, failure.stage)
 
-    def _completed(self, sources: list[Source], delivered: bool) -> None:
-        """Records are finished (delivered, held, filtered or dead-lettered): move offsets."""
-        assert self._source is not None
-        ids = [s.message_id for s in sources if s.message_id]
-        if delivered:
-            self._dedup.delivered(ids)
-        else:
-            self._dedup.abandoned(ids)
-        moved = self._tracker.complete(s for s in sources if s.tracked)
-        for (topic, partition), offset in moved.items():
-            self._source.store(topic, partition, offset)
+    # rebalances (consume thread) --------------------------------------------------------------
 
-    def _flush_delivered(self, due_only: bool) -> None:
-        """Write delivered message ids to the dedup store; a store hiccup waits for the next
-        turn (the ids stay in this process's in-flight set meanwhile)."""
+    def _store_offset(self, topic: str, partition: int, next_offset: int) -> None:
+        if self._consumer is not None:
+            self._consumer.store(topic, partition, next_offset)
+
+    def _drain(self, partitions: Partitions) -> None:
+        """Revoked partitions: let their in-flight work finish (bounded) before the commit."""
+        ledger, loop, sender = self._ledger, self._loop, self._sender
+        if ledger is None or loop is None or sender is None or self._fatal is not None:
+            return
+        if ledger.unfinished(partitions) == 0:
+            return
+        loop.call_soon_threadsafe(sender.hurry)
+        drained = ledger.wait_drained(partitions, self.settings.revoke_drain_seconds)
+        log.info(
+            "revoked partitions drained" if drained else "revoked with work in flight",
+            extra={"partitions": len(partitions), "left": ledger.unfinished(partitions)},
+        )
+
+    # housekeeping -----------------------------------------------------------------------------
+
+    def _flush_dedup(self, due_only: bool) -> None:
+        """Write delivered message ids to the dedup store; a failure waits for the next turn
+        (the ids stay in this process's in-flight map meanwhile)."""
+        if due_only and not self._dedup.flush_due():
+            return
         try:
-            if due_only:
-                self._dedup.flush_due()
-            else:
-                self._dedup.flush()
+            self._dedup.flush()
         except StateError as exc:
-            log.warning("dedup store write failed, retrying", extra={"error": str(exc)})
+            metrics.DEPENDENCY_ERRORS.labels(STATE).inc()
+            log.warning("dedup store write failed, retrying", extra={"error": str(exc)[:500]})
+
+    def _settle_held(self) -> None:
+        """Delete the store entries of released held calls that finished."""
+        assert self._ledger is not None
+        done = self._ledger.take_finished_held()
+        if not done:
+            return
+        try:
+            self._store.settle_held(done)
+        except StateError as exc:
+            self._ledger.return_finished_held(done)
+            metrics.DEPENDENCY_ERRORS.labels(STATE).inc()
+            log.warning("held entries not deleted, retrying", extra={"error": str(exc)[:500]})
 
     async def _sweep(self) -> None:
         """Every few seconds, housekeeping that must never stop the service."""
@@ -305,78 +338,111 @@ class Service:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
-                if self._source is not None and not self._source.broker_reachable:
-                    await self._source.probe()  # an idle replica fetches nothing to prove it
+                if self._consumer is not None and not self._consumer.broker_reachable:
+                    await self._consumer.probe()  # an idle replica fetches nothing to prove it
                 self.sweep_once(time.time(), with_stats=turn % STATS_EVERY == 0)
             except Exception:  # a state-store hiccup: try again next turn
                 log.exception("housekeeping failed")
             turn += 1
 
     def sweep_once(self, now: float, with_stats: bool = True) -> int:
-        """Expire held calls past their time or over the memory bound (dropped or sent per
-        `EXPIRED_ANONYMOUS`), prune the dedup window, publish lag and state sizes.
-        Returns how many held calls expired."""
-        settings = self.settings
-        expired = self._store.expire_held(now - settings.hold_anonymous_seconds)
-        while self._store.held_bytes() > settings.hold_anonymous_max_bytes:
-            oldest = self._store.expire_held(now, limit=100)
+        """Delete finished held entries; expire held calls past their time or over the memory
+        bound (dropped, or leased and sent per `EXPIRED_ANONYMOUS`); send again released calls
+        whose lease ran out (a crash); prune the dedup window; publish lag, stalls and state
+        sizes. Returns how many held calls expired."""
+        settings, store, ledger = self.settings, self._store, self._ledger
+        self._flush_dedup(due_only=False)
+        if ledger is not None:
+            self._settle_held()
+        send = settings.expired_anonymous == "send"
+        lease = now + store.lease_seconds if send else None
+        expired = store.expire_held(now - settings.hold_anonymous_seconds, lease_until=lease)
+        while store.held_bytes() > settings.hold_anonymous_max_bytes:
+            oldest = store.expire_held(now, limit=100, lease_until=lease)
             if not oldest:
                 break
             expired += oldest
-        send = settings.expired_anonymous == "send"
-        for _anonymous_id, payload in expired:
-            item = Processor.expired(Held.decode(payload), send)
-            if item is not None:
-                self._enqueue(item)
-        self._store.prune(now)
-        if self._source is not None:
-            for (topic, partition), lag in self._source.lag().items():
-                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        metrics.RECORDS_RELEASED.labels("expired_sent" if send else "expired_dropped").inc(
+            len(expired)
+        )
+        if send:
+            self._resend(expired)
+        self._resend(store.reclaim_held(now), reclaimed=True)
+        store.prune(now)
+        self._observe_partitions()
         if with_stats:
-            for kind, size in self._store.stats().items():
+            for kind, size in store.stats().items():
                 metrics.STATE_KEYS.labels(kind).set(size)
         return len(expired)
 
-    async def _dead_letter(
-        self,
-        sources: list[Source],
-        error: BaseException,
-        stage: str,
-        attempts: int,
-        first_attempt: float,
-    ) -> None:
-        assert self._dead_letters is not None
-        for s in sources:
-            metrics.DEAD_LETTERS.labels(stage, type(error).__name__).inc()
-            log.warning(
-                "dead-lettered",
-                extra={
-                    "stage": stage,
-                    "error": str(error),
-                    "topic": s.topic,
-                    "partition": s.partition,
-                    "offset": s.offset,
-                },
-            )
-            await self._dead_letters.send(s, error, stage, attempts, first_attempt)
-            self.result.dead_lettered += 1
+    def _resend(self, entries: list[HeldEntry], reclaimed: bool = False) -> None:
+        """Held calls to send now: on their person's profile once named, else anonymously."""
+        ledger, sender = self._ledger, self._sender
+        if not entries or ledger is None or sender is None:
+            return
+        identity = self._processor.identity
+        for entry in entries:
+            if ledger.has_held(entry.id):
+                continue  # still being delivered here (a long retry): its lease was renewed
+            held = Held.decode(entry)
+            person = identity.named_owner(held.anonymous_id)
+            if person is not None:
+                profile, key = identity.profile_with_key(person)
+            elif reclaimed and self.settings.expired_anonymous != "send":
+                ledger.adopt(held.record)  # its person was never named: dropped, as configured
+                ledger.processed(held.record, Outcome.FILTERED)
+                continue
+            else:
+                profile, key = {"anonymous_id": held.anonymous_id}, ""
+            if reclaimed:
+                metrics.RECORDS_RELEASED.labels("reclaimed").inc()
+            try:
+                item = Processor.released_item(held, profile, key)
+            except RecordError as exc:
+                ledger.adopt(held.record)
+                ledger.reject(held.record, exc, exc.stage)
+                continue
+            ledger.adopt(held.record)
+            sender.add(item)
 
-    def _revoked(self, partitions: Partitions) -> None:
-        self._tracker.forget(partitions)
+    def _observe_partitions(self) -> None:
+        """Lag, committed-offset lag and stall time per partition; readiness on stalls."""
+        consumer, ledger = self._consumer, self._ledger
+        if consumer is None or ledger is None:
+            return
+        for (topic, partition), lag in consumer.lag().items():
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        for (topic, partition), lag in consumer.committed_lag().items():
+            metrics.COMMITTED_LAG.labels(topic, str(partition)).set(lag)
+        stalled = ledger.stalled()
+        for tp in consumer.assigned:
+            metrics.PARTITION_STALLED.labels(tp[0], str(tp[1])).set(stalled.get(tp, 0.0))
+        self.health.stalled_seconds = max(stalled.values(), default=0.0)
 
-    async def _shutdown(self, source: KafkaSource) -> None:
+    # shutdown ---------------------------------------------------------------------------------
+
+    async def _shutdown(self, consumer: KafkaConsumer, ledger: Ledger, sender: Sender) -> None:
         self.health.stopping = True
-        for batch in self._batcher.drain():
-            self._spawn(batch)
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=self._shutdown_timeout)
-            for task in pending:
-                task.cancel()
-        self._flush_delivered(due_only=False)
-        await source.commit()
-        await source.close()
+        if self._fatal is None:
+            await sender.close(timeout=self._shutdown_timeout)
+            await ledger.close(timeout=self._shutdown_timeout)
+        else:  # nothing more can be sent: what is out stays unfinished, read again later
+            await sender.close(timeout=0)
+            await ledger.close(timeout=5)
+        self._flush_dedup(due_only=False)
+        self._settle_held()
+        consumer.closing = True
+        await consumer.commit()
+        await consumer.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
+
+
+def _internal(exc: Exception) -> InternalError:
+    """An unexpected exception of one record, as the reason of its dead letter."""
+    if isinstance(exc, StreamError):
+        return InternalError(f"{type(exc).__name__}: {exc}"[:2000])
+    return InternalError(f"unexpected {type(exc).__name__}: {str(exc)[:1500]}")
 
 
 def install_signal_handlers(service: Service) -> None:

@@ -73,9 +73,14 @@ class Settings(BaseSettings):
     batch_max_profiles: int = Field(default=10_000, ge=1, le=10_000)
     batch_linger_ms: int = Field(default=200, ge=0)
     max_pending_records: int = Field(default=50_000, ge=1)
+    # a revoked partition's in-flight work may finish (and be committed) for this long before
+    # the partition is handed over; what is still out then is read again by the next owner
+    revoke_drain_seconds: float = Field(default=10.0, ge=0)
 
     # Operations
     metrics_port: int = Field(default=9400, ge=0, le=65535)
+    # /readyz fails when a partition's offset has not moved for this long while records wait
+    ready_stall_seconds: float = Field(default=600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Rate-limit governor: replicas split the account's quota (4 replicas → 0.25 each);

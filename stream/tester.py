@@ -16,10 +16,9 @@ from typing import Any
 import orjson
 
 from stream.batch import Item
-from stream.calls import Source
+from stream.calls import Record
 from stream.decode import make_decoder
-from stream.errors import ConfigError, DecodeError, RecordError
-from stream.identity import IdentityResolver
+from stream.errors import ConfigError, DecodeError, KlaviyoError, RecordError
 from stream.klaviyo import mapping
 from stream.klaviyo.client import (
     CLIENT_EVENTS,
@@ -27,15 +26,12 @@ from stream.klaviyo.client import (
     EVENTS,
     JSON_API,
     PROFILE_IMPORT,
-    KlaviyoClient,
 )
-from stream.klaviyo.errors import KlaviyoError
-from stream.process import Processor
+from stream.ledger import Outcome
+from stream.pipeline import build_client, build_processor
 from stream.produce import Encoder
-from stream.route import router_from_settings
 from stream.settings import Settings, require_klaviyo_credentials
 from stream.state import open_store
-from stream.transform import transformer_from_settings
 
 Print = Callable[[str], None]
 
@@ -72,23 +68,18 @@ def plan(settings: Settings, call: dict[str, Any]) -> tuple[list[PlannedRequest]
     decoded = make_decoder(None).decode(value)
     store = open_store("sqlite:///:memory:", settings.dedup_window_seconds)
     try:
-        processor = Processor(
-            router_from_settings(settings),
-            IdentityResolver(store, email_first=settings.use_email_as_identifier),
-            settings.phone_default_region,
-            transformer_from_settings(settings),
-        )
-        skip = None if decoded.type == "alias" else processor.router.reason_to_skip(decoded)
-        outcome = processor.process(decoded, Source("test-event", 0, 0, None, value))
+        processor = build_processor(settings, store)
+        skip = processor.skip(decoded)
+        if skip is not None:
+            return [], f"filtered by routing ({skip}): nothing would be sent"
+        result = processor.process(decoded, Record("test-event", 0, 0, None, value))
     finally:
         store.close()
-    if skip is not None:
-        return [], f"filtered by routing ({skip}): nothing would be sent"
-    if outcome.held:
+    if result.outcome is Outcome.HELD:
         return [], "held: the call names no person yet; the service waits for an identify"
-    if not outcome.items:
+    if not result.items:
         return [], f"{decoded.type}: nothing is sent to Klaviyo for this call"
-    requests = [_request(item, client_mode) for item in outcome.items]
+    requests = [_request(item, client_mode) for item in result.items]
     return requests, f"{decoded.type} → {len(requests)} request(s)"
 
 
@@ -134,14 +125,7 @@ async def run_tester(
     if dry_run or not requests:
         return 0
     require_klaviyo_credentials(settings)
-    client = KlaviyoClient(
-        settings.klaviyo_base_url,
-        settings.klaviyo_api_key,
-        settings.klaviyo_revision,
-        timeout=settings.klaviyo_timeout_seconds,
-        max_connections=1,
-        public_key=settings.klaviyo_public_key if settings.klaviyo_mode == "client" else None,
-    )
+    client = build_client(settings, max_connections=1)
     failed = False
     async with client:
         for request in requests:

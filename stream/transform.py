@@ -18,38 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import yaml
 
 from stream.calls import Call
-from stream.errors import ConfigError
+from stream.configfile import load_document
+from stream.errors import TransformConfigError
+from stream.hipaa import HipaaPolicy, policy_from_settings
 from stream.route import Selector, selector_from
 
 if TYPE_CHECKING:
-    from stream.hipaa import HipaaPolicy
     from stream.settings import Settings
 
 ROOTS = ("properties", "traits", "context")
 FieldPath = tuple[str, ...]  # (root, key, nested key, …)
 
-
-class TransformConfigError(ConfigError):
-    """The transformations file is invalid; the message names the file, rule and field."""
-
-
-def load_document(path: str | Path, error: type[ConfigError]) -> dict[str, Any]:
-    """A YAML or JSON config file as a mapping; `error` (naming the file) when it is not one."""
-    file = Path(path)
-    if not file.is_file():
-        raise error(f"{path}: no such file")
-    text = file.read_text(encoding="utf-8")
-    try:
-        data = orjson.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if file.suffix == ".json" else "YAML"
-        raise error(f"{path}: not valid {kind}: {exc}") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: the top level must be a mapping")
-    return data
 
 
 # field access ---------------------------------------------------------------------------
@@ -302,8 +283,6 @@ def load_transformations(path: str | Path) -> tuple[Transformation, ...]:
 
 def transformer_from_settings(settings: Settings) -> Transformer:
     """The transformer the settings describe: rules file, and the HIPAA policy when enabled."""
-    from stream.hipaa import policy_from_settings
-
     transformations = (
         load_transformations(settings.transformations_file) if settings.transformations_file else ()
     )

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 from pydantic import SecretStr
 
-from stream.klaviyo.errors import KlaviyoError, KlaviyoUnavailable, error_for
+from stream.errors import (
+    DuplicateProfile,
+    InvalidRequest,
+    KlaviyoClientError,
+    KlaviyoError,
+    KlaviyoServerError,
+    KlaviyoUnavailable,
+    RateLimited,
+    Unauthorized,
+)
 
 JSON_API = "application/vnd.api+json"
 
@@ -24,10 +33,23 @@ EVENTS_BULK = "/api/event-bulk-create-jobs"
 PROFILE_IMPORT = "/api/profile-import"
 PROFILES_BULK = "/api/profile-bulk-import-jobs"
 PROFILE_MERGE = "/api/profile-merge"
+PROFILES = "/api/profiles"  # GET, with a filter: the merge path's lookup
+# GETs of one import job, by the path pattern the governor budgets them under
+PROFILES_BULK_JOB = "/api/profile-bulk-import-jobs/{job_id}"
+PROFILES_BULK_ERRORS = "/api/profile-bulk-import-jobs/{id}/import-errors"
 # client-side mode: public key as `company_id`, no Authorization header
 CLIENT_EVENTS = "/client/events"
 CLIENT_EVENTS_BULK = "/client/event-bulk-create"
 CLIENT_PROFILES = "/client/profiles"
+
+
+class Requester(Protocol):
+    """A paced, retried request (the deliver stage's `Deliverer.request`): `budget` names the
+    rate-limit budget it counts against (an endpoint, or a path pattern for a GET by id)."""
+
+    async def __call__(
+        self, method: str, path: str, body: Any = None, *, budget: str
+    ) -> Response: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +147,27 @@ def _parse(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def error_for(status: int, body: Any, retry_after: str | None) -> KlaviyoError:
+    """Turn a non-2xx answer into the matching exception."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    errors = errors if isinstance(errors, list) else []
+    first = errors[0] if errors and isinstance(errors[0], dict) else {}
+    detail = first.get("detail") or first.get("title") or ""
+    message = f"Klaviyo {status} {first.get('code', '')}: {detail}".strip()
+    if status == 429:
+        try:
+            wait = max(float(retry_after or 1), 0.0)
+        except ValueError:
+            wait = 1.0
+        return RateLimited(message, wait, errors)
+    if status >= 500:
+        return KlaviyoServerError(message, status, errors)
+    cls: type[KlaviyoClientError] = {
+        400: InvalidRequest,
+        401: Unauthorized,
+        403: Unauthorized,
+        409: DuplicateProfile,
+    }.get(status, KlaviyoClientError)
+    return cls(message, status, errors)

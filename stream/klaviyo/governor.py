@@ -30,7 +30,10 @@ from stream.klaviyo.client import (
     EVENTS_BULK,
     PROFILE_IMPORT,
     PROFILE_MERGE,
+    PROFILES,
     PROFILES_BULK,
+    PROFILES_BULK_ERRORS,
+    PROFILES_BULK_JOB,
 )
 
 BURST_WINDOW = 1.0
@@ -52,6 +55,9 @@ KLAVIYO_LIMITS: dict[str, Limit] = {
     PROFILES_BULK: Limit(10, 150),
     PROFILE_IMPORT: Limit(75, 750),
     PROFILE_MERGE: Limit(10, 150),
+    PROFILES: Limit(75, 750),
+    PROFILES_BULK_JOB: Limit(10, 150),
+    PROFILES_BULK_ERRORS: Limit(10, 150),
 }
 
 
@@ -102,6 +108,17 @@ class Governor:
         """Requests Klaviyo's steady limit (times `share`) allows in `seconds`: the target."""
         limit = self._limits[endpoint]
         return limit.steady * self._share * seconds / (STEADY_WINDOW * self._scale)
+
+    def delay(self, endpoint: str) -> float:
+        """Seconds until `acquire(endpoint)` would get a slot, without reserving one: the send
+        stage waits this long with its batch still open, so the request leaves fuller."""
+        budget = self._budget(endpoint)
+        if budget is None:
+            return 0.0
+        now = self._clock()
+        tolerance = 0.0 if now < budget.stretched_until else budget.tolerance
+        slot = max(now, budget.next_at - tolerance, budget.blocked_until)
+        return max(slot - now, 0.0)
 
     async def acquire(self, endpoint: str) -> float:
         """Wait for this request's send slot; returns the seconds waited."""

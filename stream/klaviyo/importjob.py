@@ -3,21 +3,27 @@
 `POST /api/profile-bulk-import-jobs` validates a request as a whole (a 400 names bad entries)
 but processes the profiles later: a profile that fails then (a conflict, say) shows only in
 the job's `/import-errors`. Reading them turns one accepted job into per-record outcomes, so
-exactly the failed profiles are dead-lettered and the others count as delivered.
+exactly the failed profiles are dead-lettered and the others count as delivered. Polls go
+through the deliver stage's paced, retried `Requester`, so they never wait in a request slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import time
 from typing import Any
 
 from yarl import URL
 
-from stream.klaviyo.client import PROFILES_BULK, KlaviyoClient, Response
-from stream.klaviyo.errors import ImportRecordFailed, KlaviyoError
+from stream.errors import ImportJobUnknown, ImportRecordFailed
+from stream.klaviyo.client import (
+    PROFILES_BULK,
+    PROFILES_BULK_ERRORS,
+    PROFILES_BULK_JOB,
+    Requester,
+    Response,
+)
 
 POLL_FIRST_SECONDS = 0.2
 POLL_MAX_SECONDS = 5.0
@@ -26,13 +32,9 @@ FINISHED = frozenset({"complete", "cancelled", "failed"})
 _PROFILE_POINTER = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
 
 
-class ImportJobUnknown(KlaviyoError):
-    """The job's outcome cannot be learnt (no job id, it did not finish in time, or it ended
-    without completing): none of its records can be called delivered."""
-
 
 async def import_failures(
-    client: KlaviyoClient, accepted: Response, profiles: list[dict[str, Any]], max_seconds: float
+    request: Requester, accepted: Response, profiles: list[dict[str, Any]], max_seconds: float
 ) -> dict[int, ImportRecordFailed]:
     """Index in `profiles` → why Klaviyo failed it, once the job of `accepted` has finished.
 
@@ -46,7 +48,7 @@ async def import_failures(
     path = f"{PROFILES_BULK}/{job_id}"
     delay = POLL_FIRST_SECONDS
     while True:
-        attributes = _attributes((await _get(client, path, deadline)).body)
+        attributes = _attributes((await request("GET", path, budget=PROFILES_BULK_JOB)).body)
         status = attributes.get("status")
         if status in FINISHED:
             break
@@ -61,7 +63,7 @@ async def import_failures(
     failures: dict[int, ImportRecordFailed] = {}
     page: str | None = f"{path}/import-errors?page[size]={ERRORS_PAGE_SIZE}"
     while page is not None:
-        body = (await _get(client, page, deadline)).body or {}
+        body = (await request("GET", page, budget=PROFILES_BULK_ERRORS)).body or {}
         for error in body.get("data") or []:
             attrs = error.get("attributes") or {} if isinstance(error, dict) else {}
             index = _place(attrs, profiles)
@@ -104,17 +106,3 @@ def _failure(attrs: dict[str, Any]) -> ImportRecordFailed:
     detail = attrs.get("detail") or attrs.get("title") or ""
     error = {"code": code, "detail": detail, "source": attrs.get("source") or {}}
     return ImportRecordFailed(f"Klaviyo import error {code}: {detail}".strip(), 0, [error])
-
-
-async def _get(client: KlaviyoClient, path: str, deadline: float) -> Response:
-    """GET with retries on retriable errors until `deadline`."""
-    attempt = 0
-    while True:
-        try:
-            return await client.get(path)
-        except KlaviyoError as exc:
-            delay = min(0.5 * 1.5**attempt, 30.0) * random.uniform(0.5, 1.5)
-            attempt += 1
-            if not exc.retriable or time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(getattr(exc, "retry_after", delay))

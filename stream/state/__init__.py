@@ -3,17 +3,19 @@
 `open_store(url)` picks the backend; see `stream.state.base.StateStore` for the guarantees.
 """
 
+from stream.errors import StateError
 from stream.state.base import (
+    HeldEntry,
     Identifier,
     Kind,
     LinkResult,
     Person,
-    StateError,
     StateStore,
 )
 from stream.state.open import open_store
 
 __all__ = [
+    "HeldEntry",
     "Identifier",
     "Kind",
     "LinkResult",

@@ -14,24 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
-from stream.errors import StreamError
-
 Kind = Literal["email", "phone", "external_id", "anonymous_id"]
 Identifier = tuple[Kind, str]  # values already normalized by the caller
 
 KINDS: tuple[Kind, ...] = get_args(Kind)
 NAMED_KINDS: tuple[Kind, ...] = ("email", "phone", "external_id")
 DEFAULT_DEDUP_WINDOW = 7 * 86400.0
+# A released held call stays in the store, leased, until it is finished; a lease that runs out
+# (its process crashed) is reclaimed and sent again. Longer than a delivery's retry budget.
+HELD_LEASE_SECONDS = 900.0
 
-
-class StateError(StreamError):
-    """The state store failed; `retriable` is True for connection problems (Redis down, locked)."""
-
-    retriable = True
-
-    def __init__(self, message: str, *, retriable: bool = True) -> None:
-        super().__init__(message)
-        self.retriable = retriable
 
 
 @dataclass(frozen=True)
@@ -48,30 +40,44 @@ class Person:
         return any(self.identifiers.get(kind) for kind in NAMED_KINDS)
 
 
+@dataclass(frozen=True, slots=True)
+class HeldEntry:
+    """A held payload as the store returns it: its entry id (for `settle_held`), the anonymous
+    id it waits under, and the payload."""
+
+    id: str
+    anonymous_id: str
+    payload: bytes
+
+
 @dataclass(frozen=True)
 class LinkResult:
     """What one `link` call did."""
 
     person: Person
     merged_ids: tuple[str, ...]  # ids of persons folded into `person` by this call
-    released: tuple[bytes, ...]  # held payloads released because the person is now named
+    released: tuple[HeldEntry, ...]  # held payloads leased because the person is now named
 
 
 class StateStore(Protocol):
     """Dedup window + identity graph; every method is one atomic step (one round trip in Redis)."""
+
+    lease_seconds: float  # how long a released held call stays leased to its sender
 
     def link(
         self,
         identifiers: Sequence[Identifier],
         traits: Mapping[str, Any] | None = None,
         timestamp: float = 0.0,
+        now: float | None = None,
     ) -> LinkResult:
         """Make everything owning `identifiers` one person, attach them, merge traits per key.
 
         The smallest (oldest) person id survives; the others are folded in. A trait replaces the
         stored one only if `timestamp` >= that key's stored timestamp. If the person is named
-        afterwards, payloads held under its anonymous ids are removed and returned, oldest first.
-        Raises ValueError if `identifiers` is empty.
+        afterwards, payloads held under its anonymous ids are returned, oldest first, and leased
+        until `now` + the lease time: they stay stored until `settle_held`, and are not released
+        again meanwhile. Raises ValueError if `identifiers` is empty.
         """
         ...
 
@@ -86,12 +92,24 @@ class StateStore(Protocol):
         """
         ...
 
-    def expire_held(self, older_than: float, limit: int = 1000) -> list[tuple[str, bytes]]:
-        """Remove and return (anonymous_id, payload) held before `older_than`, oldest first."""
+    def expire_held(
+        self, older_than: float, limit: int = 1000, lease_until: float | None = None
+    ) -> list[HeldEntry]:
+        """Payloads held (not leased) since before `older_than`, oldest first: removed when
+        `lease_until` is None (dropped), else leased until then (sent anonymously)."""
+        ...
+
+    def reclaim_held(self, now: float, limit: int = 1000) -> list[HeldEntry]:
+        """Leased payloads whose lease ran out by `now` (their sender crashed), leased again
+        and returned, oldest first."""
+        ...
+
+    def settle_held(self, entry_ids: Sequence[str]) -> None:
+        """Delete these entries: their calls were delivered or dead-lettered."""
         ...
 
     def held_count(self) -> int:
-        """Number of payloads currently held."""
+        """Number of payloads currently stored (held, or released and not yet settled)."""
         ...
 
     def held_bytes(self) -> int:

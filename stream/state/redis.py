@@ -13,30 +13,34 @@ Layout under `prefix` (default "ks:"):
     seq:person, seq:touch, seq:held, n:persons, hbytes      counters
     h:<anonymous_id>    list  held entry ids, oldest first
     hz / hp / ha        zset entry -> held_at; hash entry -> payload; hash entry -> anonymous id
+    hl                  zset released entry -> lease_until (stays until settled or reclaimed)
     d:<message_id>      string, expires at now + window
 Scripts compute key names at run time, so Redis Cluster is not supported (one primary only).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import orjson
 import redis as redis_lib
 
+from stream.errors import StateError
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
+    HELD_LEASE_SECONDS,
+    HeldEntry,
     Identifier,
     LinkResult,
     Person,
-    StateError,
     build_person,
     check_identifiers,
 )
 
 _RELEASE = """
-local function release(P, anons)
+local function release(P, anons, lease)
   local items = {}
   for _, a in ipairs(anons) do
     local lk = P .. 'h:' .. a
@@ -46,7 +50,7 @@ local function release(P, anons)
       for _, m in ipairs(members) do
         local score = redis.call('ZSCORE', P .. 'hz', m)
         local payload = redis.call('HGET', P .. 'hp', m)
-        items[#items + 1] = {tonumber(score), m, payload}
+        items[#items + 1] = {tonumber(score), m, a, payload}
       end
     end
   end
@@ -54,15 +58,14 @@ local function release(P, anons)
     if x[1] ~= y[1] then return x[1] < y[1] end
     return x[2] < y[2]
   end)
-  local out, bytes = {}, 0
-  for i, it in ipairs(items) do
-    out[i] = it[3]
-    bytes = bytes + #it[3]
+  local out = {}
+  for _, it in ipairs(items) do
+    out[#out + 1] = it[2]
+    out[#out + 1] = it[3]
+    out[#out + 1] = it[4]
     redis.call('ZREM', P .. 'hz', it[2])
-    redis.call('HDEL', P .. 'hp', it[2])
-    redis.call('HDEL', P .. 'ha', it[2])
+    redis.call('ZADD', P .. 'hl', lease, it[2])
   end
-  if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
   return out
 end
 """
@@ -70,9 +73,9 @@ end
 _LINK = (
     _RELEASE
     + """
-local P, ts = ARGV[1], ARGV[2]
+local P, ts, lease = ARGV[1], ARGV[2], ARGV[3]
 local tsn = tonumber(ts)
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local idmap = P .. 'ids'
 local function is_named(f)
   local head = string.sub(f, 1, 8)
@@ -82,7 +85,7 @@ local function is_anon(f) return string.sub(f, 1, 15) == 'i:anonymous_id:' end
 
 local owners, seen = {}, {}
 for i = 1, n do
-  local pid = redis.call('HGET', idmap, ARGV[3 + i])
+  local pid = redis.call('HGET', idmap, ARGV[4 + i])
   if pid and not seen[pid] then
     seen[pid] = true
     owners[#owners + 1] = tonumber(pid)
@@ -130,7 +133,7 @@ end
 
 local top = redis.call('INCRBY', P .. 'seq:touch', n)
 for i = 1, n do
-  local id = ARGV[3 + i]
+  local id = ARGV[4 + i]
   local f = 'i:' .. id
   local cur = redis.call('HGET', skey, f)
   if (not cur) or tsn >= tonumber(string.match(cur, '^(%S+)')) then
@@ -140,7 +143,7 @@ for i = 1, n do
   if is_anon(f) then candidates[#candidates + 1] = string.sub(f, 16) end
 end
 
-for k = 4 + n, #ARGV, 2 do
+for k = 5 + n, #ARGV, 2 do
   local f = 't:' .. ARGV[k]
   local cur = redis.call('HGET', skey, f)
   if (not cur) or tsn >= tonumber(cur) then
@@ -160,7 +163,7 @@ if named then
     redis.call('HSET', skey, 'n', '1')
     candidates = anons
   end
-  released = release(P, candidates)
+  released = release(P, candidates, lease)
 end
 return {tostring(survivor), merged, flat, released}
 """
@@ -189,22 +192,58 @@ return {pid, redis.call('HGETALL', ARGV[1] .. 'p:' .. pid)}
 """
 
 _EXPIRE = """
-local P = ARGV[1]
+local P, lease = ARGV[1], ARGV[4]
 local ms = redis.call('ZRANGEBYSCORE', P .. 'hz', '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
 local out, bytes = {}, 0
 for _, m in ipairs(ms) do
   local anon = redis.call('HGET', P .. 'ha', m)
   local payload = redis.call('HGET', P .. 'hp', m)
   redis.call('LREM', P .. 'h:' .. anon, 1, m)
-  redis.call('HDEL', P .. 'ha', m)
-  redis.call('HDEL', P .. 'hp', m)
   redis.call('ZREM', P .. 'hz', m)
-  bytes = bytes + #payload
+  if lease == '' then
+    redis.call('HDEL', P .. 'ha', m)
+    redis.call('HDEL', P .. 'hp', m)
+    bytes = bytes + #payload
+  else
+    redis.call('ZADD', P .. 'hl', lease, m)
+  end
+  out[#out + 1] = m
   out[#out + 1] = anon
   out[#out + 1] = payload
 end
 if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
 return out
+"""
+
+_RECLAIM = """
+local P, lease = ARGV[1], ARGV[4]
+local ms = redis.call('ZRANGEBYSCORE', P .. 'hl', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, m in ipairs(ms) do
+  redis.call('ZADD', P .. 'hl', lease, m)
+  out[#out + 1] = m
+  out[#out + 1] = redis.call('HGET', P .. 'ha', m)
+  out[#out + 1] = redis.call('HGET', P .. 'hp', m)
+end
+return out
+"""
+
+_SETTLE = """
+local P = ARGV[1]
+local bytes = 0
+for i = 2, #ARGV do
+  local m = ARGV[i]
+  local payload = redis.call('HGET', P .. 'hp', m)
+  if payload then
+    bytes = bytes + #payload
+    redis.call('HDEL', P .. 'hp', m)
+    redis.call('HDEL', P .. 'ha', m)
+    redis.call('ZREM', P .. 'hl', m)
+    redis.call('ZREM', P .. 'hz', m)
+  end
+end
+if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
+return bytes
 """
 
 
@@ -226,9 +265,11 @@ class RedisStore:
         url: str,
         dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW,
         prefix: str = "ks:",
+        lease_seconds: float = HELD_LEASE_SECONDS,
     ) -> None:
         self.url = url
         self.window = float(dedup_window_seconds)
+        self.lease_seconds = float(lease_seconds)
         self.prefix = prefix
         try:
             self._r = redis_lib.Redis.from_url(
@@ -241,6 +282,8 @@ class RedisStore:
         self._hold = self._r.register_script(_HOLD)
         self._lookup = self._r.register_script(_LOOKUP)
         self._expire = self._r.register_script(_EXPIRE)
+        self._reclaim = self._r.register_script(_RECLAIM)
+        self._settle = self._r.register_script(_SETTLE)
 
     def _person(self, pid: bytes, flat: Sequence[bytes]) -> Person:
         """Parse a person hash (flat HGETALL reply) into a Person."""
@@ -261,10 +304,12 @@ class RedisStore:
         identifiers: Sequence[Identifier],
         traits: Mapping[str, Any] | None = None,
         timestamp: float = 0.0,
+        now: float | None = None,
     ) -> LinkResult:
         """See StateStore.link; one Lua script."""
         ids = check_identifiers(identifiers)
-        args: list[str | bytes] = [self.prefix, _num(timestamp), str(len(ids))]
+        lease = (time.time() if now is None else now) + self.lease_seconds
+        args: list[str | bytes] = [self.prefix, _num(timestamp), _num(lease), str(len(ids))]
         args += [f"{k}:{v}" for k, v in ids]
         for key, value in (traits or {}).items():
             args += [key, orjson.dumps(value)]
@@ -275,7 +320,7 @@ class RedisStore:
         return LinkResult(
             person=self._person(pid, flat),
             merged_ids=tuple(m.decode() for m in merged),
-            released=tuple(released),
+            released=_entries(released),
         )
 
     def lookup(self, identifier: Identifier) -> Person | None:
@@ -294,18 +339,39 @@ class RedisStore:
             _fail(exc)
         return None if reply is None else self._person(reply[0], reply[1])
 
-    def expire_held(self, older_than: float, limit: int = 1000) -> list[tuple[str, bytes]]:
+    def expire_held(
+        self, older_than: float, limit: int = 1000, lease_until: float | None = None
+    ) -> list[HeldEntry]:
         """See StateStore.expire_held; one Lua script."""
+        lease = "" if lease_until is None else _num(lease_until)
         try:
-            flat = self._expire(args=[self.prefix, _num(older_than), str(int(limit))])
+            flat = self._expire(args=[self.prefix, _num(older_than), str(int(limit)), lease])
         except redis_lib.RedisError as exc:
             _fail(exc)
-        return [(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
+        return list(_entries(flat))
+
+    def reclaim_held(self, now: float, limit: int = 1000) -> list[HeldEntry]:
+        """See StateStore.reclaim_held; one Lua script."""
+        lease = _num(now + self.lease_seconds)
+        try:
+            flat = self._reclaim(args=[self.prefix, _num(now), str(int(limit)), lease])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return list(_entries(flat))
+
+    def settle_held(self, entry_ids: Sequence[str]) -> None:
+        """See StateStore.settle_held; one Lua script."""
+        if not entry_ids:
+            return
+        try:
+            self._settle(args=[self.prefix, *entry_ids])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
 
     def held_count(self) -> int:
         """See StateStore.held_count."""
         try:
-            return int(self._r.zcard(self.prefix + "hz"))
+            return int(self._r.zcard(self.prefix + "hz")) + int(self._r.zcard(self.prefix + "hl"))
         except redis_lib.RedisError as exc:
             _fail(exc)
 
@@ -352,7 +418,8 @@ class RedisStore:
                 pipe.get(p + "n:persons")
                 pipe.hlen(p + "ids")
                 pipe.zcard(p + "hz")
-                persons, identifiers, held = pipe.execute()
+                pipe.zcard(p + "hl")
+                persons, identifiers, held, leased = pipe.execute()
             pattern = _glob_escape(p) + "d:*"
             dedup = sum(1 for _ in self._r.scan_iter(match=pattern, count=1000))
         except redis_lib.RedisError as exc:
@@ -361,12 +428,20 @@ class RedisStore:
             "persons": int(persons or 0),
             "identifiers": int(identifiers),
             "dedup_keys": dedup,
-            "held": int(held),
+            "held": int(held) + int(leased),
         }
 
     def close(self) -> None:
         """Close the connection pool; the data stays in Redis."""
         self._r.close()
+
+
+def _entries(flat: Sequence[bytes]) -> tuple[HeldEntry, ...]:
+    """(entry id, anonymous id, payload) triples of a script's flat reply."""
+    return tuple(
+        HeldEntry(flat[i].decode(), flat[i + 1].decode(), bytes(flat[i + 2]))
+        for i in range(0, len(flat), 3)
+    )
 
 
 def _glob_escape(text: str) -> str:

@@ -24,12 +24,14 @@ from typing import Any, TypeVar
 
 import orjson
 
+from stream.errors import StateError
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
+    HELD_LEASE_SECONDS,
+    HeldEntry,
     Identifier,
     LinkResult,
     Person,
-    StateError,
     build_person,
     check_identifiers,
 )
@@ -63,7 +65,8 @@ CREATE TABLE IF NOT EXISTS held (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     anonymous_id TEXT NOT NULL,
     payload BLOB NOT NULL,
-    held_at REAL NOT NULL
+    held_at REAL NOT NULL,
+    lease_until REAL               -- released, being sent: deleted once finished
 );
 CREATE INDEX IF NOT EXISTS held_anon ON held (anonymous_id, seq);
 CREATE INDEX IF NOT EXISTS held_time ON held (held_at, seq);
@@ -77,6 +80,14 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO counters VALUES ('touch', 0), ('held_count', 0), ('held_bytes', 0);
+"""
+# Layout versions (PRAGMA user_version) and the steps that bring an older file up to date.
+LAYOUT_VERSION = 1
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE held ADD COLUMN lease_until REAL;",  # releases stay until finished
+}
+_LAYOUT_INDEXES = """
+CREATE INDEX IF NOT EXISTS held_lease ON held (lease_until) WHERE lease_until IS NOT NULL;
 """
 
 
@@ -128,11 +139,11 @@ def _read_sql(count: int) -> str:
             " UNION ALL SELECT t.person, NULL, t.key, t.value, t.ts"
             " FROM owners o CROSS JOIN traits t ON t.person = o.person"
             " UNION ALL SELECT NULL, NULL, NULL, c.value,"
-            " EXISTS (SELECT 1 FROM ids CROSS JOIN held h"
-            " ON h.anonymous_id = ids.value WHERE ids.kind = 'anonymous_id')"
+            " EXISTS (SELECT 1 FROM ids CROSS JOIN held h ON h.anonymous_id = ids.value"
+            " WHERE ids.kind = 'anonymous_id' AND h.lease_until IS NULL)"
             " OR EXISTS (SELECT 1 FROM owners o CROSS JOIN identifiers i"
             " ON i.person = o.person AND i.kind = 'anonymous_id'"
-            " CROSS JOIN held h ON h.anonymous_id = i.value)"
+            " CROSS JOIN held h ON h.anonymous_id = i.value WHERE h.lease_until IS NULL)"
             " FROM counters c WHERE c.name = 'touch'"
         )
     return sql
@@ -154,9 +165,15 @@ def _upsert(db: sqlite3.Connection, sql: str, width: int, params: list[Any]) -> 
 class SqliteStore:
     """State in one SQLite file (or `:memory:`); thread-safe through one lock, one connection."""
 
-    def __init__(self, path: str, dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW) -> None:
+    def __init__(
+        self,
+        path: str,
+        dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW,
+        lease_seconds: float = HELD_LEASE_SECONDS,
+    ) -> None:
         self.path = path
         self.window = float(dedup_window_seconds)
+        self.lease_seconds = float(lease_seconds)
         self._lock = threading.Lock()
         self._seq = (0, -1)  # touch numbers of this connection: (last used, end of its block)
         # rows of named persons as this connection last wrote them, and identifier -> person
@@ -177,9 +194,35 @@ class SqliteStore:
             # 64 MiB of page cache (SQLite's default is 2 MiB): the dedup window's random
             # message-id keys touch pages all over its B-tree
             self._db.execute("PRAGMA cache_size=-65536")
-            self._db.executescript(_SCHEMA)
+            self._layout()
         except sqlite3.Error as exc:
             raise StateError(f"cannot open SQLite state {path!r}: {exc}", retriable=False) from exc
+
+    def _layout(self) -> None:
+        """Create the tables, or bring a file written by an older release up to date (one
+        transaction); a file of a newer layout than this release knows is refused."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            existed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'held'").fetchone()
+            if version > LAYOUT_VERSION:
+                raise StateError(
+                    f"SQLite state {self.path!r} has layout v{version}, newer than this"
+                    f" release's v{LAYOUT_VERSION}: upgrade klaviyo-stream",
+                    retriable=False,
+                )
+            if existed:
+                for step in range(version + 1, LAYOUT_VERSION + 1):
+                    db.execute(_MIGRATIONS[step])
+            for statement in (_SCHEMA + _LAYOUT_INDEXES).split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _run(self, begin: str, body: Callable[..., _T], *args: Any) -> _T:
         """`body(db, *args)` in one transaction under the lock; rolls back on error and maps
@@ -211,10 +254,12 @@ class SqliteStore:
         identifiers: Sequence[Identifier],
         traits: Mapping[str, Any] | None = None,
         timestamp: float = 0.0,
+        now: float | None = None,
     ) -> LinkResult:
         """See StateStore.link; one IMMEDIATE transaction."""
         ids = check_identifiers(identifiers)
-        return self._run("BEGIN IMMEDIATE", self._link, ids, traits, float(timestamp))
+        lease = (time.time() if now is None else now) + self.lease_seconds
+        return self._run("BEGIN IMMEDIATE", self._link, ids, traits, float(timestamp), lease)
 
     def _link(
         self,
@@ -222,6 +267,7 @@ class SqliteStore:
         ids: list[Identifier],
         traits: Mapping[str, Any] | None,
         ts: float,
+        lease_until: float,
     ) -> LinkResult:
         survivor = self._known(db, ids)
         if survivor is not None:  # kept rows are the stored ones: nothing to read
@@ -266,9 +312,9 @@ class SqliteStore:
             )
         else:
             person = self._load(db, survivor)
-        released: tuple[bytes, ...] = ()
+        released: tuple[HeldEntry, ...] = ()
         if held and person.named and person.identifiers.get("anonymous_id"):
-            released = self._release(db, person.identifiers["anonymous_id"])
+            released = self._release(db, person.identifiers["anonymous_id"], lease_until)
         for loser in losers:
             self._kept.pop(loser, None)
         if exact and person.named:
@@ -382,19 +428,21 @@ class SqliteStore:
         return build_person(str(person_id), rows, traits)
 
     @staticmethod
-    def _release(db: sqlite3.Connection, anonymous_ids: Sequence[str]) -> tuple[bytes, ...]:
-        """Remove and return payloads held under `anonymous_ids`, oldest first."""
-        rows: list[tuple[float, int, bytes]] = []
+    def _release(
+        db: sqlite3.Connection, anonymous_ids: Sequence[str], lease_until: float
+    ) -> tuple[HeldEntry, ...]:
+        """Lease the payloads held under `anonymous_ids`, oldest first: they stay in the store
+        until `settle_held` (delivered) or the lease runs out (`reclaim_held`)."""
+        rows: list[tuple[float, int, str, bytes]] = []
         for part in _chunks(anonymous_ids):
             marks = ",".join("?" * len(part))
             rows += db.execute(
-                f"DELETE FROM held WHERE anonymous_id IN ({marks}) RETURNING held_at, seq, payload",
-                tuple(part),
+                f"UPDATE held SET lease_until = ? WHERE anonymous_id IN ({marks})"
+                " AND lease_until IS NULL RETURNING held_at, seq, anonymous_id, payload",
+                (lease_until, *part),
             ).fetchall()
-        if rows:
-            rows.sort()
-            _bump_held(db, -len(rows), -sum(len(r[2]) for r in rows))
-        return tuple(bytes(r[2]) for r in rows)
+        rows.sort()
+        return tuple(HeldEntry(str(seq), anon, bytes(payload)) for _, seq, anon, payload in rows)
 
     def lookup(self, identifier: Identifier) -> Person | None:
         """See StateStore.lookup."""
@@ -432,10 +480,24 @@ class SqliteStore:
         _bump_held(db, 1, len(payload))
         return None
 
-    def expire_held(self, older_than: float, limit: int = 1000) -> list[tuple[str, bytes]]:
+    def expire_held(
+        self, older_than: float, limit: int = 1000, lease_until: float | None = None
+    ) -> list[HeldEntry]:
         """See StateStore.expire_held."""
-        rows = self._run("BEGIN IMMEDIATE", _expire, float(older_than), int(limit))
-        return [(r[1], bytes(r[2])) for r in rows]
+        return self._run(
+            "BEGIN IMMEDIATE", _expire, float(older_than), int(limit), lease_until
+        )
+
+    def reclaim_held(self, now: float, limit: int = 1000) -> list[HeldEntry]:
+        """See StateStore.reclaim_held."""
+        return self._run(
+            "BEGIN IMMEDIATE", _reclaim, float(now), int(limit), float(now) + self.lease_seconds
+        )
+
+    def settle_held(self, entry_ids: Sequence[str]) -> None:
+        """See StateStore.settle_held."""
+        if entry_ids:
+            self._run("BEGIN IMMEDIATE", _settle, [int(e) for e in entry_ids])
 
     def held_count(self) -> int:
         """See StateStore.held_count."""
@@ -511,16 +573,47 @@ def _rowcount(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
     return db.execute(sql, params).rowcount
 
 
-def _expire(db: sqlite3.Connection, older_than: float, limit: int) -> list[Any]:
+def _expire(
+    db: sqlite3.Connection, older_than: float, limit: int, lease_until: float | None
+) -> list[HeldEntry]:
     rows = db.execute(
-        "SELECT seq, anonymous_id, payload FROM held WHERE held_at < ?"
+        "SELECT seq, anonymous_id, payload FROM held WHERE held_at < ? AND lease_until IS NULL"
         " ORDER BY held_at, seq LIMIT ?",
         (older_than, limit),
     ).fetchall()
-    if rows:
+    if rows and lease_until is None:
         db.executemany("DELETE FROM held WHERE seq = ?", [(r[0],) for r in rows])
         _bump_held(db, -len(rows), -sum(len(r[2]) for r in rows))
-    return rows
+    elif rows:
+        db.executemany(
+            "UPDATE held SET lease_until = ? WHERE seq = ?", [(lease_until, r[0]) for r in rows]
+        )
+    return [HeldEntry(str(seq), anon, bytes(payload)) for seq, anon, payload in rows]
+
+
+def _reclaim(db: sqlite3.Connection, now: float, limit: int, lease_until: float) -> list[HeldEntry]:
+    rows = db.execute(
+        "SELECT seq, anonymous_id, payload FROM held WHERE lease_until IS NOT NULL"
+        " AND lease_until <= ? ORDER BY held_at, seq LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    db.executemany(
+        "UPDATE held SET lease_until = ? WHERE seq = ?", [(lease_until, r[0]) for r in rows]
+    )
+    return [HeldEntry(str(seq), anon, bytes(payload)) for seq, anon, payload in rows]
+
+
+def _settle(db: sqlite3.Connection, seqs: list[int]) -> None:
+    count = size = 0
+    for part in _chunks(seqs):
+        marks = ",".join("?" * len(part))
+        for (length,) in db.execute(
+            f"DELETE FROM held WHERE seq IN ({marks}) RETURNING length(payload)", tuple(part)
+        ):
+            count += 1
+            size += length
+    if count:
+        _bump_held(db, -count, -size)
 
 
 def _seen(db: sqlite3.Connection, message_ids: list[str], cutoff: float) -> set[str]:

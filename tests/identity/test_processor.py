@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from stream.calls import Call, Source, normalize
+from stream.calls import Call, Record, normalize
 from stream.identity import IdentityResolver
+from stream.ledger import Outcome
 from stream.process import Processor
 from stream.route import Router
 from stream.state import StateStore, open_store
@@ -25,11 +26,11 @@ def processor(store: StateStore, email_first: bool = True) -> Processor:
     return Processor(Router(), IdentityResolver(store, email_first=email_first), "US")
 
 
-def call(kind: str, n: int, **fields: Any) -> tuple[Call, Source]:
+def call(kind: str, n: int, **fields: Any) -> tuple[Call, Record]:
     record = {"messageId": f"m-{n}", "timestamp": f"2026-05-01T10:00:{n:02d}+00:00", **fields}
     if kind == "track":
         record.setdefault("event", "Viewed Product")
-    return normalize(kind, record), Source("t", 0, n)
+    return normalize(kind, record), Record("t", 0, n)
 
 
 def test_identifiers_seen_together_are_one_person_on_every_later_event(store: StateStore) -> None:
@@ -56,21 +57,24 @@ def test_anonymous_calls_are_held_then_released_on_the_identified_profile(
 ) -> None:
     p = processor(store)
     held = p.process(*call("track", 1, anonymousId="anon-1"))
-    assert held.held and held.items == []
-    outcome = p.process(
+    assert held.outcome is Outcome.HELD and held.items == []
+    result = p.process(
         *call("identify", 2, userId="u1", anonymousId="anon-1", traits={"email": "a@x.io"})
     )
-    events = [i for i in outcome.items if i.kind == "events"]
-    assert [e.event["unique_id"] for e in events] == ["m-1"]
+    assert [i.kind for i in result.items] == ["profiles"]
+    events = result.released
+    assert [e.event["unique_id"] for e in events if e.event] == ["m-1"]
     assert events[0].profile == {"email": "a@x.io", "external_id": "u1"}
-    assert events[0].sources[0].tracked is False  # its offset was already acknowledged
+    released = events[0].records[0]
+    assert released.generation is None and released.held_id  # finished by settling its entry
+    assert store.held_count() == 1, "a released call stays stored until it is delivered"
 
 
 def test_alias_links_a_second_device_and_releases_its_calls(store: StateStore) -> None:
     p = processor(store)
     p.process(*call("identify", 1, userId="u1", traits={"email": "a@x.io"}))
-    assert p.process(*call("track", 2, anonymousId="phone-7")).held
-    released = p.process(*call("alias", 3, previousId="phone-7", userId="u1")).items
+    assert p.process(*call("track", 2, anonymousId="phone-7")).outcome is Outcome.HELD
+    released = p.process(*call("alias", 3, previousId="phone-7", userId="u1")).released
     assert [i.event["unique_id"] for i in released if i.event] == ["m-2"]
     [later] = p.process(*call("track", 4, anonymousId="phone-7")).items
     assert later.profile["email"] == "a@x.io"

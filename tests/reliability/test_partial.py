@@ -13,8 +13,8 @@ from typing import Any
 from confluent_kafka import Producer
 from pydantic import SecretStr
 
+from stream.errors import ImportRecordFailed
 from stream.klaviyo.client import PROFILE_IMPORT, PROFILES_BULK, KlaviyoClient
-from stream.klaviyo.errors import ImportRecordFailed
 from stream.klaviyo.importjob import import_failures
 from stream.klaviyo.mapping import bulk_profiles_body, profile_import_body
 from stream.sandbox import SandboxConfig, SandboxServer

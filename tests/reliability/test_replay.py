@@ -16,9 +16,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from stream.calls import Source
+from stream.calls import Record
 from stream.deadletter import error_headers
-from stream.klaviyo.errors import InvalidRequest, KlaviyoServerError
+from stream.errors import InvalidRequest, KlaviyoServerError
 from stream.klaviyo.mapping import BACKFILL_HEADER
 from stream.produce import key_of
 from stream.sample import sample_calls
@@ -42,7 +42,7 @@ def _dead_letters(bootstrap: str, topic: str, calls: list[dict[str, Any]]) -> di
             if kind == "refused"
             else KlaviyoServerError("Klaviyo 503 service_unavailable: down", 503)
         )
-        source = Source(topic, 0, n, key_of(call), encode(call), [("trace", b"t-%d" % n)])
+        source = Record(topic, 0, n, key_of(call), encode(call), [("trace", b"t-%d" % n)])
         headers = [
             (name, value)
             for name, value in error_headers(source, error, "deliver", 12, T0)

@@ -13,11 +13,12 @@ from typing import Any
 from pydantic import SecretStr
 
 from stream.batch import Batch, Item
-from stream.calls import Call, Source
-from stream.deliver import Deliverer, RetryPolicy
+from stream.calls import Call, Record
+from stream.deliver import Deliverer
+from stream.errors import InvalidRequest, KlaviyoError
 from stream.klaviyo import mapping
 from stream.klaviyo.client import KlaviyoClient
-from stream.klaviyo.errors import InvalidRequest, KlaviyoError
+from stream.retry import RetryPolicy
 from stream.sandbox import SandboxConfig, SandboxServer
 from stream.settings import SANDBOX_API_KEY
 from tests.reliability.harness import stats
@@ -29,23 +30,21 @@ QUICK = RetryPolicy(base_seconds=0.01, factor=1.5, max_total_seconds=60, max_att
 def _item(n: int, **event_override: Any) -> Item:
     call = Call("track", f"retry-{n}", "2026-01-01T00:00:00+00:00", user_id=f"u{n}", event="E")
     event = {**mapping.event_attributes(call), **event_override}
-    return Item("events", {"external_id": f"u{n}"}, event, [Source("t", 0, n)])
+    return Item("events", {"external_id": f"u{n}"}, event, [Record("t", 0, n)])
 
 
-async def _deliver(url: str, batch: Batch) -> tuple[list[Source], list[tuple[Any, ...]]]:
-    done: list[Source] = []
-    letters: list[tuple[Any, ...]] = []
-
-    def on_done(sources: list[Source], delivered: bool) -> None:
-        done.extend(sources)
-
-    async def dead_letter(
-        sources: list[Source], error: BaseException, stage: str, attempts: int, first: float
-    ) -> None:
-        letters.append((sources, error, stage, attempts, first))
-
+async def _deliver(url: str, batch: Batch) -> tuple[list[Record], list[tuple[Any, ...]]]:
+    """(every record the settlement accounts for, (records, error, stage, attempts, first)
+    per failure)."""
     async with KlaviyoClient(url, SecretStr(SANDBOX_API_KEY), "2026-07-15") as client:
-        await Deliverer(client, on_done, dead_letter, retry=QUICK).send(batch)
+        settlement = await Deliverer(client, retry=QUICK).send(batch)
+    done = [r for i in settlement.delivered for r in i.records]
+    letters: list[tuple[Any, ...]] = []
+    for f in settlement.failed:
+        records = [r for i in f.items for r in i.records]
+        done += records
+        assert isinstance(f.error, KlaviyoError)
+        letters.append((records, f.error, f.stage, f.error.attempts, f.error.first_attempt))
     return done, letters
 
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
+from stream.errors import KlaviyoUnavailable
 from stream.klaviyo.client import EVENTS, KlaviyoClient
-from stream.klaviyo.errors import KlaviyoUnavailable
 
 KEY = "pk_tls_secret_0000000000000000000000000000"
 

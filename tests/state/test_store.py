@@ -153,14 +153,21 @@ def test_hold_keeps_payloads_of_unknown_and_anonymous_ids(store: StateStore) -> 
     assert store.stats()["held"] == 2
 
 
+def payloads(entries: Any) -> tuple[bytes, ...]:
+    return tuple(e.payload for e in entries)
+
+
 def test_hold_returns_the_person_once_named(store: StateStore) -> None:
     store.link([("anonymous_id", "anon")])
     assert store.hold("anon", b"p1", now=1.0) is None
     result = store.link([("email", "a@x.io"), ("anonymous_id", "anon")])
-    assert result.released == (b"p1",)
+    assert payloads(result.released) == (b"p1",)
+    assert [e.anonymous_id for e in result.released] == ["anon"]
 
     person = store.hold("anon", b"p2", now=2.0)
     assert person is not None and person.id == result.person.id and person.named
+    assert store.held_count() == 1, "released, but stored until it is settled"
+    store.settle_held([e.id for e in result.released])
     assert store.held_count() == 0
     assert store.held_bytes() == 0
 
@@ -173,10 +180,30 @@ def test_naming_releases_held_payloads_oldest_first_exactly_once(store: StateSto
     assert store.link([("anonymous_id", "a1"), ("anonymous_id", "a2")]).released == ()
 
     result = store.link([("external_id", "u1"), ("anonymous_id", "a1")])
-    assert result.released == (b"first", b"second", b"third")
+    assert payloads(result.released) == (b"first", b"second", b"third")
     assert store.link([("external_id", "u1"), ("anonymous_id", "a2")]).released == ()
+    store.settle_held([e.id for e in result.released])
     assert store.held_count() == 1
     assert store.held_bytes() == len(b"stays")
+
+
+def test_a_release_stays_leased_until_settled_and_is_reclaimed_when_its_lease_runs_out(
+    store: StateStore,
+) -> None:
+    """A crash after the release must not lose the held call: it comes back once its lease
+    (longer than any delivery) has run out, and only then."""
+    store.hold("anon", b"held", now=1.0)
+    [entry] = store.link([("email", "a@x.io"), ("anonymous_id", "anon")], now=100.0).released
+    assert store.link([("email", "a@x.io"), ("anonymous_id", "anon")], now=101.0).released == ()
+    assert store.reclaim_held(now=100.0 + store.lease_seconds - 1) == []
+    [again] = store.reclaim_held(now=100.0 + store.lease_seconds)
+    assert (again.id, again.payload, again.anonymous_id) == (entry.id, b"held", "anon")
+    assert store.reclaim_held(now=100.0 + store.lease_seconds + 1) == [], "leased again"
+    store.settle_held([entry.id])
+    assert store.reclaim_held(now=1e12) == []
+    assert store.held_count() == 0 and store.held_bytes() == 0
+    store.settle_held([entry.id])  # settling twice is harmless
+    assert store.held_bytes() == 0
 
 
 def test_folding_an_anonymous_person_into_a_named_one_releases(store: StateStore) -> None:
@@ -184,20 +211,24 @@ def test_folding_an_anonymous_person_into_a_named_one_releases(store: StateStore
     store.link([("anonymous_id", "device"), ("anonymous_id", "device-2")])
     store.hold("device-2", b"x", now=1.0)
     result = store.link([("anonymous_id", "known"), ("anonymous_id", "device")])
-    assert result.released == (b"x",)
-    assert store.held_count() == 0
+    assert payloads(result.released) == (b"x",)
 
 
-def test_expire_held_removes_only_old_payloads_oldest_first(store: StateStore) -> None:
+def test_expire_held_drops_or_leases_only_old_payloads_oldest_first(store: StateStore) -> None:
     store.hold("a", b"a1", now=1.0)
     store.hold("b", b"b2", now=2.0)
     store.hold("a", b"a3", now=3.0)
-    assert store.expire_held(older_than=2.5, limit=1) == [("a", b"a1")]
-    assert store.expire_held(older_than=2.5) == [("b", b"b2")]
+    store.hold("c", b"c4", now=1.5)
+    [dropped] = store.expire_held(older_than=2.5, limit=1)
+    assert (dropped.anonymous_id, dropped.payload) == ("a", b"a1")
+    [sent] = store.expire_held(older_than=2.5, limit=1, lease_until=50.0)
+    assert (sent.anonymous_id, sent.payload) == ("c", b"c4")
+    assert payloads(store.expire_held(older_than=2.5)) == (b"b2",)
     assert store.expire_held(older_than=2.5) == []
-    assert store.held_count() == 1
-    assert store.held_bytes() == 2
-    assert store.link([("email", "a@x.io"), ("anonymous_id", "a")]).released == (b"a3",)
+    assert store.held_count() == 2, "the leased one stays until settled"
+    assert store.held_bytes() == 4
+    assert payloads(store.reclaim_held(now=50.0)) == (b"c4",)
+    assert payloads(store.link([("email", "a@x.io"), ("anonymous_id", "a")]).released) == (b"a3",)
 
 
 # dedup ------------------------------------------------------------------------------------
@@ -319,7 +350,7 @@ def _link_all(url: str, count: int, start: Any, out: Any) -> None:
     released: list[bytes] = []
     for j in reversed(range(count)):  # meets the holder mid-way: both outcomes happen
         ids: list[Identifier] = [("email", f"p{j % 4}@x.io"), ("anonymous_id", f"race{j}")]
-        released += store.link(ids).released
+        released += [e.payload for e in store.link(ids).released]
     store.close()
     out.put(("link", released))
 
@@ -372,7 +403,7 @@ def test_hold_racing_link_never_strands_a_payload(clean_redis_url: str) -> None:
     assert {int(p[1:]) for p in released} | set(named) == set(range(count))  # nothing lost
     store = open_store(clean_redis_url)
     try:
-        assert store.held_count() == 0
-        assert store.held_bytes() == 0
+        assert store.held_count() == len(released), "released ones stay until settled"
+        assert store.reclaim_held(now=0.0) == []
     finally:
         store.close()

@@ -37,8 +37,9 @@ async def test_a_slow_klaviyo_pauses_consumption_and_pending_records_stay_bounde
 
             async def sample() -> None:
                 while True:
-                    pending.append(service._tracker.pending)
-                    paused.append(service._source is not None and service._source.paused)
+                    ledger, consumer = service._ledger, service._consumer
+                    pending.append(ledger.pending if ledger is not None else 0)
+                    paused.append(consumer is not None and consumer.paused)
                     await asyncio.sleep(0)  # after every step of the loop
 
             sampler = asyncio.create_task(sample())

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from pydantic import SecretStr
 
-from stream.batch import Batch, Batcher, Item
-from stream.calls import Source
+from stream.batch import Batch, Item, Lane
+from stream.calls import Record
 from stream.deliver import Deliverer
 from stream.klaviyo.client import KlaviyoClient
 from stream.klaviyo.governor import Governor
@@ -21,8 +20,7 @@ BATCHES = 300  # two steady windows
 
 
 def event_batches(count: int, size: int = 2) -> list[Batch]:
-    batcher = Batcher(max_events=size)
-    batches: list[Batch] = []
+    lane = Lane("events", max_items=size)
     for n in range(count * size):
         event = {
             "properties": {"n": n},
@@ -30,31 +28,23 @@ def event_batches(count: int, size: int = 2) -> list[Batch]:
             "unique_id": f"m-{n}",
             "metric": {"data": {"type": "metric", "attributes": {"name": "Viewed Product"}}},
         }
-        item = Item("events", {"email": f"p{n % 50}@example.com"}, event, [Source("t", 0, n)])
-        batches += batcher.add(item)
-    return batches
+        item = Item("events", {"email": f"p{n % 50}@example.com"}, event, [Record("t", 0, n)])
+        lane.add(item)
+    return lane.drain()
 
 
 async def test_governed_bulk_requests_stay_within_burst_and_steady_limits() -> None:
-    delivered: list[bool] = []
-
-    async def dead_letter(*args: Any) -> None:
-        raise AssertionError(f"dead-lettered: {args[1]}")
-
     config = SandboxConfig(time_scale=TIME_SCALE)
     async with SandboxServer(config) as sandbox:
         client = KlaviyoClient(sandbox.url, SecretStr(SANDBOX_API_KEY), "2026-07-15")
         async with client:
             deliverer = Deliverer(
-                client,
-                lambda sources, ok: delivered.extend([ok] * len(sources)),
-                dead_letter,
-                max_in_flight=8,
-                governor=Governor(time_scale=TIME_SCALE),
+                client, max_in_flight=8, governor=Governor(time_scale=TIME_SCALE)
             )
-            await asyncio.gather(*(deliverer.send(b) for b in event_batches(BATCHES)))
+            settled = await asyncio.gather(*(deliverer.send(b) for b in event_batches(BATCHES)))
         stats = await sandbox_get(sandbox.url, "/sandbox/stats")
-    assert delivered == [True] * BATCHES * 2
+    assert [f.error for s in settled for f in s.failed] == []
+    assert sum(len(s.delivered) for s in settled) == BATCHES * 2
     answered = stats["requests"]["POST /api/event-bulk-create-jobs"]
     total = sum(answered.values())
     # every 429 is a window the governor overran: at most 1 % of requests

@@ -1,0 +1,72 @@
+"""One factory for the pipeline's parts, so `run` and `test-event` build them alike.
+
+Everything here is decided by the settings alone: the routing, transformation and HIPAA
+rules (checked now: a mistake stops the start with one line), the identity resolver over a
+state store, the Klaviyo client and its rate-limit governor, and the dead-letter writer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.deadletter import DeadLetters
+from stream.decode import Decoder
+from stream.hipaa import dead_letter_redactor
+from stream.identity import IdentityResolver
+from stream.klaviyo.client import KlaviyoClient
+from stream.klaviyo.governor import Governor
+from stream.process import Processor
+from stream.route import router_from_settings
+from stream.settings import Settings, kafka_client_config
+from stream.state import StateStore
+from stream.transform import Transformer, transformer_from_settings
+
+
+def build_processor(
+    settings: Settings, store: StateStore, transformer: Transformer | None = None
+) -> Processor:
+    """Route → transform (rules, then HIPAA) → identity → map, as the settings describe."""
+    return Processor(
+        router_from_settings(settings),
+        IdentityResolver(
+            store,
+            email_first=settings.use_email_as_identifier,
+            cache_seconds=settings.identity_cache_seconds,
+        ),
+        settings.phone_default_region,
+        transformer if transformer is not None else transformer_from_settings(settings),
+    )
+
+
+def build_client(settings: Settings, **overrides: Any) -> KlaviyoClient:
+    """The Klaviyo client: server mode with the private key, client mode with the public key."""
+    options: dict[str, Any] = {
+        "timeout": settings.klaviyo_timeout_seconds,
+        "max_connections": settings.klaviyo_max_connections,
+        "public_key": settings.klaviyo_public_key if settings.klaviyo_mode == "client" else None,
+    }
+    options.update(overrides)
+    return KlaviyoClient(
+        settings.klaviyo_base_url, settings.klaviyo_api_key, settings.klaviyo_revision, **options
+    )
+
+
+def build_governor(settings: Settings) -> Governor:
+    """Klaviyo's rate limits times this replica's share (none against an unlimited sandbox)."""
+    return Governor(
+        None if settings.klaviyo_rate_governor else {},
+        share=settings.klaviyo_rate_share,
+        time_scale=settings.klaviyo_rate_time_scale,
+    )
+
+
+def build_dead_letters(
+    settings: Settings, decoder: Decoder, transformer: Transformer
+) -> DeadLetters:
+    """The dead-letter writer; in HIPAA mode it writes a redacted copy unless told otherwise."""
+    redact = settings.hipaa_mode and not settings.hipaa_dlq_keep_original
+    return DeadLetters(
+        kafka_client_config(settings),
+        settings.dlq_topic,
+        dead_letter_redactor(decoder.decode, transformer) if redact else None,
+    )
