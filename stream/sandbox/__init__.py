@@ -4,8 +4,9 @@ Used as the test double for Klaviyo, the demo sink, and a target for staging dep
 validates requests against the vendored official OpenAPI slices (`openapi/`, MIT), answers
 with Klaviyo's JSON:API errors, enforces per-endpoint burst/steady rate limits with the real
 headers, refuses repeated `unique_id`s, keeps profile identity (email / phone_number /
-external_id unique, 409 `duplicate_profile`), merges profiles, runs bulk import jobs, and can
-inject faults. `/sandbox/*` endpoints expose what it received and holds.
+external_id unique, 409 `duplicate_profile`), queues profile merges and applies them a moment
+later (as Klaviyo's asynchronous merge task does), runs bulk import jobs, and can inject
+faults. `/sandbox/*` endpoints expose what it received and holds.
 
     async with SandboxServer(SandboxConfig()) as sb:   # on the current loop
         ...sb.url, sb.store

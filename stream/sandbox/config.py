@@ -19,6 +19,9 @@ class SandboxConfig:
     `time_scale` shrinks every rate-limit window (0.1 → a 1 s burst window lasts 0.1 s) so
     benchmarks can exercise throttling quickly. `fault_rate` is the share of API requests
     answered with a 500, 503, 429 or a dropped connection instead of being served.
+
+    `merge_delay_seconds`: Klaviyo's profile-merge only queues a task; the sandbox applies it
+    this long after the 201 (0: on the next turn of the event loop, still after the answer).
     """
 
     host: str = "127.0.0.1"
@@ -31,6 +34,7 @@ class SandboxConfig:
     fault_seed: int | None = None
     request_log_limit: int = 100_000
     openapi_dir: Path = field(default=OPENAPI_DIR)
+    merge_delay_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.api_keys:
@@ -41,5 +45,7 @@ class SandboxConfig:
             raise ValueError("SandboxConfig.fault_rate must be within [0, 1]")
         if self.request_log_limit < 0:
             raise ValueError("SandboxConfig.request_log_limit must be >= 0")
+        if not 0 <= self.merge_delay_seconds <= 3600:
+            raise ValueError("SandboxConfig.merge_delay_seconds must be within [0, 3600]")
         if not Path(self.openapi_dir).is_dir():
             raise ValueError(f"SandboxConfig.openapi_dir: {self.openapi_dir} is not a directory")

@@ -6,13 +6,15 @@ turn fault injection up or down while the service runs.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .resources import event_snapshot, profile_snapshot
+from .resources import event_snapshot, merge_snapshot, profile_snapshot
 from .state import Sandbox
+from .tasks import APPLIED, PENDING, SKIPPED
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -49,6 +51,19 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         ]
         return _json({"events": found})
 
+    async def merges(request: web.Request) -> web.Response:
+        """GET /sandbox/merges: every requested merge, oldest first, and its status."""
+        tasks = sandbox.store.merge_tasks
+        counts = Counter(task.status for task in tasks)
+        return _json(
+            {
+                "merges": [merge_snapshot(task) for task in tasks],
+                "pending": counts[PENDING],
+                "applied": counts[APPLIED],
+                "skipped": counts[SKIPPED],
+            }
+        )
+
     async def stats(request: web.Request) -> web.Response:
         """GET /sandbox/stats: request counts per endpoint and status, and the other counters."""
         store = sandbox.store
@@ -58,6 +73,7 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
                 "requests_total": sandbox.log.seq,
                 "refused_duplicates": store.refused_duplicates,
                 "merges": store.merges,
+                "pending_merges": sum(t.status == PENDING for t in store.merge_tasks),
                 "throttled": sandbox.stats.throttled,
                 "faults": dict(sandbox.stats.faults),
                 "fault_rate": sandbox.faults.rate,
@@ -100,6 +116,7 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
     return [
         web.get("/sandbox/profiles", profiles),
         web.get("/sandbox/events", events),
+        web.get("/sandbox/merges", merges),
         web.get("/sandbox/stats", stats),
         web.get("/sandbox/requests", requests),
         web.post("/sandbox/reset", reset),

@@ -223,21 +223,3 @@ class ProfileBook:
         profile = self.profiles[matches[0][1]] if matches else self._create()
         self._apply(profile, data, only_free=True)
         return profile
-
-    # queries -------------------------------------------------------------------------------
-
-    def find_profiles(self, name: str, values: list[str]) -> list[Profile]:
-        """Live profiles whose `name` (id or identifier) equals one of `values`."""
-        found: list[Profile] = []
-        for value in values:
-            if name == "id":
-                pid = value if value in self.profiles else None
-            elif name == "_kx":
-                pid = next(
-                    (p.id for p in self.profiles.values() if p.attributes.get("_kx") == value), None
-                )
-            else:
-                pid = self.owner(name, value)
-            if pid is not None and self.profiles[pid] not in found:
-                found.append(self.profiles[pid])
-        return found

@@ -7,6 +7,7 @@ from typing import Any
 
 from .profiles import LOCATION_KEYS, STANDARD, Profile
 from .store import Event, ImportJob
+from .tasks import MergeTask
 
 _PUBLIC = (
     "email",
@@ -98,3 +99,8 @@ def profile_snapshot(profile: Profile) -> dict[str, Any]:
 def event_snapshot(event: Event) -> dict[str, Any]:
     """A stored event (GET /sandbox/events)."""
     return asdict(event)
+
+
+def merge_snapshot(task: MergeTask) -> dict[str, Any]:
+    """A requested merge and what became of it (GET /sandbox/merges)."""
+    return asdict(task)

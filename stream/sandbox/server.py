@@ -53,7 +53,8 @@ class SandboxServer:
         return self.url
 
     async def stop(self) -> None:
-        """Stop serving and close every connection."""
+        """Stop serving and close every connection; queued merges are dropped."""
+        self.sandbox.scheduler.cancel_all()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

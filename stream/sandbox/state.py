@@ -5,12 +5,15 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from .config import SandboxConfig
 from .ratelimit import RateLimiter
 from .spec import Operation, load_operations
 from .store import Store
+from .tasks import MergeTask, Scheduler
 
 FAULT_KINDS = ("500", "503", "429", "drop", "drop_after")
 _FAULT_WEIGHTS = (1.0, 1.0, 1.0, 0.5, 0.5)
@@ -73,7 +76,8 @@ class RequestLog:
 
 
 class Sandbox:
-    """The running sandbox: config, OpenAPI operations, store, limiter, faults, stats, log."""
+    """The running sandbox: config, OpenAPI operations, store, limiter, faults, stats, log,
+    and the scheduler of its asynchronous tasks (merges)."""
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
@@ -83,9 +87,19 @@ class Sandbox:
         self.faults = FaultInjector(config.fault_rate, config.fault_seed)
         self.stats = Stats()
         self.log = RequestLog(config.request_log_limit)
+        self.scheduler = Scheduler()
+
+    def queue_merge(self, destination_id: str, source_id: str) -> MergeTask:
+        """Queue a merge (see `Store.queue_merge`) and apply it after `merge_delay_seconds`."""
+        delay = self.config.merge_delay_seconds
+        due = datetime.now(UTC) + timedelta(seconds=delay)
+        task = self.store.queue_merge(destination_id, source_id, due)
+        self.scheduler.later(delay, partial(self.store.apply_merge, task))
+        return task
 
     def reset(self) -> None:
-        """Back to the state right after start-up (fault rate included)."""
+        """Back to the state right after start-up (fault rate included); queued tasks dropped."""
+        self.scheduler.cancel_all()
         self.store.reset()
         self.limiter.reset()
         self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed)

@@ -1,4 +1,4 @@
-"""The sandbox's account: events, merges and profile import jobs on top of the profile book.
+"""The sandbox's account: events, queued merges and import jobs on top of the profile book.
 
 All methods are synchronous and run on the event loop thread, so each call is atomic: a
 bulk request either changes nothing (it raises before the first write) or is fully applied.
@@ -20,6 +20,7 @@ from .profiles import (
     norm,
 )
 from .stamps import iso, new_id
+from .tasks import APPLIED, PENDING, SKIPPED, MergeTask
 from .validation import parse_time
 
 _UTC_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\+00:00")
@@ -100,7 +101,8 @@ class Store(ProfileBook):
         self.event_keys: dict[str, set[tuple[str, str]]] = {}
         self.jobs: dict[str, ImportJob] = {}
         self.refused_duplicates = 0
-        self.merges = 0
+        self.merges = 0  # applied merges
+        self.merge_tasks: list[MergeTask] = []
 
     # events --------------------------------------------------------------------------------
 
@@ -206,51 +208,76 @@ class Store(ProfileBook):
 
     # merges --------------------------------------------------------------------------------
 
-    def merge(self, destination_id: str, source_ids: list[str]) -> Profile:
-        """Fold sources into the destination: fill its gaps, move events, delete the sources.
+    def queue_merge(self, destination_id: str, source_id: str, due: datetime) -> MergeTask:
+        """Check a merge request and queue it; `apply_merge` carries it out later.
 
-        Raises ProfileNotFound for an unknown id and ValueError if a source is the destination.
+        The destination may be a merged id (it resolves to its live profile); the source must
+        be a live profile, since a merge deletes its source. Raises ProfileNotFound for an
+        unknown or gone id and ValueError when the source is the destination.
         """
         dest_id = self.canonical_id(destination_id)
         if dest_id is None:
             raise ProfileNotFound(destination_id)
-        sources: list[str] = []
-        for source_id in source_ids:
-            live = self.canonical_id(source_id)
-            if live is None:
-                raise ProfileNotFound(source_id)
-            if live == dest_id:
-                raise ValueError(f"profile {source_id} is the destination profile")
-            if live not in sources:
-                sources.append(live)
+        if source_id not in self.profiles:
+            raise ProfileNotFound(source_id)
+        if source_id == dest_id:
+            raise ValueError(f"profile {source_id} is the destination profile")
+        now = datetime.now(UTC)
+        task = MergeTask(new_id(), dest_id, source_id, iso(now), iso(max(due, now)))
+        self.merge_tasks.append(task)
+        return task
+
+    def apply_merge(self, task: MergeTask) -> None:
+        """Carry out a queued merge, or mark it skipped when it no longer can be.
+
+        The destination follows merges applied since the request (a chain folds into the
+        last live profile); a source that is gone (merged by an earlier task, or deleted) or
+        that has become the destination is skipped, as a Klaviyo task finding nothing to do.
+        """
+        if task.status != PENDING:
+            return
+        task.applied_at = iso(datetime.now(UTC))
+        dest_id = self.canonical_id(task.destination_id)
+        if task.source_id not in self.profiles:
+            task.status, task.note = SKIPPED, "the source profile no longer exists"
+        elif dest_id is None:
+            task.status, task.note = SKIPPED, "the destination profile no longer exists"
+        elif dest_id == task.source_id:
+            task.status, task.note = SKIPPED, "the source has become the destination"
+        else:
+            self._fold(dest_id, task.source_id)
+            task.status = APPLIED
+            if dest_id != task.destination_id:
+                task.note = f"destination {task.destination_id} had been merged into {dest_id}"
+
+    def _fold(self, dest_id: str, source_id: str) -> None:
+        """Fold one live profile into another: fill gaps, move events, delete the source."""
         dest = self.profiles[dest_id]
-        for source_id in sources:
-            source = self.profiles.pop(source_id)
-            inherited = dict(source.attributes)
-            for name in IDENTIFIERS:
-                if source.attributes.get(name) is not None:
-                    self._set_identifier(source, name, None)
-            for name, value in inherited.items():
-                if value is not None and dest.attributes.get(name) is None:
-                    if name in IDENTIFIERS:
-                        self._set_identifier(dest, name, value)
-                    else:
-                        dest.attributes[name] = value
-            for key, value in source.location.items():
-                dest.location.setdefault(key, value)
-            for key, value in source.properties.items():
-                dest.properties.setdefault(key, value)
-            for event in self.events:
-                if event.profile_id == source_id:
-                    event.profile_id = dest_id
-            self.event_keys.setdefault(dest_id, set()).update(self.event_keys.pop(source_id, set()))
-            if source.last_event_date and (dest.last_event_date or "") < source.last_event_date:
-                dest.last_event_date = source.last_event_date
-            dest.merged_ids.extend([source_id, *source.merged_ids])
-            self.merged_into[source_id] = dest_id
-            self.merges += 1
+        source = self.profiles.pop(source_id)
+        inherited = dict(source.attributes)
+        for name in IDENTIFIERS:
+            if source.attributes.get(name) is not None:
+                self._set_identifier(source, name, None)
+        for name, value in inherited.items():
+            if value is not None and dest.attributes.get(name) is None:
+                if name in IDENTIFIERS:
+                    self._set_identifier(dest, name, value)
+                else:
+                    dest.attributes[name] = value
+        for key, value in source.location.items():
+            dest.location.setdefault(key, value)
+        for key, value in source.properties.items():
+            dest.properties.setdefault(key, value)
+        for event in self.events:
+            if event.profile_id == source_id:
+                event.profile_id = dest_id
+        self.event_keys.setdefault(dest_id, set()).update(self.event_keys.pop(source_id, set()))
+        if source.last_event_date and (dest.last_event_date or "") < source.last_event_date:
+            dest.last_event_date = source.last_event_date
+        dest.merged_ids.extend([source_id, *source.merged_ids])
+        self.merged_into[source_id] = dest_id
+        self.merges += 1
         dest.updated = iso(datetime.now(UTC))
-        return dest
 
     # bulk import jobs ----------------------------------------------------------------------
 

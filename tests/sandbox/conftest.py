@@ -116,3 +116,22 @@ async def inspect(http: aiohttp.ClientSession, base: str, what: str) -> Any:
     async with http.get(f"{base}/sandbox/{what}") as r:
         assert r.status == 200
         return await r.json()
+
+
+async def create(http: aiohttp.ClientSession, base: str, **attributes: Any) -> str:
+    """Create a profile through POST /api/profile-import; returns its id."""
+    status, body, _ = await post(http, f"{base}/api/profile-import", upsert(**attributes))
+    assert status == 201, body
+    return str(body["data"]["id"])
+
+
+def merge_body(destination: str, *sources: str) -> dict[str, Any]:
+    """A POST /api/profile-merge body."""
+    related = [{"type": "profile", "id": source} for source in sources]
+    return {
+        "data": {
+            "type": "profile-merge",
+            "id": destination,
+            "relationships": {"profiles": {"data": related}},
+        }
+    }
