@@ -7,13 +7,18 @@ turn fault injection up or down while the service runs.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .resources import event_snapshot, merge_snapshot, profile_snapshot
+from .consent import PENDING as CONSENT_PENDING
+from .resources import event_snapshot, list_snapshot, merge_snapshot, profile_snapshot
+from .stamps import iso
 from .state import Sandbox
+from .subscriptions import confirm as confirm_opt_in
 from .tasks import APPLIED, PENDING, SKIPPED
 
 
@@ -28,14 +33,76 @@ def _bad(detail: str) -> web.Response:
 def routes(sandbox: Sandbox) -> list[web.RouteDef]:
     """The /sandbox/ routes bound to `sandbox`."""
 
+    def memberships() -> dict[str, list[str]]:
+        """Profile id → ids of the lists it is on."""
+        found: dict[str, list[str]] = {}
+        for mailing_list in sandbox.store.lists.values():
+            for member in mailing_list.members:
+                found.setdefault(member, []).append(mailing_list.id)
+        return found
+
     async def profiles(request: web.Request) -> web.Response:
-        """GET /sandbox/profiles: every live profile and the ids merged into it."""
+        """GET /sandbox/profiles: every live profile with its consent, suppressions and lists,
+        and the ids merged into each."""
+        on = memberships()
         return _json(
             {
-                "profiles": [profile_snapshot(p) for p in sandbox.store.profiles.values()],
+                "profiles": [
+                    profile_snapshot(p, on.get(p.id, [])) for p in sandbox.store.profiles.values()
+                ],
                 "merged_into": dict(sandbox.store.merged_into),
             }
         )
+
+    async def lists(request: web.Request) -> web.Response:
+        """GET /sandbox/lists: every list with its members and pending double opt-ins."""
+        waiting: dict[str, list[str]] = {}
+        for profile in sandbox.store.profiles.values():
+            for consent in profile.consents.values():
+                if consent.state == CONSENT_PENDING and consent.list_id:
+                    ids = waiting.setdefault(consent.list_id, [])
+                    if profile.id not in ids:
+                        ids.append(profile.id)
+        return _json(
+            {
+                "lists": [
+                    list_snapshot(m, waiting.get(m.id, [])) for m in sandbox.store.lists.values()
+                ]
+            }
+        )
+
+    async def deleted(request: web.Request) -> web.Response:
+        """GET /sandbox/deleted: profiles removed by data-privacy deletion, and every deletion
+        request (pending or applied) with the profile ids it removed."""
+        store = sandbox.store
+        return _json(
+            {
+                "deleted": [asdict(d) for d in store.deleted],
+                "deletions": [asdict(t) for t in store.deletion_tasks],
+                "pending": sum(t.status == PENDING for t in store.deletion_tasks),
+            }
+        )
+
+    async def consent_jobs(request: web.Request) -> web.Response:
+        """GET /sandbox/consent-jobs: subscribe, unsubscribe, suppress and unsuppress requests
+        and what each did to every profile it named."""
+        return _json({"jobs": [asdict(job) for job in sandbox.store.consent_jobs]})
+
+    async def confirm(request: web.Request) -> web.Response:
+        """POST /sandbox/confirm {"profile_id": ..., "channel": "email"|"sms"}: the person
+        clicks the double opt-in link (or replies YES): pending consent becomes subscribed."""
+        try:
+            asked = orjson.loads(await request.read())
+            profile_id, channel = asked["profile_id"], asked["channel"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return _bad('body must be {"profile_id": "...", "channel": "email" or "sms"}')
+        live = sandbox.store.canonical_id(str(profile_id))
+        if live is None or channel not in ("email", "sms"):
+            return _bad("unknown profile_id, or channel is not email or sms")
+        now = iso(datetime.now(UTC))
+        if not confirm_opt_in(sandbox.store, sandbox.store.profiles[live], channel, now):
+            return _json({"errors": [{"status": 409, "detail": "nothing pending"}]}, 409)
+        return _json({"confirmed": True, "profile_id": live, "channel": channel})
 
     async def events(request: web.Request) -> web.Response:
         """GET /sandbox/events[?profile_id=&metric=]: stored events in arrival order."""
@@ -80,6 +147,10 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
                 "profiles": len(store.profiles),
                 "events": len(store.events),
                 "import_jobs": len(store.jobs),
+                "lists": len(store.lists),
+                "consent_jobs": len(store.consent_jobs),
+                "deleted_profiles": len(store.deleted),
+                "pending_deletions": sum(t.status == PENDING for t in store.deletion_tasks),
             }
         )
 
@@ -117,6 +188,10 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         web.get("/sandbox/profiles", profiles),
         web.get("/sandbox/events", events),
         web.get("/sandbox/merges", merges),
+        web.get("/sandbox/lists", lists),
+        web.get("/sandbox/deleted", deleted),
+        web.get("/sandbox/consent-jobs", consent_jobs),
+        web.post("/sandbox/confirm", confirm),
         web.get("/sandbox/stats", stats),
         web.get("/sandbox/requests", requests),
         web.post("/sandbox/reset", reset),

@@ -15,6 +15,7 @@ from .api import (
     raise_errors,
     with_long_strings,
 )
+from .consent import api_subscriptions
 from .errors import ApiError, ErrorItem, invalid, pointer_of
 from .filters import Condition, FilterSyntaxError, parse_filter
 from .profiles import Profile, ProfileConflict, ProfileNotFound, norm
@@ -53,7 +54,10 @@ async def create_or_update_profile(
 async def bulk_import_profiles(
     request: web.Request, sandbox: Sandbox, body: Any
 ) -> web.StreamResponse:
-    """POST /api/profile-bulk-import-jobs: validate all, then run the job; 202 with the job."""
+    """POST /api/profile-bulk-import-jobs: validate all, then run the job; 202 with the job.
+
+    Profiles the job imports join the related lists (which must exist); no consent changes.
+    """
     root: Path = ("data", "attributes", "profiles", "data")
     profiles = body["data"]["attributes"]["profiles"]["data"]
     entries = [(root + (i,), entry) for i, entry in enumerate(profiles)]
@@ -62,6 +66,11 @@ async def bulk_import_profiles(
     bulk_errors(request, entries, check_profiles, body)
     relationships = body["data"].get("relationships") or {}
     list_ids = [item["id"] for item in (relationships.get("lists") or {}).get("data") or []]
+    for index, list_id in enumerate(list_ids):
+        if list_id not in sandbox.store.lists:
+            pointer = f"/data/relationships/lists/data/{index}/id"
+            item = ErrorItem(404, "not_found", f"List {list_id} does not exist.", pointer=pointer)
+            raise ApiError(404, [item])
     job = sandbox.store.run_import(profiles, list_ids)
     return json_response({"data": job_resource(job, base_url(request), as_created=True)}, 202)
 
@@ -98,7 +107,8 @@ def _page(request: web.Request) -> tuple[int, int]:
     return int(cursor), int(raw_size)
 
 
-def _links(request: web.Request, offset: int, size: int, total: int) -> dict[str, str]:
+def page_links(request: web.Request, offset: int, size: int, total: int) -> dict[str, str]:
+    """JSON:API `links` of one page: self, and next/prev cursors where there are more."""
     url = request.url
     links = {"self": str(request.url)}
     if offset + size < total:
@@ -116,7 +126,7 @@ async def get_errors_for_bulk_import_profiles_job(
     offset, size = _page(request)
     document = {
         "data": job.errors[offset : offset + size],
-        "links": _links(request, offset, size, len(job.errors)),
+        "links": page_links(request, offset, size, len(job.errors)),
     }
     return json_response(document)
 
@@ -224,9 +234,19 @@ async def get_profiles(request: web.Request, sandbox: Sandbox, body: Any) -> web
         profiles = select_profiles(sandbox, text)
     else:
         profiles = list(sandbox.store.profiles.values())
+    extra = request.query.get("additional-fields[profile]", "")
+    wanted = {name for name in extra.split(",") if name}
+    if wanted - {"subscriptions", "predictive_analytics"}:
+        detail = "additional-fields[profile] accepts subscriptions and predictive_analytics."
+        raise invalid(detail, parameter="additional-fields[profile]")
     base = base_url(request)
-    document = {
-        "data": [profile_resource(p, base) for p in profiles[offset : offset + size]],
-        "links": _links(request, offset, size, len(profiles)),
-    }
+    page = []
+    for found in profiles[offset : offset + size]:
+        resource = profile_resource(found, base)
+        if "subscriptions" in wanted:
+            resource["attributes"]["subscriptions"] = api_subscriptions(
+                found.consents, found.suppressions
+            )
+        page.append(resource)
+    document = {"data": page, "links": page_links(request, offset, size, len(profiles))}
     return json_response(document)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .consent import Consent, Suppression
 from .stamps import new_id, now_iso
 from .validation import normalize_email
 
@@ -58,7 +59,8 @@ class ProfileNotFound(Exception):
 
 @dataclass(slots=True)
 class Profile:
-    """One Klaviyo profile; `attributes` holds the standard fields, `properties` custom ones."""
+    """One Klaviyo profile; `attributes` holds the standard fields, `properties` custom ones,
+    `consents` and `suppressions` what it may receive."""
 
     id: str
     created: str
@@ -68,6 +70,8 @@ class Profile:
     properties: dict[str, Any] = field(default_factory=dict)
     last_event_date: str | None = None
     merged_ids: list[str] = field(default_factory=list)
+    consents: dict[str, Consent] = field(default_factory=dict)  # "email.marketing" → consent
+    suppressions: list[Suppression] = field(default_factory=list)  # email only
 
 
 def norm(name: str, value: str) -> str:

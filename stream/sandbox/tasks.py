@@ -1,6 +1,6 @@
 """Klaviyo's asynchronous work: tasks a request queues and the sandbox applies a little later.
 
-A profile merge (and, later, a data-privacy deletion) is answered at once and applied after a
+A profile merge or a data-privacy deletion is answered at once and applied after a
 configurable delay, as Klaviyo's own background tasks are. The `Scheduler` runs them on the
 sandbox's event loop, so a task is atomic with respect to requests, and cancels what is still
 pending on reset or shutdown.
@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger("stream.sandbox")
 
@@ -36,6 +36,23 @@ class MergeTask:
     status: str = PENDING
     applied_at: str | None = None
     note: str | None = None
+
+
+@dataclass(slots=True)
+class DeletionTask:
+    """One `POST /api/data-privacy-deletion-jobs`: delete every profile `kind`=`value` matches.
+
+    `kind` is "id", "email" or "phone_number"; `deleted_ids` fills in when the task runs.
+    """
+
+    id: str
+    kind: str
+    value: str
+    requested_at: str
+    due_at: str
+    status: str = PENDING
+    applied_at: str | None = None
+    deleted_ids: list[str] = field(default_factory=list)
 
 
 class Scheduler:
