@@ -7,7 +7,8 @@ headers, refuses repeated `unique_id`s, keeps profile identity (email / phone_nu
 external_id unique, 409 `duplicate_profile`), queues profile merges and applies them a moment
 later (as Klaviyo's asynchronous merge task does), runs bulk import jobs, keeps consent per
 channel, suppressions and lists, deletes profiles on data-privacy requests, and can inject
-faults. `/sandbox/*` endpoints expose what it received and holds.
+faults. `/sandbox/*` endpoints expose what it received and holds, as JSON or, for a browser,
+as HTML pages (`<url>/sandbox/`).
 
     async with SandboxServer(SandboxConfig()) as sb:   # on the current loop
         ...sb.url, sb.store

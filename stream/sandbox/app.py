@@ -213,7 +213,7 @@ def _endpoint(request: web.Request) -> str:
 @web.middleware
 async def _observe(request: web.Request, handler: Any) -> web.StreamResponse:
     """Count and log every API request; turn router errors and crashes into JSON:API errors."""
-    if request.path.startswith("/sandbox/"):
+    if request.path == "/sandbox" or request.path.startswith("/sandbox/"):
         response: web.StreamResponse = await handler(request)
         return response
     sandbox = request.app[SANDBOX]

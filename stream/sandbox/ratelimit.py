@@ -105,3 +105,22 @@ class RateLimiter:
             reset=max(0, math.ceil(steady.reset_in(now))),
             retry_after=max(1, math.ceil(wait)),
         )
+
+    def state(self) -> dict[str, list[dict[str, float | int | str]]]:
+        """Each endpoint's windows now: name, used, limit, seconds to reset (for inspection)."""
+        now = self._clock()
+        out: dict[str, list[dict[str, float | int | str]]] = {}
+        for endpoint, windows in self._windows.items():
+            rows: list[dict[str, float | int | str]] = []
+            for name, window in zip(("burst", "steady", "daily"), windows, strict=False):
+                window.roll(now)
+                rows.append(
+                    {
+                        "window": name,
+                        "used": window.count,
+                        "limit": window.limit,
+                        "resets_in": round(window.reset_in(now), 3),
+                    }
+                )
+            out[endpoint] = rows
+        return out

@@ -154,4 +154,5 @@ async def _run_forever(config: SandboxConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     async with SandboxServer(config) as server:
         print(f"Klaviyo sandbox at {server.url}", flush=True)
+        print(f"sandbox pages (open in a browser): {server.url}/sandbox/", flush=True)
         await stopping.wait()
