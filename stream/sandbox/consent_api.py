@@ -250,9 +250,7 @@ async def bulk_unsubscribe_profiles(
                     targets.append((store.profiles[owner] if owner else None, mine))
         for profile, mine in targets:
             if profile is not None:
-                job.record(
-                    index, profile.id, unsubscribe(store, profile, mine, mailing_list, stamp)
-                )
+                job.record(index, profile.id, unsubscribe(profile, mine, mailing_list, stamp))
     store.consent_jobs.append(job)
     return accepted()
 

@@ -127,7 +127,6 @@ def confirm(store: Store, profile: Profile, channel: str, now: str) -> bool:
 
 
 def unsubscribe(
-    store: Store,
     profile: Profile,
     topics: list[str],
     mailing_list: MailingList | None,

@@ -470,3 +470,23 @@ def test_consent_settings_are_validated() -> None:
         SandboxConfig(default_opt_in_process="triple")
     with pytest.raises(ValueError, match="lists"):
         SandboxConfig(lists=(SeedList("A", "x"), SeedList("A", "y")))
+
+
+async def test_unsubscribe_naming_two_profiles_withdraws_each_channel_from_its_owner(
+    account: SandboxServer, http: aiohttp.ClientSession
+) -> None:
+    base = account.url
+    both = consenting("ada@example.com", channels=("email",))
+    await post(http, f"{base}{SUBSCRIBE}", consent_job("create", both))
+    phone = consenting(phone_number="+14155552671", channels=("sms",))
+    await post(http, f"{base}{SUBSCRIBE}", consent_job("create", phone))
+    body = consent_job(
+        "delete", withdrawing("ada@example.com", "+14155552671", channels=("email", "sms"))
+    )
+    assert (await post(http, f"{base}{UNSUBSCRIBE}", body))[0] == 202
+    by_email = await profile_of(http, base, email="ada@example.com")
+    by_phone = await profile_of(http, base, phone_number="+14155552671")
+    assert by_email["id"] != by_phone["id"]  # not merged by an unsubscribe
+    assert by_email["consent"]["email.marketing"]["state"] == "unsubscribed"
+    assert by_phone["consent"]["sms.marketing"]["state"] == "unsubscribed"
+    assert by_phone["attributes"]["email"] is None
