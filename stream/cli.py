@@ -141,7 +141,7 @@ async def _report_sandbox(url: str, every: float = 2.0) -> None:
             if now != last:
                 print(
                     f"sandbox: {now[0]} profiles, {now[1]} events "
-                    f"(see {url}/sandbox/profiles and {url}/sandbox/events)",
+                    f"(see {url}/sandbox/ in a browser)",
                     flush=True,
                 )
                 last = now
@@ -163,6 +163,7 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
             f"local Kafka at {kafka.bootstrap_servers}; Klaviyo sandbox at {sandbox.url}",
             flush=True,
         )
+        print(f"sandbox pages (open in a browser): {sandbox.url}/sandbox/", flush=True)
         update: dict[str, object] = {
             "kafka_bootstrap_servers": kafka.bootstrap_servers,
             "klaviyo_base_url": sandbox.url,

@@ -18,9 +18,9 @@ from stream.calls import Call
 from stream.errors import MappingError
 from stream.identifiers import Identifiers
 
-MAX_METRIC_NAME = 128
+MAX_METRIC_NAME = 127  # Klaviyo's spec: a metric name "Must be less than 128 characters."
 MAX_PROPERTIES = 400
-EARLIEST_EVENT = datetime(1990, 1, 1, tzinfo=UTC)
+EARLIEST_EVENT = datetime(1991, 1, 1, tzinfo=UTC)  # the spec: "after the year 1990"
 
 # trait key → Klaviyo profile attribute; identifiers are handled by stream.identifiers
 PROFILE_TRAITS: dict[str, str] = {
@@ -52,7 +52,7 @@ def event_time(timestamp: str) -> str:
         text = timestamp[:19] + "+00:00"
         earliest, latest = _window()
         if text < earliest:
-            raise MappingError(f"timestamp {timestamp!r} is before 1990")
+            raise MappingError(f"timestamp {timestamp!r} is in or before 1990")
         if text > latest:
             raise MappingError(f"timestamp {timestamp!r} is more than a year ahead")
         return text
@@ -60,7 +60,7 @@ def event_time(timestamp: str) -> str:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC).replace(microsecond=0)
     if moment < EARLIEST_EVENT:
-        raise MappingError(f"timestamp {timestamp!r} is before 1990")
+        raise MappingError(f"timestamp {timestamp!r} is in or before 1990")
     if moment > datetime.fromisoformat(_window()[1]):
         raise MappingError(f"timestamp {timestamp!r} is more than a year ahead")
     return moment.isoformat()
@@ -71,7 +71,7 @@ _latest: tuple[float, str] = (-1e9, _EARLIEST_TEXT)
 
 
 def _window() -> tuple[str, str]:
-    """Klaviyo's accepted event times as UTC text, 1990 to now + 1 year (text of one format
+    """Klaviyo's accepted event times as UTC text, 1991 to now + 1 year (text of one format
     compares like time). The clock is read at most once a minute: this runs per record."""
     global _latest
     checked, latest = _latest

@@ -4,8 +4,11 @@ Used as the test double for Klaviyo, the demo sink, and a target for staging dep
 validates requests against the vendored official OpenAPI slices (`openapi/`, MIT), answers
 with Klaviyo's JSON:API errors, enforces per-endpoint burst/steady rate limits with the real
 headers, refuses repeated `unique_id`s, keeps profile identity (email / phone_number /
-external_id unique, 409 `duplicate_profile`), merges profiles, runs bulk import jobs, and can
-inject faults. `/sandbox/*` endpoints expose what it received and holds.
+external_id unique, 409 `duplicate_profile`), queues profile merges and applies them a moment
+later (as Klaviyo's asynchronous merge task does), runs bulk import jobs, keeps consent per
+channel, suppressions and lists, deletes profiles on data-privacy requests, and can inject
+faults. `/sandbox/*` endpoints expose what it received and holds, as JSON or, for a browser,
+as HTML pages (`<url>/sandbox/`).
 
     async with SandboxServer(SandboxConfig()) as sb:   # on the current loop
         ...sb.url, sb.store
@@ -15,7 +18,7 @@ inject faults. `/sandbox/*` endpoints expose what it received and holds.
 """
 
 from .app import create_app
-from .config import SandboxConfig
+from .config import SandboxConfig, SeedList
 from .server import SandboxServer, SandboxThread, run
 
-__all__ = ["SandboxConfig", "SandboxServer", "SandboxThread", "create_app", "run"]
+__all__ = ["SandboxConfig", "SandboxServer", "SandboxThread", "SeedList", "create_app", "run"]

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import api, profile_api
+from . import api, consent_api, list_api, privacy_api, profile_api
 from .api import SCHEMA_ERRORS, STRINGS_FIT, Handler, json_response
 from .config import SandboxConfig
 from .errors import ApiError, ErrorItem, invalid
@@ -53,6 +53,16 @@ HANDLERS: dict[str, tuple[Handler, int]] = {
     ),
     "merge_profiles": (profile_api.merge_profiles, 0),
     "get_profiles": (profile_api.get_profiles, 0),
+    "bulk_subscribe_profiles": (consent_api.bulk_subscribe_profiles, 5),
+    "bulk_unsubscribe_profiles": (consent_api.bulk_unsubscribe_profiles, 5),
+    "bulk_suppress_profiles": (consent_api.bulk_suppress_profiles, 5),
+    "bulk_unsuppress_profiles": (consent_api.bulk_unsuppress_profiles, 5),
+    "create_client_subscription": (consent_api.create_client_subscription, 0),
+    "create_list": (list_api.create_list, 0),
+    "get_lists": (list_api.get_lists, 0),
+    "add_profiles_to_list": (list_api.add_profiles_to_list, 2),
+    "remove_profiles_from_list": (list_api.remove_profiles_from_list, 2),
+    "request_profile_deletion": (privacy_api.request_profile_deletion, 0),
 }
 
 
@@ -203,7 +213,7 @@ def _endpoint(request: web.Request) -> str:
 @web.middleware
 async def _observe(request: web.Request, handler: Any) -> web.StreamResponse:
     """Count and log every API request; turn router errors and crashes into JSON:API errors."""
-    if request.path.startswith("/sandbox/"):
+    if request.path == "/sandbox" or request.path.startswith("/sandbox/"):
         response: web.StreamResponse = await handler(request)
         return response
     sandbox = request.app[SANDBOX]

@@ -10,6 +10,16 @@ OPENAPI_DIR = Path(__file__).resolve().parent / "openapi"
 
 DEFAULT_API_KEY = "pk_sandbox_0000000000000000000000000000"
 DEFAULT_PUBLIC_KEY = "SBXPUB"
+OPT_IN_PROCESSES = ("single_opt_in", "double_opt_in")
+
+
+@dataclass(frozen=True)
+class SeedList:
+    """A list the sandbox account has from the start (and again after a reset)."""
+
+    id: str
+    name: str
+    double_opt_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,12 @@ class SandboxConfig:
     `time_scale` shrinks every rate-limit window (0.1 → a 1 s burst window lasts 0.1 s) so
     benchmarks can exercise throttling quickly. `fault_rate` is the share of API requests
     answered with a 500, 503, 429 or a dropped connection instead of being served.
+
+    `merge_delay_seconds`: Klaviyo's profile-merge only queues a task; the sandbox applies it
+    this long after the 201 (0: on the next turn of the event loop, still after the answer).
+    `deletion_delay_seconds` does the same for data-privacy deletion jobs. `lists` are the
+    account's lists at start; `default_opt_in_process` is the account setting a subscription
+    without a list follows (and a list created without one gets).
     """
 
     host: str = "127.0.0.1"
@@ -31,6 +47,10 @@ class SandboxConfig:
     fault_seed: int | None = None
     request_log_limit: int = 100_000
     openapi_dir: Path = field(default=OPENAPI_DIR)
+    merge_delay_seconds: float = 1.0
+    deletion_delay_seconds: float = 1.0
+    lists: tuple[SeedList, ...] = ()
+    default_opt_in_process: str = "single_opt_in"
 
     def __post_init__(self) -> None:
         if not self.api_keys:
@@ -41,5 +61,15 @@ class SandboxConfig:
             raise ValueError("SandboxConfig.fault_rate must be within [0, 1]")
         if self.request_log_limit < 0:
             raise ValueError("SandboxConfig.request_log_limit must be >= 0")
+        for name in ("merge_delay_seconds", "deletion_delay_seconds"):
+            if not 0 <= getattr(self, name) <= 3600:
+                raise ValueError(f"SandboxConfig.{name} must be within [0, 3600]")
+        if self.default_opt_in_process not in OPT_IN_PROCESSES:
+            raise ValueError(
+                f"SandboxConfig.default_opt_in_process must be one of {OPT_IN_PROCESSES}"
+            )
+        ids = [seed.id for seed in self.lists]
+        if any(not list_id or not list_id.isalnum() for list_id in ids) or len(set(ids)) < len(ids):
+            raise ValueError("SandboxConfig.lists: ids must be distinct, non-empty, alphanumeric")
         if not Path(self.openapi_dir).is_dir():
             raise ValueError(f"SandboxConfig.openapi_dir: {self.openapi_dir} is not a directory")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -15,15 +15,13 @@ from .api import (
     raise_errors,
     with_long_strings,
 )
+from .consent import api_subscriptions
 from .errors import ApiError, ErrorItem, invalid, pointer_of
-from .profiles import ProfileConflict, ProfileNotFound
+from .filters import Condition, FilterSyntaxError, parse_filter
+from .profiles import Profile, ProfileConflict, ProfileNotFound, norm
 from .resources import job_resource, profile_resource
 from .state import Sandbox
-from .validation import MAX_BULK_PROFILES, Path, check_profile, check_profiles
-
-_FILTER = re.compile(r"^\s*(equals|any)\(\s*([A-Za-z_]+)\s*,\s*(.*?)\s*\)\s*$", re.S)
-_QUOTED = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
-_FILTER_FIELDS = frozenset({"id", "email", "phone_number", "external_id", "_kx"})
+from .validation import MAX_BULK_PROFILES, Path, check_profile, check_profiles, parse_time
 
 
 async def create_or_update_profile(
@@ -56,7 +54,10 @@ async def create_or_update_profile(
 async def bulk_import_profiles(
     request: web.Request, sandbox: Sandbox, body: Any
 ) -> web.StreamResponse:
-    """POST /api/profile-bulk-import-jobs: validate all, then run the job; 202 with the job."""
+    """POST /api/profile-bulk-import-jobs: validate all, then run the job; 202 with the job.
+
+    Profiles the job imports join the related lists (which must exist); no consent changes.
+    """
     root: Path = ("data", "attributes", "profiles", "data")
     profiles = body["data"]["attributes"]["profiles"]["data"]
     entries = [(root + (i,), entry) for i, entry in enumerate(profiles)]
@@ -65,6 +66,11 @@ async def bulk_import_profiles(
     bulk_errors(request, entries, check_profiles, body)
     relationships = body["data"].get("relationships") or {}
     list_ids = [item["id"] for item in (relationships.get("lists") or {}).get("data") or []]
+    for index, list_id in enumerate(list_ids):
+        if list_id not in sandbox.store.lists:
+            pointer = f"/data/relationships/lists/data/{index}/id"
+            item = ErrorItem(404, "not_found", f"List {list_id} does not exist.", pointer=pointer)
+            raise ApiError(404, [item])
     job = sandbox.store.run_import(profiles, list_ids)
     return json_response({"data": job_resource(job, base_url(request), as_created=True)}, 202)
 
@@ -101,7 +107,8 @@ def _page(request: web.Request) -> tuple[int, int]:
     return int(cursor), int(raw_size)
 
 
-def _links(request: web.Request, offset: int, size: int, total: int) -> dict[str, str]:
+def page_links(request: web.Request, offset: int, size: int, total: int) -> dict[str, str]:
+    """JSON:API `links` of one page: self, and next/prev cursors where there are more."""
     url = request.url
     links = {"self": str(request.url)}
     if offset + size < total:
@@ -119,74 +126,127 @@ async def get_errors_for_bulk_import_profiles_job(
     offset, size = _page(request)
     document = {
         "data": job.errors[offset : offset + size],
-        "links": _links(request, offset, size, len(job.errors)),
+        "links": page_links(request, offset, size, len(job.errors)),
     }
     return json_response(document)
 
 
 async def merge_profiles(request: web.Request, sandbox: Sandbox, body: Any) -> web.StreamResponse:
-    """POST /api/profile-merge: fold the related source profiles into the destination (201)."""
+    """POST /api/profile-merge: queue folding the one source profile into the destination.
+
+    Klaviyo "queues an asynchronous task" and "accepts only one source profile": the answer
+    (201, the destination) comes at once, the merge lands `merge_delay_seconds` later. Until
+    then the source exists, is found by GET /api/profiles, and upserts naming both profiles'
+    identifiers still answer 409. A caller knows the merge landed when the source is gone.
+    """
     data = body["data"]
     sources = data["relationships"]["profiles"].get("data") or []
-    if not sources:
-        raise invalid(
-            "At least one source profile is required.",
-            pointer="/data/relationships/profiles/data",
-        )
+    pointer = "/data/relationships/profiles/data"
+    if len(sources) != 1:
+        detail = "This endpoint accepts only one source profile"
+        raise invalid(f"{detail}; got {len(sources)}.", pointer=pointer)
     try:
-        profile = sandbox.store.merge(data["id"], [item["id"] for item in sources])
+        task = sandbox.queue_merge(data["id"], sources[0]["id"])
     except ProfileNotFound as exc:
-        if exc.profile_id == data["id"]:
-            pointer = "/data/id"
-        else:
-            index = next(i for i, s in enumerate(sources) if s["id"] == exc.profile_id)
-            pointer = f"/data/relationships/profiles/data/{index}/id"
-        raise not_found(exc, pointer, status=404) from exc
+        where = "/data/id" if exc.profile_id == data["id"] else f"{pointer}/0/id"
+        raise not_found(exc, where, status=404) from exc
     except ValueError as exc:
-        raise invalid(str(exc), pointer="/data/relationships/profiles/data") from exc
+        raise invalid(str(exc), pointer=pointer) from exc
     base = base_url(request)
     document = {
         "data": {
             "type": "profile",
-            "id": profile.id,
-            "links": {"self": f"{base}/api/profiles/{profile.id}/"},
+            "id": task.destination_id,
+            "links": {"self": f"{base}/api/profiles/{task.destination_id}/"},
         },
         "links": {"self": f"{base}/api/profile-merge/"},
     }
     return json_response(document, 201)
 
 
-def parse_filter(text: str) -> tuple[str, list[str]]:
-    """`equals(email,"a@b.co")` or `any(id,["x","y"])` → (field, values); else a 400."""
-    match = _FILTER.match(text)
-    if not match:
-        raise invalid(f"Invalid filter: {text!r}.", parameter="filter")
-    operator, field_name, raw = match.groups()
-    if field_name not in _FILTER_FIELDS:
-        raise invalid(f"Filtering on {field_name!r} is not supported.", parameter="filter")
-    if operator == "equals":
-        value = _QUOTED.fullmatch(raw)
-        if not value:
-            raise invalid(f"Invalid filter value: {raw}.", parameter="filter")
-        return field_name, [value.group(1) if value.group(1) is not None else value.group(2)]
-    if not (raw.startswith("[") and raw.endswith("]")):
-        raise invalid(f"any() needs a list: {raw}.", parameter="filter")
-    values = [a if a or not b else b for a, b in _QUOTED.findall(raw)]
-    return field_name, values
+_IDENTIFIER_FIELDS = ("id", "email", "phone_number", "external_id")
+_TIME_FIELDS = ("created", "updated")
+
+
+def _check_condition(condition: Condition) -> None:
+    """A 400 for a field/operator pair GET /api/profiles does not allow, or a mistyped value."""
+    field_name, operator, value = condition.field, condition.operator, condition.value
+    if field_name in _IDENTIFIER_FIELDS or field_name == "_kx":
+        allowed = ("equals", "any") if field_name != "_kx" else ("equals",)
+        if operator not in allowed:
+            raise _bad_filter(f"Operator {operator!r} is not allowed for {field_name!r}.")
+        values = value if operator == "any" else [value]
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            kind = "a list of strings" if operator == "any" else "a quoted string"
+            raise _bad_filter(f"{operator}({field_name},…) takes {kind}.")
+    elif field_name in _TIME_FIELDS:
+        if operator not in ("greater-than", "less-than"):
+            raise _bad_filter(f"Operator {operator!r} is not allowed for {field_name!r}.")
+        if not isinstance(value, datetime):
+            raise _bad_filter(f"{field_name} takes a date-time written without quotes.")
+    else:
+        raise _bad_filter(f"Filtering on {field_name!r} is not supported.")
+
+
+def _bad_filter(detail: str) -> ApiError:
+    return invalid(detail, parameter="filter")
+
+
+def _selects(profile: Profile, condition: Condition) -> bool:
+    """Whether `profile` satisfies one (checked) condition."""
+    field_name, value = condition.field, condition.value
+    if field_name in _TIME_FIELDS:
+        stamp = parse_time(getattr(profile, field_name))
+        if stamp is None:
+            return False
+        return stamp > value if condition.operator == "greater-than" else stamp < value
+    wanted = value if condition.operator == "any" else [value]
+    if field_name == "id":
+        return profile.id in wanted
+    held = profile.attributes.get(field_name)
+    return isinstance(held, str) and held in {norm(field_name, v) for v in wanted}
+
+
+def select_profiles(sandbox: Sandbox, text: str) -> list[Profile]:
+    """Live profiles matching every condition of the filter `text` (in creation order)."""
+    try:
+        conditions = parse_filter(text)
+    except FilterSyntaxError as exc:
+        raise _bad_filter(f"Invalid filter: {exc}.") from exc
+    for condition in conditions:
+        _check_condition(condition)
+    store = sandbox.store
+    first = conditions[0]
+    if first.field in ("email", "phone_number", "external_id"):  # narrow through the index
+        values = first.value if first.operator == "any" else [first.value]
+        owners = {store.owner(first.field, v) for v in values} - {None}
+        candidates = [p for p in store.profiles.values() if p.id in owners]
+    else:
+        candidates = list(store.profiles.values())
+    return [p for p in candidates if all(_selects(p, c) for c in conditions)]
 
 
 async def get_profiles(request: web.Request, sandbox: Sandbox, body: Any) -> web.StreamResponse:
-    """GET /api/profiles: all live profiles, or those a filter on an identifier selects."""
+    """GET /api/profiles: all live profiles, or those the `filter` expression selects."""
     offset, size = _page(request)
     text = request.query.get("filter")
-    if text:
-        field_name, values = parse_filter(text)
-        profiles = sandbox.store.find_profiles(field_name, values)
+    if text is not None:
+        profiles = select_profiles(sandbox, text)
     else:
         profiles = list(sandbox.store.profiles.values())
+    extra = request.query.get("additional-fields[profile]", "")
+    wanted = {name for name in extra.split(",") if name}
+    if wanted - {"subscriptions", "predictive_analytics"}:
+        detail = "additional-fields[profile] accepts subscriptions and predictive_analytics."
+        raise invalid(detail, parameter="additional-fields[profile]")
     base = base_url(request)
-    document = {
-        "data": [profile_resource(p, base) for p in profiles[offset : offset + size]],
-        "links": _links(request, offset, size, len(profiles)),
-    }
+    page = []
+    for found in profiles[offset : offset + size]:
+        resource = profile_resource(found, base)
+        if "subscriptions" in wanted:
+            resource["attributes"]["subscriptions"] = api_subscriptions(
+                found.consents, found.suppressions
+            )
+        page.append(resource)
+    document = {"data": page, "links": page_links(request, offset, size, len(profiles))}
     return json_response(document)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .consent import Consent, Suppression
 from .stamps import new_id, now_iso
 from .validation import normalize_email
 
@@ -58,7 +59,8 @@ class ProfileNotFound(Exception):
 
 @dataclass(slots=True)
 class Profile:
-    """One Klaviyo profile; `attributes` holds the standard fields, `properties` custom ones."""
+    """One Klaviyo profile; `attributes` holds the standard fields, `properties` custom ones,
+    `consents` and `suppressions` what it may receive."""
 
     id: str
     created: str
@@ -68,6 +70,8 @@ class Profile:
     properties: dict[str, Any] = field(default_factory=dict)
     last_event_date: str | None = None
     merged_ids: list[str] = field(default_factory=list)
+    consents: dict[str, Consent] = field(default_factory=dict)  # "email.marketing" → consent
+    suppressions: list[Suppression] = field(default_factory=list)  # email only
 
 
 def norm(name: str, value: str) -> str:
@@ -223,21 +227,3 @@ class ProfileBook:
         profile = self.profiles[matches[0][1]] if matches else self._create()
         self._apply(profile, data, only_free=True)
         return profile
-
-    # queries -------------------------------------------------------------------------------
-
-    def find_profiles(self, name: str, values: list[str]) -> list[Profile]:
-        """Live profiles whose `name` (id or identifier) equals one of `values`."""
-        found: list[Profile] = []
-        for value in values:
-            if name == "id":
-                pid = value if value in self.profiles else None
-            elif name == "_kx":
-                pid = next(
-                    (p.id for p in self.profiles.values() if p.attributes.get("_kx") == value), None
-                )
-            else:
-                pid = self.owner(name, value)
-            if pid is not None and self.profiles[pid] not in found:
-                found.append(self.profiles[pid])
-        return found

@@ -1,7 +1,8 @@
-"""Klaviyo's per-account, per-endpoint rate limits: fixed burst (1 s) and steady (1 min) windows.
+"""Klaviyo's per-account, per-endpoint rate limits: fixed burst (1 s) and steady (1 min) windows,
+and a daily one where the spec names it (list creation: 150/d).
 
-Klaviyo documents a fixed-window algorithm; a request counts against both windows and is
-refused (429) when either is full. Headers describe the steady window, as Klaviyo's do.
+Klaviyo documents a fixed-window algorithm; a request counts against every window and is
+refused (429) when any is full. Headers describe the steady window, as Klaviyo's do.
 Every private key of the account shares the same budget, so the limiter is keyed by
 endpoint only. `time_scale` shortens both windows for fast benchmarks.
 """
@@ -67,7 +68,7 @@ class RateLimiter:
         self._scale = time_scale
         self._enforce = enforce
         self._clock = clock
-        self._windows: dict[str, tuple[_Window, _Window]] = {}
+        self._windows: dict[str, tuple[_Window, ...]] = {}
 
     def reset(self) -> None:
         """Forget every window (used by POST /sandbox/reset)."""
@@ -85,15 +86,17 @@ class RateLimiter:
                 _Window(1.0 * self._scale, quota.burst, start=now),
                 _Window(60.0 * self._scale, quota.steady, start=now),
             )
+            if quota.daily is not None:
+                windows += (_Window(86_400.0 * self._scale, quota.daily, start=now),)
             self._windows[endpoint] = windows
-        burst, steady = windows
-        burst.roll(now)
-        steady.roll(now)
+        steady = windows[1]
+        for window in windows:
+            window.roll(now)
         full = [w for w in windows if w.count >= w.limit]
         allowed = not (self._enforce and full and count)
         if allowed and count:
-            burst.count += 1
-            steady.count += 1
+            for window in windows:
+                window.count += 1
         wait = max((w.reset_in(now) for w in full), default=0.0)
         return Decision(
             allowed=allowed,
@@ -102,3 +105,22 @@ class RateLimiter:
             reset=max(0, math.ceil(steady.reset_in(now))),
             retry_after=max(1, math.ceil(wait)),
         )
+
+    def state(self) -> dict[str, list[dict[str, float | int | str]]]:
+        """Each endpoint's windows now: name, used, limit, seconds to reset (for inspection)."""
+        now = self._clock()
+        out: dict[str, list[dict[str, float | int | str]]] = {}
+        for endpoint, windows in self._windows.items():
+            rows: list[dict[str, float | int | str]] = []
+            for name, window in zip(("burst", "steady", "daily"), windows, strict=False):
+                window.roll(now)
+                rows.append(
+                    {
+                        "window": name,
+                        "used": window.count,
+                        "limit": window.limit,
+                        "resets_in": round(window.reset_in(now), 3),
+                    }
+                )
+            out[endpoint] = rows
+        return out

@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from .consent import NEVER, Consent, MailingList, can_receive, consent_snapshot
 from .profiles import LOCATION_KEYS, STANDARD, Profile
 from .store import Event, ImportJob
+from .tasks import MergeTask
+
+SHOWN_TOPICS = ("email.marketing", "sms.marketing")
+"""Consents every profile snapshot shows, `never` when nothing was ever asked."""
 
 _PUBLIC = (
     "email",
@@ -81,8 +86,11 @@ def job_resource(job: ImportJob, base: str, *, as_created: bool = False) -> dict
     }
 
 
-def profile_snapshot(profile: Profile) -> dict[str, Any]:
-    """Everything the sandbox knows about a profile (GET /sandbox/profiles)."""
+def profile_snapshot(profile: Profile, lists: list[str]) -> dict[str, Any]:
+    """Everything the sandbox knows about a profile (GET /sandbox/profiles): identifiers,
+    properties, consent per channel, suppressions and the ids of the `lists` it is on."""
+    topics = sorted({*SHOWN_TOPICS, *profile.consents})
+    never = Consent(NEVER, profile.created)
     return {
         "id": profile.id,
         "attributes": {name: profile.attributes.get(name) for name in STANDARD},
@@ -92,9 +100,35 @@ def profile_snapshot(profile: Profile) -> dict[str, Any]:
         "created": profile.created,
         "updated": profile.updated,
         "last_event_date": profile.last_event_date,
+        "consent": {
+            topic: consent_snapshot(profile.consents.get(topic, never)) for topic in topics
+        },
+        "can_receive": {
+            topic: can_receive(topic, profile.consents, profile.suppressions) for topic in topics
+        },
+        "suppressions": [asdict(s) for s in profile.suppressions],
+        "lists": lists,
+    }
+
+
+def list_snapshot(mailing_list: MailingList, pending: list[str]) -> dict[str, Any]:
+    """A list, its members in the order they joined, and who awaits a double opt-in for it."""
+    return {
+        "id": mailing_list.id,
+        "name": mailing_list.name,
+        "opt_in_process": mailing_list.opt_in_process,
+        "created": mailing_list.created,
+        "updated": mailing_list.updated,
+        "members": list(mailing_list.members),
+        "pending": pending,
     }
 
 
 def event_snapshot(event: Event) -> dict[str, Any]:
     """A stored event (GET /sandbox/events)."""
     return asdict(event)
+
+
+def merge_snapshot(task: MergeTask) -> dict[str, Any]:
+    """A requested merge and what became of it (GET /sandbox/merges)."""
+    return asdict(task)

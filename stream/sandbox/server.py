@@ -53,7 +53,8 @@ class SandboxServer:
         return self.url
 
     async def stop(self) -> None:
-        """Stop serving and close every connection."""
+        """Stop serving and close every connection; queued merges are dropped."""
+        self.sandbox.scheduler.cancel_all()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -153,4 +154,5 @@ async def _run_forever(config: SandboxConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     async with SandboxServer(config) as server:
         print(f"Klaviyo sandbox at {server.url}", flush=True)
+        print(f"sandbox pages (open in a browser): {server.url}/sandbox/", flush=True)
         await stopping.wait()

@@ -16,16 +16,17 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 
-_RATE = re.compile(r"^(\d+)/([sm])$")
+_RATE = re.compile(r"^(\d+)/([smd])$")
 _DROP_KEYS = frozenset({"description", "example", "examples", "nullable", "default"})
 
 
 @dataclass(frozen=True)
 class RateLimit:
-    """Burst (per second) and steady (per minute) quotas of one endpoint."""
+    """Burst (per second), steady (per minute) and, for a few endpoints, daily quotas."""
 
     burst: int
     steady: int
+    daily: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def load_operations(openapi_dir: Path) -> dict[str, Operation]:
                     rate_limit=RateLimit(
                         burst=_parse_rate(limits["burst"], "s"),
                         steady=_parse_rate(limits["steady"], "m"),
+                        daily=_parse_rate(limits["daily"], "d") if "daily" in limits else None,
                     ),
                     client=op.get("security", doc.get("security")) == [],
                     validator=_request_validator(doc, op),

@@ -5,12 +5,17 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from .config import SandboxConfig
+from .consent import MailingList
 from .ratelimit import RateLimiter
 from .spec import Operation, load_operations
+from .stamps import iso
 from .store import Store
+from .tasks import DeletionTask, MergeTask, Scheduler
 
 FAULT_KINDS = ("500", "503", "429", "drop", "drop_after")
 _FAULT_WEIGHTS = (1.0, 1.0, 1.0, 0.5, 0.5)
@@ -73,7 +78,8 @@ class RequestLog:
 
 
 class Sandbox:
-    """The running sandbox: config, OpenAPI operations, store, limiter, faults, stats, log."""
+    """The running sandbox: config, OpenAPI operations, store, limiter, faults, stats, log,
+    and the scheduler of its asynchronous tasks (merges, deletions)."""
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
@@ -83,10 +89,38 @@ class Sandbox:
         self.faults = FaultInjector(config.fault_rate, config.fault_seed)
         self.stats = Stats()
         self.log = RequestLog(config.request_log_limit)
+        self.scheduler = Scheduler()
+        self._seed_lists()
+
+    def _seed_lists(self) -> None:
+        """The lists `SandboxConfig.lists` says the account starts with."""
+        now = iso(datetime.now(UTC))
+        for seed in self.config.lists:
+            process = "double_opt_in" if seed.double_opt_in else "single_opt_in"
+            self.store.lists[seed.id] = MailingList(seed.id, seed.name, process, now, now)
+
+    def queue_merge(self, destination_id: str, source_id: str) -> MergeTask:
+        """Queue a merge (see `Store.queue_merge`) and apply it after `merge_delay_seconds`."""
+        delay = self.config.merge_delay_seconds
+        due = datetime.now(UTC) + timedelta(seconds=delay)
+        task = self.store.queue_merge(destination_id, source_id, due)
+        self.scheduler.later(delay, partial(self.store.apply_merge, task))
+        return task
+
+    def queue_deletion(self, kind: str, value: str) -> DeletionTask:
+        """Queue a data-privacy deletion and apply it after `deletion_delay_seconds`."""
+        delay = self.config.deletion_delay_seconds
+        due = datetime.now(UTC) + timedelta(seconds=delay)
+        task = self.store.queue_deletion(kind, value, due)
+        self.scheduler.later(delay, partial(self.store.apply_deletion, task))
+        return task
 
     def reset(self) -> None:
-        """Back to the state right after start-up (fault rate included)."""
+        """Back to the state right after start-up (fault rate, seeded lists); queued tasks
+        dropped."""
+        self.scheduler.cancel_all()
         self.store.reset()
+        self._seed_lists()
         self.limiter.reset()
         self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed)
         self.stats = Stats()

@@ -1,4 +1,4 @@
-"""The sandbox's account: events, merges and profile import jobs on top of the profile book.
+"""The sandbox's account: events, lists, queued merges and deletions, and import jobs.
 
 All methods are synchronous and run on the event loop thread, so each call is atomic: a
 bulk request either changes nothing (it raises before the first write) or is fully applied.
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from .consent import ConsentJob, MailingList, merged_consents
 from .profiles import (
     IDENTIFIERS,
     Profile,
@@ -20,6 +21,7 @@ from .profiles import (
     norm,
 )
 from .stamps import iso, new_id
+from .tasks import APPLIED, PENDING, SKIPPED, DeletionTask, MergeTask
 from .validation import parse_time
 
 _UTC_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\+00:00")
@@ -72,6 +74,18 @@ class Event:
     received: str
 
 
+@dataclass(frozen=True)
+class DeletedProfile:
+    """What is left of a profile after a data-privacy deletion: who it was and when it went."""
+
+    id: str
+    identifiers: dict[str, Any]
+    merged_ids: list[str]
+    events_deleted: int
+    deleted_at: str
+    task_id: str
+
+
 @dataclass
 class ImportJob:
     """A profile bulk import job and its per-record outcome."""
@@ -100,7 +114,12 @@ class Store(ProfileBook):
         self.event_keys: dict[str, set[tuple[str, str]]] = {}
         self.jobs: dict[str, ImportJob] = {}
         self.refused_duplicates = 0
-        self.merges = 0
+        self.merges = 0  # applied merges
+        self.merge_tasks: list[MergeTask] = []
+        self.lists: dict[str, MailingList] = {}
+        self.deletion_tasks: list[DeletionTask] = []
+        self.deleted: list[DeletedProfile] = []
+        self.consent_jobs: list[ConsentJob] = []
 
     # events --------------------------------------------------------------------------------
 
@@ -206,56 +225,129 @@ class Store(ProfileBook):
 
     # merges --------------------------------------------------------------------------------
 
-    def merge(self, destination_id: str, source_ids: list[str]) -> Profile:
-        """Fold sources into the destination: fill its gaps, move events, delete the sources.
+    def queue_merge(self, destination_id: str, source_id: str, due: datetime) -> MergeTask:
+        """Check a merge request and queue it; `apply_merge` carries it out later.
 
-        Raises ProfileNotFound for an unknown id and ValueError if a source is the destination.
+        The destination may be a merged id (it resolves to its live profile); the source must
+        be a live profile, since a merge deletes its source. Raises ProfileNotFound for an
+        unknown or gone id and ValueError when the source is the destination.
         """
         dest_id = self.canonical_id(destination_id)
         if dest_id is None:
             raise ProfileNotFound(destination_id)
-        sources: list[str] = []
-        for source_id in source_ids:
-            live = self.canonical_id(source_id)
-            if live is None:
-                raise ProfileNotFound(source_id)
-            if live == dest_id:
-                raise ValueError(f"profile {source_id} is the destination profile")
-            if live not in sources:
-                sources.append(live)
+        if source_id not in self.profiles:
+            raise ProfileNotFound(source_id)
+        if source_id == dest_id:
+            raise ValueError(f"profile {source_id} is the destination profile")
+        now = datetime.now(UTC)
+        task = MergeTask(new_id(), dest_id, source_id, iso(now), iso(max(due, now)))
+        self.merge_tasks.append(task)
+        return task
+
+    def apply_merge(self, task: MergeTask) -> None:
+        """Carry out a queued merge, or mark it skipped when it no longer can be.
+
+        The destination follows merges applied since the request (a chain folds into the
+        last live profile); a source that is gone (merged by an earlier task, or deleted) or
+        that has become the destination is skipped, as a Klaviyo task finding nothing to do.
+        """
+        if task.status != PENDING:
+            return
+        task.applied_at = iso(datetime.now(UTC))
+        dest_id = self.canonical_id(task.destination_id)
+        if task.source_id not in self.profiles:
+            task.status, task.note = SKIPPED, "the source profile no longer exists"
+        elif dest_id is None:
+            task.status, task.note = SKIPPED, "the destination profile no longer exists"
+        elif dest_id == task.source_id:
+            task.status, task.note = SKIPPED, "the source has become the destination"
+        else:
+            self._fold(dest_id, task.source_id)
+            task.status = APPLIED
+            if dest_id != task.destination_id:
+                task.note = f"destination {task.destination_id} had been merged into {dest_id}"
+
+    def _fold(self, dest_id: str, source_id: str) -> None:
+        """Fold one live profile into another: fill gaps, move events, delete the source."""
         dest = self.profiles[dest_id]
-        for source_id in sources:
-            source = self.profiles.pop(source_id)
-            inherited = dict(source.attributes)
-            for name in IDENTIFIERS:
-                if source.attributes.get(name) is not None:
-                    self._set_identifier(source, name, None)
-            for name, value in inherited.items():
-                if value is not None and dest.attributes.get(name) is None:
-                    if name in IDENTIFIERS:
-                        self._set_identifier(dest, name, value)
-                    else:
-                        dest.attributes[name] = value
-            for key, value in source.location.items():
-                dest.location.setdefault(key, value)
-            for key, value in source.properties.items():
-                dest.properties.setdefault(key, value)
-            for event in self.events:
-                if event.profile_id == source_id:
-                    event.profile_id = dest_id
-            self.event_keys.setdefault(dest_id, set()).update(self.event_keys.pop(source_id, set()))
-            if source.last_event_date and (dest.last_event_date or "") < source.last_event_date:
-                dest.last_event_date = source.last_event_date
-            dest.merged_ids.extend([source_id, *source.merged_ids])
-            self.merged_into[source_id] = dest_id
-            self.merges += 1
+        source = self.profiles.pop(source_id)
+        inherited = dict(source.attributes)
+        for name in IDENTIFIERS:
+            if source.attributes.get(name) is not None:
+                self._set_identifier(source, name, None)
+        for name, value in inherited.items():
+            if value is not None and dest.attributes.get(name) is None:
+                if name in IDENTIFIERS:
+                    self._set_identifier(dest, name, value)
+                else:
+                    dest.attributes[name] = value
+        for key, value in source.location.items():
+            dest.location.setdefault(key, value)
+        for key, value in source.properties.items():
+            dest.properties.setdefault(key, value)
+        for event in self.events:
+            if event.profile_id == source_id:
+                event.profile_id = dest_id
+        self.event_keys.setdefault(dest_id, set()).update(self.event_keys.pop(source_id, set()))
+        if source.last_event_date and (dest.last_event_date or "") < source.last_event_date:
+            dest.last_event_date = source.last_event_date
+        dest.consents = merged_consents(dest.consents, source.consents)
+        held = {(s.reason, s.list_id) for s in dest.suppressions}
+        dest.suppressions += [s for s in source.suppressions if (s.reason, s.list_id) not in held]
+        for mailing_list in self.lists.values():
+            added = mailing_list.members.pop(source_id, None)
+            if added is not None:
+                mailing_list.members.setdefault(dest_id, added)
+        dest.merged_ids.extend([source_id, *source.merged_ids])
+        self.merged_into[source_id] = dest_id
+        self.merges += 1
         dest.updated = iso(datetime.now(UTC))
-        return dest
+
+    # data-privacy deletion ---------------------------------------------------------------
+
+    def queue_deletion(self, kind: str, value: str, due: datetime) -> DeletionTask:
+        """Record a deletion request for the profile(s) `kind`=`value`; `apply_deletion` runs it."""
+        now = datetime.now(UTC)
+        task = DeletionTask(new_id(), kind, value, iso(now), iso(max(due, now)))
+        self.deletion_tasks.append(task)
+        return task
+
+    def apply_deletion(self, task: DeletionTask) -> None:
+        """Delete every profile matching the task's identifier now, with its events and list
+        memberships; each is recorded in `deleted`. No match deletes nothing."""
+        if task.status != PENDING:
+            return
+        if task.kind == "id":
+            found = self.canonical_id(task.value)
+        else:
+            found = self.owner(task.kind, task.value)
+        stamp = iso(datetime.now(UTC))
+        for profile_id in [found] if found is not None else []:
+            self.deleted.append(self._remove(profile_id, stamp, task.id))
+            task.deleted_ids.append(profile_id)
+        task.status, task.applied_at = APPLIED, stamp
+
+    def _remove(self, profile_id: str, stamp: str, task_id: str) -> DeletedProfile:
+        """Forget a live profile entirely: identifiers, events, memberships."""
+        profile = self.profiles.pop(profile_id)
+        kept = {name: profile.attributes.get(name) for name in IDENTIFIERS}
+        for name in IDENTIFIERS:
+            if profile.attributes.get(name) is not None:
+                self._set_identifier(profile, name, None)
+        before = len(self.events)
+        self.events = [event for event in self.events if event.profile_id != profile_id]
+        self.event_keys.pop(profile_id, None)
+        for mailing_list in self.lists.values():
+            mailing_list.members.pop(profile_id, None)
+        return DeletedProfile(
+            profile_id, kept, profile.merged_ids, before - len(self.events), stamp, task_id
+        )
 
     # bulk import jobs ----------------------------------------------------------------------
 
     def run_import(self, profiles: list[dict[str, Any]], list_ids: list[str]) -> ImportJob:
-        """Create a job and process every profile now; failures are recorded per record."""
+        """Create a job and process every profile now; failures are recorded per record, and
+        the imported profiles join the lists `list_ids` (known lists: the handler checks)."""
         now = datetime.now(UTC)
         job = ImportJob(
             id=new_id(),
@@ -290,6 +382,10 @@ class Store(ProfileBook):
                     job.profile_ids.append(profile.id)
         job.status = "complete"
         job.completed_at = iso(datetime.now(UTC))
+        for list_id in list_ids:
+            members = self.lists[list_id].members
+            for profile_id in job.profile_ids:
+                members.setdefault(profile_id, job.completed_at)
         return job
 
     @staticmethod

@@ -21,11 +21,12 @@ from .errors import ErrorItem, pointer_of
 
 MAX_STRING_BYTES = 100 * 1024
 MAX_EVENT_PROPERTIES = 400
-MAX_METRIC_NAME = 128
+MAX_METRIC_NAME = 127  # the spec: "Must be less than 128 characters."
 MAX_EXTERNAL_ID = 255
 MAX_BULK_EVENTS = 1_000
 MAX_BULK_PROFILES = 10_000
-MIN_EVENT_TIME = datetime(1990, 1, 1, tzinfo=UTC)
+EARLIEST_EVENT_TIME = datetime(1991, 1, 1, tzinfo=UTC)
+"""The spec: "The time must be after the year 1990": the first instant after that year."""
 
 _EMAIL = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -34,7 +35,7 @@ _EMAIL = re.compile(
 Path = tuple[str | int, ...]
 _LONG_CHARS = MAX_STRING_BYTES // 4  # fewer characters cannot take 100 KB of UTF-8
 _NAME: Path = ("metric", "data", "attributes", "name")
-_TIME_WINDOW = "Event time must be after 1990-01-01 and at most 1 year in the future."
+_TIME_WINDOW = "Event time must be after the year 1990 and at most 1 year in the future."
 
 
 def _invalid(path: Path, detail: str) -> ErrorItem:
@@ -176,7 +177,7 @@ def _event_problem(attrs: dict[str, Any], latest: datetime) -> tuple[Path, str] 
     if not name.strip():
         return _NAME, "Metric name must not be blank."
     if len(name) > MAX_METRIC_NAME:
-        return _NAME, "Metric name must be at most 128 characters."
+        return _NAME, "Metric name must be less than 128 characters."
     if len(attrs["properties"]) > MAX_EVENT_PROPERTIES:
         return ("properties",), "An event may have at most 400 properties."
     when = attrs.get("time")
@@ -184,7 +185,7 @@ def _event_problem(attrs: dict[str, Any], latest: datetime) -> tuple[Path, str] 
         parsed = parse_time(when)
         if parsed is None:
             return ("time",), f"{when!r} is not a valid ISO 8601 date-time."
-        if parsed <= MIN_EVENT_TIME or parsed > latest:
+        if parsed < EARLIEST_EVENT_TIME or parsed > latest:
             return ("time",), _TIME_WINDOW
     return None
 

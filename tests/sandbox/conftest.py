@@ -116,3 +116,105 @@ async def inspect(http: aiohttp.ClientSession, base: str, what: str) -> Any:
     async with http.get(f"{base}/sandbox/{what}") as r:
         assert r.status == 200
         return await r.json()
+
+
+async def create(http: aiohttp.ClientSession, base: str, **attributes: Any) -> str:
+    """Create a profile through POST /api/profile-import; returns its id."""
+    status, body, _ = await post(http, f"{base}/api/profile-import", upsert(**attributes))
+    assert status == 201, body
+    return str(body["data"]["id"])
+
+
+def merge_body(destination: str, *sources: str) -> dict[str, Any]:
+    """A POST /api/profile-merge body."""
+    related = [{"type": "profile", "id": source} for source in sources]
+    return {
+        "data": {
+            "type": "profile-merge",
+            "id": destination,
+            "relationships": {"profiles": {"data": related}},
+        }
+    }
+
+
+def consenting(
+    email: str | None = None,
+    phone_number: str | None = None,
+    channels: tuple[str, ...] = ("email",),
+    consented_at: str | None = None,
+    profile_id: str | None = None,
+) -> dict[str, Any]:
+    """One profile of a subscribe request, consenting to marketing on `channels`."""
+    attributes: dict[str, Any] = {"subscriptions": {}}
+    for channel in channels:
+        record: dict[str, Any] = {"consent": "SUBSCRIBED"}
+        if consented_at is not None:
+            record["consented_at"] = consented_at
+        attributes["subscriptions"][channel] = {"marketing": record}
+    if email is not None:
+        attributes["email"] = email
+    if phone_number is not None:
+        attributes["phone_number"] = phone_number
+    entry: dict[str, Any] = {"type": "profile", "attributes": attributes}
+    if profile_id is not None:
+        entry["id"] = profile_id
+    return entry
+
+
+def withdrawing(
+    email: str | None = None,
+    phone_number: str | None = None,
+    channels: tuple[str, ...] = ("email",),
+) -> dict[str, Any]:
+    """One profile of an unsubscribe request."""
+    attributes: dict[str, Any] = {
+        "subscriptions": {c: {"marketing": {"consent": "UNSUBSCRIBED"}} for c in channels}
+    }
+    if email is not None:
+        attributes["email"] = email
+    if phone_number is not None:
+        attributes["phone_number"] = phone_number
+    return {"type": "profile", "attributes": attributes}
+
+
+def consent_job(
+    kind: str, *profiles: dict[str, Any], list_id: str | None = None, **attributes: Any
+) -> dict[str, Any]:
+    """A subscribe ("create") or unsubscribe ("delete") bulk job body."""
+    data: dict[str, Any] = {
+        "type": f"profile-subscription-bulk-{kind}-job",
+        "attributes": {"profiles": {"data": list(profiles)}, **attributes},
+    }
+    if list_id is not None:
+        data["relationships"] = {"list": {"data": {"type": "list", "id": list_id}}}
+    return {"data": data}
+
+
+def suppression_job(
+    kind: str, *emails: str, list_id: str | None = None, segment_id: str | None = None
+) -> dict[str, Any]:
+    """A suppress ("create") or unsuppress ("delete") bulk job body."""
+    data: dict[str, Any] = {"type": f"profile-suppression-bulk-{kind}-job", "attributes": {}}
+    if emails:
+        entries = [{"type": "profile", "attributes": {"email": e}} for e in emails]
+        data["attributes"]["profiles"] = {"data": entries}
+    relationships: dict[str, Any] = {}
+    if list_id is not None:
+        relationships["list"] = {"data": {"type": "list", "id": list_id}}
+    if segment_id is not None:
+        relationships["segment"] = {"data": {"type": "segment", "id": segment_id}}
+    if relationships:
+        data["relationships"] = relationships
+    return {"data": data}
+
+
+async def profile_of(http: aiohttp.ClientSession, base: str, **identifier: str) -> dict[str, Any]:
+    """The /sandbox/profiles snapshot of the one profile holding `identifier` (or `id`)."""
+    [(name, value)] = identifier.items()
+    profiles = (await inspect(http, base, "profiles"))["profiles"]
+    if name == "id":
+        found = [p for p in profiles if p["id"] == value]
+    else:
+        found = [p for p in profiles if p["attributes"].get(name) == value]
+    assert len(found) == 1, (identifier, found)
+    return dict(found[0])

@@ -125,8 +125,13 @@ async def test_run_prints_its_url_and_stops_on_sigterm() -> None:
     assert proc.stdout is not None
     line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
     assert line.startswith("Klaviyo sandbox at http://127.0.0.1:")
+    base = line.split(" at ")[1].strip()
+    pages = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+    assert pages.strip() == f"sandbox pages (open in a browser): {base}/sandbox/"
     async with aiohttp.ClientSession() as http:
-        stats = await inspect(http, line.split(" at ")[1].strip(), "stats")
+        stats = await inspect(http, base, "stats")
+        async with http.get(f"{base}/sandbox/", headers={"Accept": "text/html"}) as r:
+            assert r.status == 200 and "Klaviyo sandbox" in await r.text()
     assert stats["requests_total"] == 0
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0

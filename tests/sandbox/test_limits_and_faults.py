@@ -10,6 +10,9 @@ import aiohttp
 import pytest
 
 from stream.sandbox import SandboxConfig, SandboxServer
+from stream.sandbox.config import OPENAPI_DIR
+from stream.sandbox.ratelimit import RateLimiter
+from stream.sandbox.spec import load_operations
 from tests.support import wait_until
 
 from .conftest import HEADERS, event, inspect, post
@@ -119,3 +122,53 @@ async def test_partial_fault_rate_lets_most_requests_through(
     async with SandboxServer(SandboxConfig(fault_rate=rate, fault_seed=1, rate_limits=False)) as sb:
         outcomes = Counter([await _fire(f"{sb.url}/api/events", i) for i in range(200)])
         assert 100 < outcomes["202"] < 190
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "burst", "steady"),
+    [
+        ("POST", "/api/profile-subscription-bulk-create-jobs", 75, 750),
+        ("POST", "/api/profile-subscription-bulk-delete-jobs", 75, 750),
+        ("POST", "/api/profile-suppression-bulk-create-jobs", 75, 750),
+        ("POST", "/api/profile-suppression-bulk-delete-jobs", 75, 750),
+        ("POST", "/api/lists/NOPE00/relationships/profiles", 10, 150),
+        ("DELETE", "/api/lists/NOPE00/relationships/profiles", 10, 150),
+        ("POST", "/api/lists", 10, 150),
+        ("GET", "/api/lists", 75, 750),
+        ("POST", "/api/data-privacy-deletion-jobs", 3, 60),
+        ("POST", "/client/subscriptions?company_id=SBXPUB", 350, 750),
+    ],
+)
+async def test_consent_list_and_deletion_endpoints_have_klaviyos_limits(
+    http: aiohttp.ClientSession, method: str, path: str, burst: int, steady: int
+) -> None:
+    """The burst of each operation (x-klaviyo-ratelimit) passes, the next request is a 429.
+
+    Windows are stretched 60x so the burst cannot roll over mid-test; an empty body is a 400
+    that still spends quota, as at Klaviyo (the limit is checked before the body).
+    """
+    async with SandboxServer(SandboxConfig(time_scale=60)) as sb:
+        statuses = []
+        for _ in range(burst + 1):
+            async with http.request(method, sb.url + path, data=b"{}", headers=HEADERS) as r:
+                await r.read()
+                statuses.append(r.status)
+                limit = r.headers["RateLimit-Limit"]
+        assert 429 not in statuses[:burst] and statuses[burst] == 429
+        assert limit == str(steady)
+
+
+def test_list_creation_has_a_daily_limit_too() -> None:
+    """create_list: burst 10/s, steady 150/m and daily 150/d, on a fake clock."""
+    quota = load_operations(OPENAPI_DIR)["create_list"].rate_limit
+    assert (quota.burst, quota.steady, quota.daily) == (10, 150, 150)
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    for _ in range(15):  # 150 requests in 15 minutes: 10 a second, once a minute
+        assert all(limiter.hit("create_list", quota).allowed for _ in range(10))
+        now[0] += 60
+    refused = limiter.hit("create_list", quota)
+    assert not refused.allowed  # burst and steady windows are fresh: the day is full
+    assert int(refused.headers()["Retry-After"]) > 3600
+    now[0] = 86_400.0
+    assert limiter.hit("create_list", quota).allowed

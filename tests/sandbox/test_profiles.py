@@ -1,4 +1,4 @@
-"""Profile upsert semantics, identity conflicts, GET filters, merges and bulk import jobs."""
+"""Profile upsert semantics, identity conflicts, GET filters and bulk import jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import aiohttp
 
 from stream.sandbox import SandboxServer
 
-from .conftest import event, get, inspect, post, profile, upsert
+from .conftest import get, post, upsert
 
 
 async def _create(http: aiohttp.ClientSession, url: str, **attributes: Any) -> str:
@@ -99,74 +99,6 @@ async def test_get_profiles_filters(sandbox: SandboxServer, http: aiohttp.Client
     assert [p["id"] for p in body["data"]] == [ada] and "next" in body["links"]
     status, body, _ = await get(http, body["links"]["next"])
     assert [p["id"] for p in body["data"]] == [bob]
-
-
-async def test_merge_folds_sources_into_destination(
-    sandbox: SandboxServer, http: aiohttp.ClientSession
-) -> None:
-    dest = await _create(
-        http, sandbox.url, email="ada@example.com", first_name="Ada", properties={"k": "dest"}
-    )
-    source = await _create(
-        http,
-        sandbox.url,
-        external_id="u-1",
-        first_name="Augusta",
-        last_name="King",
-        properties={"k": "src", "s": 1},
-    )
-    await post(
-        http, f"{sandbox.url}/api/events", event(who=profile(external_id="u-1"), unique_id="e1")
-    )
-    body = {
-        "data": {
-            "type": "profile-merge",
-            "id": dest,
-            "relationships": {"profiles": {"data": [{"type": "profile", "id": source}]}},
-        }
-    }
-    status, answer, _ = await post(http, f"{sandbox.url}/api/profile-merge", body)
-    assert status == 201
-    assert answer["data"]["id"] == dest and answer["data"]["type"] == "profile"
-    snapshot = await inspect(http, sandbox.url, "profiles")
-    [merged] = snapshot["profiles"]
-    assert merged["id"] == dest and merged["merged_ids"] == [source]
-    assert (
-        merged["attributes"]["external_id"] == "u-1" and merged["attributes"]["last_name"] == "King"
-    )
-    assert merged["attributes"]["first_name"] == "Ada"
-    assert merged["properties"] == {"k": "dest", "s": 1}
-    assert snapshot["merged_into"] == {source: dest}
-    # events follow, the old id still resolves, the same unique_id is still refused
-    later = {"type": "profile", "id": source, "attributes": {}}
-    await post(http, f"{sandbox.url}/api/events", event(who=later, unique_id="e2"))
-    await post(
-        http,
-        f"{sandbox.url}/api/events",
-        event(who=profile(email="ada@example.com"), unique_id="e1"),
-    )
-    events = (await inspect(http, sandbox.url, "events"))["events"]
-    assert [(e["unique_id"], e["profile_id"]) for e in events] == [("e1", dest), ("e2", dest)]
-    stats = await inspect(http, sandbox.url, "stats")
-    assert stats["merges"] == 1 and stats["refused_duplicates"] == 1
-    status, _, _ = await post(http, f"{sandbox.url}/api/profile-merge", body)
-    assert status == 400  # the source now is the destination
-
-
-async def test_merge_of_unknown_profile_is_404(
-    sandbox: SandboxServer, http: aiohttp.ClientSession
-) -> None:
-    dest = await _create(http, sandbox.url, email="ada@example.com")
-    body = {
-        "data": {
-            "type": "profile-merge",
-            "id": dest,
-            "relationships": {"profiles": {"data": [{"type": "profile", "id": "01GHOST"}]}},
-        }
-    }
-    status, answer, _ = await post(http, f"{sandbox.url}/api/profile-merge", body)
-    assert status == 404
-    assert answer["errors"][0]["source"]["pointer"] == "/data/relationships/profiles/data/0/id"
 
 
 async def test_bulk_import_job_status_and_errors(

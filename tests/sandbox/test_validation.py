@@ -135,19 +135,54 @@ async def test_event_limits(
     assert only_error(body)["source"]["pointer"] == pointer
 
 
-async def test_metric_name_and_external_id_lengths(
-    sandbox: SandboxServer, http: aiohttp.ClientSession
+@pytest.mark.parametrize(("length", "accepted"), [(127, True), (128, False), (129, False)])
+async def test_metric_name_must_be_less_than_128_characters(
+    sandbox: SandboxServer, http: aiohttp.ClientSession, length: int, accepted: bool
 ) -> None:
-    status, body, _ = await post(http, f"{sandbox.url}/api/events", event(metric="m" * 129))
-    assert status == 400
-    assert only_error(body)["source"]["pointer"] == "/data/attributes/metric/data/attributes/name"
-    status, _, _ = await post(http, f"{sandbox.url}/api/events", event(metric="m" * 128))
-    assert status == 202
+    status, body, _ = await post(http, f"{sandbox.url}/api/events", event(metric="m" * length))
+    assert status == (202 if accepted else 400), body
+    if not accepted:
+        error = only_error(body)
+        assert error["source"]["pointer"] == "/data/attributes/metric/data/attributes/name"
+        assert error["detail"] == "Metric name must be less than 128 characters."
+    entry = bulk_entry(profile(email="a@example.com"), bulk_event("é" * length))
+    status, body, _ = await post(
+        http, f"{sandbox.url}/api/event-bulk-create-jobs", bulk_events(entry)
+    )
+    assert status == (202 if accepted else 400), body  # characters, not UTF-8 bytes
+
+
+@pytest.mark.parametrize(
+    ("moment", "accepted"),
+    [
+        ("1990-12-31T23:59:59Z", False),  # still the year 1990
+        ("1990-12-31T23:59:59.999999Z", False),
+        ("1991-01-01T00:00:00Z", True),  # the first instant after the year 1990
+        ("1991-01-01T00:00:01Z", True),
+        ("1991-01-01T01:00:00+01:00", True),  # the same instant, written in another zone
+        ("1991-01-01T00:59:59+01:00", False),
+        ("1990-01-01T00:00:00Z", False),
+    ],
+)
+async def test_event_time_must_be_after_the_year_1990(
+    sandbox: SandboxServer, http: aiohttp.ClientSession, moment: str, accepted: bool
+) -> None:
+    status, body, _ = await post(http, f"{sandbox.url}/api/events", event(time=moment))
+    assert status == (202 if accepted else 400), body
+    if not accepted:
+        assert only_error(body)["source"]["pointer"] == "/data/attributes/time"
+
+
+async def test_external_id_length(sandbox: SandboxServer, http: aiohttp.ClientSession) -> None:
     status, body, _ = await post(
         http, f"{sandbox.url}/api/profile-import", upsert(external_id="x" * 256)
     )
     assert status == 400
     assert only_error(body)["source"]["pointer"] == "/data/attributes/external_id"
+    status, _, _ = await post(
+        http, f"{sandbox.url}/api/profile-import", upsert(external_id="x" * 255)
+    )
+    assert status == 201
 
 
 async def test_profile_needs_an_identifier(

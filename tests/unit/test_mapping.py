@@ -109,19 +109,47 @@ def test_track_maps_to_an_event_with_unique_id_time_and_value() -> None:
     }
 
 
+def _track(timestamp: str = "2026-01-01T00:00:00Z", event: str = "E") -> dict:
+    call = normalize(
+        "track", {"messageId": "m", "timestamp": timestamp, "userId": "u", "event": event}
+    )
+    return mapping.event_attributes(call)
+
+
 @pytest.mark.parametrize("timestamp", ["1989-12-31T23:59:59Z", "2999-01-01T00:00:00Z", "yesterday"])
 def test_event_time_outside_klaviyo_window_is_refused(timestamp: str) -> None:
-    call = normalize(
-        "track", {"messageId": "m", "timestamp": timestamp, "userId": "u", "event": "E"}
-    )
     with pytest.raises(MappingError):
-        mapping.event_attributes(call)
+        _track(timestamp)
 
 
-def test_metric_name_over_128_characters_is_refused() -> None:
-    call = normalize(
-        "track",
-        {"messageId": "m", "timestamp": "2026-01-01T00:00:00Z", "userId": "u", "event": "x" * 129},
-    )
-    with pytest.raises(MappingError):
-        mapping.event_attributes(call)
+@pytest.mark.parametrize(
+    ("timestamp", "sent"),
+    [
+        ("1990-12-31T23:59:59Z", None),  # Klaviyo: "after the year 1990"
+        ("1990-12-31T23:59:59.999Z", None),
+        ("1990-01-01T00:00:00Z", None),
+        ("1991-01-01T00:00:00Z", "1991-01-01T00:00:00+00:00"),
+        ("1991-01-01T00:00:01Z", "1991-01-01T00:00:01+00:00"),
+        ("1991-01-01T00:00:00.5Z", "1991-01-01T00:00:00+00:00"),
+        ("1991-01-01T01:00:00+01:00", "1991-01-01T00:00:00+00:00"),  # the slow path
+        ("1991-01-01T00:59:59+01:00", None),
+    ],
+)
+def test_earliest_event_time_is_the_first_instant_after_1990(
+    timestamp: str, sent: str | None
+) -> None:
+    if sent is None:
+        with pytest.raises(MappingError, match="before 1990"):
+            _track(timestamp)
+    else:
+        assert _track(timestamp)["time"] == sent
+
+
+@pytest.mark.parametrize(("length", "accepted"), [(127, True), (128, False), (129, False)])
+def test_metric_name_must_be_less_than_128_characters(length: int, accepted: bool) -> None:
+    if accepted:
+        name = _track(event="x" * length)["metric"]["data"]["attributes"]["name"]
+        assert len(name) == length
+    else:
+        with pytest.raises(MappingError, match="1..127 characters"):
+            _track(event="x" * length)
