@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from fastavro import schemaless_reader
 
 from stream.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, SchemaSet, WriterSchema, load_schemas
-from stream.calls import Call, normalize
+from stream.calls import CALL_TYPES, Call, normalize
 from stream.errors import DecodeError
 
 
@@ -86,7 +86,8 @@ class RegistryDecoder:
             raise DecodeError(f"unknown schema id {schema_id}: {exc}") from None
         resolved = self._schemas.resolve(orjson.loads(registered.schema_str))
         if resolved is None:
-            raise DecodeError(f"schema id {schema_id} is not an identify/track/alias/page call")
+            kinds = "/".join(CALL_TYPES)
+            raise DecodeError(f"schema id {schema_id} is not one of our calls ({kinds})")
         self._by_id[schema_id] = resolved
         return resolved
 
