@@ -158,6 +158,7 @@ class Publisher:
     def close(self, timeout: float = 60) -> None:
         """Wait until the broker has every record; `PublishError` saying what was not."""
         remaining = self._producer.flush(timeout)
+        self._producer.close()
         if remaining or self.errors:
             raise PublishError(
                 f"{remaining} record(s) not delivered within {timeout:g} s; "
@@ -172,6 +173,7 @@ class Publisher:
             self.close()
         else:
             self._producer.flush(60)  # the error is the one to report; still, nothing is lost
+            self._producer.close()
 
 
 def publish(
