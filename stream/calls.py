@@ -106,7 +106,11 @@ def normalize(call_type: str, record: dict[str, Any]) -> Call:
     if not timestamp or not isinstance(timestamp, str):
         raise DecodeError("missing required field 'timestamp'")
     get = record.get  # per record on the hot path: positional construction, one lookup each
-    for_klaviyo, options = _integrations(get("integrations"))
+    integrations = get("integrations")
+    if integrations is None or integrations == "{}":  # the usual case skips a call
+        for_klaviyo, options = True, NO_OPTIONS
+    else:
+        for_klaviyo, options = _integrations(integrations)
     call = Call(
         call_type,  # type: ignore[arg-type]
         message_id,
@@ -123,7 +127,7 @@ def normalize(call_type: str, record: dict[str, Any]) -> Call:
         for_klaviyo,
         options,
     )
-    if call_type == "identify" and call.context:
+    if call_type == "identify" and "traits" in call.context:
         call.traits = _identify_traits(call.traits, call.context)
     if call_type == "track" and not call.event:
         raise DecodeError("a track call needs an 'event' name")
