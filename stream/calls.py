@@ -1,7 +1,10 @@
 """The one internal type every stage works on: a decoded analytics call and where it came from.
 
 `normalize` turns a decoded Avro record (or a Segment JSON call, for `produce` and the event
-tester) into a `Call`. JSON-typed fields (traits, properties, context) are parsed here, once.
+tester) into a `Call`. JSON-typed fields (traits, properties, context, integrations) are parsed
+here, once: a missing or `null` one is an empty object (some libraries write `null`). Identify
+traits are read from `traits` and from `context.traits` (RudderStack's SDK writes them only
+there); the top-level value wins per key. `integrations` becomes `for_klaviyo` and `options`.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from typing import Any, Literal
 import orjson
 
 from stream.errors import DecodeError
+from stream.options import NO_OPTIONS, KlaviyoOptions, read_integrations
 
-CallType = Literal["identify", "track", "alias", "page"]
-CALL_TYPES: tuple[CallType, ...] = ("identify", "track", "alias", "page")
+CallType = Literal["identify", "track", "alias", "page", "screen", "group"]
+CALL_TYPES: tuple[CallType, ...] = ("identify", "track", "alias", "page", "screen", "group")
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -54,7 +58,7 @@ class Record:
 
 @dataclass(slots=True)
 class Call:
-    """A Segment-model call: identify, track, alias or page."""
+    """A Segment-model call: identify, track, alias, page, screen or group."""
 
     type: CallType
     message_id: str
@@ -67,10 +71,13 @@ class Call:
     traits: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    group_id: str | None = None  # group calls
+    for_klaviyo: bool = True  # False: `integrations` turned this destination off
+    options: KlaviyoOptions = NO_OPTIONS  # `integrations.Klaviyo` as an object
 
 
 def _json_object(raw: Any, key: str) -> dict[str, Any]:
-    if raw is None or raw == "" or raw == "{}":  # the common empty cases skip the parser
+    if raw is None or raw == "" or raw == "{}" or raw == "null":  # the common empty cases
         return {}
     if isinstance(raw, dict):
         return raw
@@ -78,9 +85,35 @@ def _json_object(raw: Any, key: str) -> dict[str, Any]:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"field '{key}' is not valid JSON: {exc}") from None
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise DecodeError(f"field '{key}' must be a JSON object, got {type(value).__name__}")
     return value
+
+
+_INTEGRATIONS: dict[str, tuple[bool, KlaviyoOptions]] = {}  # the few spellings producers use
+
+
+def _integrations(raw: Any) -> tuple[bool, KlaviyoOptions]:
+    """`integrations` → (for Klaviyo, options); memoized per text (options are immutable)."""
+    if raw is None or raw == "" or raw == "{}":
+        return True, NO_OPTIONS
+    known = _INTEGRATIONS.get(raw) if isinstance(raw, str) else None
+    if known is not None:
+        return known
+    result = read_integrations(_json_object(raw, "integrations"))
+    if isinstance(raw, str) and len(_INTEGRATIONS) < 1024:
+        _INTEGRATIONS[raw] = result
+    return result
+
+
+def _identify_traits(traits: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """An identify call's traits: `context.traits` under the top-level `traits`."""
+    nested = context.get("traits")
+    if not nested or not isinstance(nested, dict):
+        return traits
+    return {**nested, **traits}
 
 
 def normalize(call_type: str, record: dict[str, Any]) -> Call:
@@ -94,6 +127,11 @@ def normalize(call_type: str, record: dict[str, Any]) -> Call:
     if not timestamp or not isinstance(timestamp, str):
         raise DecodeError("missing required field 'timestamp'")
     get = record.get  # per record on the hot path: positional construction, one lookup each
+    integrations = get("integrations")
+    if integrations is None or integrations == "{}":  # the usual case skips a call
+        for_klaviyo, options = True, NO_OPTIONS
+    else:
+        for_klaviyo, options = _integrations(integrations)
     call = Call(
         call_type,  # type: ignore[arg-type]
         message_id,
@@ -106,9 +144,16 @@ def normalize(call_type: str, record: dict[str, Any]) -> Call:
         _json_object(get("traits"), "traits"),
         _json_object(get("properties"), "properties"),
         _json_object(get("context"), "context"),
+        get("groupId") or None,
+        for_klaviyo,
+        options,
     )
+    if call_type == "identify" and "traits" in call.context:
+        call.traits = _identify_traits(call.traits, call.context)
     if call_type == "track" and not call.event:
         raise DecodeError("a track call needs an 'event' name")
     if call_type == "alias" and not (call.previous_id and call.user_id):
         raise DecodeError("an alias call needs 'previousId' and 'userId'")
+    if call_type == "group" and not call.group_id:
+        raise DecodeError("a group call needs a 'groupId'")
     return call

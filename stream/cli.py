@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="JSON-lines file of calls")
     source.add_argument("--sample", type=int, metavar="N", help="generate N realistic calls")
     produce.add_argument("--topic", help="topic (default: the first of KAFKA_TOPICS)")
+    produce.add_argument(
+        "--strict", action="store_true", help="--input: stop at the first bad line (else skip it)"
+    )
+    produce.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     dlq = sub.add_parser("dlq", help="work with the dead-letter topic (DLQ_TOPIC)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -236,16 +240,45 @@ def _encoder(settings: Settings, topic: str) -> Any:
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.produce import publish, read_jsonl
+    from stream.produce import publish
     from stream.sample import sample_calls
 
     if not settings.kafka_bootstrap_servers:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
     topic = args.topic or settings.kafka_topics[0]
-    calls = read_jsonl(args.input) if args.input else sample_calls(args.sample)
-    count = publish(kafka_client_config(settings), topic, calls, _encoder(settings, topic))
+    if args.input:
+        return _produce_file(settings, args, topic)
+    config = kafka_client_config(settings)
+    count = publish(config, topic, sample_calls(args.sample), _encoder(settings, topic))
     print(f"published {count} calls to {topic}")
     return 0
+
+
+def _produce_file(settings: Settings, args: argparse.Namespace, topic: str) -> int:
+    """`produce --input`: bad lines named by number on stderr; exit 1 if any was refused."""
+    from stream.produce import publish_file
+
+    def refused(number: int, reason: str) -> None:
+        print(f"{args.input}:{number}: {reason}", file=sys.stderr, flush=True)
+
+    report = publish_file(
+        kafka_client_config(settings),
+        topic,
+        args.input,
+        _encoder(settings, topic),
+        strict=args.strict,
+        on_refused=refused,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(f"published {report.published} calls to {topic}")
+    if report.filled:
+        filled = " and ".join(f"{name} in {n}" for name, n in sorted(report.filled.items()))
+        print(f"filled {filled} call(s) as the analytics libraries do (uuid4; now, UTC)")
+    if report.stopped_at is not None:
+        print(f"stopped at line {report.stopped_at} (--strict); the lines before it were sent")
+    elif report.refused:
+        print(f"{len(report.refused)} line(s) refused (listed above); the others were sent")
+    return 1 if report.refused else 0
 
 
 def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:

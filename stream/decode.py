@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from fastavro import schemaless_reader
 
 from stream.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, SchemaSet, WriterSchema, load_schemas
-from stream.calls import Call, normalize
+from stream.calls import CALL_TYPES, Call, normalize
 from stream.errors import ConfigError, DecodeError, RegistryUnavailable
 
 UNKNOWN_ID_SECONDS = 60.0  # an id the registry said does not exist is asked again after this
@@ -129,7 +129,7 @@ class RegistryDecoder:
 
         resolved = self._schemas.resolve(orjson.loads(registered.schema_str))
         if resolved is None:
-            reason = f"schema id {schema_id} is not an identify/track/alias/page call"
+            reason = f"schema id {schema_id} is not one of our calls ({'/'.join(CALL_TYPES)})"
             self._unknown[schema_id] = (time.monotonic() + UNKNOWN_ID_SECONDS, reason)
             return
         self._unknown.pop(schema_id, None)

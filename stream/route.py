@@ -1,9 +1,13 @@
 """Route stage: is this call sent to Klaviyo at all, and under which metric name?
 
-Without an event-definitions file every identify, track and page call goes on (page as the
-configured page event, "Viewed Page" by default). With one, only the calls an enabled
-definition matches (by call type, and by event name exactly, by glob or by regex) go on, with
-an optional metric-name override; everything else is filtered and counted with its reason.
+A call whose `integrations` turn Klaviyo off (`{"All": false}`, `{"Klaviyo": false}`) is
+filtered first (reason `integrations`). Without an event-definitions file every identify,
+track, page and screen call goes on (page and screen as the configured page and screen events,
+"Viewed Page" and "Viewed Screen" by default); group calls only when a definition enables them.
+With a file, only the calls an enabled definition matches (by call type, and by event name
+exactly, by glob or by regex) go on, with an optional metric-name override; everything else is
+filtered and counted with its reason. Segment's ecommerce v2 events get Klaviyo's standard
+metric names (`ECOMMERCE_METRICS`, on by default; a definition's `metric` still wins).
 alias never goes to Klaviyo: it only feeds the identity graph.
 """
 
@@ -18,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 from stream.calls import CALL_TYPES, Call
 from stream.configfile import load_document
 from stream.errors import ConfigError, EventDefinitionError
+from stream.klaviyo.commerce import STANDARD_METRICS
 
 if TYPE_CHECKING:
     from stream.settings import Settings
 
-SENDABLE = ("identify", "track", "page")
+SENDABLE = ("identify", "track", "page", "screen", "group")
 DEFAULT_PAGE_EVENT = "Viewed Page"
+DEFAULT_SCREEN_EVENT = "Viewed Screen"
+NAMELESS = ("identify", "alias", "group")  # call types a definition cannot select by name
 
 
 
@@ -31,8 +38,8 @@ DEFAULT_PAGE_EVENT = "Viewed Page"
 class Selector:
     """Which calls a definition or a transformation applies to: a type and an optional name.
 
-    The name is the track call's event, or the page call's name; `event` matches it exactly,
-    `pattern` as a shell glob (`Order *`), `regex` as a full-match regular expression.
+    The name is the track call's event, or the page or screen call's name; `event` matches it
+    exactly, `pattern` as a shell glob (`Order *`), `regex` as a full-match regular expression.
     """
 
     type: str | None = None
@@ -63,13 +70,16 @@ class EventDefinition:
 
 @dataclass(frozen=True, slots=True)
 class Router:
-    """Decides per call. `definitions` None sends every identify/track/page call.
+    """Decides per call. `definitions` None sends every identify/track/page/screen call.
 
-    `page_event_name` None (or empty) means page calls are not sent.
+    `page_event_name` / `screen_event_name` None (or empty) means page / screen calls are not
+    sent. `ecommerce_metrics` names Segment's ecommerce v2 events as Klaviyo's standard metrics.
     """
 
     page_event_name: str | None = DEFAULT_PAGE_EVENT
     definitions: tuple[EventDefinition, ...] | None = None
+    screen_event_name: str | None = DEFAULT_SCREEN_EVENT
+    ecommerce_metrics: bool = True
     _cache: dict[tuple[str, str | None], EventDefinition | None] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -89,23 +99,34 @@ class Router:
         """None when the call goes on to Klaviyo, else a short reason (a metric label)."""
         if call.type not in SENDABLE:
             return "identity_only"  # alias: consumed by the identity stage, nothing to send
+        if not call.for_klaviyo:
+            return "integrations"
         if call.type == "page" and not self.page_event_name:
             return "page_disabled"
+        if call.type == "screen" and not self.screen_event_name:
+            return "screen_disabled"
         if self.definitions is None:
-            return None
+            return "not_defined" if call.type == "group" else None
         definition = self._definition(call)
         if definition is None:
             return "not_defined"
         return None if definition.enabled else "disabled"
 
     def metric_name(self, call: Call) -> str | None:
-        """Klaviyo metric name of an event-like call: the override, else its own name."""
+        """Klaviyo metric name of an event-like call: the override, else the page or screen
+        event, Klaviyo's standard name of an ecommerce event, or the event's own name."""
         if self.definitions is not None:
             definition = self._definition(call)
             if definition is not None and definition.metric:
                 return definition.metric
         if call.type == "page":
             return self.page_event_name
+        if call.type == "screen":
+            return self.screen_event_name
+        if call.type != "track":
+            return None  # identify, group: profiles, not events
+        if self.ecommerce_metrics:
+            return STANDARD_METRICS.get(call.event or "", call.event)
         return call.event
 
 
@@ -120,7 +141,7 @@ def selector_from(entry: dict[str, Any], where: str, error: type[ConfigError]) -
     for key in names:
         if not isinstance(entry[key], str) or not entry[key]:
             raise error(f"{where}: field '{key}': must be a non-empty string")
-    if names and call_type in ("identify", "alias"):
+    if names and call_type in NAMELESS:
         raise error(f"{where}: field '{names[0]}': {call_type} calls have no event name")
     regex = None
     if entry.get("regex") is not None:
@@ -155,8 +176,10 @@ def load_event_definitions(path: str | Path) -> tuple[EventDefinition, ...]:
         metric = entry.get("metric")
         if metric is not None and (not isinstance(metric, str) or not 0 < len(metric) <= 128):
             raise EventDefinitionError(f"{where}: field 'metric': must be 1..128 characters")
-        if metric is not None and entry["type"] == "identify":
-            raise EventDefinitionError(f"{where}: field 'metric': identify calls are profiles")
+        if metric is not None and entry["type"] in ("identify", "group"):
+            raise EventDefinitionError(
+                f"{where}: field 'metric': {entry['type']} calls are profiles, not events"
+            )
         enabled = entry.get("enabled", True)
         if not isinstance(enabled, bool):
             raise EventDefinitionError(f"{where}: field 'enabled': must be true or false")
@@ -172,4 +195,9 @@ def router_from_settings(settings: Settings) -> Router:
         if settings.event_definitions_file
         else None
     )
-    return Router(settings.page_event_name or None, definitions)
+    return Router(
+        settings.page_event_name or None,
+        definitions,
+        settings.screen_event_name or None,
+        settings.ecommerce_metrics,
+    )

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     klaviyo_mode: Literal["server", "client"] = "server"
     klaviyo_public_key: str | None = None
 
+    # Calls as clients send them: Segment ecommerce v2 events as Klaviyo's standard metrics
+    # (off: names and properties as sent); the metric of mobile screen calls ("" = ignore them)
+    ecommerce_metrics: bool = True
+    screen_event_name: str = Field(default="Viewed Screen", max_length=128)
+
     @field_validator("klaviyo_public_key")
     @classmethod
     def _check_public_key(cls, value: str | None) -> str | None:

@@ -1,9 +1,11 @@
 """`klaviyo-stream test-event FILE.json`: one call through the service's own stages, then Klaviyo.
 
-The call is encoded and decoded as `produce` and `run` would, then routed, transformed
-(HIPAA included), resolved and mapped by the same `Processor` the service builds from the same
-settings, with a throw-away in-memory identity graph. The request it would send is printed
-(the API key masked); unless `dry_run`, it is sent and Klaviyo's status and body are printed.
+A call without `messageId` or `timestamp` gets them as the analytics libraries would give them
+(a uuid4; now, UTC), and the tester says so. The call is encoded and decoded as `produce` and
+`run` would, then routed, transformed (HIPAA included), resolved and mapped by the same
+`Processor` the service builds from the same settings, with a throw-away in-memory identity
+graph. The request it would send is printed (the API key masked); unless `dry_run`, it is sent
+and Klaviyo's status and body are printed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from stream.klaviyo.client import (
 )
 from stream.ledger import Outcome
 from stream.pipeline import build_client, build_processor
-from stream.produce import Encoder
+from stream.produce import Encoder, fill_missing
 from stream.settings import Settings, require_klaviyo_credentials
 from stream.state import open_store
 
@@ -112,6 +114,10 @@ async def run_tester(
 ) -> int:
     """Print the request(s) for the call in `path`, send them unless `dry_run`; exit code."""
     call = read_call(path)
+    filled = fill_missing(call)
+    if filled:
+        values = ", ".join(f"{name} {call[name]}" for name in filled)
+        out(f"filled {values} (as the analytics libraries do: uuid4; now, UTC)")
     try:
         requests, verdict = plan(settings, call)
     except RecordError as exc:

@@ -3,9 +3,12 @@
 A transformations file (YAML or JSON, reviewed in git) lists transformations; each has an
 optional `when` selector (type, and event exactly / by `pattern` glob / by `regex`) and rules
 applied in order: rename, drop, set, copy, hash (SHA-256), map (values), to_trait (move a
-property to a trait). Field paths start with `properties.`, `traits.` or `context.`; `traits.`
-means the identify call's traits and the `context.traits` of the other calls, where Segment
-puts them. The file is validated once at start; an error names the file, rule and field.
+property to a trait), and for profiles unset (remove a custom property from the Klaviyo
+profile) and append (add values to a list property), which become the upsert's
+`meta.patch_properties` like the per-call options of `integrations.Klaviyo`. Field paths start
+with `properties.`, `traits.` or `context.`; `traits.` means the identify call's traits and the
+`context.traits` of the other calls, where Segment puts them. The file is validated once at
+start; an error names the file, rule and field.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from stream.calls import Call
 from stream.configfile import load_document
 from stream.errors import TransformConfigError
 from stream.hipaa import HipaaPolicy, policy_from_settings
+from stream.options import KlaviyoOptions
 from stream.route import Selector, selector_from
 
 if TYPE_CHECKING:
@@ -110,6 +114,10 @@ class Rule:
 
     def apply(self, call: Call) -> None:
         """Change the call in place (the transformer works on a copy)."""
+        if self.kind in ("unset", "append"):
+            if call.type == "identify":  # profile patches: only an upsert carries them
+                call.options = _patched(call, self.kind, self.source[1], self.value)
+            return
         if self.kind == "set":
             set_field(call, self.source, copy.deepcopy(self.value))
             return
@@ -135,6 +143,23 @@ class Rule:
                     return
             if self.has_default:
                 set_field(call, self.source, self.value)
+
+
+def _patched(call: Call, kind: str, key: str, value: Any) -> KlaviyoOptions:
+    """The call's options with one more profile patch; the later of unset/append on one key
+    wins, and an unset property is not also set from the call's traits."""
+    options = call.options
+    unset = tuple(k for k in options.unset if k != key)
+    append = {k: v for k, v in options.append.items() if k != key}
+    if kind == "unset":
+        call.traits.pop(key, None)
+        return dataclasses.replace(options, unset=(*unset, key), append=append)
+    earlier = options.append.get(key)
+    values = [] if earlier is None else earlier if isinstance(earlier, list) else [earlier]
+    added = value if isinstance(value, list) else [value]
+    merged = [*values, *added]
+    append[key] = merged[0] if len(merged) == 1 else merged
+    return dataclasses.replace(options, unset=unset, append=append)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +206,11 @@ _OPERANDS: dict[str, tuple[set[str], set[str]]] = {
     "hash": ({"field"}, {"to"}),
     "drop": ({"field"}, set()),
     "to_trait": ({"property"}, {"trait"}),
+    "unset": ({"field"}, set()),
+    "append": ({"field", "value"}, set()),
 }
-_SHORT_FORM = {"drop": "field", "hash": "field", "to_trait": "property"}
+_SHORT_FORM = {"drop": "field", "hash": "field", "to_trait": "property", "unset": "field"}
+PROFILE_PATCHES = ("unset", "append")
 
 
 def parse_path(raw: Any, where: str, name: str) -> FieldPath:
@@ -228,6 +256,8 @@ def _rule(raw: Any, where: str) -> list[Rule]:
                 raise TransformConfigError(f"{where}: field '{name}': must be a top-level key")
         return [Rule(kind, ("properties", str(key)), ("traits", str(trait)))]
     path = parse_path(operands["field"], where, "field")
+    if kind in PROFILE_PATCHES:
+        return [_profile_patch(kind, path, operands.get("value"), where)]
     if kind == "set":
         return [Rule(kind, path, value=operands["value"])]
     if kind == "drop":
@@ -247,6 +277,25 @@ def _rule(raw: Any, where: str) -> list[Rule]:
             has_default="default" in operands,
         )
     ]
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _profile_patch(kind: str, path: FieldPath, value: Any, where: str) -> Rule:
+    """unset / append: a top-level trait (a custom property of the Klaviyo profile)."""
+    if path[0] != "traits" or len(path) != 2:
+        raise TransformConfigError(
+            f"{where}: field 'field': {kind} changes a profile property: use traits.<key>"
+        )
+    if kind == "append" and not (
+        _scalar(value) or (isinstance(value, list) and value and all(map(_scalar, value)))
+    ):
+        raise TransformConfigError(
+            f"{where}: field 'value': a string, number or boolean, or a list of them"
+        )
+    return Rule(kind, path, value=value)
 
 
 def load_transformations(path: str | Path) -> tuple[Transformation, ...]:
@@ -277,6 +326,12 @@ def load_transformations(path: str | Path) -> tuple[Transformation, ...]:
         if not isinstance(rules, list) or not rules:
             raise TransformConfigError(f"{where}: field 'rules': must be a non-empty list")
         parsed = [r for j, raw in enumerate(rules) for r in _rule(raw, f"{where}.rules[{j}]")]
+        patches = sorted({r.kind for r in parsed if r.kind in PROFILE_PATCHES})
+        if patches and selector.type not in (None, "identify"):
+            raise TransformConfigError(
+                f"{where}: rules {patches} patch profiles: select identify calls "
+                "(when: {type: identify}) or none"
+            )
         out.append(Transformation(selector, tuple(parsed)))
     return tuple(out)
 

@@ -1,9 +1,12 @@
 """Map calls to Klaviyo's current API payloads (JSON:API), as Freshpaint's destination did.
 
 identify → profile: email, phone_number (E.164), external_id (userId or traits.id),
-firstName → first_name, lastName → last_name, title, and every other trait as a custom property.
-track → event: metric = event name, properties, time, value from revenue/value, unique_id =
-messageId. Absent optional fields stay absent: in an upsert a null would clear the field.
+firstName → first_name, lastName → last_name, title, company (its `name` when an object) →
+organization, traits.address + context location/timezone/ip → location, and every other trait
+as a custom property; per-call `unset`/`append` options → `meta.patch_properties`.
+track → event: metric = event name, properties, time, value from revenue/total/value (Segment's
+precedence), unique_id = messageId. group → organization. Absent optional fields stay absent:
+in an upsert a null would clear the field.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from stream.calls import Call
 from stream.errors import MappingError
 from stream.identifiers import Identifiers
+from stream.options import KlaviyoOptions
 
 MAX_METRIC_NAME = 127  # Klaviyo's spec: a metric name "Must be less than 128 characters."
 MAX_PROPERTIES = 400
@@ -29,14 +33,27 @@ PROFILE_TRAITS: dict[str, str] = {
     "lastName": "last_name",
     "last_name": "last_name",
     "title": "title",
-    "company": "organization",
     "organization": "organization",
     "image": "image",
     "avatar": "image",
     "locale": "locale",
 }
 IDENTIFIER_TRAITS = frozenset({"email", "phone", "phoneNumber", "id", "anonymousId", "userId"})
-VALUE_KEYS = ("revenue", "value")
+VALUE_KEYS = ("revenue", "total", "value")  # Segment's precedence
+# traits.address key → Klaviyo location field (Segment's names, then Klaviyo's own)
+ADDRESS_FIELDS: dict[str, str] = {
+    "street": "address1",
+    "street2": "address2",
+    "city": "city",
+    "state": "region",
+    "postalCode": "zip",
+    "postal_code": "zip",
+    "country": "country",
+    "address1": "address1",
+    "address2": "address2",
+    "region": "region",
+    "zip": "zip",
+}
 
 
 _UTC_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|\+00:00)")
@@ -83,25 +100,126 @@ def _window() -> tuple[str, str]:
 
 
 def profile_attributes(call: Call, ids: Identifiers) -> dict[str, Any]:
-    """Attributes of a profile upsert for an identify call (no anonymous_id: not in the schema)."""
+    """Attributes of a profile upsert for an identify call (no anonymous_id: not in the schema).
+
+    A property the call's options unset is never also set (Klaviyo would apply both)."""
     attributes: dict[str, Any] = ids.as_attributes(anonymous=False)
     custom: dict[str, Any] = {}
-    for key, value in call.traits.items():
+    traits = call.traits
+    for key, value in traits.items():
         if key in IDENTIFIER_TRAITS or value is None:
             continue
         target = PROFILE_TRAITS.get(key)
         if target is not None:
             attributes[target] = value if isinstance(value, str) else str(value)
+        elif key == "company":
+            _company(value, attributes, custom)
+        elif key == "address" and isinstance(value, dict):
+            rest = _address(value, attributes)
+            if rest:
+                custom["address"] = rest
         else:
             custom[key] = value
+    if isinstance(traits.get("organization"), str):
+        attributes["organization"] = traits["organization"]  # an explicit one wins
+    location = _context_location(call.context)
+    if location:
+        attributes["location"] = {**location, **attributes.get("location", {})}
+    for key in call.options.unset:
+        custom.pop(key, None)
     if custom:
         attributes["properties"] = custom
     return attributes
 
 
-def profile_resource(attributes: dict[str, Any]) -> dict[str, Any]:
-    """`{"type": "profile", "attributes": …}`."""
-    return {"type": "profile", "attributes": attributes}
+def _company(value: Any, attributes: dict[str, Any], custom: dict[str, Any]) -> None:
+    """Segment's `company` object: its name is the organization, the rest custom properties."""
+    if not isinstance(value, dict):
+        attributes["organization"] = value if isinstance(value, str) else str(value)
+        return
+    name = value.get("name")
+    if name is not None and name != "":
+        attributes["organization"] = name if isinstance(name, str) else str(name)
+    rest = {k: v for k, v in value.items() if k != "name" and v is not None}
+    if rest:
+        custom["company"] = rest
+
+
+def _address(address: dict[str, Any], attributes: dict[str, Any]) -> dict[str, Any]:
+    """traits.address → `location`; returns the keys Klaviyo has no field for."""
+    location: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in address.items():
+        target = ADDRESS_FIELDS.get(key)
+        if value is None or value == "":
+            continue
+        if target is not None and isinstance(value, str | int | float) and not _flag(value):
+            location.setdefault(target, str(value))
+        else:
+            rest[key] = value
+    if location:
+        attributes["location"] = location
+    return rest
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _coordinate(value: Any) -> float | str | None:
+    if isinstance(value, int | float) and not _flag(value):
+        return value
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _context_location(context: dict[str, Any]) -> dict[str, Any]:
+    """Segment's context: `location.latitude`/`longitude`, `timezone`, `ip` (the HIPAA
+    filter, which runs before mapping, never lets `ip` through)."""
+    out: dict[str, Any] = {}
+    place = context.get("location")
+    if isinstance(place, dict):
+        for key in ("latitude", "longitude"):
+            coordinate = _coordinate(place.get(key))
+            if coordinate is not None:
+                out[key] = coordinate
+    for key in ("timezone", "ip"):
+        value = context.get(key)
+        if isinstance(value, str) and value:
+            out[key] = value
+    return out
+
+
+def profile_meta(options: KlaviyoOptions) -> dict[str, Any] | None:
+    """`meta` of a profile upsert: the call's `unset` and `append` options as Klaviyo's
+    `patch_properties`; None when there is nothing to patch."""
+    if not options.patches_profile:
+        return None
+    patch: dict[str, Any] = {}
+    if options.unset:
+        patch["unset"] = list(options.unset)
+    if options.append:
+        patch["append"] = dict(options.append)
+    return {"patch_properties": patch}
+
+
+def group_profile_attributes(call: Call) -> dict[str, Any] | None:
+    """What an enabled group call changes on its person's profile: `organization` from the
+    group's `name` trait. None when it names none (nothing to send)."""
+    name = call.traits.get("name")
+    if name is None or name == "" or isinstance(name, dict | list):
+        return None
+    return {"organization": name if isinstance(name, str) else str(name)}
+
+
+def profile_resource(
+    attributes: dict[str, Any], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`{"type": "profile", "attributes": …}`, with `meta` (patch operations) when given."""
+    if meta is None:
+        return {"type": "profile", "attributes": attributes}
+    return {"type": "profile", "attributes": attributes, "meta": meta}
 
 
 def event_attributes(call: Call, metric_name: str | None = None) -> dict[str, Any]:
@@ -197,17 +315,26 @@ def client_bulk_events_body(
     }
 
 
-def profile_import_body(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Body of `POST /api/profile-import` for one profile."""
-    return {"data": profile_resource(attributes)}
+def profile_import_body(
+    attributes: dict[str, Any], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Body of `POST /api/profile-import` (and `/client/profiles`) for one profile."""
+    return {"data": profile_resource(attributes, meta)}
 
 
-def bulk_profiles_body(profiles: list[dict[str, Any]]) -> dict[str, Any]:
-    """Body of `POST /api/profile-bulk-import-jobs`."""
+def bulk_profiles_body(
+    profiles: list[dict[str, Any]], metas: list[dict[str, Any] | None] | None = None
+) -> dict[str, Any]:
+    """Body of `POST /api/profile-bulk-import-jobs`; `metas[i]` is profile i's `meta`."""
+    resources = (
+        [profile_resource(p) for p in profiles]
+        if metas is None
+        else [profile_resource(p, m) for p, m in zip(profiles, metas, strict=True)]
+    )
     return {
         "data": {
             "type": "profile-bulk-import-job",
-            "attributes": {"profiles": {"data": [profile_resource(p) for p in profiles]}},
+            "attributes": {"profiles": {"data": resources}},
         }
     }
 

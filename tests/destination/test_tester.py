@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,29 @@ def test_a_filtered_call_and_a_refused_call_are_explained(
     configured.write_text(json.dumps({**ORDER, "timestamp": "1980-01-01T00:00:00Z"}))
     assert main(["test-event", str(configured), "--dry-run"]) == 1
     assert "refused (map)" in capsys.readouterr().out
+
+
+def test_a_call_without_message_id_or_timestamp_is_filled_and_the_tester_says_so(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = {k: v for k, v in ORDER.items() if k not in ("messageId", "timestamp")}
+    configured.write_text(json.dumps(bare))
+    assert main(["test-event", str(configured), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    filled = re.search(r"filled messageId (\S+), timestamp (\S+) \(as the analytics", out)
+    assert filled is not None, out
+    message_id, timestamp = filled.groups()
+    assert uuid.UUID(message_id).version == 4
+    moment = datetime.fromisoformat(timestamp)
+    assert moment.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - moment) < timedelta(minutes=5)
+    attributes = body_of(out)["data"]["attributes"]
+    assert attributes["unique_id"] == message_id
+    assert attributes["time"] == moment.replace(microsecond=0).isoformat()
+
+
+def test_a_complete_call_is_not_said_to_be_filled(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["test-event", str(configured), "--dry-run"]) == 0
+    assert "filled" not in capsys.readouterr().out

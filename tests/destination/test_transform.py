@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from stream.klaviyo import mapping
 from stream.transform import TransformConfigError, Transformer, load_transformations
 from tests.destination.helpers import call, write_yaml
 
@@ -142,4 +143,85 @@ def test_a_bad_selector_is_named(tmp_path: Path) -> None:
         tmp_path, "t.yaml", {"transformations": [{"when": {"type": "buy"}, "rules": []}]}
     )
     with pytest.raises(TransformConfigError, match=r"transformations\[0\]\.when: field 'type'"):
+        load_transformations(path)
+
+
+def identify(**traits: Any) -> Any:
+    return call("identify", userId="u", traits={"email": "ann@example.com", **traits})
+
+
+def test_unset_removes_the_trait_and_patches_the_profile(tmp_path: Path) -> None:
+    t = transformer(tmp_path, [{"unset": ["traits.plan", "traits.trial_ends"]}],
+                    when={"type": "identify"})  # fmt: skip
+    original = identify(plan="trial", seats=2)
+    changed = t(original)
+    assert changed.traits == {"email": "ann@example.com", "seats": 2}
+    assert changed.options.unset == ("plan", "trial_ends")
+    assert mapping.profile_meta(changed.options) == {
+        "patch_properties": {"unset": ["plan", "trial_ends"]}
+    }
+    assert original.traits["plan"] == "trial" and not original.options.unset
+
+
+def test_append_adds_values_and_two_appends_to_one_list_add_up(tmp_path: Path) -> None:
+    t = transformer(tmp_path, [
+        {"append": {"field": "traits.skus", "value": "A-1"}},
+        {"append": {"field": "traits.skus", "value": ["B-2", 3]}},
+        {"append": {"field": "traits.badges", "value": True}},
+    ])  # fmt: skip
+    options = t(identify()).options
+    assert options.append == {"skus": ["A-1", "B-2", 3], "badges": True}
+
+
+def test_rules_add_to_the_per_call_options_and_the_later_of_unset_and_append_wins(
+    tmp_path: Path,
+) -> None:
+    t = transformer(tmp_path, [
+        {"unset": "traits.skus"},
+        {"append": {"field": "traits.skus", "value": "A-1"}},
+        {"unset": "traits.coupon"},
+    ])  # fmt: skip
+    sent = call("identify", userId="u", traits={"coupon": "X"},
+                integrations={"Klaviyo": {"unset": ["plan"], "suppress": True}})  # fmt: skip
+    options = t(sent).options
+    assert options.unset == ("plan", "coupon")
+    assert options.append == {"skus": "A-1"}
+    assert options.suppress is True  # other per-call options untouched
+
+
+def test_profile_patches_leave_other_calls_alone(tmp_path: Path) -> None:
+    t = transformer(tmp_path, [{"unset": "traits.plan"}])
+    tracked = call("track", userId="u", event="E", context={"traits": {"plan": "pro"}})
+    changed = t(tracked)
+    assert changed.context == {"traits": {"plan": "pro"}} and not changed.options.unset
+
+
+@pytest.mark.parametrize(
+    ("rule", "names"),
+    [
+        ({"unset": "properties.plan"}, ["rules[1] (unset)", "'field'", "traits.<key>"]),
+        ({"unset": "traits.a.b"}, ["rules[1] (unset)", "traits.<key>"]),
+        ({"append": {"field": "traits.skus"}}, ["rules[1] (append)", "'value'", "required"]),
+        ({"append": {"field": "traits.skus", "value": {"a": 1}}}, ["(append)", "'value'"]),
+        ({"append": {"field": "traits.skus", "value": []}}, ["(append)", "'value'"]),
+        ({"append": {"field": "context.x", "value": 1}}, ["(append)", "traits.<key>"]),
+    ],
+)
+def test_a_bad_profile_patch_rule_names_file_rule_and_field(
+    tmp_path: Path, rule: dict[str, Any], names: list[str]
+) -> None:
+    path = write_yaml(
+        tmp_path, "t.yaml", {"transformations": [{"rules": [{"drop": "traits.x"}, rule]}]}
+    )
+    with pytest.raises(TransformConfigError) as info:
+        load_transformations(path)
+    for name in [f"{path}: transformations[0]", *names]:
+        assert name in str(info.value)
+
+
+def test_profile_patches_for_event_calls_are_refused_at_start(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "t.yaml", {"transformations": [
+        {"when": {"type": "track"}, "rules": [{"unset": "traits.plan"}]},
+    ]})  # fmt: skip
+    with pytest.raises(TransformConfigError, match=r"transformations\[0\].*patch profiles"):
         load_transformations(path)

@@ -85,9 +85,9 @@ def _raw_avro(call: dict[str, Any], prefix: bytes) -> bytes:
     return prefix + buf.getvalue()
 
 
-SCREEN_SCHEMA = {
+HEARTBEAT_SCHEMA = {  # a record that is not one of our call types
     "type": "record",
-    "name": "Screen",
+    "name": "Heartbeat",
     "namespace": "io.klaviyostream.calls",
     "fields": [{"name": "messageId", "type": "string"}, {"name": "name", "type": "string"}],
 }
@@ -97,8 +97,8 @@ def bad_records() -> list[BadRecord]:
     """One record of every malformed kind (25 kinds), local wire format."""
     good_track = encode(_track())
     identify_fp = encode(_identify({"email": "a@example.com"}))[2:10]
-    screen = encode_single_object(
-        fastavro.parse_schema(SCREEN_SCHEMA), {"messageId": _mid(), "name": "Home"}
+    heartbeat = encode_single_object(
+        fastavro.parse_schema(HEARTBEAT_SCHEMA), {"messageId": _mid(), "name": "Home"}
     )
     track_body_as_identify = b"\xc3\x01" + identify_fp + _raw_avro(_track(), b"")
     return [
@@ -116,7 +116,9 @@ def bad_records() -> list[BadRecord]:
             "unknown schema fingerprint",
             "decode",
         ),
-        BadRecord("unknown call type (screen)", screen, "unknown schema fingerprint", "decode"),
+        BadRecord(
+            "unknown call type (heartbeat)", heartbeat, "unknown schema fingerprint", "decode"
+        ),
         BadRecord("truncated avro", good_track[: len(good_track) // 2], "Avro body", "decode"),
         BadRecord("corrupt avro", good_track[:10] + b"\xff" * 40, "corrupt Avro body", "decode"),
         BadRecord("trailing bytes", good_track + b"\x00\x01\x02", "trailing bytes", "decode"),

@@ -24,7 +24,7 @@ from stream.decode import RegistryDecoder
 from stream.produce import Encoder, publish
 from stream.sample import sample_calls
 from stream.sandbox import SandboxConfig, SandboxServer, SandboxThread
-from tests.reliability.corpus import KIND_HEADER, SCREEN_SCHEMA, bad_records, interleave
+from tests.reliability.corpus import HEARTBEAT_SCHEMA, KIND_HEADER, bad_records, interleave
 from tests.reliability.harness import (
     ServiceProcess,
     assert_exactly_once,
@@ -174,8 +174,8 @@ async def test_schema_registry_corpus_dead_lettered_with_reasons(
     topic = topic_factory(partitions=1)
     encoder = Encoder(registry=registry, topic=topic)
     good = list(sample_calls(200, seed=43, persons=20))
-    screen_id = registry.register_schema(
-        f"{topic}-screen", Schema(str(SCREEN_SCHEMA).replace("'", '"'), "AVRO")
+    heartbeat_id = registry.register_schema(
+        f"{topic}-heartbeat", Schema(str(HEARTBEAT_SCHEMA).replace("'", '"'), "AVRO")
     )
     mismatch = (
         '{"type": "record", "name": "Track", "namespace": "io.klaviyostream.calls", '
@@ -186,8 +186,8 @@ async def test_schema_registry_corpus_dead_lettered_with_reasons(
         "registry wrong magic byte": (b"\x01\x00\x00\x00\x01abc", "wrong magic byte"),
         "registry unknown schema id": (b"\x00\x00\x00\x7f\xff\x02", "unknown schema id"),
         "registry unknown call type": (
-            bytes([0]) + screen_id.to_bytes(4, "big") + b"\x02a\x02b",
-            "is not an identify/track/alias/page call",
+            bytes([0]) + heartbeat_id.to_bytes(4, "big") + b"\x02a\x02b",
+            "is not one of our calls",
         ),
         "registry schema mismatch": (
             bytes([0]) + mismatch_id.to_bytes(4, "big") + b"\x02",

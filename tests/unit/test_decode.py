@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -86,3 +87,86 @@ def test_unknown_schema_id_in_the_registry_is_a_decode_error() -> None:
 def test_missing_required_field_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="messageId"):
         LocalDecoder().decode(Encoder().encode({**ORDER, "messageId": ""}))
+
+
+CALLS = {
+    "identify": {"type": "identify", "messageId": "i-1", "timestamp": "2026-02-02T12:00:00Z",
+                 "userId": "u-1", "traits": {"email": "a@example.com", "n": 1.5},
+                 "context": {"ip": "10.0.0.2"}},
+    "track": ORDER,
+    "page": {"type": "page", "messageId": "p-1", "timestamp": "2026-02-02T12:00:00Z",
+             "anonymousId": "a-1", "name": "Home", "properties": {"path": "/"},
+             "context": {"locale": "fr"}},
+    "alias": {"type": "alias", "messageId": "a-1", "timestamp": "2026-02-02T12:00:00Z",
+              "userId": "u-1", "previousId": "anon-1", "context": {"ip": "10.0.0.3"}},
+}  # fmt: skip
+HISTORY = sorted((schemas_dir() / "history").glob("*.avsc"))
+
+
+@pytest.mark.parametrize("path", HISTORY, ids=[p.stem for p in HISTORY])
+def test_every_historical_schema_version_still_decodes_both_wire_formats(path: Any) -> None:
+    writer = parse_schema(json.loads(path.read_text()))
+    call_type = path.stem.split(".")[0]
+    source = CALLS[call_type]
+    _, record = to_avro_record(source)
+    registry = SchemaRegistryClient.new_client({"url": f"mock://history-{path.stem}"})
+    schema_id = registry.register_schema(f"t-{path.stem}", Schema(json.dumps(writer), "AVRO"))
+    for call in (
+        LocalDecoder().decode(encode_single_object(writer, record)),
+        RegistryDecoder(registry).decode(encode_confluent(schema_id, writer, record)),
+    ):
+        assert (call.type, call.message_id, call.user_id) == (
+            call_type, source["messageId"], source.get("userId")
+        )  # fmt: skip
+        written = {f["name"] for f in writer["fields"]}
+        for key in ("traits", "properties", "context"):
+            if key in source:
+                assert getattr(call, key) == (source[key] if key in written else {})
+        assert call.for_klaviyo  # integrations did not exist yet: the default
+
+
+def test_every_history_version_is_older_than_the_current_schema() -> None:
+    current = load_schemas().current
+    for path in HISTORY:
+        fields = {f["name"] for f in json.loads(path.read_text())["fields"]}
+        now = {f["name"] for f in current[path.stem.split(".")[0]]["fields"]}  # type: ignore[index]
+        assert fields < now, path.name  # a strict subset: every added field has a default
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"type": "screen", "messageId": "s-1", "timestamp": "2026-02-02T12:00:00Z",
+         "userId": "u-1", "name": "Cart", "category": "Shop", "properties": {"items": 2}},
+        {"type": "group", "messageId": "g-1", "timestamp": "2026-02-02T12:00:00Z",
+         "userId": "u-1", "groupId": "acme", "traits": {"name": "Acme", "employees": 50}},
+    ],
+)  # fmt: skip
+def test_screen_and_group_round_trip_locally_and_through_a_registry(call: dict) -> None:
+    registry = SchemaRegistryClient.new_client({"url": f"mock://{call['type']}"})
+    for value, decoder in (
+        (Encoder().encode(call), LocalDecoder()),
+        (Encoder(registry=registry, topic="t").encode(call), RegistryDecoder(registry)),
+    ):
+        decoded = decoder.decode(value)
+        assert decoded.type == call["type"]
+        assert decoded.name == call.get("name")
+        assert decoded.group_id == call.get("groupId")
+        assert decoded.properties == call.get("properties", {})
+        assert decoded.traits == call.get("traits", {})
+
+
+def test_integrations_survive_the_wire_and_a_group_without_group_id_cannot_be_written() -> None:
+    call = LocalDecoder().decode(
+        Encoder().encode({**ORDER, "integrations": {"All": False, "Klaviyo": {"suppress": True}}})
+    )
+    assert call.for_klaviyo and call.options.suppress is True
+    with pytest.raises(ValueError):  # fastavro: required field missing
+        Encoder().encode({"type": "group", "messageId": "g", "timestamp": "2026-01-01T00:00:00Z"})
+
+
+def test_null_json_fields_are_written_as_empty_objects() -> None:
+    call = LocalDecoder().decode(
+        Encoder().encode({**ORDER, "properties": None, "context": None, "integrations": None})
+    )
+    assert (call.properties, call.context, call.for_klaviyo) == ({}, {}, True)

@@ -53,12 +53,13 @@ def test_user_id_wins_over_traits_id() -> None:
 
 
 def test_other_traits_become_custom_properties_with_their_types() -> None:
-    attributes = identify({"plan": "pro", "seats": 3, "beta": True, "address": {"city": "Paris"}})
+    attributes = identify({"plan": "pro", "seats": 3, "beta": True, "tags": ["a"], "x": {"y": 1}})
     assert attributes["properties"] == {
         "plan": "pro",
         "seats": 3,
         "beta": True,
-        "address": {"city": "Paris"},
+        "tags": ["a"],
+        "x": {"y": 1},
     }
 
 
