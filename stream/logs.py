@@ -28,7 +28,7 @@ REDACTED = "[REDACTED]"
 _SECRET_PATTERNS = (
     re.compile(r"(Klaviyo-API-Key)\s+[^\s\"',;}\]]+", re.IGNORECASE),
     re.compile(r"\bpk_[A-Za-z0-9_]{20,}"),
-    re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)[^\s/@]+@"),
+    re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)(?!\*\*\*@)[^\s/@]+@"),
 )
 
 # Attributes every LogRecord has; anything else came from `extra=`.
