@@ -288,7 +288,8 @@ async def _report_sandbox(url: str, every: float = 2.0) -> None:
 def _local_stack(settings: Settings) -> Iterator[Settings]:
     """`--local`: a local broker and sandbox, and settings that point at them."""
     from stream.localkafka import LocalKafka
-    from stream.sandbox import SandboxConfig, SandboxThread
+
+    SandboxConfig, SandboxThread = _sandbox_parts()
 
     with (
         LocalKafka() as kafka,
@@ -471,8 +472,21 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace, selection: Any) ->
     return 0
 
 
+def _sandbox_parts() -> tuple[Any, Any]:
+    """The sandbox's classes; without the `local` extra, one line saying how to get it."""
+    try:
+        from stream.sandbox import SandboxConfig, SandboxThread
+    except ImportError as exc:
+        raise ConfigError(
+            f"the Klaviyo sandbox needs the `local` extra ({exc.name} is missing): "
+            "pip install 'klaviyo-stream[local]'"
+        ) from None
+    return SandboxConfig, SandboxThread
+
+
 def _sandbox(args: argparse.Namespace) -> int:
-    from stream.sandbox import SandboxConfig, run
+    SandboxConfig, _thread = _sandbox_parts()
+    from stream.sandbox import run
 
     run(
         SandboxConfig(
