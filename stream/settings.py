@@ -325,11 +325,6 @@ class Settings(BaseSettings):
         url = urlsplit(self.klaviyo_base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("KLAVIYO_BASE_URL: expected https://host, e.g. https://a.klaviyo.com")
-        if url.scheme == "http" and not self.klaviyo_allow_http and not _loopback(url.hostname):
-            raise ValueError(
-                "KLAVIYO_BASE_URL: http:// would send the API key unencrypted; use https://, "
-                "or set KLAVIYO_ALLOW_HTTP=true on purpose (a sandbox on a private network)"
-            )
         if self.schema_registry_bearer_token is not None:
             if self.schema_registry_basic_auth_user_info is not None:
                 raise ValueError(
@@ -482,7 +477,16 @@ def require_production_settings(settings: Settings) -> None:
 
 
 def require_klaviyo_credentials(settings: Settings) -> None:
-    """Server mode needs the private key; client mode the six-character public key."""
+    """Server mode needs the private key; client mode the six-character public key; neither
+    goes over plain http:// unless to loopback or on purpose (`KLAVIYO_ALLOW_HTTP`). Checked by
+    every command that talks to Klaviyo (not by the Kafka-only ones, `dlq`, `status`)."""
+    url = urlsplit(settings.klaviyo_base_url)
+    plain = url.scheme == "http" and not _loopback(url.hostname or "")
+    if plain and not settings.klaviyo_allow_http:
+        raise ConfigError(
+            "KLAVIYO_BASE_URL: http:// would send the API key unencrypted; use https://, "
+            "or set KLAVIYO_ALLOW_HTTP=true on purpose (a sandbox on a private network)"
+        )
     if settings.klaviyo_mode == "client":
         if settings.klaviyo_public_key is None:
             raise ConfigError("KLAVIYO_PUBLIC_KEY: not set (KLAVIYO_MODE=client needs it)")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,7 @@ def test_stderr_is_json_only_while_librdkafka_reports_broker_errors(sandbox: Any
             if lines[-1]["logger"] == "stream.kafka" and lines[-1]["level"] == "ERROR":
                 break
         process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=60)[1], None
+        _out, rest = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
@@ -284,8 +285,10 @@ def test_a_redis_password_never_shows(
     for call in calls:
         producer.produce(topic, encoder.encode(call))
     assert producer.flush(30) == 0
+    retiring = date.today() - timedelta(days=2 * 365 - 30)  # retires in about 30 days
     env = env_for(kafka_bootstrap, topic, sandbox.url, dlq_topic=dlq,
-                  state_url=redis_password_url, log_level="DEBUG")
+                  state_url=redis_password_url, log_level="DEBUG",
+                  klaviyo_revision=retiring.isoformat())
     doctor = cli(env, "doctor")
     assert doctor.code == 0, doctor.output
     assert any(line.startswith("✓ state store: Redis ") and ":***@" in line
@@ -333,6 +336,8 @@ def test_a_redis_password_never_shows(
     assert starting["state_backend"] == "redis"
     assert starting["settings"]["state_url"].startswith("redis://:***@127.0.0.1:")
     assert starting["settings"]["klaviyo_api_key"] == "**********"
+    warned = [json.loads(line) for line in log.splitlines() if '"level": "WARNING"' in line]
+    assert any(w["msg"].startswith(f"KLAVIYO_REVISION {retiring} retires on") for w in warned)
     for text in (doctor.output, wrong.output, status.output, log, out, scraped):
         assert REDIS_PASSWORD not in text
         assert SANDBOX_API_KEY not in text

@@ -196,11 +196,19 @@ def test_revision_retires_after_two_years_and_warns_within_ninety_days() -> None
 def test_http_toward_klaviyo_only_to_loopback_or_on_purpose(
     url: str, allow: bool, ok: bool
 ) -> None:
+    from stream.settings import require_klaviyo_credentials
+
+    def check() -> None:
+        settings = load_settings(
+            klaviyo_base_url=url, klaviyo_allow_http=allow, klaviyo_api_key="pk_" + "k" * 30
+        )
+        require_klaviyo_credentials(settings)  # what every command that talks to Klaviyo does
+
     if ok:
-        load_settings(klaviyo_base_url=url, klaviyo_allow_http=allow)
+        check()
         return
     with pytest.raises(ConfigError, match="^KLAVIYO_BASE_URL: "):
-        load_settings(klaviyo_base_url=url, klaviyo_allow_http=allow)
+        check()
 
 
 def test_rate_share_takes_a_fraction_of_the_replica_count() -> None:
