@@ -1,6 +1,8 @@
-# klaviyo-stream: the consumer, the Klaviyo sandbox and the sample producer in one image.
-# Layers go from least to most often changed: dependencies (from pyproject.toml) before source.
-FROM python:3.11.13-slim-bookworm
+# klaviyo-stream images, two targets from one base:
+#   docker build .                   → the service (consumer, producer, doctor, status, dlq)
+#   docker build --target sandbox .  → the Klaviyo sandbox (adds the `local` extra: jsonschema)
+# Layers go from least to most often changed: dependencies (from the lock files) before source.
+FROM python:3.11.13-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -28,6 +30,23 @@ RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --gid stream --home-dir /var/lib/klaviyo-stream \
        --create-home --shell /usr/sbin/nologin stream
 WORKDIR /var/lib/klaviyo-stream
+ENTRYPOINT ["klaviyo-stream"]
+
+
+# The Klaviyo sandbox: the base plus the `local` extra's pinned dependencies.
+FROM base AS sandbox
+COPY requirements-local.lock /tmp/requirements-local.lock
+RUN pip install --no-cache-dir --no-deps -r /tmp/requirements-local.lock \
+    && rm /tmp/requirements-local.lock
+USER stream:stream
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=5 \
+    CMD python -c "import socket; socket.create_connection(('127.0.0.1', 8080), 2)" || exit 1
+CMD ["sandbox", "--host", "0.0.0.0", "--port", "8080"]
+
+
+# The service (the default target: last). No sandbox dependencies.
+FROM base AS service
 USER stream:stream
 
 EXPOSE 9400
@@ -36,5 +55,4 @@ EXPOSE 9400
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('METRICS_PORT', '9400'), timeout=3)" || exit 1
 
-ENTRYPOINT ["klaviyo-stream"]
 CMD ["run"]

@@ -1,6 +1,8 @@
-"""`klaviyo-stream`: run the service, the local Kafka, the Klaviyo sandbox, or publish calls.
+"""`klaviyo-stream`: run the service, the local Kafka, the Klaviyo sandbox, or publish calls;
+check a setup (`doctor`), watch the group (`status`), inspect and replay dead letters (`dlq`).
 
 A wrong setting prints one line naming it and exits 2; no traceback for a user's mistake.
+A key Klaviyo refuses at run time is one line and exit 1.
 """
 
 from __future__ import annotations
@@ -16,24 +18,58 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from stream import __version__
 from stream.errors import ConfigError, StreamError
 from stream.settings import (
     SANDBOX_API_KEY,
     Settings,
+    check_kafka_properties,
     kafka_client_config,
     load_settings,
+    masked_settings,
     require_production_settings,
+    revision_retirement,
+    revision_warning,
 )
 
 log = logging.getLogger("stream")
 
+CONFIG_HELP = "settings file (YAML or JSON); env vars win over it"
+
+
+def _time(text: str) -> float:
+    """argparse type of --since/--until: a bad value is a usage error (exit 2 with usage)."""
+    from stream.replay import parse_time
+
+    try:
+        return parse_time(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _position(text: str) -> tuple[int, int]:
+    from stream.ops.dlq import parse_position
+
+    try:
+        return parse_position(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def _parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the subcommand: every subparser knows it too, with
+    # no default of its own, so a value given after the subcommand wins and none is not lost
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     parser = argparse.ArgumentParser(prog="klaviyo-stream", description=__doc__)
-    parser.add_argument("--config", help="settings file (YAML or JSON); env vars win over it")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    parser.add_argument("--version", action="version", version=f"klaviyo-stream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="consume calls from Kafka and deliver them to Klaviyo")
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    run = add("run", help="consume calls from Kafka and deliver them to Klaviyo")
     run.add_argument(
         "--local",
         action="store_true",
@@ -47,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --local: publish N sample calls after start",
     )
 
-    sandbox = sub.add_parser("sandbox", help="serve the Klaviyo sandbox API")
+    sandbox = add("sandbox", help="serve the Klaviyo sandbox API")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8080)
     sandbox.add_argument("--no-rate-limits", action="store_true")
@@ -58,16 +94,16 @@ def _parser() -> argparse.ArgumentParser:
         help="rate-limit windows × this factor (0.1 = 10× faster)",
     )
 
-    tester = sub.add_parser(
+    tester = add(
         "test-event", help="run one JSON call through routing/transform/mapping and send it"
     )
     tester.add_argument("file", help="one Segment-format call as a JSON object")
     tester.add_argument("--dry-run", action="store_true", help="show the request, do not send")
 
-    kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker (KRaft)")
+    kafka = add("kafka", help="run a local single-node Kafka broker (KRaft)")
     kafka.add_argument("--port", type=int, default=9092)
 
-    produce = sub.add_parser("produce", help="publish Segment JSON calls as Avro records")
+    produce = add("produce", help="publish Segment JSON calls as Avro records")
     source = produce.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="JSON-lines file of calls")
     source.add_argument("--sample", type=int, metavar="N", help="generate N realistic calls")
@@ -77,14 +113,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    dlq = sub.add_parser("dlq", help="work with the dead-letter topic (DLQ_TOPIC)")
+    add("doctor", help="check the settings and every dependency for real; exit 1 on a failure")
+
+    status = add("status", help="the consumer group as Kafka sees it: members, offsets, lag")
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+
+    dlq = add("dlq", help="work with the dead-letter topic (DLQ_TOPIC)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    replay = dlq_sub.add_parser(
+
+    def chooser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        chosen = dlq_sub.add_parser(name, parents=[common], **kwargs)
+        chosen.add_argument(
+            "--reason", help="substring of the stage, error class/message or code"
+        )
+        chosen.add_argument(
+            "--since", type=_time, help="last attempt at or after (ISO-8601 or Unix seconds)"
+        )
+        chosen.add_argument(
+            "--until", type=_time, help="last attempt at or before (ISO-8601 or Unix seconds)"
+        )
+        return chosen
+
+    listing = chooser("list", help="count dead letters by stage and reason, newest first")
+    listing.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    show = dlq_sub.add_parser(
+        "show", parents=[common], help="one dead letter's headers and decoded call"
+    )
+    show.add_argument("position", type=_position, metavar="PARTITION:OFFSET")
+    replay = chooser(
         "replay", help="re-send chosen dead letters to their original topic (as backfill)"
     )
-    replay.add_argument("--reason", help="substring of the stage, error class/message or code")
-    replay.add_argument("--since", help="last attempt at or after (ISO-8601 or Unix seconds)")
-    replay.add_argument("--until", help="last attempt at or before (ISO-8601 or Unix seconds)")
     replay.add_argument("--to-topic", help="publish here instead of each original topic")
     replay.add_argument("--dry-run", action="store_true", help="count, do not publish")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,9 +152,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
+    if args.command == "doctor":
+        return _doctor(args.config)
     try:
         settings = load_settings(args.config)
-        _configure_logging(settings.log_level)
+        _configure_logging(settings.log_level, settings.log_format)
+        if args.command in ("run", "produce", "status", "dlq"):
+            check_kafka_properties(settings)
         if args.command == "run":
             return _run(settings, args.local, args.sample)
         if args.command == "sandbox":
@@ -112,24 +174,98 @@ def main(argv: list[str] | None = None) -> int:
             from stream.tester import run_tester
 
             return asyncio.run(run_tester(settings, args.file, dry_run=args.dry_run))
+        if args.command == "status":
+            return _status(settings, args.json)
         if args.command == "dlq":
-            return _dlq_replay(settings, args)
+            return _dlq(settings, args)
     except ConfigError as exc:
-        print(f"klaviyo-stream: configuration error: {exc}", file=sys.stderr)
+        print(f"klaviyo-stream: configuration error: {_redacted(exc)}", file=sys.stderr)
         return 2
     except StreamError as exc:
-        print(f"klaviyo-stream: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"klaviyo-stream: {type(exc).__name__}: {_redacted(exc)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _configure_logging(level: str) -> None:
+def _redacted(exc: BaseException) -> str:
+    from stream.logs import redact
+
+    return redact(str(exc))
+
+
+def _configure_logging(level: str, fmt: str = "json") -> None:
+    from stream.logs import configure_logging
+
+    configure_logging(level, fmt=fmt)
+
+
+def _doctor(config: str | None) -> int:
+    """Every check, one line each; exit 0 when all pass, 1 otherwise (bad settings included)."""
+    from stream.ops.doctor import FAIL, report, run_checks
+
     try:
-        from stream.logs import configure_logging
-    except ImportError:  # pragma: no cover - logs module is optional during bootstrap
-        logging.basicConfig(level=level)
-        return
-    configure_logging(level)
+        settings = load_settings(config)
+    except ConfigError as exc:
+        print(f"{FAIL} settings: {_redacted(exc)}")
+        print("1 check failed: fix the setting, then run doctor again")
+        return 1
+    _configure_logging("WARNING" if settings.log_level != "DEBUG" else "DEBUG",
+                       settings.log_format)
+    print(f"✓ settings: klaviyo-stream {__version__}, {settings.klaviyo_mode} mode, "
+          f"group {settings.kafka_group_id}", flush=True)
+    checks = []
+    for check in run_checks(settings):
+        checks.append(check)
+        print(check.line(), flush=True)
+    _text, code = report(checks)
+    print(_text.rsplit("\n", 1)[-1])
+    return code
+
+
+def _status(settings: Settings, as_json: bool) -> int:
+    import json
+
+    from stream.ops.status import format_status, group_status
+
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
+    status = group_status(
+        kafka_client_config(settings),
+        settings.kafka_group_id,
+        settings.kafka_topics,
+        settings.dlq_topic,
+    )
+    print(json.dumps(status.to_json(), indent=2) if as_json else format_status(status))
+    return 0
+
+
+def _startup_line(settings: Settings) -> None:
+    """One line: version, the effective settings (secrets masked), topics, group, state."""
+    from urllib.parse import urlsplit
+
+    log.info(
+        "starting",
+        extra={
+            "version": __version__,
+            "topics": list(settings.kafka_topics),
+            "group": settings.kafka_group_id,
+            "state_backend": urlsplit(str(settings.state_url)).scheme,
+            "settings": masked_settings(settings),
+        },
+    )
+
+
+def _revision_check(settings: Settings) -> None:
+    """The retirement date as a metric (alerted on), and a warning line within 90 days."""
+    from datetime import UTC, datetime, time
+
+    from stream import metrics
+
+    retires = datetime.combine(revision_retirement(settings.klaviyo_revision), time(), UTC)
+    metrics.REVISION_RETIREMENT.labels(settings.klaviyo_revision).set(retires.timestamp())
+    warning = revision_warning(settings.klaviyo_revision)
+    if warning:
+        log.warning(warning, extra={"retires": retires.date().isoformat()})
 
 
 async def _report_sandbox(url: str, every: float = 2.0) -> None:
@@ -156,7 +292,8 @@ async def _report_sandbox(url: str, every: float = 2.0) -> None:
 def _local_stack(settings: Settings) -> Iterator[Settings]:
     """`--local`: a local broker and sandbox, and settings that point at them."""
     from stream.localkafka import LocalKafka
-    from stream.sandbox import SandboxConfig, SandboxThread
+
+    SandboxConfig, SandboxThread = _sandbox_parts()
 
     with (
         LocalKafka() as kafka,
@@ -181,40 +318,63 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
 
 
 def _run(settings: Settings, local: bool, sample: int) -> int:
+    from stream.decode import make_decoder
+    from stream.errors import FatalDeliveryError
+    from stream.health import Health
     from stream.service import Service, install_signal_handlers
 
     async def serve(effective: Settings) -> None:
         from stream.observe import start_observer
 
-        service = Service(effective)
-        install_signal_handlers(service)
-        observer = await start_observer(effective.metrics_port, service.health)
-        log.info("metrics", extra={"port": observer.port})
-        if sample:
-            loop = asyncio.get_running_loop()
-            count = await loop.run_in_executor(None, _publish_sample, effective, sample)
-            print(f"published {count} sample calls to {effective.kafka_topics[0]}", flush=True)
-        reporter = (
-            asyncio.create_task(_report_sandbox(effective.klaviyo_base_url)) if local else None
-        )
+        health = Health(stall_after_seconds=effective.ready_stall_seconds)
         try:
-            result = await service.run()
+            observer = await start_observer(effective.metrics_port, health)
+        except OSError as exc:
+            raise ConfigError(
+                f"METRICS_PORT: cannot listen on port {effective.metrics_port} "
+                f"({exc.strerror or exc}): another process uses it; choose a free port, "
+                "or 0 for any"
+            ) from None
+        try:
+            _startup_line(effective)
+            _revision_check(effective)
+            service = Service(effective, health=health, decoder=make_decoder(effective))
+            install_signal_handlers(service)
+            log.info("metrics", extra={"port": observer.port})
+            if sample:
+                loop = asyncio.get_running_loop()
+                count = await loop.run_in_executor(None, _publish_sample, effective, sample)
+                print(f"published {count} sample calls to {effective.kafka_topics[0]}", flush=True)
+            reporter = (
+                asyncio.create_task(_report_sandbox(effective.klaviyo_base_url)) if local else None
+            )
+            try:
+                result = await service.run()
+            finally:
+                if reporter is not None:
+                    reporter.cancel()
         finally:
-            if reporter is not None:
-                reporter.cancel()
             await observer.close()
         print(
             f"stopped: {result.consumed} records consumed, {result.dead_lettered} dead-lettered",
             flush=True,
         )
 
-    if not local:
-        require_production_settings(settings)
-        asyncio.run(serve(settings))
+    try:
+        if not local:
+            require_production_settings(settings)
+            asyncio.run(serve(settings))
+            return 0
+        with _local_stack(settings) as effective:
+            asyncio.run(serve(effective))
         return 0
-    with _local_stack(settings) as effective:
-        asyncio.run(serve(effective))
-    return 0
+    except FatalDeliveryError as exc:
+        print(
+            f"klaviyo-stream: Klaviyo refused the API key ({_redacted(exc)}): fix "
+            "KLAVIYO_API_KEY; nothing past the refused records was committed",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _publish_sample(settings: Settings, count: int) -> int:
@@ -229,14 +389,14 @@ def _publish_sample(settings: Settings, count: int) -> int:
 
 def _encoder(settings: Settings, topic: str) -> Any:
     from stream.produce import Encoder
+    from stream.settings import schema_registry_config
 
-    if not settings.schema_registry_url:
+    config = schema_registry_config(settings)
+    if config is None:
         return Encoder(topic=topic)
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return Encoder(
-        registry=SchemaRegistryClient({"url": settings.schema_registry_url}), topic=topic
-    )
+    return Encoder(registry=SchemaRegistryClient.new_client(config), topic=topic)
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
@@ -281,16 +441,53 @@ def _produce_file(settings: Settings, args: argparse.Namespace, topic: str) -> i
     return 1 if report.refused else 0
 
 
-def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.replay import ReplayFilter, parse_time, replay
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.replay import ReplayFilter
 
     if not settings.kafka_bootstrap_servers:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
-    selection = ReplayFilter(
-        reason=args.reason,
-        since=parse_time(args.since) if args.since else None,
-        until=parse_time(args.until) if args.until else None,
+    if args.dlq_command == "show":
+        return _dlq_show(settings, *args.position)
+    selection = ReplayFilter(reason=args.reason, since=args.since, until=args.until)
+    if args.dlq_command == "list":
+        return _dlq_list(settings, selection, args.json)
+    return _dlq_replay(settings, args, selection)
+
+
+def _dlq_list(settings: Settings, selection: Any, as_json: bool) -> int:
+    import json
+
+    from stream.ops.dlq import format_list, groups_json, list_dead_letters
+
+    read, groups = list_dead_letters(kafka_client_config(settings), settings.dlq_topic, selection)
+    if as_json:
+        print(json.dumps(groups_json(settings.dlq_topic, read, groups), indent=2))
+    else:
+        print(format_list(settings.dlq_topic, read, groups))
+    return 0
+
+
+def _dlq_show(settings: Settings, partition: int, offset: int) -> int:
+    from stream.decode import make_decoder
+    from stream.ops.dlq import format_show, show_dead_letter
+    from stream.transform import transformer_from_settings
+
+    hipaa = transformer_from_settings(settings) if settings.hipaa_mode else None
+    shown = show_dead_letter(
+        kafka_client_config(settings),
+        settings.dlq_topic,
+        partition,
+        offset,
+        make_decoder(settings).decode,
+        hipaa,
     )
+    print(format_show(shown))
+    return 0
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace, selection: Any) -> int:
+    from stream.replay import replay
+
     result = replay(
         kafka_client_config(settings),
         settings.dlq_topic,
@@ -309,8 +506,21 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _sandbox_parts() -> tuple[Any, Any]:
+    """The sandbox's classes; without the `local` extra, one line saying how to get it."""
+    try:
+        from stream.sandbox import SandboxConfig, SandboxThread
+    except ImportError as exc:
+        raise ConfigError(
+            f"the Klaviyo sandbox needs the `local` extra ({exc.name} is missing): "
+            "pip install 'klaviyo-stream[local]'"
+        ) from None
+    return SandboxConfig, SandboxThread
+
+
 def _sandbox(args: argparse.Namespace) -> int:
-    from stream.sandbox import SandboxConfig, run
+    SandboxConfig, _thread = _sandbox_parts()
+    from stream.sandbox import run
 
     run(
         SandboxConfig(

@@ -34,21 +34,25 @@ Partitions = list[tuple[str, int]]
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
-    """The consumer's librdkafka configuration (connection settings come from one converter)."""
+    """The consumer's librdkafka configuration (connection settings come from one converter).
+
+    Our tuning defaults first, so a passthrough property (`KAFKA_CONFIG_SESSION_TIMEOUT_MS`)
+    may change them; the properties the offset guarantees rest on come last and always win
+    (the settings refuse them in the passthrough anyway)."""
     static = {"group.instance.id": settings.kafka_group_instance_id}
     return {
+        "auto.commit.interval.ms": 1000,
+        "max.poll.interval.ms": 300_000,
+        "session.timeout.ms": 45_000,
+        "fetch.max.bytes": 52_428_800,
+        "queued.max.messages.kbytes": 65_536,
         **(static if settings.kafka_group_instance_id else {}),
         **kafka_client_config(settings),
         "group.id": settings.kafka_group_id,
         "enable.auto.offset.store": False,
         "enable.auto.commit": True,
-        "auto.commit.interval.ms": 1000,
         "auto.offset.reset": settings.kafka_auto_offset_reset,
         "partition.assignment.strategy": "cooperative-sticky",
-        "max.poll.interval.ms": 300_000,
-        "session.timeout.ms": 45_000,
-        "fetch.max.bytes": 52_428_800,
-        "queued.max.messages.kbytes": 65_536,
     }
 
 

@@ -5,10 +5,10 @@ person understands (wrong magic byte, unknown schema, truncated or corrupt body,
 Schemaless fastavro reads keep the hot path lean; resolution against the current schema happens
 only for records written with an older version.
 
-With a Schema Registry, `prepare(values)` fetches the writer schemas a batch needs before any of
+With a Schema Registry, `prepare(records)` fetches the writer schemas a fetch needs before any of
 it is decoded, off the event loop. Only an id the registry says does not exist (404) makes a
 dead letter; a registry that does not answer (transport error, 5xx) raises
-`RegistryUnavailable` and the service waits and asks again; a refused credential (401/403) is a
+`RegistryUnavailable` and the service waits and asks again; refused credentials (401/403) are a
 `ConfigError`.
 """
 
@@ -16,27 +16,35 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastavro import schemaless_reader
 
 from stream.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, SchemaSet, WriterSchema, load_schemas
-from stream.calls import CALL_TYPES, Call, normalize
+from stream.calls import CALL_TYPES, Call, Record, normalize
 from stream.errors import ConfigError, DecodeError, RegistryUnavailable
 
+if TYPE_CHECKING:
+    from stream.settings import Settings
+
+VALUE_SCHEMA_ID_HEADER = "__value_schema_id"  # confluent-kafka's header for a schema GUID
 UNKNOWN_ID_SECONDS = 60.0  # an id the registry said does not exist is asked again after this
 
 
-class Decoder(Protocol):
-    """Turns one record value into a call."""
+Headers = list[tuple[str, str | bytes | None]] | None
 
-    async def prepare(self, values: Sequence[bytes | None]) -> None:
-        """Fetch what decoding these values needs (writer schemas); may raise `Unavailable`."""
+
+class Decoder(Protocol):
+    """Turns one record value (and its headers, which may carry the schema id) into a call."""
+
+    async def prepare(self, records: Sequence[Record]) -> None:
+        """Fetch what decoding these records needs (writer schemas); may raise `Unavailable`."""
         ...
 
-    def decode(self, value: bytes | None) -> Call: ...
+    def decode(self, value: bytes | None, headers: Headers = None) -> Call: ...
 
 
 def _read(value: bytes, start: int, schema: WriterSchema) -> Call:
@@ -67,10 +75,11 @@ class LocalDecoder:
     def __init__(self, schemas: SchemaSet | None = None) -> None:
         self._by_fp = (schemas or load_schemas()).by_fingerprint
 
-    async def prepare(self, values: Sequence[bytes | None]) -> None:
+    async def prepare(self, records: Sequence[Record]) -> None:
         """Nothing to fetch: the schemas are local."""
 
-    def decode(self, value: bytes | None) -> Call:
+    def decode(self, value: bytes | None, headers: Headers = None) -> Call:
+        """Decode one record value (single-object encoding carries its own fingerprint)."""
         value = _require_bytes(value)
         if value[:2] != SINGLE_OBJECT_MAGIC:
             if value[:1] == bytes([CONFLUENT_MAGIC]):
@@ -85,33 +94,46 @@ class LocalDecoder:
 
 
 class RegistryDecoder:
-    """Confluent wire format; writer schemas fetched from the Schema Registry once per id."""
+    """Confluent wire format; writer schemas fetched from the Schema Registry once per id.
+
+    The schema id is found by confluent-kafka's own deserializer support
+    (`dual_schema_id_deserializer`): a `__value_schema_id` record header (a schema GUID, as
+    newer serializers write it) when there is one, else the value's prefix: magic byte 0 and a
+    4-byte id, or magic byte 1 and a 16-byte GUID (the newer id format).
+    """
 
     def __init__(self, registry: Any, schemas: SchemaSet | None = None) -> None:
         self._registry = registry
         self._schemas = schemas or load_schemas()
-        self._by_id: dict[int, WriterSchema] = {}
-        self._unknown: dict[int, tuple[float, str]] = {}  # id -> (until, dead-letter reason)
+        self._by_id: dict[int | str, WriterSchema] = {}
+        self._unknown: dict[int | str, tuple[float, str]] = {}  # id -> (until, dead-letter reason)
 
-    async def prepare(self, values: Sequence[bytes | None]) -> None:
-        """Fetch the writer schemas of these values that are not known yet (in a thread)."""
+    async def prepare(self, records: Sequence[Record]) -> None:
+        """Fetch the writer schemas of these records that are not known yet (in a thread)."""
         now = time.monotonic()
-        wanted = set()
-        for value in values:
-            if value and len(value) >= 5 and value[0] == CONFLUENT_MAGIC:
-                schema_id = int.from_bytes(value[1:5], "big")
-                if schema_id not in self._by_id:
-                    unknown = self._unknown.get(schema_id)
-                    if unknown is None or unknown[0] < now:
-                        wanted.add(schema_id)
-        for schema_id in sorted(wanted):
+        wanted: set[int | str] = set()
+        for record in records:
+            try:
+                schema_id = self._locate(_require_bytes(record.value), record.headers)[0]
+            except DecodeError:
+                continue  # decode says why, record by record
+            if schema_id not in self._by_id:
+                unknown = self._unknown.get(schema_id)
+                if unknown is None or unknown[0] < now:
+                    wanted.add(schema_id)
+        for schema_id in sorted(wanted, key=str):
             await asyncio.to_thread(self._fetch, schema_id)
 
-    def _fetch(self, schema_id: int) -> None:
+    def _fetch(self, schema_id: int | str) -> None:
+        """Ask the registry for one writer schema and remember the answer (or its absence)."""
+        import orjson
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
-            registered = self._registry.get_schema(schema_id)
+            if isinstance(schema_id, int):
+                registered = self._registry.get_schema(schema_id)
+            else:
+                registered = self._registry.get_schema_by_guid(schema_id)
         except SchemaRegistryError as exc:
             status = exc.http_status_code
             if status == 404:
@@ -125,8 +147,6 @@ class RegistryDecoder:
             raise RegistryUnavailable(f"Schema Registry answered {status}") from None
         except Exception as exc:  # transport: refused, reset, timed out
             raise RegistryUnavailable(f"Schema Registry: {type(exc).__name__}") from None
-        import orjson
-
         resolved = self._schemas.resolve(orjson.loads(registered.schema_str))
         if resolved is None:
             reason = f"schema id {schema_id} is not one of our calls ({'/'.join(CALL_TYPES)})"
@@ -135,7 +155,7 @@ class RegistryDecoder:
         self._unknown.pop(schema_id, None)
         self._by_id[schema_id] = resolved
 
-    def _writer(self, schema_id: int) -> WriterSchema:
+    def _writer(self, schema_id: int | str) -> WriterSchema:
         known = self._by_id.get(schema_id)
         if known is not None:
             return known
@@ -145,17 +165,65 @@ class RegistryDecoder:
         self._fetch(schema_id)  # not prepared (a tool decoding one record): fetch it now
         return self._writer(schema_id)
 
-    def decode(self, value: bytes | None) -> Call:
+    def decode(self, value: bytes | None, headers: Headers = None) -> Call:
+        """Decode one record value; `headers` (the record's) may carry its schema id."""
         value = _require_bytes(value)
-        if value[0] != CONFLUENT_MAGIC or len(value) < 5:
-            raise DecodeError(f"wrong magic byte {value[:1].hex()} (expected 00, Confluent)")
-        return _read(value, 5, self._writer(int.from_bytes(value[1:5], "big")))
+        schema_id, start = self._locate(value, headers)
+        return _read(value, start, self._writer(schema_id))
+
+    def _locate(self, value: bytes, headers: Headers) -> tuple[int | str, int]:
+        """The record's schema id and where its Avro body starts."""
+        if value[0] == CONFLUENT_MAGIC and len(value) >= 5 and not _has_schema_header(headers):
+            # the common case, measured on the hot path: what the prefix deserializer reads,
+            # without its per-record objects (≈ 2.5 µs a record)
+            return int.from_bytes(value[1:5], "big"), 5
+        return self._locate_general(value, headers)
+
+    def _locate_general(self, value: bytes, headers: Headers) -> tuple[int | str, int]:
+        """A header schema id or the GUID prefix, through confluent-kafka's deserializer."""
+        from confluent_kafka.schema_registry import (
+            MessageField,
+            SerializationContext,
+            SerializationError,
+            dual_schema_id_deserializer,
+        )
+        from confluent_kafka.schema_registry.serde import SchemaId
+
+        found = SchemaId("AVRO")
+        context = SerializationContext("", MessageField.VALUE, headers) if headers else None
+        try:
+            body = dual_schema_id_deserializer(value, context, found)
+        except (SerializationError, struct.error, ValueError):
+            if value[0] == 1:  # the GUID format, but fewer than 16 bytes follow
+                raise DecodeError(
+                    "truncated schema GUID after magic byte 01: a cut record, or the wrong "
+                    "magic byte (expected 00 or 01, Confluent)"
+                ) from None
+            raise DecodeError(
+                f"wrong magic byte {value[:1].hex()} (expected 00 or 01, Confluent)"
+            ) from None
+        if found.id is not None:
+            return found.id, body.tell()
+        if found.guid is not None:
+            return str(found.guid), body.tell()
+        raise DecodeError("no schema id in the record")
 
 
-def make_decoder(schema_registry_url: str | None) -> Decoder:
-    """The decoder the settings ask for."""
-    if not schema_registry_url:
+def _has_schema_header(headers: Headers) -> bool:
+    return bool(headers) and any(name == VALUE_SCHEMA_ID_HEADER for name, _ in headers or ())
+
+
+def make_decoder(source: Settings | str | None) -> Decoder:
+    """The decoder the settings ask for: local schemas, or the Schema Registry built from the
+    settings (its auth and TLS included). A bare URL (the older call) means no auth."""
+    if isinstance(source, str) or source is None:
+        config = {"url": str(source)} if source else None
+    else:
+        from stream.settings import schema_registry_config
+
+        config = schema_registry_config(source)
+    if config is None:
         return LocalDecoder()
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return RegistryDecoder(SchemaRegistryClient({"url": schema_registry_url}))
+    return RegistryDecoder(SchemaRegistryClient.new_client(config))

@@ -3,8 +3,13 @@
 Every line has the stable keys `ts` (ISO-8601 UTC), `level`, `logger`, `msg`, then any fields
 passed with `extra={...}`, and `exc` when an exception is attached. A filter on the handler
 rewrites anything that looks like a Klaviyo private key (`pk_` + 20 or more alphanumerics) or an
-`Authorization: Klaviyo-API-Key ...` value, in the message, its arguments, the extra fields and
-the traceback: defence in depth, so a secret that slips into a log call never reaches the output.
+`Authorization: Klaviyo-API-Key ...` value, and the password of a URL (`redis://:pw@host`), in
+the message, its arguments, the extra fields and the traceback: defence in depth, so a secret
+that slips into a log call never reaches the output.
+
+`LOG_FORMAT=console` writes the same records as aligned text for a person at a terminal.
+librdkafka's own lines arrive through `KafkaLogAdapter` (the `logger` of every client) and are
+formatted like any other line, with their facility and client name as fields.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import Any, TextIO
 
 REDACTED = "[REDACTED]"
 
-# `Klaviyo-API-Key pk_...` first (the whole header value), then any bare private key.
+# `Klaviyo-API-Key pk_...` first (the whole header value), then any bare private key, then the
+# password of a URL (`scheme://user:password@host`).
 _SECRET_PATTERNS = (
     re.compile(r"(Klaviyo-API-Key)\s+[^\s\"',;}\]]+", re.IGNORECASE),
     re.compile(r"\bpk_[A-Za-z0-9_]{20,}"),
+    re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)(?!\*\*\*@)[^\s/@]+@"),
 )
 
 # Attributes every LogRecord has; anything else came from `extra=`.
@@ -37,7 +44,8 @@ _HANDLER_NAME = "klaviyo-stream-json"
 def redact(text: str) -> str:
     """Return `text` with Klaviyo private keys and API-key header values replaced."""
     text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _SECRET_PATTERNS[1].sub(REDACTED, text)
+    text = _SECRET_PATTERNS[1].sub(REDACTED, text)
+    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
 
 
 def _redact_value(value: Any) -> Any:
@@ -100,8 +108,56 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """Install the JSON handler on the root logger (replacing an earlier one; idempotent)."""
+class ConsoleFormatter(logging.Formatter):
+    """`HH:MM:SS LEVEL logger: msg key=value ...`: the JSON line's content, for people."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Local time, level, logger and message, then the extra fields and any traceback."""
+        ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        parts = [f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"]
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS:
+                shown = value if isinstance(value, str) else json.dumps(value, default=str)
+                parts.append(f"{key}={shown}")
+        text = " ".join(parts)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text += "\n" + record.exc_text
+        return text
+
+
+class KafkaLogAdapter:
+    """librdkafka's log callback target (`logger` in every client's config).
+
+    confluent-kafka calls `log(level, "%s [%s] %s", facility, client, text)` from whichever
+    thread polls the client; this turns it into one record whose message is librdkafka's text,
+    with `facility` (`FAIL`, `REQTMOUT`, …) and `client` (`rdkafka#producer-1`) as fields.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Forward one librdkafka line to Python logging."""
+        if not self.logger.isEnabledFor(level):
+            return
+        if len(args) == 3 and msg == "%s [%s] %s":
+            facility, client, text = args
+            self.logger.log(level, "%s", text, extra={"facility": facility, "client": client})
+        else:
+            self.logger.log(level, msg, *args)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KafkaLogAdapter:
+        return self  # configs are copied; the logger they point at is one
+
+    def __repr__(self) -> str:
+        return f"KafkaLogAdapter({self.logger.name})"
+
+
+def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "json") -> None:
+    """Install the JSON (or console) handler on the root logger (replacing an earlier one;
+    idempotent)."""
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
@@ -109,6 +165,6 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())

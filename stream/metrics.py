@@ -1,15 +1,47 @@
 """Prometheus metrics of every stage. Labels have bounded cardinality: never a person's id.
 
 Names follow Prometheus conventions (snake_case, base units, `_total`, `_seconds`, `_bytes`).
-All live in one registry so the service, tests and `/metrics` see the same series.
+All live in one registry so the service, tests and `/metrics` see the same series, with the
+process (`process_*`) and platform (`python_info`) collectors and `klaviyo_stream_build_info`.
+Counters expose no `_created` series (they double the series count for nothing we read).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib.metadata import version as package_version
 
+import confluent_kafka
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+from stream import __version__
+
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 P = "klaviyo_stream_"
+
+BUILD_INFO = Info(
+    P + "build", "The running build: versions of the service and its clients.", registry=REGISTRY
+)
+BUILD_INFO.info(
+    {
+        "version": __version__,
+        "python": platform.python_version(),
+        "confluent_kafka": package_version("confluent-kafka"),
+        "librdkafka": confluent_kafka.libversion()[0],
+    }
+)
 
 # consume → decode → route → dedup → identity
 RECORDS_CONSUMED = Counter(
@@ -68,12 +100,13 @@ DEPENDENCY_ERRORS = Counter(
 )
 
 # batch → deliver
-BATCHES_SENT = Counter(
-    P + "batches_sent_total",
-    "Requests sent to Klaviyo.",
+REQUESTS = Counter(
+    P + "requests_total",
+    "Requests sent to Klaviyo (retries included), by answer.",
     ["endpoint", "status_class"],
     registry=REGISTRY,
 )
+BATCHES_SENT = REQUESTS  # the name deliver.py used before the rename (it counted requests)
 RECORDS_SENT = Counter(
     P + "records_sent_total", "Records Klaviyo accepted.", ["endpoint"], registry=REGISTRY
 )
@@ -88,6 +121,9 @@ REQUEST_SECONDS = Histogram(
     P + "request_duration_seconds",
     "Klaviyo request latency.",
     ["endpoint", "status_class"],
+    # past the request timeout (KLAVIYO_TIMEOUT_SECONDS, 30 s by default) and up to the retry
+    # window (300 s): a request that times out lands in a bucket, not only in +Inf
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 120, 300),
     registry=REGISTRY,
 )
 RETRIES = Counter(
@@ -146,6 +182,14 @@ ASSIGNED_PARTITIONS = Gauge(
     P + "assigned_partitions", "Partitions assigned to this consumer.", registry=REGISTRY
 )
 STATE_KEYS = Gauge(P + "state_store_keys", "Keys in the state store.", ["kind"], registry=REGISTRY)
+
+# operations
+REVISION_RETIREMENT = Gauge(
+    P + "klaviyo_revision_retirement_timestamp_seconds",
+    "Unix time the pinned Klaviyo API revision stops being supported (two years after its date).",
+    ["revision"],
+    registry=REGISTRY,
+)
 
 
 def status_class(status: int) -> str:

@@ -1,5 +1,7 @@
 """`klaviyo-stream dlq replay`: send chosen dead letters back through the pipeline.
 
+`DeadLetterReader` and `ReplayFilter` are also what `dlq list` and `dlq show` read with.
+
 Reads the dead-letter topic from its beginning up to the end it had when the replay started
 (a consumer of its own, nothing committed, so the dead letters stay for the next replay),
 keeps the records whose `dlq.*` headers match the filter (a reason substring, a time range of
@@ -106,6 +108,56 @@ def split_headers(headers: Headers | dict[str, Any] | None) -> tuple[Headers, di
     return original, dlq
 
 
+class DeadLetterReader:
+    """Reads a dead-letter topic from its beginning up to the end it had when opened, with a
+    consumer of its own (nothing committed, so the dead letters stay). Shared by `dlq replay`,
+    `dlq list` and `dlq show`; `total` is known before the first record."""
+
+    def __init__(self, kafka_config: dict[str, Any], topic: str, timeout: float = 60.0) -> None:
+        self.topic = topic
+        self._timeout = timeout
+        self._consumer = Consumer(
+            {
+                **kafka_config,
+                "group.id": f"klaviyo-stream-dlq-reader-{time.time_ns()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            self.ends = _ends(self._consumer, topic, timeout)
+        except BaseException:
+            self._consumer.close()
+            raise
+        self.total = sum(high - low for low, high in self.ends.values())
+
+    def __iter__(self) -> Iterator[Message]:
+        return _read(self._consumer, self.topic, self.ends, self._timeout)
+
+    def record_at(self, partition: int, offset: int) -> Message | None:
+        """The dead letter at `partition:offset`, or None when there is none (yet, or any more)."""
+        low, high = self.ends.get(partition, (0, 0))
+        if not low <= offset < high:
+            return None
+        self._consumer.assign([TopicPartition(self.topic, partition, offset)])
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            for message in self._consumer.consume(1, 0.5):
+                if message.error() is None:
+                    return message if message.offset() == offset else None
+        raise ReplayError(f"no progress reading {self.topic} for {self._timeout:.0f} s")
+
+    def close(self) -> None:
+        """Close the consumer (it never joined a group; nothing to commit)."""
+        self._consumer.close()
+
+    def __enter__(self) -> DeadLetterReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def replay(
     kafka_config: dict[str, Any],
     dlq_topic: str,
@@ -127,43 +179,30 @@ def replay(
         if err is not None:
             failures.append(str(err))
 
-    consumer = Consumer(
-        {
-            **kafka_config,
-            "group.id": f"klaviyo-stream-dlq-replay-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        ends = _ends(consumer, dlq_topic, timeout)
-        total = sum(high - low for low, high in ends.values())
-        with tqdm(
-            total=total, unit="rec", desc="replay", disable=not progress, file=sys.stderr
-        ) as bar:
-            for message in _read(consumer, dlq_topic, ends, timeout):
-                result.read += 1
-                bar.update(1)
-                original, dlq = split_headers(message.headers())
-                if not selection.matches(dlq):
-                    result.skipped += 1
-                    continue
-                if "value.omitted" in dlq:
-                    result.without_value += 1
-                    continue
-                target = to_topic or dlq.get("original.topic")
-                if not target:
-                    raise ReplayError(
-                        f"dead letter at offset {message.offset()} names no original topic; "
-                        "use --to-topic"
-                    )
-                result.replayed += 1
-                if producer is not None:
-                    headers = [h for h in original if h[0] != BACKFILL_HEADER]
-                    headers.append((BACKFILL_HEADER, b"1"))
-                    _produce(producer, target, message, headers, on_delivery)
-    finally:
-        consumer.close()
+    with DeadLetterReader(kafka_config, dlq_topic, timeout) as reader, tqdm(
+        total=reader.total, unit="rec", desc="replay", disable=not progress, file=sys.stderr
+    ) as bar:
+        for message in reader:
+            result.read += 1
+            bar.update(1)
+            original, dlq = split_headers(message.headers())
+            if not selection.matches(dlq):
+                result.skipped += 1
+                continue
+            if "value.omitted" in dlq:
+                result.without_value += 1
+                continue
+            target = to_topic or dlq.get("original.topic")
+            if not target:
+                raise ReplayError(
+                    f"dead letter at offset {message.offset()} names no original topic; "
+                    "use --to-topic"
+                )
+            result.replayed += 1
+            if producer is not None:
+                headers = [h for h in original if h[0] != BACKFILL_HEADER]
+                headers.append((BACKFILL_HEADER, b"1"))
+                _produce(producer, target, message, headers, on_delivery)
     if producer is not None:
         remaining = producer.flush(timeout)
         if remaining or failures:

@@ -96,7 +96,7 @@ class Service:
         self.settings = settings
         self.health = health or Health(stall_after_seconds=settings.ready_stall_seconds)
         self.result = RunResult()
-        self._decoder = decoder or make_decoder(settings.schema_registry_url)
+        self._decoder = decoder or make_decoder(settings)
         self._store = store or open_store(settings.state_url, settings.dedup_window_seconds)
         self._dedup = Deduplicator(self._store)
         self._transformer = transformer_from_settings(settings)  # rules and HIPAA, checked now
@@ -204,13 +204,12 @@ class Service:
         ledger, sender = self._ledger, self._sender
         assert ledger is not None and sender is not None
         decoder, processor = self._decoder, self._processor
-        values = [r.value for r in records]
-        await until_available(lambda: decoder.prepare(values), "schema registry")
+        await until_available(lambda: decoder.prepare(records), "schema registry")
         routed: list[tuple[Call, Record]] = []
         types: Counter[str] = Counter()
         for record in records:
             try:
-                call = decoder.decode(record.value)
+                call = decoder.decode(record.value, record.headers)
                 types[call.type] += 1
                 record.message_id = call.message_id
                 if processor.skip(call) is not None:

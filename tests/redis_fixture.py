@@ -2,6 +2,8 @@
 
 `redis_url` (session) starts `redis-server` without persistence in a temp dir and waits for PING;
 `clean_redis_url` (function) is the same URL after FLUSHDB, so each test starts empty.
+`redis_password_url` (session) is a second server that requires a password (`requirepass`):
+`redis://:PASSWORD@127.0.0.1:PORT/0`, with `REDIS_PASSWORD` the password tests look for.
 Set REDIS_SERVER to use another binary; without one the Redis tests are skipped.
 """
 
@@ -40,13 +42,29 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
     return False
 
 
+REDIS_PASSWORD = "Redis-Pa55-" + "x7Q"  # distinctive: a test greps output for it
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a session-wide redis-server started for the tests (db 0)."""
+    yield from _redis_server(tmp_path_factory, password=None)
+
+
+@pytest.fixture(scope="session")
+def redis_password_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL (with the password) of a session-wide redis-server that requires REDIS_PASSWORD."""
+    yield from _redis_server(tmp_path_factory, password=REDIS_PASSWORD)
+
+
+def _redis_server(
+    tmp_path_factory: pytest.TempPathFactory, password: str | None
+) -> Iterator[str]:
     binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
     if not binary:
         pytest.skip("redis-server not installed (apt-get install -y redis-server)")
     workdir: Path = tmp_path_factory.mktemp("redis")
+    auth = ["--requirepass", password] if password else []
     for _attempt in range(3):  # the free port can be taken between probe and bind
         port = _free_port()
         log = open(workdir / f"redis-{port}.log", "wb")  # noqa: SIM115 - closed below
@@ -63,11 +81,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "no",
                 "--dir",
                 str(workdir),
+                *auth,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
         if _wait_ready(url, proc):
             break
         proc.terminate()

@@ -14,13 +14,16 @@ HEADER = "| metric | type | labels | meaning |\n| --- | --- | --- | --- |"
 
 
 def metric_rows() -> list[str]:
-    """One Markdown row per metric of `stream.metrics`, in definition order."""
+    """One Markdown row per metric of `stream.metrics`, in definition order (an alias, like
+    BATCHES_SENT for REQUESTS, is one metric: one row)."""
     rows = []
+    seen: set[int] = set()
     for metric in vars(metrics).values():
-        if not isinstance(metric, MetricWrapperBase):
+        if not isinstance(metric, MetricWrapperBase) or id(metric) in seen:
             continue
+        seen.add(id(metric))
         kind = metric._type  # prometheus_client has no public accessor for these three
-        name = metric._name + ("_total" if kind == "counter" else "")
+        name = metric._name + {"counter": "_total", "info": "_info"}.get(kind, "")
         labels = ", ".join(f"`{label}`" for label in metric._labelnames) or "—"
         rows.append(f"| `{name}` | {kind} | {labels} | {metric._documentation} |")
     return rows

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.settings import SANDBOX_API_KEY, Settings
+from stream.settings import SANDBOX_API_KEY, known_environment_variable, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -32,6 +32,13 @@ EXPECTED_SERVICES = {
     "grafana",
 }
 APP_SERVICES = ("consumer", "sandbox", "producer")
+SERVICE_IMAGE = ("consumer", "producer")  # the Dockerfile's default target; sandbox: its own
+_VARIABLE = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def interpolate(value: object, env: dict[str, str] | None = None) -> str:
+    """Compose's `${NAME:-default}` with `env` (empty: every default)."""
+    return _VARIABLE.sub(lambda m: (env or {}).get(m.group(1), m.group(2)), str(value))
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +104,15 @@ def test_kafka_is_a_single_kraft_node(services: dict[str, dict[str, Any]]) -> No
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
 
 
-def test_app_services_share_one_image_built_from_the_dockerfile(
+def test_app_services_are_built_from_the_dockerfile_targets(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    images = {services[name]["image"] for name in APP_SERVICES}
+    images = {services[name]["image"] for name in SERVICE_IMAGE}
     assert len(images) == 1
-    for name in APP_SERVICES:
-        assert services[name]["build"] in (".", {"context": "."}), name
+    for name in SERVICE_IMAGE:
+        assert services[name]["build"] == {"context": ".", "target": "service"}, name
+    assert services["sandbox"]["build"] == {"context": ".", "target": "sandbox"}
+    assert services["sandbox"]["image"] not in images
 
 
 def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
@@ -116,6 +125,19 @@ def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
     # Three replicas cannot share a host port: the consumer only exposes 9400 to the network.
     assert "ports" not in services["consumer"]
     assert "9400" in [str(p) for p in services["consumer"]["expose"]]
+
+
+def test_published_ports_listen_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = [
+        (name, str(port)) for name, service in services.items() for port in service.get("ports", [])
+    ]
+    assert published
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_prometheus_lifecycle_api_is_off(services: dict[str, dict[str, Any]]) -> None:
+    assert not any("lifecycle" in str(arg) for arg in services["prometheus"]["command"])
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
@@ -136,12 +158,13 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
 
 def test_consumer_runs_three_replicas_of_one_group(services: dict[str, dict[str, Any]]) -> None:
     consumer = services["consumer"]
-    assert consumer["deploy"]["replicas"] == 3
+    assert interpolate(consumer["deploy"]["replicas"]) == "3"
     assert "container_name" not in consumer  # a fixed name forbids replicas
     env = _env(consumer)
     assert env["KAFKA_GROUP_ID"]
     assert env["STATE_URL"] == "redis://redis:6379/0"  # shared state across replicas
     assert env["KLAVIYO_BASE_URL"] == "http://sandbox:8080"
+    assert env["KLAVIYO_ALLOW_HTTP"] == "true"  # on purpose: the sandbox speaks plain http
     assert env["KLAVIYO_API_KEY"] == SANDBOX_API_KEY
     assert env["METRICS_PORT"] == "9400"
     assert list(consumer.get("command", ["run"])) == ["run"]
@@ -158,9 +181,22 @@ def test_sandbox_and_producer_commands(services: dict[str, dict[str, Any]]) -> N
 def test_app_environment_names_are_settings_fields(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
-    fields = {f.upper() for f in Settings.model_fields}
-    unknown = set(_env(services[name])) - fields
+    unknown = {n for n in _env(services[name]) if not known_environment_variable(n)}
     assert not unknown, f"{name}: {sorted(unknown)} are not fields of stream.settings.Settings"
+
+
+@pytest.mark.parametrize("replicas", ["3", "5", "1"])
+def test_replicas_never_ask_for_more_than_the_quota(
+    services: dict[str, dict[str, Any]], replicas: str
+) -> None:
+    """The rate share is derived from the replica count: N replicas ask for N × 1/N = 1."""
+    env = {} if replicas == "3" else {"CONSUMER_REPLICAS": replicas}
+    consumer = services["consumer"]
+    count = int(interpolate(consumer["deploy"]["replicas"], env))
+    share = interpolate(_env(consumer)["KLAVIYO_RATE_SHARE"], env)
+    parsed = load_settings(klaviyo_rate_share=share).klaviyo_rate_share
+    assert count == int(replicas)
+    assert count * parsed == pytest.approx(1.0)
 
 
 def test_monitoring_is_mounted(services: dict[str, dict[str, Any]]) -> None:
@@ -176,11 +212,16 @@ def test_monitoring_is_mounted(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_dockerfile_base_image_is_pinned(dockerfile: list[str]) -> None:
-    froms = [ln.split()[1] for ln in dockerfile if ln.upper().startswith("FROM ")]
-    assert froms, "no FROM"
-    for image in froms:
-        _assert_pinned(image)
-        assert image.startswith("python:3.11")
+    stages = [ln.split() for ln in dockerfile if ln.upper().startswith("FROM ")]
+    assert stages, "no FROM"
+    names = {parts[3] for parts in stages if len(parts) > 3 and parts[2].upper() == "AS"}
+    assert names == {"base", "sandbox", "service"}
+    assert stages[-1][3] == "service", "the service is the default (last) target"
+    for parts in stages:
+        if parts[1] in names:
+            continue  # built on an earlier stage
+        _assert_pinned(parts[1])
+        assert parts[1].startswith("python:3.11")
 
 
 def test_dockerfile_runs_as_non_root(dockerfile: list[str]) -> None:
@@ -204,28 +245,42 @@ def test_dockerfile_installs_dependencies_before_copying_source(dockerfile: list
 
 def test_dockerfile_healthcheck_uses_the_standard_library(dockerfile: list[str]) -> None:
     checks = [ln for ln in dockerfile if ln.upper().startswith("HEALTHCHECK ")]
-    assert len(checks) == 1
-    assert "urllib" in checks[0] and "/healthz" in checks[0]
-    assert "curl" not in checks[0]
+    assert len(checks) == 2  # one per target: the sandbox's port, the service's /healthz
+    assert "urllib" in checks[-1] and "/healthz" in checks[-1]
+    assert all("curl" not in check for check in checks)
 
 
 def test_dockerfile_entrypoint_and_default_command(dockerfile: list[str]) -> None:
     assert 'ENTRYPOINT ["klaviyo-stream"]' in dockerfile
-    assert 'CMD ["run"]' in dockerfile
+    commands = [ln for ln in dockerfile if ln.startswith("CMD ")]
+    assert commands[-1] == 'CMD ["run"]'  # the service target's
+    assert 'CMD ["sandbox", "--host", "0.0.0.0", "--port", "8080"]' in commands
+
+
+def _pinned(lock: str) -> set[str]:
+    lines = [
+        line.strip() for line in (ROOT / lock).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert all("==" in line for line in lines)
+    return {re.split("==", line)[0].lower().replace("_", "-") for line in lines}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {
+        re.split(r"[\[<>=~! ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in requirements
+    }
 
 
 def test_image_installs_exact_pins_covering_every_dependency() -> None:
-    """Reproducible image: the Dockerfile installs requirements.lock, which pins (==) every
-    dependency pyproject.toml declares."""
-    root = Path(__file__).resolve().parents[2]
-    dockerfile = (root / "Dockerfile").read_text()
+    """Reproducible images: the service installs requirements.lock, which pins (==) every
+    dependency pyproject.toml declares; the sandbox adds requirements-local.lock, which pins
+    the `local` extra. The service's lock holds nothing only the sandbox needs."""
+    dockerfile = DOCKERFILE.read_text()
     assert "-r requirements.lock" in dockerfile
-    lock = [
-        line.strip() for line in (root / "requirements.lock").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    assert all("==" in line for line in lock)
-    pinned = {re.split("==", line)[0].lower().replace("_", "-") for line in lock}
-    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[\[<>=~! ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared}
-    assert names <= pinned, names - pinned
+    assert "-r /tmp/requirements-local.lock" in dockerfile
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    service, local = _pinned("requirements.lock"), _pinned("requirements-local.lock")
+    assert _names(project["dependencies"]) <= service, _names(project["dependencies"]) - service
+    extra = _names(project["optional-dependencies"]["local"])
+    assert extra <= local and not extra & service

@@ -33,10 +33,10 @@ METRIC_NAME = re.compile(r"\bklaviyo_stream_[a-zA-Z0-9_:]*")
 
 # Series a family of each type exposes, as suffixes of the family name (prometheus_client).
 SUFFIXES = {
-    "counter": ("_total", "_created"),
+    "counter": ("_total",),  # no _created series: metrics.py disables them
     "gauge": ("",),
-    "histogram": ("_bucket", "_count", "_sum", "_created"),
-    "summary": ("", "_count", "_sum", "_created"),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
     "info": ("_info",),
 }
 
@@ -78,7 +78,7 @@ def test_dashboard_covers_the_agreed_panels() -> None:
         "records_consumed_total",
         "records_sent_total",
         "request_duration_seconds_bucket",
-        "batches_sent_total",
+        "requests_total",
         "dead_letters_total",
         "consumer_lag_records",
         "governor_wait_seconds_total",
@@ -92,18 +92,42 @@ def test_dashboard_covers_the_agreed_panels() -> None:
     assert "histogram_quantile(0.5," in text and "histogram_quantile(0.99," in text
 
 
-def test_dashboard_uses_the_provisioned_datasource() -> None:
+def _datasource_refs(node: object) -> list[dict[str, str]]:
+    """Every `datasource` reference in the dashboard: panels, targets, variables."""
+    found: list[dict[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource" and isinstance(value, dict):
+                found.append(value)
+            else:
+                found.extend(_datasource_refs(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_datasource_refs(value))
+    return found
+
+
+def test_dashboard_takes_its_datasource_as_a_variable() -> None:
+    """Imported into any Grafana, the dashboard asks for a Prometheus datasource instead of
+    pointing at a uid only our provisioning has."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    refs = _datasource_refs(dashboard)
+    panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
+    assert len(refs) >= len(panels)  # every panel (and its targets) names one
+    assert {(r["type"], r["uid"]) for r in refs} == {("prometheus", "${datasource}")}
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_provisioned_datasource_is_the_default_the_variable_picks() -> None:
     datasources = yaml.safe_load(
         (MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"]
-    uids = {ds["uid"] for ds in datasources}
-    dashboard = json.loads(DASHBOARD.read_text())
-    used = {
-        panel["datasource"]["uid"] for panel in dashboard["panels"] if panel.get("type") != "row"
-    }
-    assert used and used <= uids
-    ids = [panel["id"] for panel in dashboard["panels"]]
-    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    prometheus = [ds for ds in datasources if ds["type"] == "prometheus"]
+    assert len(prometheus) == 1 and prometheus[0]["isDefault"] is True
 
 
 def test_dashboard_provisioning_path_is_where_compose_mounts_the_json() -> None:

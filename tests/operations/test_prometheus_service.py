@@ -221,9 +221,9 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
             )
             sent = value(await query("sum(klaviyo_stream_records_sent_total)"))
             assert sent >= len(tracks) + ANONYMOUS, "every event was accepted at least once"
-            ok = value(await query('sum(klaviyo_stream_batches_sent_total{status_class="2xx"})'))
+            ok = value(await query('sum(klaviyo_stream_requests_total{status_class="2xx"})'))
             failed = value(
-                await query('sum(klaviyo_stream_batches_sent_total{status_class!="2xx"})')
+                await query('sum(klaviyo_stream_requests_total{status_class!="2xx"})')
             )
             assert ok > 0 and failed > 0
             assert value(await query("sum(klaviyo_stream_rate_limited_total)")) >= 1

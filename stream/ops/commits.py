@@ -1,0 +1,101 @@
+"""When did a consumer group last commit each partition? Kafka's own record of it.
+
+The group coordinator writes every offset commit to one partition of `__consumer_offsets`
+(`abs(javaHashCode(group)) % partitions`). Its record key (versions 0 and 1) is
+`int16 version, string group, string topic, int32 partition`; the record's timestamp is the
+commit time. Reading the tail of that partition gives the latest commit per partition, as the
+broker saw it. Needs read access to `__consumer_offsets`; without it the answer is unknown.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+OFFSETS_TOPIC = "__consumer_offsets"
+TAIL_RECORDS = 20_000  # commits of every group share the partition; the newest are enough
+
+
+def java_string_hash(text: str) -> int:
+    """Java's `String.hashCode()` as an unsigned 32-bit value (over UTF-16 code units)."""
+    units = text.encode("utf-16-be")
+    h = 0
+    for i in range(0, len(units), 2):
+        h = (31 * h + ((units[i] << 8) | units[i + 1])) & 0xFFFFFFFF
+    return h
+
+
+def coordinator_partition(group: str, partitions: int) -> int:
+    """The `__consumer_offsets` partition holding `group`'s commits (Kafka's Utils.abs)."""
+    return (java_string_hash(group) & 0x7FFFFFFF) % partitions
+
+
+def parse_commit_key(key: bytes) -> tuple[str, str, int] | None:
+    """(group, topic, partition) of an offset-commit record key; None for other records."""
+    if len(key) < 2:
+        return None
+    (version,) = struct.unpack_from(">h", key, 0)
+    if version not in (0, 1):
+        return None
+    try:
+        pos = 2
+        parts: list[str] = []
+        for _ in range(2):
+            (size,) = struct.unpack_from(">h", key, pos)
+            pos += 2
+            parts.append(key[pos : pos + size].decode())
+            pos += size
+        (partition,) = struct.unpack_from(">i", key, pos)
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return parts[0], parts[1], partition
+
+
+def last_commit_times(
+    kafka_config: dict[str, Any], group: str, timeout: float = 10.0
+) -> dict[tuple[str, int], float] | None:
+    """(topic, partition) → Unix time of the group's latest commit; None when unreadable."""
+    consumer = Consumer(
+        {
+            **kafka_config,
+            "group.id": f"klaviyo-stream-status-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        meta = consumer.list_topics(OFFSETS_TOPIC, timeout=timeout).topics.get(OFFSETS_TOPIC)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return None
+        tp = TopicPartition(OFFSETS_TOPIC, coordinator_partition(group, len(meta.partitions)))
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+        found: dict[tuple[str, int], float] = {}
+        if high <= low:
+            return found
+        consumer.assign([TopicPartition(tp.topic, tp.partition, max(low, high - TAIL_RECORDS))])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:  # read to the end
+                        return found
+                    continue
+                parsed = parse_commit_key(message.key() or b"")
+                if parsed is None or parsed[0] != group:
+                    continue
+                key = (parsed[1], parsed[2])
+                if message.value() is None:  # tombstone: the offset was deleted
+                    found.pop(key, None)
+                    continue
+                found[key] = message.timestamp()[1] / 1000
+                if (message.offset() or 0) >= high - 1:
+                    return found
+        return found
+    except KafkaException:
+        return None
+    finally:
+        consumer.close()

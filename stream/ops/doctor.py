@@ -1,0 +1,321 @@
+"""`klaviyo-stream doctor`: is everything set up? One line per check, ✓ or ✗ with the fix.
+
+Checks the settings' files, the passthrough properties and the pinned revision, then each
+dependency for real: Kafka (reachable; each topic exists, its partitions; the dead-letter topic
+exists, has leaders and this principal may WRITE to it, as the broker's authorizer answers),
+the Schema Registry (when set), the state store (SQLite path writable / Redis answers, its
+version) and Klaviyo (an authenticated `GET /api/profiles?page[size]=1`: the key is accepted;
+a 403 names the scope Klaviyo says is missing). Every line goes through `logs.redact`, and
+URLs are shown masked: no secret is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from stream.errors import StreamError
+from stream.logs import redact
+from stream.settings import (
+    Settings,
+    check_kafka_properties,
+    kafka_client_config,
+    mask_url,
+    require_klaviyo_credentials,
+    revision_retirement,
+    revision_warning,
+    schema_registry_config,
+)
+
+OK, FAIL = "✓", "✗"
+# what the service does with a private key (events, profiles, bulk-import jobs, merges)
+NEEDED_SCOPES = ("events:write", "profiles:read", "profiles:write")
+_SCOPE = re.compile(r"\b[a-z][a-z-]*:(?:read|write|full)\b")
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{OK if self.ok else FAIL} {self.name}: {self.detail}"
+        if self.fix and not self.ok:
+            text += f" → fix: {self.fix}"
+        return redact(text)
+
+
+def run_checks(settings: Settings, timeout: float = 10.0) -> Iterator[Check]:
+    """Every check, in order; each one catches its own failure."""
+    yield from _files(settings)
+    yield _revision(settings)
+    yield from _kafka(settings, timeout)
+    if settings.schema_registry_url:
+        yield _registry(settings)
+    yield _state(settings)
+    yield _klaviyo(settings, timeout)
+
+
+def _guard(name: str, fix: str, check: Callable[[], Check]) -> Check:
+    try:
+        return check()
+    except StreamError as exc:
+        return Check(name, False, str(exc), fix)
+    except Exception as exc:  # an unexpected failure is a failed check, not a traceback
+        return Check(name, False, f"{type(exc).__name__}: {exc}", fix)
+
+
+def _files(settings: Settings) -> Iterator[Check]:
+    from stream.route import router_from_settings
+    from stream.transform import transformer_from_settings
+
+    def routes() -> Check:
+        router_from_settings(settings)
+        return Check("event definitions", True, settings.event_definitions_file or "none (all)")
+
+    def rules() -> Check:
+        transformer_from_settings(settings)
+        files = [f for f in (settings.transformations_file, settings.hipaa_config_file) if f]
+        hipaa = ", HIPAA mode" if settings.hipaa_mode else ""
+        return Check("transformations", True, (", ".join(files) or "none") + hipaa)
+
+    def properties() -> Check:
+        check_kafka_properties(settings)
+        return Check("kafka properties", True, f"{len(settings.kafka)} passed through")
+
+    def credentials() -> Check:
+        require_klaviyo_credentials(settings)
+        return Check("klaviyo credentials", True, f"{settings.klaviyo_mode} mode")
+
+    yield _guard("event definitions", "correct EVENT_DEFINITIONS_FILE", routes)
+    yield _guard("transformations", "correct the file named", rules)
+    yield _guard("kafka properties", "correct the KAFKA_CONFIG_* property", properties)
+    yield _guard("klaviyo credentials", "set the key the mode needs", credentials)
+
+
+def _revision(settings: Settings, today: date | None = None) -> Check:
+    revision = settings.klaviyo_revision
+    retires = revision_retirement(revision)
+    warning = revision_warning(revision, today)
+    if warning is None:
+        return Check("klaviyo revision", True, f"{revision}, supported until {retires}")
+    retired = retires < (today or date.today())
+    return Check(
+        "klaviyo revision",
+        not retired,
+        warning,
+        "set KLAVIYO_REVISION to a current revision and test it against the sandbox",
+    )
+
+
+def _kafka(settings: Settings, timeout: float) -> Iterator[Check]:
+    from confluent_kafka import KafkaException, TopicCollection
+    from confluent_kafka.admin import AclOperation, AdminClient
+
+    servers = settings.kafka_bootstrap_servers or settings.kafka.get("bootstrap.servers")
+    if not servers:
+        yield Check("kafka", False, "KAFKA_BOOTSTRAP_SERVERS is not set", "set it")
+        return
+    conf = kafka_client_config(settings)
+    admin = AdminClient({**conf, "socket.timeout.ms": int(timeout * 1000)})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        yield Check(
+            "kafka",
+            False,
+            f"{servers} not reachable: {exc.args[0].str()}",
+            "check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and the credentials",
+        )
+        return
+    finally:
+        admin.poll(0)
+    brokers = len(metadata.brokers)
+    yield Check("kafka", True, f"{servers} reachable, {brokers} broker{'s' if brokers > 1 else ''}")
+    for topic in settings.kafka_topics:
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            yield Check(
+                f"topic {topic}",
+                False,
+                "does not exist",
+                f"create it (kafka-topics.sh --create --topic {topic} --partitions 6) "
+                "or correct KAFKA_TOPICS",
+            )
+        else:
+            yield Check(f"topic {topic}", True, f"{len(meta.partitions)} partitions")
+    dlq = settings.dlq_topic
+    name = f"dead-letter topic {dlq}"
+    meta = metadata.topics.get(dlq)
+    if meta is None or meta.error is not None:
+        yield Check(name, False, "does not exist", f"create it or correct DLQ_TOPIC ({dlq})")
+        return
+    try:
+        described = admin.describe_topics(
+            TopicCollection([dlq]), include_authorized_operations=True, request_timeout=timeout
+        )[dlq].result()
+    except KafkaException as exc:
+        yield Check(name, False, f"cannot be described: {exc.args[0].str()}", "check ACLs")
+        return
+    leaderless = [p.id for p in described.partitions if p.leader is None]
+    allowed = set(described.authorized_operations or [])
+    writable = AclOperation.WRITE in allowed or AclOperation.ALL in allowed
+    if leaderless:
+        yield Check(name, False, f"partitions {leaderless} have no leader", "check the brokers")
+    elif not writable:
+        yield Check(
+            name,
+            False,
+            "this principal may not WRITE to it",
+            f"grant WRITE on topic {dlq} (kafka-acls.sh --add --operation Write)",
+        )
+    else:
+        yield Check(name, True, f"writable, {len(described.partitions)} partitions")
+
+
+def _registry(settings: Settings) -> Check:
+    url = mask_url(str(settings.schema_registry_url))
+
+    def ask() -> Check:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        config = schema_registry_config(settings)
+        assert config is not None
+        subjects = SchemaRegistryClient.new_client(config).get_subjects()
+        return Check("schema registry", True, f"{url} answers, {len(subjects)} subjects")
+
+    return _guard(
+        "schema registry",
+        "check SCHEMA_REGISTRY_URL, its credentials and CA file",
+        ask,
+    )
+
+
+def _state(settings: Settings) -> Check:
+    url = str(settings.state_url)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        return _guard("state store", "make the path writable or change STATE_URL",
+                      lambda: _sqlite(url[len("sqlite:///") :]))
+    return _guard(
+        "state store",
+        "check STATE_URL (host, port, password) and that Redis runs",
+        lambda: _redis(url),
+    )
+
+
+def _sqlite(path: str) -> Check:
+    version = f"SQLite {sqlite3.sqlite_version}"
+    if path == ":memory:":
+        return Check("state store", True, f"{version}, in memory (tests only)")
+    file = Path(path)
+    if not file.exists():
+        folder = file.parent.resolve()
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            return Check(
+                "state store",
+                False,
+                f"{version}: cannot create {path} ({folder} is not a writable directory)",
+                "create the directory or point STATE_URL elsewhere",
+            )
+        return Check("state store", True, f"{version}, {path} will be created")
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        db.execute("BEGIN IMMEDIATE")  # takes the write lock: writable, not locked by another
+        db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        return Check("state store", False, f"{version}, {path}: {exc}",
+                     "make the file writable; one process per SQLite file")
+    finally:
+        db.close()
+    return Check("state store", True, f"{version}, {path} writable")
+
+
+def _redis(url: str) -> Check:
+    import redis
+
+    shown = mask_url(url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+    except redis.AuthenticationError:
+        return Check("state store", False, f"{shown}: password refused",
+                     "correct the password in STATE_URL")
+    except redis.RedisError as exc:
+        return Check("state store", False, f"{shown}: {exc}",
+                     "check STATE_URL and that Redis runs")
+    finally:
+        client.close()
+    return Check("state store", True, f"Redis {version} answers at {shown}")
+
+
+def _klaviyo(settings: Settings, timeout: float) -> Check:
+    return _guard(
+        "klaviyo",
+        "check KLAVIYO_BASE_URL and the network",
+        lambda: asyncio.run(_ask_klaviyo(settings, timeout)),
+    )
+
+
+async def _ask_klaviyo(settings: Settings, timeout: float) -> Check:
+    from stream.klaviyo.client import KlaviyoClient
+    from stream.klaviyo.errors import KlaviyoError, KlaviyoUnavailable, Unauthorized
+
+    base = settings.klaviyo_base_url
+    if settings.klaviyo_mode == "client" or settings.klaviyo_api_key is None:
+        return Check("klaviyo", True, f"{base}: client mode, no private key to check")
+    client = KlaviyoClient(base, settings.klaviyo_api_key, settings.klaviyo_revision,
+                           timeout=timeout, max_connections=1)
+    async with client:
+        try:
+            await client.get("/api/profiles?page[size]=1")
+        except Unauthorized as exc:
+            return _refused(exc)
+        except KlaviyoUnavailable as exc:
+            return Check("klaviyo", False, f"{base} not reachable: {exc}",
+                         "check KLAVIYO_BASE_URL and the network (proxy, firewall)")
+        except KlaviyoError as exc:
+            return Check("klaviyo", False, f"{base} answered: {exc}",
+                         "check KLAVIYO_BASE_URL and KLAVIYO_REVISION")
+    return Check("klaviyo", True,
+                 f"{base} reachable, API key accepted (revision {settings.klaviyo_revision})")
+
+
+def _refused(exc: Any) -> Check:
+    """A 401/403 as one line: Klaviyo's words, and the missing scope when it names one."""
+    said = " ".join(
+        str(e.get(k, "")) for e in exc.errors if isinstance(e, dict) for k in ("title", "detail")
+    )
+    scopes = sorted(set(_SCOPE.findall(said)))
+    if exc.status == 403:
+        missing = ", ".join(scopes) if scopes else "a scope Klaviyo did not name"
+        return Check(
+            "klaviyo",
+            False,
+            f"API key lacks {missing} ({exc})",
+            "give the key these scopes in Klaviyo (Settings → API keys): "
+            + ", ".join(NEEDED_SCOPES),
+        )
+    return Check("klaviyo", False, f"API key refused ({exc})",
+                 "set KLAVIYO_API_KEY to a valid private key (pk_…)")
+
+
+def report(checks: list[Check]) -> tuple[str, int]:
+    """(the lines to print, the exit code: 0 when every check passed, else 1)."""
+    text = "\n".join(c.line() for c in checks)
+    failed = sum(not c.ok for c in checks)
+    summary = "all checks passed" if not failed else f"{failed} of {len(checks)} checks failed"
+    return f"{text}\n{summary}", 0 if not failed else 1
