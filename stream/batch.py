@@ -317,6 +317,16 @@ class Lane:
 
 
 def _newer(old: Item, new: Item) -> Item:
-    """`new` (a later snapshot of the same person) carrying `old`'s records too."""
-    new.records = old.records + new.records
-    return new
+    """One upsert with the effect of `old` then `new` (a later snapshot of the same person),
+    carrying both items' records: what `new` sets wins, what only `old` set (a location read
+    from that call's context, say) stays, as if Klaviyo had applied both in order."""
+    merged = dict(old.profile)
+    for key, value in new.profile.items():
+        before = merged.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            merged[key] = {**before, **value}  # properties, location, meta: key by key
+        else:
+            merged[key] = value
+    return Item(
+        new.kind, merged, None, old.records + new.records, person=new.person, label=new.label
+    )

@@ -145,7 +145,12 @@ class RegistryDecoder:
                     f"SCHEMA_REGISTRY_URL: the registry refused our credentials ({status})"
                 ) from None
             raise RegistryUnavailable(f"Schema Registry answered {status}") from None
-        except Exception as exc:  # transport: refused, reset, timed out
+        except Exception as exc:  # transport: refused, reset, timed out; or TLS refused
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+                raise ConfigError(
+                    "SCHEMA_REGISTRY_SSL_CA_LOCATION: the registry's certificate is not trusted"
+                    " (CERTIFICATE_VERIFY_FAILED)"
+                ) from None
             raise RegistryUnavailable(f"Schema Registry: {type(exc).__name__}") from None
         resolved = self._schemas.resolve(orjson.loads(registered.schema_str))
         if resolved is None:

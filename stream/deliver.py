@@ -53,7 +53,7 @@ from stream.klaviyo.client import (
 )
 from stream.klaviyo.governor import Governor
 from stream.klaviyo.importjob import import_failures
-from stream.klaviyo.merge import merge_duplicate
+from stream.klaviyo.merge import merge_duplicate, wait_merged
 from stream.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -236,18 +236,21 @@ class Deliverer:
         self, endpoint: str, body: dict[str, Any], profile: dict[str, Any], records: int
     ) -> None:
         """POST; on 409 duplicate_profile (one person split over two Klaviyo profiles) merge
-        the duplicate into the profile Klaviyo matched and try again (a few times: another
-        consumer may be healing the same person)."""
+        the duplicate into the profile Klaviyo matched, wait until the merge has landed
+        (Klaviyo merges asynchronously), and try again (a few times: another consumer may be
+        healing the same person)."""
         for _attempt in range(MERGE_ATTEMPTS):
             try:
                 await self._post(endpoint, body, records)
                 return
             except DuplicateProfile as exc:
-                if exc.duplicate_profile_id is None:
+                duplicate = exc.duplicate_profile_id
+                if duplicate is None:
                     raise
                 # KlaviyoClientError: merged meanwhile by another consumer; the next upsert tells
                 with contextlib.suppress(KlaviyoClientError):
-                    await merge_duplicate(self.request, profile, exc.duplicate_profile_id)
+                    if await merge_duplicate(self.request, profile, duplicate):
+                        await wait_merged(self.request, duplicate)
         await self._post(endpoint, body, records)
 
     async def _bisect(

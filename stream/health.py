@@ -18,8 +18,16 @@ class Health:
     last_poll: float = field(default_factory=time.monotonic)
     stopping: bool = False
 
+    waiting_for: str | None = None  # a dependency the loop is waiting out (the state store)
+
     def polled(self) -> None:
         """The poll loop calls this each turn: proof it is not stuck."""
+        self.last_poll = time.monotonic()
+
+    def waiting(self, dependency: str | None) -> None:
+        """The loop waits for `dependency` (None: no longer): it is alive, not stuck (a restart
+        would not bring the dependency back), and not ready."""
+        self.waiting_for = dependency
         self.last_poll = time.monotonic()
 
     @property
@@ -41,5 +49,6 @@ class Health:
             and self.broker_reachable
             and self.assigned_partitions > 0
             and not self.stalled
+            and self.waiting_for is None
             and not self.stopping
         )

@@ -16,7 +16,9 @@ import phonenumbers
 from stream.calls import Call
 from stream.errors import InvalidIdentifier
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_WHITESPACE = re.compile(r"\s")
+MAX_EMAIL = 254  # RFC 5321's longest address; longer input is refused before any other check
+MAX_PHONE_INPUT = 64  # characters of raw phone input; libphonenumber's own limit is 250
 MAX_EXTERNAL_ID = 255
 
 
@@ -49,16 +51,30 @@ class Identifiers(NamedTuple):
 
 
 def normalize_email(raw: Any) -> str | None:
-    """`"  Ann@Example.COM "` → `"ann@example.com"`; raises for something that is not an email."""
+    """`"  Ann@Example.COM "` → `"ann@example.com"`; raises for something that is not an email.
+
+    Linear in the input (no backtracking pattern), and the cache only ever holds short input."""
     if raw is None or raw == "":
         return None
-    return _email(str(raw))
+    text = str(raw)
+    if len(text) > MAX_EMAIL + 64:  # room for surrounding whitespace, never a 64 KB key
+        raise InvalidIdentifier(f"invalid email address: longer than {MAX_EMAIL} characters")
+    return _email(text)
 
 
 @lru_cache(maxsize=65_536)
 def _email(raw: str) -> str:
     email = raw.strip().lower()
-    if not _EMAIL.match(email):
+    local, at, domain = email.rpartition("@")
+    ok = (
+        at == "@"
+        and 0 < len(email) <= MAX_EMAIL
+        and local
+        and "@" not in local
+        and "." in domain[1:-1]
+        and _WHITESPACE.search(email) is None
+    )
+    if not ok:
         raise InvalidIdentifier(f"invalid email address {_redact(email)!r}")
     return email
 
@@ -67,7 +83,10 @@ def normalize_phone(raw: Any, region: str) -> str | None:
     """`"(415) 555-0100"` with region US → `"+14155550100"`; raises for an impossible number."""
     if raw is None or raw == "":
         return None
-    return _phone(str(raw), region)
+    text = str(raw)
+    if len(text) > MAX_PHONE_INPUT:
+        raise InvalidIdentifier(f"invalid phone number: longer than {MAX_PHONE_INPUT} characters")
+    return _phone(text, region)
 
 
 @lru_cache(maxsize=65_536)

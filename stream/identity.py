@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -29,11 +29,22 @@ _ATTRIBUTE_OF_KIND = {"email": "email", "phone": "phone_number", "external_id": 
 
 
 def call_time(call: Call) -> float:
-    """The call's own timestamp in Unix seconds (orders trait updates); now if unreadable."""
+    """The call's own timestamp in Unix seconds (orders trait updates; naive = UTC); now if
+    unreadable or outside the calendar."""
     try:
-        return datetime.fromisoformat(call.timestamp).timestamp()
-    except ValueError:
+        moment = datetime.fromisoformat(call.timestamp)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
         return time.time()
+
+
+MAX_CACHED_ID = 512  # characters; the caches are bounded in bytes as well as entries
+
+
+def _short(ids: Identifiers) -> bool:
+    return all(value is None or len(value) <= MAX_CACHED_ID for value in ids)
 
 
 def graph_identifiers(ids: Identifiers) -> list[Identifier]:
@@ -132,7 +143,8 @@ class IdentityResolver:
             if known_person is not None:
                 if len(self._known) >= self._cache_size:
                     self._known.clear()
-                self._known[ids] = (known_person, time.monotonic() + self._cache_seconds)
+                if _short(ids):
+                    self._known[ids] = (known_person, time.monotonic() + self._cache_seconds)
                 return known_person, []
             if all(kind == "anonymous_id" for kind, _ in identifiers):
                 return None, []  # nothing to link: `hold` finds the person if there is one
@@ -173,7 +185,8 @@ class IdentityResolver:
         self._current[person.id] = person
         for kind, values in person.identifiers.items():
             for value in values:
-                self._cache[(kind, value)] = (person, expires)
+                if len(value) <= MAX_CACHED_ID:
+                    self._cache[(kind, value)] = (person, expires)
 
     def named_owner(self, anonymous_id: str) -> Person | None:
         """The named person `anonymous_id` belongs to, if any (a store round trip)."""

@@ -141,6 +141,12 @@ GOVERNOR_WAIT = Counter(
 IN_FLIGHT_REQUESTS = Gauge(
     P + "in_flight_requests", "Requests awaiting Klaviyo's answer.", registry=REGISTRY
 )
+ITEMS_WAITING = Gauge(
+    P + "items_waiting",
+    "Items batched but not yet sent, per kind (profile upserts parked behind one in flight too).",
+    ["kind"],
+    registry=REGISTRY,
+)
 PENDING_RECORDS = Gauge(
     P + "pending_records", "Records consumed but not yet acknowledged.", registry=REGISTRY
 )

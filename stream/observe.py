@@ -49,6 +49,8 @@ def failing_conditions(health: Health) -> list[str]:
         failing.append("no partitions assigned")
     if health.stalled:
         failing.append("partition stalled")
+    if health.waiting_for is not None:
+        failing.append(f"waiting for the {health.waiting_for}")
     if health.stopping:
         failing.append("stopping")
     return failing

@@ -54,20 +54,32 @@ class RetryPolicy:
 DEFAULT = RetryPolicy()
 
 
+Waiting = Callable[[str | None], None]  # told what is waited for (None: nothing any more)
+
+
 @overload
 async def until_available(
-    action: Callable[[], Awaitable[T]], what: str, policy: RetryPolicy = ...
+    action: Callable[[], Awaitable[T]],
+    what: str,
+    policy: RetryPolicy = ...,
+    waiting: Waiting | None = ...,
 ) -> T: ...
 
 
 @overload
-async def until_available(action: Callable[[], T], what: str, policy: RetryPolicy = ...) -> T: ...
+async def until_available(
+    action: Callable[[], T],
+    what: str,
+    policy: RetryPolicy = ...,
+    waiting: Waiting | None = ...,
+) -> T: ...
 
 
 async def until_available(
     action: Callable[[], Any],
     what: str,
     policy: RetryPolicy = DEFAULT,
+    waiting: Waiting | None = None,
 ) -> Any:
     """Run `action()` (awaiting it if it is a coroutine) until it does not raise `Unavailable`;
     wait with backoff in between.
@@ -76,16 +88,21 @@ async def until_available(
     Registry, dead-letter topic). Each failure is logged and counted
     (`klaviyo_stream_dependency_errors_total{dependency=what}`); a non-retriable `Unavailable`
     is retried too, at the longest wait (it may be a full disk an operator frees), so nothing
-    is lost and the stalled partition shows in its metrics.
+    is lost and the stalled partition shows in its metrics. `waiting` (the service's health)
+    hears what is waited for while it lasts.
     """
     attempt = 0
     while True:
         try:
             result = action()
             if inspect.isawaitable(result):
-                return await result
+                result = await result
+            if attempt and waiting is not None:
+                waiting(None)
             return result
         except Unavailable as exc:
+            if waiting is not None:
+                waiting(what)
             metrics.DEPENDENCY_ERRORS.labels(what).inc()
             delay = policy.delay(attempt if exc.retriable else 99)
             attempt += 1

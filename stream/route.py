@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 SENDABLE = ("identify", "track", "page", "screen", "group")
 DEFAULT_PAGE_EVENT = "Viewed Page"
+MAX_CACHED_NAME = 256  # longer names are matched every time, never remembered
 DEFAULT_SCREEN_EVENT = "Viewed Screen"
 NAMELESS = ("identify", "alias", "group")  # call types a definition cannot select by name
 
@@ -90,7 +91,8 @@ class Router:
         if key not in self._cache:
             assert self.definitions is not None
             found = next((d for d in self.definitions if d.selector.matches(call)), None)
-            if len(self._cache) < 10_000:  # event names are few; never let odd input grow it
+            # event names are few and short; odd input never grows the cache (entries or bytes)
+            if len(self._cache) < 10_000 and len(name or "") <= MAX_CACHED_NAME:
                 self._cache[key] = found
             return found
         return self._cache[key]

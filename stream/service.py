@@ -19,7 +19,9 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from stream import metrics
 from stream.batch import Batch
@@ -58,6 +60,7 @@ SWEEP_SECONDS = 5.0
 STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 STATE = "state store"
+T = TypeVar("T")
 
 
 @dataclass
@@ -91,18 +94,22 @@ class Service:
         health: Health | None = None,
         decoder: Decoder | None = None,
         store: StateStore | None = None,
-        shutdown_timeout: float = 30.0,
+        shutdown_timeout: float | None = None,
     ) -> None:
         self.settings = settings
         self.health = health or Health(stall_after_seconds=settings.ready_stall_seconds)
         self.result = RunResult()
         self._decoder = decoder or make_decoder(settings)
-        self._store = store or open_store(settings.state_url, settings.dedup_window_seconds)
+        self._store = store or open_store(
+            settings.state_url, settings.dedup_window_seconds, settings.held_lease_seconds
+        )
         self._dedup = Deduplicator(self._store)
         self._transformer = transformer_from_settings(settings)  # rules and HIPAA, checked now
         self._processor = build_processor(settings, self._store, self._transformer)
         self._stopping = asyncio.Event()
-        self._shutdown_timeout = shutdown_timeout
+        self._shutdown_timeout = (
+            settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
+        )
         self._fatal: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: KafkaConsumer | None = None
@@ -146,7 +153,7 @@ class Service:
             self._sender.start()
             sweeper = asyncio.create_task(self._sweep())
             try:
-                await self._fetch_loop(self._consumer, ledger)
+                await self._fetch_loop(self._consumer, ledger, self._sender)
             finally:
                 sweeper.cancel()
                 await self._shutdown(self._consumer, ledger, self._sender)
@@ -156,7 +163,7 @@ class Service:
             raise self._fatal
         return self.result
 
-    async def _fetch_loop(self, consumer: KafkaConsumer, ledger: Ledger) -> None:
+    async def _fetch_loop(self, consumer: KafkaConsumer, ledger: Ledger, sender: Sender) -> None:
         """Fetch and handle until stopped. The next fetch runs on the consume thread while this
         batch is handled (librdkafka releases the GIL), so the broker and the pipeline overlap.
         Records a last fetch returned after the stop are not begun: their offsets are never
@@ -184,6 +191,8 @@ class Service:
             await self._handle(records)
             self._flush_dedup(due_only=True)
             metrics.PENDING_RECORDS.set(ledger.pending)
+            for kind, lane in sender.lanes.items():
+                metrics.ITEMS_WAITING.labels(kind).set(lane.items + lane.parked)
         if fetching is not None:
             await fetching  # let the consume thread finish; its records are not begun
 
@@ -204,7 +213,8 @@ class Service:
         ledger, sender = self._ledger, self._sender
         assert ledger is not None and sender is not None
         decoder, processor = self._decoder, self._processor
-        await until_available(lambda: decoder.prepare(records), "schema registry")
+        waiting = self.health.waiting
+        await until_available(lambda: decoder.prepare(records), "schema registry", waiting=waiting)
         routed: list[tuple[Call, Record]] = []
         types: Counter[str] = Counter()
         for record in records:
@@ -226,7 +236,9 @@ class Service:
             routed.append((call, record))
         for call_type, count in types.items():
             metrics.RECORDS_DECODED.labels(call_type).inc(count)
-        fresh = await until_available(lambda: self._dedup.fresh([r for _, r in routed]), STATE)
+        fresh = await until_available(
+            lambda: self._dedup.fresh([r for _, r in routed]), STATE, waiting=waiting
+        )
         for n, ((call, record), new) in enumerate(zip(routed, fresh, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # let paced requests and their answers go meanwhile
@@ -252,7 +264,9 @@ class Service:
         """One call through transform → identity → map, behind the per-record barrier: a
         dependency failure waits and tries again (the store's steps are atomic), anything else
         dead-letters the record (None)."""
-        return await until_available(lambda: self._barrier(call, record), STATE)
+        return await until_available(
+            lambda: self._barrier(call, record), STATE, waiting=self.health.waiting
+        )
 
     def _barrier(self, call: Call, record: Record) -> Result | None:
         assert self._ledger is not None
@@ -345,14 +359,34 @@ class Service:
             turn += 1
 
     def sweep_once(self, now: float, with_stats: bool = True) -> int:
-        """Delete finished held entries; expire held calls past their time or over the memory
-        bound (dropped, or leased and sent per `EXPIRED_ANONYMOUS`); send again released calls
-        whose lease ran out (a crash); prune the dedup window; publish lag, stalls and state
-        sizes. Returns how many held calls expired."""
-        settings, store, ledger = self.settings, self._store, self._ledger
-        self._flush_dedup(due_only=False)
-        if ledger is not None:
-            self._settle_held()
+        """Publish lag, stalls and readiness; delete finished held entries; expire held calls
+        past their time or over the memory bound (dropped, or leased and sent per
+        `EXPIRED_ANONYMOUS`); send again released calls whose lease ran out (a crash); prune
+        the dedup window; publish state sizes. Each step runs even when another fails (the
+        state store may be down). Returns how many held calls expired."""
+        self._observe_partitions()
+        guarded = self._guarded
+        guarded(lambda: self._flush_dedup(due_only=False))
+        guarded(self._settle_held)
+        expired = guarded(lambda: self._expire(now)) or 0
+        guarded(lambda: self._resend(self._store.reclaim_held(now), reclaimed=True))
+        guarded(lambda: self._store.prune(now))
+        guarded(lambda: self._publish_state(with_stats))
+        return expired
+
+    @staticmethod
+    def _guarded(step: Callable[[], T]) -> T | None:
+        """Run one housekeeping step; a state-store failure is counted and waits a turn."""
+        try:
+            return step()
+        except StateError as exc:
+            metrics.DEPENDENCY_ERRORS.labels(STATE).inc()
+            log.warning("housekeeping step failed", extra={"error": str(exc)[:500]})
+            return None
+
+    def _expire(self, now: float) -> int:
+        """Held calls past their time or over the memory bound: dropped, or sent anonymously."""
+        settings, store = self.settings, self._store
         send = settings.expired_anonymous == "send"
         lease = now + store.lease_seconds if send else None
         expired = store.expire_held(now - settings.hold_anonymous_seconds, lease_until=lease)
@@ -366,13 +400,12 @@ class Service:
         )
         if send:
             self._resend(expired)
-        self._resend(store.reclaim_held(now), reclaimed=True)
-        store.prune(now)
-        self._observe_partitions()
-        if with_stats:
-            for kind, size in store.stats().items():
-                metrics.STATE_KEYS.labels(kind).set(size)
         return len(expired)
+
+    def _publish_state(self, with_stats: bool) -> None:
+        if with_stats:
+            for kind, size in self._store.stats().items():
+                metrics.STATE_KEYS.labels(kind).set(size)
 
     def _resend(self, entries: list[HeldEntry], reclaimed: bool = False) -> None:
         """Held calls to send now: on their person's profile once named, else anonymously."""

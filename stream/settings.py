@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     hold_anonymous_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     expired_anonymous: Literal["drop", "send"] = "drop"
     identity_cache_seconds: float = Field(default=5.0, ge=0)
+    # a released held call stays in the store until Klaviyo accepted it; if its sender crashed,
+    # it is sent again after this long (longer than any delivery's retries)
+    held_lease_seconds: float = Field(default=900.0, gt=0)
 
     # Batching and flow control
     batch_max_events: int = Field(default=1000, ge=1, le=1000)
@@ -166,6 +169,9 @@ class Settings(BaseSettings):
     # a revoked partition's in-flight work may finish (and be committed) for this long before
     # the partition is handed over; what is still out then is read again by the next owner
     revoke_drain_seconds: float = Field(default=10.0, ge=0)
+    # on SIGTERM, how long open batches and in-flight requests may take before they are
+    # cancelled (their records stay uncommitted); keep it under the pod's grace period
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
 
     # Operations
     metrics_port: int = Field(default=9400, ge=0, le=65535)

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -112,3 +113,52 @@ def clean_redis_url(redis_url: str) -> str:
     with redis.Redis.from_url(redis_url) as client:
         client.flushdb()
     return redis_url
+
+
+class StoppableRedis:
+    """A redis-server of one test that can be stopped and started again on the same port,
+    its data kept on disk (append-only file): a state-store outage, and the recovery."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+        if not binary:
+            pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+        self._binary = binary
+        self._workdir = workdir
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self._workdir / "redis.log", "ab") as log:
+            self._spawn(log)
+
+    def _spawn(self, log: Any) -> None:
+        self._proc = subprocess.Popen(
+            [
+                self._binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self._workdir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if not _wait_ready(self.url, self._proc):
+            raise RuntimeError(f"redis-server did not start on {self.port}; see {self._workdir}")
+
+    def stop(self) -> None:
+        """SIGTERM: redis writes its append-only file and exits; clients see a refused port."""
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=30)
+            self._proc = None
+
+
+@pytest.fixture
+def stoppable_redis(tmp_path: Path) -> Iterator[StoppableRedis]:
+    server = StoppableRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -75,7 +75,10 @@ def event_time(timestamp: str) -> str:
         return text
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC).replace(microsecond=0)
+    try:
+        moment = moment.astimezone(UTC).replace(microsecond=0)
+    except (OverflowError, ValueError):  # the calendar's edge: year 1 east of UTC, 9999 west
+        raise MappingError(f"timestamp {timestamp!r} is outside the calendar in UTC") from None
     if moment < EARLIEST_EVENT:
         raise MappingError(f"timestamp {timestamp!r} is in or before 1990")
     if moment > datetime.fromisoformat(_window()[1]):

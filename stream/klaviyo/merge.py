@@ -3,20 +3,27 @@
 The 409 means the identifiers we sent for one person already belong to two Klaviyo profiles.
 The profile Klaviyo matched first (email, then phone_number, then external_id — Klaviyo's own
 order) is the destination; the `duplicate_profile_id` it names is folded into it with
-`POST /api/profile-merge`, after which the same upsert succeeds. Every request goes through the
-deliver stage's paced, retried `Requester`.
+`POST /api/profile-merge` (one source per request, as Klaviyo accepts). Klaviyo merges
+asynchronously ("queues an asynchronous task"): the merge has landed when the source profile is
+gone, so `wait_merged` polls for that, with backoff and a bound, before the upsert is sent
+again. Every request goes through the deliver stage's paced, retried `Requester`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 from urllib.parse import quote
 
 from stream import metrics
+from stream.errors import KlaviyoClientError
 from stream.klaviyo import mapping
 from stream.klaviyo.client import PROFILE_MERGE, PROFILES, Requester
+from stream.retry import DEFAULT, RetryPolicy
 
 MATCH_ORDER = ("email", "phone_number", "external_id")
+MERGE_WAIT_SECONDS = 60.0  # how long a queued merge may take to land before we give up waiting
 
 
 def filter_value(value: str) -> str:
@@ -48,11 +55,40 @@ async def find_profile_id(
 async def merge_duplicate(
     request: Requester, attributes: dict[str, Any], duplicate_id: str
 ) -> bool:
-    """Fold `duplicate_id` into the profile matching `attributes`; False if there is none."""
+    """Queue folding `duplicate_id` into the profile matching `attributes`; False if there is
+    none. A 404 for the source means it was merged already (by another consumer): True."""
     destination = await find_profile_id(request, attributes, duplicate_id)
     if destination is None:
         return False
     body = mapping.merge_body(destination, [duplicate_id])
-    await request("POST", PROFILE_MERGE, body, budget=PROFILE_MERGE)
+    try:
+        await request("POST", PROFILE_MERGE, body, budget=PROFILE_MERGE)
+    except KlaviyoClientError as exc:
+        if exc.status != 404:
+            raise
+        return True
     metrics.PROFILE_MERGES.inc()
     return True
+
+
+async def wait_merged(
+    request: Requester,
+    source_id: str,
+    max_seconds: float = MERGE_WAIT_SECONDS,
+    policy: RetryPolicy = DEFAULT,
+) -> bool:
+    """Poll until the merged-away profile `source_id` is gone (the merge landed); False when it
+    is still there after `max_seconds`."""
+    deadline = time.monotonic() + max_seconds
+    path = PROFILES + equals_filter("id", source_id)
+    attempt = 0
+    while True:
+        response = await request("GET", path, budget=PROFILES)
+        data = response.body.get("data") if isinstance(response.body, dict) else None
+        if not data:
+            return True
+        delay = policy.delay(attempt)
+        attempt += 1
+        if time.monotonic() + delay > deadline:
+            return False
+        await asyncio.sleep(delay)

@@ -271,8 +271,8 @@ def _klaviyo(settings: Settings, timeout: float) -> Check:
 
 
 async def _ask_klaviyo(settings: Settings, timeout: float) -> Check:
+    from stream.errors import KlaviyoError, KlaviyoUnavailable, Unauthorized
     from stream.klaviyo.client import KlaviyoClient
-    from stream.klaviyo.errors import KlaviyoError, KlaviyoUnavailable, Unauthorized
 
     base = settings.klaviyo_base_url
     if settings.klaviyo_mode == "client" or settings.klaviyo_api_key is None:

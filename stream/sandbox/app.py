@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import api, consent_api, list_api, privacy_api, profile_api
 from .api import SCHEMA_ERRORS, STRINGS_FIT, Handler, json_response
-from .config import SandboxConfig
+from .config import REVISIONS, SandboxConfig
 from .errors import ApiError, ErrorItem, invalid
 from .inspection import routes as inspection_routes
 from .spec import Operation
@@ -90,7 +90,8 @@ def _authenticate(request: web.Request, sandbox: Sandbox, op: Operation) -> None
 
 
 def _check_revision(request: web.Request) -> None:
-    """`revision: YYYY-MM-DD[.suffix]` must be present and a real date."""
+    """`revision: YYYY-MM-DD[.suffix]` must be present, a real date, and one of Klaviyo's
+    published revisions."""
     match = _REVISION.match(request.headers.get("revision") or "")
     ok = match is not None
     if match is not None:
@@ -101,6 +102,10 @@ def _check_revision(request: web.Request) -> None:
             ok = False
     if not ok:
         detail = "The revision header is required, formatted YYYY-MM-DD[.suffix]."
+        raise invalid(detail, parameter="revision")
+    assert match is not None
+    if f"{match.group(1)}-{match.group(2)}-{match.group(3)}" not in REVISIONS:
+        detail = f"Invalid revision: {match.group(0)} is not a valid revision."
         raise invalid(detail, parameter="revision")
 
 
@@ -163,6 +168,10 @@ def _guard(sandbox: Sandbox, op: Operation, handler: Handler, depth: int) -> Any
 
     async def serve(request: web.Request) -> web.StreamResponse:
         request[OPERATION] = op.operation_id
+        if sandbox.faults.released is not None:
+            await sandbox.faults.wait_if_held()
+            if request.transport is None or request.transport.is_closing():
+                return _drop(request)  # its client died while it was held: never applied
         fault = sandbox.faults.draw()
         if fault is not None:
             request[FAULT] = fault

@@ -9,6 +9,13 @@ OPENAPI_DIR = Path(__file__).resolve().parent / "openapi"
 """The vendored Klaviyo OpenAPI slices (revision 2026-07-15, MIT) the sandbox validates against."""
 
 DEFAULT_API_KEY = "pk_sandbox_0000000000000000000000000000"
+# Klaviyo's published revisions: "the revision passed in must be a valid revision"
+REVISIONS = (
+    "2023-01-24", "2023-02-22", "2023-06-15", "2023-07-15", "2023-09-15", "2023-10-15",
+    "2023-12-15", "2024-02-15", "2024-05-15", "2024-06-15", "2024-07-15", "2024-10-15",
+    "2025-01-15", "2025-04-15", "2025-07-15", "2025-10-15", "2026-01-15", "2026-04-15",
+    "2026-07-15", "2026-10-15",
+)
 DEFAULT_PUBLIC_KEY = "SBXPUB"
 OPT_IN_PROCESSES = ("single_opt_in", "double_opt_in")
 

@@ -249,16 +249,24 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         return _json({"reset": True})
 
     async def faults(request: web.Request) -> web.Response:
-        """GET or POST /sandbox/faults {"fault_rate": 0.2}: read or set the fault share."""
+        """GET or POST /sandbox/faults {"fault_rate": 0.2, "hold": true}: read or set the
+        fault share, and hold API requests unanswered (a slow Klaviyo) or let them go."""
+        faults = sandbox.faults
         if request.method == "POST":
             try:
-                rate = orjson.loads(await request.read()).get("fault_rate")
+                body = orjson.loads(await request.read())
+                rate = body.get("fault_rate", faults.rate)
+                hold = body.get("hold", faults.released is not None)
             except (orjson.JSONDecodeError, AttributeError):
-                return _bad('body must be {"fault_rate": <0..1>}')
+                return _bad('body must be {"fault_rate": <0..1>, "hold": <bool>}')
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
                 return _bad("fault_rate must be a number from 0 to 1")
-            sandbox.faults.rate = float(rate)
-        return _json({"fault_rate": sandbox.faults.rate})
+            if not isinstance(hold, bool):
+                return _bad("hold must be true or false")
+            faults.rate = float(rate)
+            faults.hold(hold)
+        held = faults.released is not None
+        return _json({"fault_rate": faults.rate, "hold": held, "waiting": faults.waiting})
 
     return [
         web.get("/sandbox", overview),

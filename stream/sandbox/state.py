@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -26,12 +27,34 @@ class FaultInjector:
 
     The mix is 500, 503, 429 (with Retry-After) and dropped connections: `drop` closes the
     connection before the request is applied, `drop_after` applies it and then loses the
-    answer (the case only `unique_id` makes safe to retry).
+    answer (the case only `unique_id` makes safe to retry). `hold` makes Klaviyo slow at will:
+    while it is on, API requests wait unanswered (counted in `waiting`) until it is turned off.
     """
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
         self.rate = rate
         self._random = random.Random(seed)
+        self.released: asyncio.Event | None = None  # None: nothing held
+        self.waiting = 0
+
+    def hold(self, on: bool) -> None:
+        """Start holding API requests, or let every held one go."""
+        if on and self.released is None:
+            self.released = asyncio.Event()
+        elif not on and self.released is not None:
+            self.released.set()
+            self.released = None
+
+    async def wait_if_held(self) -> None:
+        """Wait while requests are held."""
+        released = self.released
+        if released is None:
+            return
+        self.waiting += 1
+        try:
+            await released.wait()
+        finally:
+            self.waiting -= 1
 
     def draw(self) -> str | None:
         """None for a normal answer, else one of FAULT_KINDS."""
@@ -122,6 +145,7 @@ class Sandbox:
         self.store.reset()
         self._seed_lists()
         self.limiter.reset()
+        self.faults.hold(False)
         self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed)
         self.stats = Stats()
         self.log = RequestLog(self.config.request_log_limit)

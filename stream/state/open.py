@@ -5,10 +5,14 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from stream.errors import ConfigError
-from stream.state.base import DEFAULT_DEDUP_WINDOW, StateStore
+from stream.state.base import DEFAULT_DEDUP_WINDOW, HELD_LEASE_SECONDS, StateStore
 
 
-def open_store(url: str, dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW) -> StateStore:
+def open_store(
+    url: str,
+    dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW,
+    lease_seconds: float = HELD_LEASE_SECONDS,
+) -> StateStore:
     """Open the store named by `url`.
 
     `sqlite:///relative/path.db`, `sqlite:////abs/path.db`, `sqlite:///:memory:` (tests);
@@ -22,9 +26,9 @@ def open_store(url: str, dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW) -> 
             raise ConfigError(f"STATE_URL: expected sqlite:///path/to/file.db, got {url!r}")
         from stream.state.sqlite import SqliteStore
 
-        return SqliteStore(url[len("sqlite:///") :], dedup_window_seconds)
+        return SqliteStore(url[len("sqlite:///") :], dedup_window_seconds, lease_seconds)
     if scheme in ("redis", "rediss", "unix"):
         from stream.state.redis import RedisStore
 
-        return RedisStore(url, dedup_window_seconds)
+        return RedisStore(url, dedup_window_seconds, lease_seconds=lease_seconds)
     raise ConfigError(f"STATE_URL: unknown scheme in {url!r} (use sqlite:/// or redis://)")

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.produce import Encoder, publish
@@ -114,8 +114,31 @@ def create_topic(bootstrap: str, name: str, partitions: int, **config: str) -> s
     return name
 
 
+_COORDINATOR_MOVING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+}
+
+
 def committed_lag(bootstrap: str, group: str, topic: str) -> int:
-    """Records of `topic` above the group's committed offsets (all of them before a commit)."""
+    """Records of `topic` above the group's committed offsets (all of them before a commit).
+    A coordinator still moving (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS right after a
+    group appears) is asked again, up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return _committed_lag(bootstrap, group, topic)
+        except KafkaException as exc:
+            error = exc.args[0]
+            moving = error.retriable() or error.code() in _COORDINATOR_MOVING
+            if not moving or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # the coordinator settles: a poll interval, not a wait for a result
+
+
+def _committed_lag(bootstrap: str, group: str, topic: str) -> int:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
     )

@@ -13,8 +13,10 @@ from typing import Any
 from confluent_kafka import Producer
 from pydantic import SecretStr
 
+from stream.deliver import Deliverer
 from stream.errors import ImportRecordFailed
 from stream.klaviyo.client import PROFILE_IMPORT, PROFILES_BULK, KlaviyoClient
+from stream.klaviyo.governor import Governor
 from stream.klaviyo.importjob import import_failures
 from stream.klaviyo.mapping import bulk_profiles_body, profile_import_body
 from stream.sandbox import SandboxConfig, SandboxServer
@@ -47,7 +49,8 @@ async def test_bulk_import_job_errors_are_read_per_record(kafka_bootstrap: str) 
         await client.post(PROFILE_IMPORT, profile_import_body({"email": "job4@example.com"}))
         await client.post(PROFILE_IMPORT, profile_import_body({"external_id": "job-4"}))
         accepted = await client.post(PROFILES_BULK, bulk_profiles_body(profiles))
-        failures = await import_failures(client, accepted, profiles, max_seconds=30)
+        deliverer = Deliverer(client, governor=Governor({}))  # its paced, retried requests
+        failures = await import_failures(deliverer.request, accepted, profiles, max_seconds=30)
     assert accepted.status == 202
     assert sorted(failures) == [2, 4]
     for index, error in failures.items():
