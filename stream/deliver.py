@@ -53,7 +53,12 @@ from stream.klaviyo.client import (
 )
 from stream.klaviyo.governor import Governor
 from stream.klaviyo.importjob import import_failures
-from stream.klaviyo.merge import merge_duplicate, wait_merged
+from stream.klaviyo.merge import (
+    merge_duplicate,
+    profile_identifiers,
+    strongest_alone,
+    wait_merged,
+)
 from stream.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,10 @@ SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profil
 _BULK_POINTER = re.compile(
     r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?"
 )
+
+
+# (our profile's identifiers, another Klaviyo profile's) -> one person in our identity graph?
+SamePerson = Callable[[dict[str, Any], dict[str, str]], bool]
 
 
 def endpoint_for(kind: Kind, size: int, client_mode: bool = False) -> str:
@@ -111,8 +120,10 @@ class Deliverer:
         retry: RetryPolicy | None = None,
         governor: Governor | None = None,
         client_mode: bool = False,
+        same_person: SamePerson | None = None,
     ) -> None:
         self._client = client
+        self._same = same_person
         self._requests = asyncio.Semaphore(max_in_flight)
         self._retry = retry or RetryPolicy()
         self._governor = governor or Governor()
@@ -226,19 +237,22 @@ class Deliverer:
         self, endpoint: str, body: dict[str, Any], items: list[Item], out: Settlement
     ) -> None:
         try:
-            await self._upsert_healing(endpoint, body, items[0].profile, len(items))
+            await self._upsert_healing(endpoint, body, items[0], len(items))
         except KlaviyoError as exc:
             out.fail(items, exc, "deliver")
             return
         out.done(items, endpoint)
 
     async def _upsert_healing(
-        self, endpoint: str, body: dict[str, Any], profile: dict[str, Any], records: int
+        self, endpoint: str, body: dict[str, Any], item: Item, records: int
     ) -> None:
         """POST; on 409 duplicate_profile (one person split over two Klaviyo profiles) merge
         the duplicate into the profile Klaviyo matched, wait until the merge has landed
         (Klaviyo merges asynchronously), and try again (a few times: another consumer may be
-        healing the same person)."""
+        healing the same person). Only a duplicate our identity graph holds as this very
+        person is merged; otherwise the upsert goes with the person's strongest identifier
+        alone and lands on that person's profile."""
+        profile = item.profile
         for _attempt in range(MERGE_ATTEMPTS):
             try:
                 await self._post(endpoint, body, records)
@@ -247,11 +261,23 @@ class Deliverer:
                 duplicate = exc.duplicate_profile_id
                 if duplicate is None:
                     raise
+                if not await self._same_person(item, duplicate):
+                    metrics.PROFILE_MERGES_REFUSED.inc()
+                    alone = mapping.profile_import_body(strongest_alone(profile))
+                    await self._post(endpoint, alone, records)
+                    return
                 # KlaviyoClientError: merged meanwhile by another consumer; the next upsert tells
                 with contextlib.suppress(KlaviyoClientError):
                     if await merge_duplicate(self.request, profile, duplicate):
                         await wait_merged(self.request, duplicate)
         await self._post(endpoint, body, records)
+
+    async def _same_person(self, item: Item, duplicate: str) -> bool:
+        """Whether the duplicate profile's identifiers are this item's person in our graph."""
+        if self._same is None or item.person is None:
+            return True
+        theirs = await profile_identifiers(self.request, duplicate)
+        return self._same(item.profile, theirs)
 
     async def _bisect(
         self,

@@ -102,9 +102,16 @@ class MappingError(RecordError):
 
 
 class InvalidIdentifier(MappingError):
-    """An email, phone number or id that Klaviyo would refuse."""
+    """An email, phone number or id that Klaviyo would refuse: `field` names it (`email`,
+    `phone`, `external_id`) and `kind` says why in a word (a metric label); the message
+    never repeats the value."""
 
     stage = "identity"
+
+    def __init__(self, reason: str, field: str = "identifier", kind: str = "invalid") -> None:
+        super().__init__(reason)
+        self.field = field
+        self.kind = kind
 
 
 class InternalError(MappingError):

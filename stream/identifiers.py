@@ -3,11 +3,15 @@
 email: trimmed, lower-cased, syntax-checked. phone: E.164 through `phonenumbers` (Google's
 libphonenumber), national numbers read with the configured default region. external_id: the
 call's userId, else traits.id. anonymous_id: the call's anonymousId.
+
+A bad field costs that field: `identifiers_of` drops an invalid email, phone or external_id and
+says which (the caller counts and logs it, never its value); the rest of the call goes on.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -58,24 +62,29 @@ def normalize_email(raw: Any) -> str | None:
         return None
     text = str(raw)
     if len(text) > MAX_EMAIL + 64:  # room for surrounding whitespace, never a 64 KB key
-        raise InvalidIdentifier(f"invalid email address: longer than {MAX_EMAIL} characters")
+        raise InvalidIdentifier(
+            f"invalid email address: longer than {MAX_EMAIL} characters", "email", "too_long"
+        )
     return _email(text)
 
 
 @lru_cache(maxsize=65_536)
 def _email(raw: str) -> str:
     email = raw.strip().lower()
+    if len(email) > MAX_EMAIL:
+        raise InvalidIdentifier(
+            f"invalid email address: longer than {MAX_EMAIL} characters", "email", "too_long"
+        )
     local, at, domain = email.rpartition("@")
     ok = (
         at == "@"
-        and 0 < len(email) <= MAX_EMAIL
         and local
         and "@" not in local
         and "." in domain[1:-1]
         and _WHITESPACE.search(email) is None
     )
     if not ok:
-        raise InvalidIdentifier(f"invalid email address {_redact(email)!r}")
+        raise InvalidIdentifier("invalid email address (not name@domain.tld)", "email")
     return email
 
 
@@ -85,7 +94,9 @@ def normalize_phone(raw: Any, region: str) -> str | None:
         return None
     text = str(raw)
     if len(text) > MAX_PHONE_INPUT:
-        raise InvalidIdentifier(f"invalid phone number: longer than {MAX_PHONE_INPUT} characters")
+        raise InvalidIdentifier(
+            f"invalid phone number: longer than {MAX_PHONE_INPUT} characters", "phone", "too_long"
+        )
     return _phone(text, region)
 
 
@@ -95,15 +106,12 @@ def _phone(raw: str, region: str) -> str:
     try:
         number = phonenumbers.parse(text, None if text.startswith("+") else region)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidIdentifier(f"invalid phone number: {exc}") from None
+        raise InvalidIdentifier(f"invalid phone number: {exc}", "phone") from None
     if not phonenumbers.is_valid_number(number):
-        raise InvalidIdentifier(f"invalid phone number for region {region}")
+        raise InvalidIdentifier(
+            f"invalid phone number for region {region}", "phone", "not_valid_for_region"
+        )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def _redact(value: str) -> str:
-    """Keep an identifier recognizable in an error without printing it whole."""
-    return value[:2] + "…" if len(value) > 2 else "…"
 
 
 def _external_id(call: Call) -> str | None:
@@ -112,18 +120,34 @@ def _external_id(call: Call) -> str | None:
         return None
     value = str(raw)
     if len(value) > MAX_EXTERNAL_ID:
-        raise InvalidIdentifier(f"external_id longer than {MAX_EXTERNAL_ID} characters")
+        raise InvalidIdentifier(
+            f"external_id longer than {MAX_EXTERNAL_ID} characters", "external_id", "too_long"
+        )
     return value
 
 
-def identifiers_of(call: Call, region: str) -> Identifiers:
-    """The identifiers one call names: traits for identify, context.traits for the others."""
+def identifiers_of(call: Call, region: str) -> tuple[Identifiers, tuple[InvalidIdentifier, ...]]:
+    """The valid identifiers one call names (traits for identify, context.traits for the
+    others), and why each invalid one was left out."""
     traits = call.traits if call.type == "identify" else call.context.get("traits") or {}
     if not isinstance(traits, dict):
         traits = {}
+    dropped: list[InvalidIdentifier] = []
     return Identifiers(
-        email=normalize_email(traits.get("email")),
-        phone_number=normalize_phone(traits.get("phone") or traits.get("phoneNumber"), region),
-        external_id=_external_id(call),
+        email=_valid(normalize_email, dropped, traits.get("email")),
+        phone_number=_valid(
+            normalize_phone, dropped, traits.get("phone") or traits.get("phoneNumber"), region
+        ),
+        external_id=_valid(_external_id, dropped, call),
         anonymous_id=call.anonymous_id,
-    )
+    ), tuple(dropped)
+
+
+def _valid(
+    normalize: Callable[..., str | None], dropped: list[InvalidIdentifier], *args: Any
+) -> str | None:
+    try:
+        return normalize(*args)
+    except InvalidIdentifier as exc:
+        dropped.append(exc)
+        return None

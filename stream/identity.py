@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,23 +20,15 @@ import orjson
 from stream import metrics
 from stream.calls import Call, Record
 from stream.identifiers import Identifiers
-from stream.state import HeldEntry, Identifier, Person, StateStore
+from stream.state import HeldEntry, Identifier, Kind, Person, StateStore
+from stream.timing import order_time
 
 EMAIL_FIRST = ("email", "phone_number", "external_id")
 EXTERNAL_ID_FIRST = ("external_id", "email", "phone_number")
 _ATTRIBUTE_OF_KIND = {"email": "email", "phone": "phone_number", "external_id": "external_id"}
-
-
-def call_time(call: Call) -> float:
-    """The call's own timestamp in Unix seconds (orders trait updates; naive = UTC); now if
-    unreadable or outside the calendar."""
-    try:
-        moment = datetime.fromisoformat(call.timestamp)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    except (ValueError, OverflowError):
-        return time.time()
+_KIND_OF_ATTRIBUTE: dict[str, Kind] = {
+    "email": "email", "phone_number": "phone", "external_id": "external_id"
+}
 
 
 MAX_CACHED_ID = 512  # characters; the caches are bounded in bytes as well as entries
@@ -108,9 +99,10 @@ class IdentityResolver:
 
     def __init__(
         self, store: StateStore, *, email_first: bool = True, cache_seconds: float = 5.0,
-        cache_size: int = 100_000,
+        cache_size: int = 100_000, max_skew: float = 600.0,
     ) -> None:
         self._store = store
+        self._max_skew = max_skew
         self._order = EMAIL_FIRST if email_first else EXTERNAL_ID_FIRST
         self._cache_seconds = cache_seconds
         self._cache_size = cache_size
@@ -120,8 +112,10 @@ class IdentityResolver:
         self._profiles: dict[str, tuple[Person, dict[str, str], str]] = {}
 
     def link(self, call: Call, ids: Identifiers) -> tuple[Person | None, list[Held]]:
-        """Link what this call names; returns the person (None if still anonymous) and the
-        held events its identification released."""
+        """Link what this call names by the identity rules (`stream.state.rules`); returns the
+        person the call is attributed to (None if still anonymous) and the held events its
+        identification released. The call's time orders identifiers and traits, capped at now
+        plus the allowed clock skew (`stream.timing`); it was checked before."""
         if call.type == "track" or call.type == "page":
             known = self._known.get(ids)  # the usual event: these very identifiers, seen lately
             if (
@@ -131,10 +125,13 @@ class IdentityResolver:
             ):
                 return known[0], []
         identifiers = graph_identifiers(ids)
+        first: Identifier | None = None
         if call.type == "alias" and call.previous_id:
             identifiers.append(("anonymous_id", call.previous_id))
-            if self._store.lookup(("external_id", call.previous_id)) is not None:
-                identifiers.append(("external_id", call.previous_id))
+            renamed: Identifier = ("external_id", call.previous_id)
+            if self._store.lookup(renamed) is not None:
+                first = renamed  # a renamed user keeps their person
+                identifiers.append(renamed)
         if not identifiers:
             return None, []
         traits = call.traits if call.type == "identify" else None
@@ -148,11 +145,16 @@ class IdentityResolver:
                 return known_person, []
             if all(kind == "anonymous_id" for kind, _ in identifiers):
                 return None, []  # nothing to link: `hold` finds the person if there is one
-        result = self._store.link(identifiers, traits, call_time(call), time.time())
+        now = time.time()
+        result = self._store.link(
+            identifiers, traits, order_time(call, now, self._max_skew), now, first
+        )
         for kind in {kind for kind, _ in identifiers}:  # email|phone|external_id|anonymous_id
             metrics.IDENTITY_LINKS.labels(kind).inc()
-        for merged_id in result.merged_ids:
-            self._current.pop(merged_id, None)  # snapshots of folded persons are stale now
+        for kind, _value in result.refused:
+            metrics.IDENTITY_LINKS_REFUSED.labels(kind).inc()
+        for other in (*result.merged_ids, *result.refused_persons):
+            self._current.pop(other, None)  # folded or robbed of an identifier: stale now
         self._remember(result.person)
         released = [Held.decode(entry) for entry in result.released]
         return (result.person if result.person.named else None), released
@@ -171,6 +173,8 @@ class IdentityResolver:
             if entry is None or entry[1] < now or (person is not None and entry[0] is not person):
                 return None
             person = entry[0]
+        if person is not None and self._current.get(person.id) is not person:
+            return None  # a newer snapshot exists, or a link took an identifier away
         return person
 
     def _remember(self, person: Person) -> None:
@@ -192,6 +196,28 @@ class IdentityResolver:
         """The named person `anonymous_id` belongs to, if any (a store round trip)."""
         person = self._store.lookup(("anonymous_id", anonymous_id))
         return person if person is not None and person.named else None
+
+    def same_person(self, ours: dict[str, Any], theirs: dict[str, str]) -> bool:
+        """Whether another Klaviyo profile's identifiers (`theirs`) belong, in the graph, to
+        the person our profile (`ours`) was built for: every one the graph knows is that
+        person's, and it knows at least one."""
+        me = None
+        for attribute in ("external_id", "email", "phone_number"):
+            if ours.get(attribute):
+                me = self._store.lookup((_KIND_OF_ATTRIBUTE[attribute], ours[attribute]))
+                if me is not None:
+                    break
+        if me is None:
+            return False
+        known = False
+        for attribute, value in theirs.items():
+            owner = self._store.lookup((_KIND_OF_ATTRIBUTE[attribute], value))
+            if owner is None:
+                continue
+            if owner.id != me.id:
+                return False
+            known = True
+        return known
 
     def hold(self, held: Held) -> Person | None:
         """Hold an anonymous person's event; the person if they were named meanwhile."""

@@ -75,6 +75,23 @@ RECORDS_RELEASED = Counter(
 IDENTITY_LINKS = Counter(
     P + "identity_links_total", "Identifiers linked to a person.", ["kind"], registry=REGISTRY
 )
+IDENTITY_LINKS_REFUSED = Counter(
+    P + "identity_links_refused_total",
+    "Identifiers of a call left unlinked by the identity rules (a limit per person), by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+FIELDS_DROPPED = Counter(
+    P + "fields_dropped_total",
+    "Invalid fields dropped from a call that was sent without them, by field and reason.",
+    ["field", "reason"],
+    registry=REGISTRY,
+)
+PROFILE_MERGES_REFUSED = Counter(
+    P + "profile_merges_refused_total",
+    "409 duplicates not merged: the other profile is not the same person in our graph.",
+    registry=REGISTRY,
+)
 PROFILE_MERGES = Counter(
     P + "profile_merges_total",
     "Klaviyo profiles merged after a 409 duplicate_profile.",

@@ -19,6 +19,7 @@ from stream.process import Processor
 from stream.route import router_from_settings
 from stream.settings import Settings, kafka_client_config
 from stream.state import StateStore
+from stream.state.rules import Limits
 from stream.transform import Transformer, transformer_from_settings
 
 
@@ -32,9 +33,17 @@ def build_processor(
             store,
             email_first=settings.use_email_as_identifier,
             cache_seconds=settings.identity_cache_seconds,
+            max_skew=settings.max_clock_skew_seconds,
         ),
         settings.phone_default_region,
         transformer if transformer is not None else transformer_from_settings(settings),
+    )
+
+
+def identity_limits(settings: Settings) -> Limits:
+    """Values of each identifier kind one person may hold (`stream.state.rules`)."""
+    return Limits(
+        email=settings.identity_emails_per_person, phone=settings.identity_phones_per_person
     )
 
 

@@ -13,19 +13,23 @@ letter at once, never a held call that fails later on someone else's identify.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from stream import metrics
 from stream.batch import Item, encode
 from stream.calls import Call, Record
-from stream.errors import MappingError
+from stream.errors import InvalidIdentifier, MappingError
 from stream.identifiers import Identifiers, identifiers_of
 from stream.identity import Held, IdentityResolver
 from stream.klaviyo import mapping
 from stream.ledger import Outcome
 from stream.route import Router
 from stream.state import Person
+from stream.timing import check_time
 from stream.transform import Transformer
+
+log = logging.getLogger(__name__)
 
 RELEASED = "released held call"  # dead-letter label of a released held call's item
 
@@ -61,8 +65,12 @@ class Processor:
     def process(self, call: Call, record: Record) -> Result:
         """The items for one routed call (plus any held events its identification released)."""
         call = self.transformer(call)
-        ids = identifiers_of(call, self.phone_region)
+        ids, dropped = identifiers_of(call, self.phone_region)
+        if dropped:
+            self._drop(ids, dropped, record)
         item: Item | None = None
+        if call.type != "track" and call.type != "page":
+            check_time(call)  # events are checked with their attributes below
         if call.type == "identify":
             # checked before the graph changes: traits Klaviyo or the store cannot take
             encode(call.traits)
@@ -101,6 +109,21 @@ class Processor:
             profile, key = self.identity.profile_with_key(person)
             result.items.append(item.addressed(profile, key))
         return result
+
+    @staticmethod
+    def _drop(ids: Identifiers, dropped: tuple[InvalidIdentifier, ...], record: Record) -> None:
+        """A bad identifier costs itself: counted, logged without its value. A call left with
+        no valid name for its person (the bad one was its only one) is a dead letter naming
+        that field, never an anonymous call."""
+        if not ids.named:
+            raise dropped[0]
+        for bad in dropped:
+            metrics.FIELDS_DROPPED.labels(bad.field, bad.kind).inc()
+            log.warning(
+                "invalid identifier dropped, the call goes on without it",
+                extra={"field": bad.field, "reason": bad.kind, "topic": record.topic,
+                       "partition": record.partition, "offset": record.offset},
+            )
 
     def _released(self, released: list[Held], person: Person | None) -> list[Item]:
         if not released or person is None:

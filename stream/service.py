@@ -43,7 +43,13 @@ from stream.errors import (
 from stream.health import Health
 from stream.identity import Held
 from stream.ledger import Ledger, Outcome
-from stream.pipeline import build_client, build_dead_letters, build_governor, build_processor
+from stream.pipeline import (
+    build_client,
+    build_dead_letters,
+    build_governor,
+    build_processor,
+    identity_limits,
+)
 from stream.process import Processor, Result
 from stream.retry import until_available
 from stream.send import Sender
@@ -101,7 +107,10 @@ class Service:
         self.result = RunResult()
         self._decoder = decoder or make_decoder(settings)
         self._store = store or open_store(
-            settings.state_url, settings.dedup_window_seconds, settings.held_lease_seconds
+            settings.state_url,
+            settings.dedup_window_seconds,
+            settings.held_lease_seconds,
+            identity_limits(settings),
         )
         self._dedup = Deduplicator(self._store)
         self._transformer = transformer_from_settings(settings)  # rules and HIPAA, checked now
@@ -140,6 +149,7 @@ class Service:
                 max_in_flight=settings.klaviyo_max_in_flight,
                 client_mode=settings.klaviyo_mode == "client",
                 governor=governor,
+                same_person=self._processor.identity.same_person,
             )
             self._sender = Sender(
                 governor,

@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     # Mapping and identity
     phone_default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
     use_email_as_identifier: bool = True
+    # identity rules: values one person may hold (external_id: always one), and how far ahead
+    # of the moment we read a call its own timestamp may be when it orders identifiers and traits
+    identity_emails_per_person: int = Field(default=1, ge=1, le=100)
+    identity_phones_per_person: int = Field(default=1, ge=1, le=100)
+    max_clock_skew_seconds: float = Field(default=600.0, ge=0)
 
     # State: dedup window, identity graph, held anonymous calls
     state_url: str = "sqlite:///klaviyo-stream-state.db"

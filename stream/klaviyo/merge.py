@@ -52,6 +52,28 @@ async def find_profile_id(
     return None
 
 
+async def profile_identifiers(request: Requester, profile_id: str) -> dict[str, str]:
+    """The email, phone_number and external_id a Klaviyo profile holds (those it has)."""
+    response = await request("GET", PROFILES + equals_filter("id", profile_id), budget=PROFILES)
+    data = response.body.get("data") if isinstance(response.body, dict) else None
+    attributes = (data[0].get("attributes") or {}) if data else {}
+    return {key: str(attributes[key]) for key in MATCH_ORDER if attributes.get(key)}
+
+
+def strongest_alone(attributes: dict[str, Any]) -> dict[str, Any]:
+    """A profile with only its strongest identifier (the first one in its order, as the
+    identity stage builds it): sent where a merge was refused, it lands on that profile."""
+    out: dict[str, Any] = {}
+    kept = False
+    for key, value in attributes.items():
+        if key in MATCH_ORDER:
+            if kept:
+                continue
+            kept = True
+        out[key] = value
+    return out
+
+
 async def merge_duplicate(
     request: Requester, attributes: dict[str, Any], duplicate_id: str
 ) -> bool:

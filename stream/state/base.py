@@ -52,11 +52,13 @@ class HeldEntry:
 
 @dataclass(frozen=True)
 class LinkResult:
-    """What one `link` call did."""
+    """What one `link` call did (see `stream.state.rules` for who joins whom)."""
 
-    person: Person
+    person: Person  # the person the call is attributed to
     merged_ids: tuple[str, ...]  # ids of persons folded into `person` by this call
     released: tuple[HeldEntry, ...]  # held payloads leased because the person is now named
+    refused: tuple[Identifier, ...] = ()  # the call's identifiers left unlinked by the rules
+    refused_persons: tuple[str, ...] = ()  # persons a join with was refused
 
 
 class StateStore(Protocol):
@@ -70,10 +72,12 @@ class StateStore(Protocol):
         traits: Mapping[str, Any] | None = None,
         timestamp: float = 0.0,
         now: float | None = None,
+        first: Identifier | None = None,
     ) -> LinkResult:
-        """Make everything owning `identifiers` one person, attach them, merge traits per key.
-
-        The smallest (oldest) person id survives; the others are folded in. A trait replaces the
+        """Link a call's identifiers by the identity rules (`stream.state.rules`): the call is
+        attributed to the owner of its strongest identifier (`first`, when given, is taken as
+        the strongest: an alias's previous id); other owners are joined into it unless a
+        kind's limit forbids it. Traits merge into that person per key: a trait replaces the
         stored one only if `timestamp` >= that key's stored timestamp. If the person is named
         afterwards, payloads held under its anonymous ids are returned, oldest first, and leased
         until `now` + the lease time: they stay stored until `settle_held`, and are not released
@@ -135,6 +139,19 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Release the connection; the data stays."""
         ...
+
+
+def ordered_identifiers(
+    identifiers: Sequence[Identifier], first: Identifier | None = None
+) -> list[Identifier]:
+    """Checked identifiers, strongest first (`first`, when given, leads)."""
+    from stream.state.rules import strongest_first
+
+    ids = strongest_first(check_identifiers(identifiers))
+    if first is not None and first in ids:
+        ids.remove(first)
+        ids.insert(0, first)
+    return ids
 
 
 def check_identifiers(identifiers: Sequence[Identifier]) -> list[Identifier]:

@@ -6,12 +6,14 @@ from urllib.parse import urlsplit
 
 from stream.errors import ConfigError
 from stream.state.base import DEFAULT_DEDUP_WINDOW, HELD_LEASE_SECONDS, StateStore
+from stream.state.rules import DEFAULT_LIMITS, Limits
 
 
 def open_store(
     url: str,
     dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW,
     lease_seconds: float = HELD_LEASE_SECONDS,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> StateStore:
     """Open the store named by `url`.
 
@@ -26,9 +28,9 @@ def open_store(
             raise ConfigError(f"STATE_URL: expected sqlite:///path/to/file.db, got {url!r}")
         from stream.state.sqlite import SqliteStore
 
-        return SqliteStore(url[len("sqlite:///") :], dedup_window_seconds, lease_seconds)
+        return SqliteStore(url[len("sqlite:///") :], dedup_window_seconds, lease_seconds, limits)
     if scheme in ("redis", "rediss", "unix"):
         from stream.state.redis import RedisStore
 
-        return RedisStore(url, dedup_window_seconds, lease_seconds=lease_seconds)
+        return RedisStore(url, dedup_window_seconds, lease_seconds=lease_seconds, limits=limits)
     raise ConfigError(f"STATE_URL: unknown scheme in {url!r} (use sqlite:/// or redis://)")

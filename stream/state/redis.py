@@ -36,8 +36,9 @@ from stream.state.base import (
     LinkResult,
     Person,
     build_person,
-    check_identifiers,
+    ordered_identifiers,
 )
+from stream.state.rules import DEFAULT_LIMITS, Limits, plan_link
 
 _RELEASE = """
 local function release(P, anons, lease)
@@ -70,42 +71,67 @@ local function release(P, anons, lease)
 end
 """
 
-_LINK = (
+_GATHER = """
+local P, n = ARGV[1], tonumber(ARGV[2])
+local idmap = P .. 'ids'
+local owners, persons, seen = {}, {}, {}
+for i = 1, n do
+  local pid = redis.call('HGET', idmap, ARGV[2 + i])
+  owners[i] = pid or ''
+  if pid and not seen[pid] then
+    seen[pid] = true
+    persons[#persons + 1] = pid
+    persons[#persons + 1] = redis.call('HGETALL', P .. 'p:' .. pid)
+  end
+end
+return {owners, persons}
+"""
+
+_APPLY = (
     _RELEASE
     + """
 local P, ts, lease = ARGV[1], ARGV[2], ARGV[3]
 local tsn = tonumber(ts)
-local n = tonumber(ARGV[4])
 local idmap = P .. 'ids'
+local at = 4
+local function take()
+  local v = ARGV[at]
+  at = at + 1
+  return v
+end
 local function is_named(f)
   local head = string.sub(f, 1, 8)
   return head == 'i:email:' or head == 'i:phone:' or string.sub(f, 1, 14) == 'i:external_id:'
 end
 local function is_anon(f) return string.sub(f, 1, 15) == 'i:anonymous_id:' end
 
-local owners, seen = {}, {}
+-- nothing read by the plan changed meanwhile: the call's identifiers' owners, and each person
+local n = tonumber(take())
 for i = 1, n do
-  local pid = redis.call('HGET', idmap, ARGV[4 + i])
-  if pid and not seen[pid] then
-    seen[pid] = true
-    owners[#owners + 1] = tonumber(pid)
-  end
+  local id, expected = ARGV[at], ARGV[at + n]
+  if (redis.call('HGET', idmap, id) or '') ~= expected then return {'conflict'} end
+  at = at + 1
 end
-local survivor
-if #owners == 0 then
-  survivor = redis.call('INCR', P .. 'seq:person')
+at = at + n
+local np = tonumber(take())
+for i = 1, np do
+  local pid, ver = take(), take()
+  if (redis.call('HGET', P .. 'p:' .. pid, 'ver') or '0') ~= ver then return {'conflict'} end
+end
+
+local survivor = take()
+if survivor == '' then
+  survivor = tostring(redis.call('INCR', P .. 'seq:person'))
   redis.call('INCR', P .. 'n:persons')
-else
-  table.sort(owners)
-  survivor = owners[1]
 end
 local skey = P .. 'p:' .. survivor
 local was_named = redis.call('HEXISTS', skey, 'n') == 1
-local candidates = {}   -- anonymous ids that may have held payloads
+local candidates = {}
 
 local merged = {}
-for j = 2, #owners do
-  local loser = owners[j]
+local nf = tonumber(take())
+for j = 1, nf do
+  local loser = take()
   local lkey = P .. 'p:' .. loser
   local flat = redis.call('HGETALL', lkey)
   local h = {}
@@ -128,12 +154,30 @@ for j = 2, #owners do
   redis.call('DEL', lkey)
   redis.call('HSET', P .. 'fwd', loser, survivor)
   redis.call('DECR', P .. 'n:persons')
-  merged[#merged + 1] = tostring(loser)
+  merged[#merged + 1] = loser
 end
 
-local top = redis.call('INCRBY', P .. 'seq:touch', n)
-for i = 1, n do
-  local id = ARGV[4 + i]
+local nm = tonumber(take())
+for j = 1, nm do
+  local id = take()
+  local owner = redis.call('HGET', idmap, id)
+  if owner and owner ~= survivor then
+    redis.call('HDEL', P .. 'p:' .. owner, 'i:' .. id)
+    redis.call('HINCRBY', P .. 'p:' .. owner, 'ver', 1)
+  end
+end
+
+local nd = tonumber(take())
+for j = 1, nd do
+  local id = take()
+  redis.call('HDEL', skey, 'i:' .. id)
+  redis.call('HDEL', idmap, id)
+end
+
+local na = tonumber(take())
+local top = redis.call('INCRBY', P .. 'seq:touch', math.max(na, 1))
+for i = 1, na do
+  local id = take()
   local f = 'i:' .. id
   local cur = redis.call('HGET', skey, f)
   if (not cur) or tsn >= tonumber(string.match(cur, '^(%S+)')) then
@@ -143,13 +187,14 @@ for i = 1, n do
   if is_anon(f) then candidates[#candidates + 1] = string.sub(f, 16) end
 end
 
-for k = 5 + n, #ARGV, 2 do
+for k = at, #ARGV, 2 do
   local f = 't:' .. ARGV[k]
   local cur = redis.call('HGET', skey, f)
   if (not cur) or tsn >= tonumber(cur) then
     redis.call('HSET', skey, f, ts, 'v:' .. ARGV[k], ARGV[k + 1])
   end
 end
+redis.call('HINCRBY', skey, 'ver', 1)
 
 local flat = redis.call('HGETALL', skey)
 local named, anons = false, {}
@@ -164,8 +209,10 @@ if named then
     candidates = anons
   end
   released = release(P, candidates, lease)
+elseif was_named then
+  redis.call('HDEL', skey, 'n')
 end
-return {tostring(survivor), merged, flat, released}
+return {survivor, merged, flat, released}
 """
 )
 
@@ -247,6 +294,9 @@ return bytes
 """
 
 
+LINK_ATTEMPTS = 20  # plans of one link met concurrent changes this often: a retriable error
+
+
 def _fail(exc: redis_lib.RedisError) -> NoReturn:
     retriable = isinstance(exc, redis_lib.ConnectionError | redis_lib.TimeoutError)
     raise StateError(f"Redis state: {exc}", retriable=retriable) from exc
@@ -266,10 +316,12 @@ class RedisStore:
         dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW,
         prefix: str = "ks:",
         lease_seconds: float = HELD_LEASE_SECONDS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.url = url
         self.window = float(dedup_window_seconds)
         self.lease_seconds = float(lease_seconds)
+        self.limits = limits
         self.prefix = prefix
         try:
             self._r = redis_lib.Redis.from_url(
@@ -278,7 +330,8 @@ class RedisStore:
             self._r.ping()
         except redis_lib.RedisError as exc:
             _fail(exc)
-        self._link = self._r.register_script(_LINK)
+        self._gather = self._r.register_script(_GATHER)
+        self._apply = self._r.register_script(_APPLY)
         self._hold = self._r.register_script(_HOLD)
         self._lookup = self._r.register_script(_LOOKUP)
         self._expire = self._r.register_script(_EXPIRE)
@@ -305,23 +358,58 @@ class RedisStore:
         traits: Mapping[str, Any] | None = None,
         timestamp: float = 0.0,
         now: float | None = None,
+        first: Identifier | None = None,
     ) -> LinkResult:
-        """See StateStore.link; one Lua script."""
-        ids = check_identifiers(identifiers)
+        """See StateStore.link: one script reads what the identity rules need, the rules plan
+        the link here, a second script applies the plan only if nothing it read changed
+        meanwhile (another consumer linking the same person), else all of it is tried again."""
+        ids = ordered_identifiers(identifiers, first)
+        keys = [f"{k}:{v}" for k, v in ids]
         lease = (time.time() if now is None else now) + self.lease_seconds
-        args: list[str | bytes] = [self.prefix, _num(timestamp), _num(lease), str(len(ids))]
-        args += [f"{k}:{v}" for k, v in ids]
+        trait_args: list[str | bytes] = []
         for key, value in (traits or {}).items():
-            args += [key, orjson.dumps(value)]
-        try:
-            pid, merged, flat, released = self._link(args=args)
-        except redis_lib.RedisError as exc:
-            _fail(exc)
-        return LinkResult(
-            person=self._person(pid, flat),
-            merged_ids=tuple(m.decode() for m in merged),
-            released=_entries(released),
-        )
+            trait_args += [key, orjson.dumps(value)]
+        for _attempt in range(LINK_ATTEMPTS):
+            try:
+                owner_list, person_list = self._gather(
+                    args=[self.prefix, str(len(keys)), *keys]
+                )
+            except redis_lib.RedisError as exc:
+                _fail(exc)
+            owners = {
+                ident: o.decode() for ident, o in zip(ids, owner_list, strict=True) if o
+            }
+            holdings, versions = {}, {}
+            for i in range(0, len(person_list), 2):
+                pid = person_list[i].decode()
+                holdings[pid], versions[pid] = _holdings(person_list[i + 1])
+            plan = plan_link(ids, owners, holdings, timestamp, self.limits)
+            args: list[str | bytes] = [self.prefix, _num(timestamp), _num(lease), str(len(keys))]
+            args += keys
+            args += [o.decode() if o else "" for o in owner_list]
+            args += [str(len(versions))]
+            for pid, version in versions.items():
+                args += [pid, version]
+            args += [plan.anchor or ""]
+            for group in (plan.fold, plan.move, plan.detach, plan.attach):
+                args += [str(len(group))]
+                args += [g if isinstance(g, str) else f"{g[0]}:{g[1]}" for g in group]
+            args += trait_args
+            try:
+                reply = self._apply(args=args)
+            except redis_lib.RedisError as exc:
+                _fail(exc)
+            if reply == [b"conflict"]:
+                continue
+            pid, merged, flat, released = reply
+            return LinkResult(
+                person=self._person(pid, flat),
+                merged_ids=tuple(m.decode() for m in merged),
+                released=_entries(released),
+                refused=tuple(plan.refused),
+                refused_persons=tuple(plan.refused_persons),
+            )
+        raise StateError("Redis state: a link kept meeting concurrent changes", retriable=True)
 
     def lookup(self, identifier: Identifier) -> Person | None:
         """See StateStore.lookup; one Lua script."""
@@ -434,6 +522,20 @@ class RedisStore:
     def close(self) -> None:
         """Close the connection pool; the data stays in Redis."""
         self._r.close()
+
+
+def _holdings(flat: Sequence[bytes]) -> tuple[dict[Any, list[tuple[str, float]]], str]:
+    """A person hash (flat HGETALL) as the identity rules read it, and its version."""
+    kinds: dict[Any, list[tuple[str, float]]] = {}
+    version = "0"
+    for i in range(0, len(flat), 2):
+        field = flat[i].decode()
+        if field.startswith("i:"):
+            kind, _, value = field[2:].partition(":")
+            kinds.setdefault(kind, []).append((value, float(flat[i + 1].split(b" ", 1)[0])))
+        elif field == "ver":
+            version = flat[i + 1].decode()
+    return kinds, version
 
 
 def _entries(flat: Sequence[bytes]) -> tuple[HeldEntry, ...]:

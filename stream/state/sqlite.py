@@ -33,8 +33,9 @@ from stream.state.base import (
     LinkResult,
     Person,
     build_person,
-    check_identifiers,
+    ordered_identifiers,
 )
+from stream.state.rules import DEFAULT_LIMITS, Limits, Plan, plan_link
 
 _CHUNK = 500  # bound on SQL variables per statement
 _T = TypeVar("_T")
@@ -170,10 +171,12 @@ class SqliteStore:
         path: str,
         dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW,
         lease_seconds: float = HELD_LEASE_SECONDS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.path = path
         self.window = float(dedup_window_seconds)
         self.lease_seconds = float(lease_seconds)
+        self.limits = limits
         self._lock = threading.Lock()
         self._seq = (0, -1)  # touch numbers of this connection: (last used, end of its block)
         # rows of named persons as this connection last wrote them, and identifier -> person
@@ -255,9 +258,10 @@ class SqliteStore:
         traits: Mapping[str, Any] | None = None,
         timestamp: float = 0.0,
         now: float | None = None,
+        first: Identifier | None = None,
     ) -> LinkResult:
         """See StateStore.link; one IMMEDIATE transaction."""
-        ids = check_identifiers(identifiers)
+        ids = ordered_identifiers(identifiers, first)
         lease = (time.time() if now is None else now) + self.lease_seconds
         return self._run("BEGIN IMMEDIATE", self._link, ids, traits, float(timestamp), lease)
 
@@ -270,24 +274,47 @@ class SqliteStore:
         lease_until: float,
     ) -> LinkResult:
         survivor = self._known(db, ids)
+        plan: Plan | None = None
         if survivor is not None:  # kept rows are the stored ones: nothing to read
             known, stored = self._kept[survivor]
-            losers: list[int] = []
             touch, held = self._seq[1], False  # named: its held calls were released
         else:
-            survivor, losers, known, stored, touch, held = self._read(db, ids, ts)
-        seq = self._touch(db, touch, len(ids))
+            rows, traits_of, owners, touch, held = self._read(db, ids)
+            plan = plan_link(ids, {i: str(p) for i, p in owners.items()}, _holdings(rows), ts,
+                             self.limits)
+            if plan.anchor is None:
+                survivor = db.execute(_NEW_PERSON, (ts,)).fetchone()[0]
+            else:
+                survivor = int(plan.anchor)
+            known = rows.get(survivor, {})
+            stored = traits_of.get(survivor, {})
+            for loser in plan.fold:
+                self._fold(db, int(loser), survivor)
+            for kind, value in plan.move:
+                db.execute(
+                    "UPDATE identifiers SET person = ? WHERE kind = ? AND value = ?",
+                    (survivor, kind, value),
+                )
+            for kind, value in plan.detach:
+                db.execute(
+                    "DELETE FROM identifiers WHERE kind = ? AND value = ? AND person = ?",
+                    (kind, value, survivor),
+                )
+            ids = plan.attach
+        linked = ids
+        seq = self._touch(db, touch, len(linked))
         # `known` and `stored` follow the upserts below, so they end as the survivor's rows;
-        # after a fold they are not the survivor's alone and the person is read back instead
-        exact = not losers
+        # after a fold, a move or a detach they are not exact and the person is read back
+        exact = plan is None or not (plan.fold or plan.move or plan.detach)
         params: list[Any] = []
-        for ident in ids:
+        for ident in linked:
             params += (ident[0], ident[1], survivor, ts, seq)
             old = known.get(ident)
             if old is None or ts >= old[0]:
                 known[ident] = (ts, seq)  # last_seen = max(old, ts)
             seq -= 1
-        _upsert(db, _UPSERT_IDENTIFIERS, 5, params)
+        if params:
+            _upsert(db, _UPSERT_IDENTIFIERS, 5, params)
         if traits:
             params = []
             for key, value in traits.items():
@@ -315,50 +342,49 @@ class SqliteStore:
         released: tuple[HeldEntry, ...] = ()
         if held and person.named and person.identifiers.get("anonymous_id"):
             released = self._release(db, person.identifiers["anonymous_id"], lease_until)
-        for loser in losers:
-            self._kept.pop(loser, None)
+        losers = [int(x) for x in plan.fold] if plan is not None else []
+        for other in [*losers, *(int(x) for x in plan.refused_persons)] if plan else []:
+            self._kept.pop(other, None)
         if exact and person.named:
             self._keep(survivor, known, stored)
         else:
             self._kept.pop(survivor, None)
-        return LinkResult(person, tuple(str(x) for x in losers), released)
+        return LinkResult(
+            person,
+            tuple(str(x) for x in losers),
+            released,
+            refused=tuple(plan.refused) if plan is not None else (),
+            refused_persons=tuple(plan.refused_persons) if plan is not None else (),
+        )
 
     def _read(
-        self, db: sqlite3.Connection, ids: list[Identifier], ts: float
-    ) -> tuple[int, list[int], _Rows, _Traits, int, bool]:
-        """Find or create the survivor, fold the other owners into it; its rows as they were
-        (all owners' rows if there were several), the touch counter, whether anything is held."""
+        self, db: sqlite3.Connection, ids: list[Identifier]
+    ) -> tuple[dict[int, _Rows], dict[int, _Traits], dict[Identifier, int], int, bool]:
+        """The owners' rows and traits per person, who owns which of `ids`, the touch
+        counter, and whether anything is held under the anonymous ids involved."""
         found = db.execute(_read_sql(len(ids)), [x for pair in ids for x in pair]).fetchall()
-        persons: set[int] = set()
-        known: _Rows = {}
-        stored: _Traits = {}
+        rows: dict[int, _Rows] = {}
+        traits: dict[int, _Traits] = {}
         touch, held = 0, False
         for owner, kind, value, first, second in found:
             if owner is None:
                 touch, held = first, bool(second)
                 continue
-            persons.add(owner)
             if kind is not None:
-                known[(kind, value)] = (first, second)
+                rows.setdefault(owner, {})[(kind, value)] = (first, second)
             else:
-                stored[value] = (first, second)
-        if persons:
-            owners = sorted(persons)
-            survivor, losers = owners[0], owners[1:]
-        else:
-            survivor = db.execute(_NEW_PERSON, (ts,)).fetchone()[0]
-            losers = []
-        for loser in losers:
-            self._fold(db, loser, survivor)
-        return survivor, losers, known, stored, touch, held
+                traits.setdefault(owner, {})[value] = (first, second)
+        owners = {ident: person for person, own in rows.items() for ident in own if ident in ids}
+        return rows, traits, owners, touch, held
 
     def _known(self, db: sqlite3.Connection, ids: list[Identifier]) -> int | None:
         """The kept person owning all of `ids`, if no other connection wrote meanwhile."""
         person = self._owner.get(ids[0])
         if person is None or person not in self._kept or self._seq[1] < 0:
             return None
-        for ident in ids:
-            if self._owner.get(ident) != person:
+        rows = self._kept[person][0]
+        for ident in ids:  # kept rows, not the owner map: an identifier may have moved away
+            if ident not in rows:
                 return None
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version:  # another connection committed since we last asked
@@ -551,6 +577,16 @@ class SqliteStore:
         """Close the connection (checkpoints the WAL)."""
         with self._lock:
             self._db.close()
+
+
+def _holdings(rows: dict[int, _Rows]) -> dict[str, dict[Any, list[tuple[str, float]]]]:
+    """Each person's identifiers as the identity rules read them: kind -> (value, last_seen)."""
+    out: dict[str, dict[Any, list[tuple[str, float]]]] = {}
+    for person, own in rows.items():
+        kinds = out.setdefault(str(person), {})
+        for (kind, value), (last_seen, _seq) in own.items():
+            kinds.setdefault(kind, []).append((value, last_seen))
+    return out
 
 
 def _bump_held(db: sqlite3.Connection, count: int, size: int) -> None:

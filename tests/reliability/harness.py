@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,24 +176,84 @@ async def stats(sandbox_url: str) -> dict[str, Any]:
     return result
 
 
+def expected_of(calls: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """(messageIds that must become events, userIds that must become profiles)."""
+    events = {c["messageId"] for c in calls if c["type"] in ("track", "page")}
+    profiles = {c["userId"] for c in calls if c["type"] == "identify"}
+    return events, profiles
+
+
+def with_duplicates(calls: list[dict[str, Any]], every: int = 40) -> list[dict[str, Any]]:
+    """`calls` with a copy of every `every`-th track or page published again further on (the
+    same messageId): a producer's retry. Our dedup must drop them before Klaviyo sees them."""
+    copies: dict[int, list[dict[str, Any]]] = {}
+    events = [(i, c) for i, c in enumerate(calls) if c["type"] in ("track", "page")]
+    for i, call in events[::every]:
+        copies.setdefault(min(i + 50, len(calls) - 1), []).append(dict(call))
+    out: list[dict[str, Any]] = []
+    for i, call in enumerate(calls):
+        out.append(call)
+        out.extend(copies.get(i, []))
+    return out
+
+
 async def assert_exactly_once(
-    sandbox_url: str, expected_events: set[str], expected_profiles: set[str]
+    sandbox_url: str, calls: list[dict[str, Any]], *, replays_allowed: bool = False
 ) -> Counter[str]:
-    """Every expected event stored once (by unique_id = messageId), none extra; one profile
-    per expected person (by external_id), none extra. Returns the unique_id counts."""
+    """What the promises say, checked at the sandbox (what "Klaviyo" stored):
+
+    - every expected event stored once (by unique_id = messageId), none extra;
+    - on the right profile: the one holding the email its person identified with;
+    - with its content: metric, properties, value and currency, time (to the second);
+    - one profile per person (by external_id), none extra;
+    - unless `replays_allowed` (the crash window README names), Klaviyo refused no replay:
+      the service's own dedup caught every copy it could have caught.
+    Returns the unique_id counts."""
+    expected = {c["messageId"]: c for c in calls if c["type"] in ("track", "page")}
+    emails = {c["userId"]: c["traits"]["email"] for c in calls if c["type"] == "identify"}
     events = (await sandbox_get(sandbox_url, "/sandbox/events"))["events"]
     counts = Counter(e["unique_id"] for e in events)
-    missing = expected_events - set(counts)
-    extra = set(counts) - expected_events
+    missing = set(expected) - set(counts)
+    extra = set(counts) - set(expected)
     doubled = {k: v for k, v in counts.items() if v > 1}
     assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:3]}"
     assert not extra, f"{len(extra)} unexpected events, e.g. {sorted(extra)[:3]}"
     assert not doubled, f"{len(doubled)} events stored more than once, e.g. {list(doubled)[:3]}"
     profiles = (await sandbox_get(sandbox_url, "/sandbox/profiles"))["profiles"]
+    owner = {}  # profile id (merged ids too) -> the live profile's email
+    for p in profiles:
+        for pid in [p["id"], *p.get("merged_ids", [])]:
+            owner[pid] = p["attributes"].get("email")
+    wrong = []
+    for event in events:
+        call = expected[event["unique_id"]]
+        email = emails.get(call.get("userId"))
+        if email is not None and owner.get(event["profile_id"]) != email:
+            wrong.append((event["unique_id"], email, owner.get(event["profile_id"])))
+        metric = call["event"] if call["type"] == "track" else "Viewed Page"
+        assert event["metric"] == metric, (event, call)
+        props = call.get("properties") or {}
+        assert {k: event["properties"].get(k) for k in props} == props, (event, call)
+        revenue = props.get("revenue")
+        assert event["value"] == revenue, (event, call)
+        if revenue is not None:
+            assert event["value_currency"] == props.get("currency"), (event, call)
+        assert event["time"][:19] == _utc(call["timestamp"])[:19], (event, call)
+    assert not wrong, f"{len(wrong)} events on the wrong profile, e.g. {wrong[:3]}"
     external = Counter(p["attributes"].get("external_id") for p in profiles)
-    assert set(external) == expected_profiles, "profiles lost or invented"
+    assert set(external) == set(emails), "profiles lost or invented"
     assert max(external.values(), default=1) == 1, "a person has two profiles"
+    if not replays_allowed:
+        refused = (await stats(sandbox_url))["refused_duplicates"]
+        assert refused == 0, f"Klaviyo refused {refused} replays our dedup should have dropped"
     return counts
+
+
+def _utc(timestamp: str) -> str:
+    moment = datetime.fromisoformat(timestamp)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
 
 
 def publish_paced(bootstrap: str, topic: str, calls: list[dict[str, Any]], seconds: float) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from stream.state import Identifier, StateError, StateStore, open_store
-from stream.state.base import KINDS
+from stream.state.base import KINDS, ordered_identifiers
+from stream.state.rules import Limits
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -45,7 +46,7 @@ def test_link_returns_what_lookup_reads_back(store: StateStore) -> None:
         if rnd.random() < 0.2:
             store.hold(f"an{rnd.randrange(12)}", b"held", now=ts)
         person = store.link(ids, traits, ts).person
-        assert store.lookup(ids[0]) == person
+        assert store.lookup(ordered_identifiers(ids)[0]) == person  # the strongest is linked
 
 
 def test_sqlite_connections_sharing_a_file_answer_alike(tmp_path: Path) -> None:
@@ -57,8 +58,9 @@ def test_sqlite_connections_sharing_a_file_answer_alike(tmp_path: Path) -> None:
             ids, traits, ts = _random_call(rnd)
             writer, reader = (first, second) if rnd.random() < 0.5 else (second, first)
             person = writer.link(ids, traits, ts).person
-            assert reader.lookup(ids[0]) == person
-            found = writer.lookup(ids[0])
+            strongest = ordered_identifiers(ids)[0]
+            assert reader.lookup(strongest) == person
+            found = writer.lookup(strongest)
             assert found is not None and list(found.traits) == list(person.traits)
     finally:
         first.close()
@@ -67,7 +69,8 @@ def test_sqlite_connections_sharing_a_file_answer_alike(tmp_path: Path) -> None:
 
 def test_sqlite_later_calls_come_first_across_connections_and_failures(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'order.db'}"
-    first, second = open_store(url), open_store(url)
+    many = Limits(email=100)  # ordering, not limits, is under test: room for every email
+    first, second = open_store(url, limits=many), open_store(url, limits=many)
     try:
         first.link([("email", "a@x.io")], timestamp=1.0)
         expected = ["a@x.io"]

@@ -13,6 +13,7 @@ import pytest
 
 from stream.errors import ConfigError
 from stream.state import Identifier, StateError, StateStore, open_store
+from stream.state.rules import Limits
 
 WINDOW = 0.5  # dedup window for these tests, seconds
 
@@ -75,33 +76,47 @@ def test_anonymous_only_person_is_not_named(store: StateStore) -> None:
     assert not person.named
 
 
-def test_linking_two_persons_folds_the_younger_into_the_older(store: StateStore) -> None:
+def test_linking_two_persons_folds_them_into_the_owner_of_the_strongest(
+    store: StateStore,
+) -> None:
     older = store.link([("email", "a@x.io")], {"plan": "gold"}, timestamp=1.0).person
     younger = store.link([("external_id", "u-7"), ("anonymous_id", "an")], timestamp=2.0).person
     assert older.id != younger.id
 
-    result = store.link([("external_id", "u-7"), ("email", "a@x.io")], timestamp=3.0)
+    result = store.link([("email", "a@x.io"), ("external_id", "u-7")], timestamp=3.0)
 
-    assert result.person.id == older.id
-    assert result.merged_ids == (younger.id,)
+    assert result.person.id == younger.id  # external_id outranks email
+    assert result.merged_ids == (older.id,)
     assert result.person.identifiers["external_id"] == ("u-7",)
     assert result.person.identifiers["anonymous_id"] == ("an",)
     assert result.person.traits == {"plan": "gold"}
     for identifier in [("external_id", "u-7"), ("anonymous_id", "an"), ("email", "a@x.io")]:
         found = store.lookup(identifier)  # type: ignore[arg-type]
-        assert found is not None and found.id == older.id
+        assert found is not None and found.id == younger.id
     assert store.stats()["persons"] == 1
     assert store.link([("email", "a@x.io"), ("external_id", "u-7")]).merged_ids == ()
 
 
-def test_three_persons_fold_into_the_smallest_id(store: StateStore) -> None:
+def test_two_external_ids_are_never_one_person(store: StateStore) -> None:
     ids = [store.link([("external_id", f"u{i}")]).person.id for i in range(3)]
     result = store.link([("external_id", "u2"), ("external_id", "u0"), ("external_id", "u1")])
-    assert result.person.id == ids[0]
-    assert sorted(result.merged_ids) == sorted(ids[1:])
+    assert result.person.id == ids[2]  # the first of the strongest kind anchors the call
+    assert result.merged_ids == ()
+    assert sorted(result.refused_persons) == sorted(ids[:2])
+    assert set(result.refused) == {("external_id", "u0"), ("external_id", "u1")}
+    assert store.stats()["persons"] == 3
+
+
+def test_with_higher_limits_persons_fold_into_the_anchor(store: StateStore) -> None:
+    store.limits = Limits(external_id=3)  # type: ignore[attr-defined]
+    ids = [store.link([("external_id", f"u{i}")]).person.id for i in range(3)]
+    result = store.link([("external_id", "u2"), ("external_id", "u0"), ("external_id", "u1")])
+    assert result.person.id == ids[2]
+    assert sorted(result.merged_ids) == sorted(ids[:2])
 
 
 def test_recency_order_per_kind(store: StateStore) -> None:
+    store.limits = Limits(email=5)  # type: ignore[attr-defined]  # order, not limits, here
     store.link([("email", "old@x.io")], timestamp=10.0)
     person = store.link([("email", "old@x.io"), ("email", "new@x.io")], timestamp=20.0).person
     assert person.identifiers["email"] == ("old@x.io", "new@x.io")  # same call: listed order
@@ -321,9 +336,12 @@ CHAIN: list[Identifier] = [
 ]
 
 
+CHAIN_LIMITS = Limits(external_id=100, email=100)  # one person may hold the whole chain
+
+
 def _link_chain(url: str, seed: int, start: Any, out: Any) -> None:
     """Worker: link every neighbouring pair of CHAIN, in a shuffled order, once started."""
-    store = open_store(url)
+    store = open_store(url, limits=CHAIN_LIMITS)
     pairs = [[CHAIN[k], CHAIN[k + 1]] for k in range(len(CHAIN) - 1)]
     random.Random(seed).shuffle(pairs)
     start.wait()
@@ -383,7 +401,7 @@ def test_concurrent_processes_linking_overlapping_chains_end_in_one_person(
             person = store.lookup(identifier)  # type: ignore[arg-type]
             assert person is not None
             owners.add(person.id)
-        assert owners == {"1"}  # the first person created survives
+        assert len(owners) == 1  # one person survives
         stats = store.stats()
         assert stats["persons"] == 1
         assert stats["identifiers"] == len(CHAIN)

@@ -20,7 +20,8 @@ def identify(traits: dict, user_id: str | None = "u-1") -> dict:
             "traits": traits,
         },
     )
-    return mapping.profile_attributes(call, identifiers_of(call, "US"))
+    ids, _dropped = identifiers_of(call, "US")
+    return mapping.profile_attributes(call, ids)
 
 
 def test_mapping_table_of_the_destination() -> None:
@@ -73,13 +74,31 @@ def test_national_phone_uses_the_default_region_setting() -> None:
         "identify",
         {"messageId": "m", "timestamp": "2026-03-01T10:00:00Z", "traits": {"phone": "030 901820"}},
     )
-    assert identifiers_of(call, "DE").phone_number == "+4930901820"
+    assert identifiers_of(call, "DE")[0].phone_number == "+4930901820"
 
 
-@pytest.mark.parametrize("traits", [{"email": "not-an-email"}, {"phone": "12"}])
-def test_invalid_identifiers_are_record_errors(traits: dict) -> None:
-    with pytest.raises(InvalidIdentifier):
-        identify(traits)
+@pytest.mark.parametrize(
+    ("traits", "field", "kind"),
+    [
+        ({"email": "not-an-email"}, "email", "invalid"),
+        ({"phone": "call me"}, "phone", "invalid"),
+        ({"phone": "+1 555 0100"}, "phone", "not_valid_for_region"),
+        ({"email": "a@" + "b" * 300 + ".io"}, "email", "too_long"),
+    ],
+)
+def test_an_invalid_identifier_is_dropped_and_named_without_its_value(
+    traits: dict, field: str, kind: str
+) -> None:
+    call = normalize(
+        "identify",
+        {"messageId": "m", "timestamp": "2026-03-01T10:00:00Z", "userId": "u1", "traits": traits},
+    )
+    ids, [dropped] = identifiers_of(call, "US")
+    assert ids.external_id == "u1" and not ids.email and not ids.phone_number
+    assert isinstance(dropped, InvalidIdentifier)
+    assert (dropped.field, dropped.kind) == (field, kind)
+    for value in traits.values():
+        assert value not in str(dropped)
 
 
 def test_track_maps_to_an_event_with_unique_id_time_and_value() -> None:

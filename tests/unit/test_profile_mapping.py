@@ -26,7 +26,7 @@ def identify(traits: dict[str, Any], **fields: Any) -> Call:
 
 
 def profile(call: Call) -> dict[str, Any]:
-    return mapping.profile_attributes(call, identifiers_of(call, "US"))
+    return mapping.profile_attributes(call, identifiers_of(call, "US")[0])
 
 
 @cache
