@@ -43,6 +43,7 @@ EVENT_WRAPPER = _length(mapping.bulk_events_body([({}, [{}])])) - _ONE_GROUP - l
 PROFILES_ENVELOPE = _length(mapping.bulk_profiles_body([]))
 PROFILE_WRAPPER = _length(mapping.bulk_profiles_body([{}])) - PROFILES_ENVELOPE - len(b"{}")
 ENVELOPE = {"events": EVENTS_ENVELOPE, "profiles": PROFILES_ENVELOPE}
+META_KEY = b',"meta":'  # what a profile's `meta` adds besides its own JSON
 
 
 def encode(value: Any) -> bytes:
@@ -75,6 +76,7 @@ class Item:
     group_key: str = ""
     person: str | None = None
     label: str | None = None
+    meta: dict[str, Any] | None = None  # a profile upsert's patch operations (unset, append)
     size: int = 0
     group_size: int = 0
     encoded: bytes = b""  # the event's JSON, encoded once: bulk bodies embed it as it is
@@ -97,6 +99,8 @@ class Item:
         else:
             encoded = profile_bytes
             self.size = encoded + PROFILE_WRAPPER
+            if self.meta is not None:  # `,"meta":{…}` after the attributes
+                self.size += len(META_KEY) + len(encode(self.meta))
         if encoded > MAX_STRING_BYTES:
             _check_strings(self.event if self.event is not None else self.profile)
             if self.size + self.group_size + ENVELOPE[self.kind] > MAX_REQUEST_BYTES:
@@ -201,7 +205,8 @@ class Lane:
         self._unique: dict[tuple[str, str, str], Item] = {}  # the open batch's unique_ids
         self._queued: dict[str, Batch] = {}  # persons with an upsert in a waiting batch
         self._in_flight: set[str] = set()  # persons whose upsert is being sent
-        self._parked: dict[str, Item] = {}  # their newer snapshots, waiting for the answer
+        # their newer snapshots, waiting for the answer (in order: patches cannot be combined)
+        self._parked: dict[str, list[Item]] = {}
         self.items = 0  # items waiting in the open and full batches
 
     # adding -----------------------------------------------------------------------------------
@@ -210,15 +215,17 @@ class Lane:
         """Add one item to the open batch (closing it first when the item would not fit)."""
         person = item.person
         if person is not None:
-            if person in self._in_flight:
+            if person in self._in_flight or person in self._parked:
                 self._park(item)
                 return
             queued = self._queued.get(person)
             if queued is not None:
                 index = queued.persons[person]
-                if queued.size + item.size - queued.items[index].size <= self._max_bytes:
-                    queued.replace(index, _newer(queued.items[index], item))
-                else:  # the newer snapshot does not fit there: it follows that request
+                old = queued.items[index]
+                fits = queued.size + item.size - old.size <= self._max_bytes
+                if fits and old.meta is None and item.meta is None:
+                    queued.replace(index, _newer(old, item))
+                else:  # cannot be folded into that request: it follows it
                     self._park(item)
                 return
         event = item.event
@@ -249,8 +256,12 @@ class Lane:
             self._close()
 
     def _park(self, item: Item) -> None:
-        parked = self._parked.get(item.person)  # type: ignore[arg-type]
-        self._parked[item.person] = item if parked is None else _newer(parked, item)  # type: ignore[index]
+        assert item.person is not None
+        parked = self._parked.setdefault(item.person, [])
+        if parked and parked[-1].meta is None and item.meta is None:
+            parked[-1] = _newer(parked[-1], item)
+        else:
+            parked.append(item)
 
     def _close(self) -> None:
         batch = self._open
@@ -300,9 +311,12 @@ class Lane:
         """`batch` has its answer: its persons may be sent again; parked snapshots move on."""
         for person in batch.persons:
             self._in_flight.discard(person)
-            parked = self._parked.pop(person, None)
-            if parked is not None:
-                self.add(parked)
+            parked = self._parked.get(person)
+            if parked:
+                nxt = parked.pop(0)
+                if not parked:
+                    del self._parked[person]
+                self.add(nxt)
 
     def drain(self) -> list[Batch]:
         """Every waiting batch, oldest first (tests and the synchronous tools)."""
@@ -313,7 +327,7 @@ class Lane:
 
     @property
     def parked(self) -> int:
-        return len(self._parked)
+        return sum(len(items) for items in self._parked.values())
 
 
 def _newer(old: Item, new: Item) -> Item:
@@ -328,5 +342,6 @@ def _newer(old: Item, new: Item) -> Item:
         else:
             merged[key] = value
     return Item(
-        new.kind, merged, None, old.records + new.records, person=new.person, label=new.label
+        new.kind, merged, None, old.records + new.records, person=new.person, label=new.label,
+        meta=new.meta,
     )

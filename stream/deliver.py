@@ -148,7 +148,7 @@ class Deliverer:
             first = group[0]
             if first.event is None:
                 for item in group:
-                    body = mapping.profile_import_body(item.profile)
+                    body = mapping.profile_import_body(item.profile, item.meta)
                     await self._deliver(CLIENT_PROFILES, body, [item], out)
             elif len(group) == 1:
                 body = mapping.single_event_body(first.event, first.profile)
@@ -202,10 +202,10 @@ class Deliverer:
     async def _profiles(self, items: list[Item], out: Settlement) -> None:
         if len(items) <= SMALL_PROFILE_BATCH:
             for item in items:
-                body = mapping.profile_import_body(item.profile)
+                body = mapping.profile_import_body(item.profile, item.meta)
                 await self._deliver(PROFILE_IMPORT, body, [item], out)
             return
-        body = mapping.bulk_profiles_body([i.profile for i in items])
+        body = mapping.bulk_profiles_body([i.profile for i in items], [i.meta for i in items])
         try:
             response = await self._post(PROFILES_BULK, body, len(items))
         except InvalidRequest as exc:
@@ -225,7 +225,7 @@ class Deliverer:
         for index in sorted(failed):
             if failures[index].code == "duplicate_profile":
                 # a split person: the single upsert answers 409 synchronously and heals it
-                body = mapping.profile_import_body(items[index].profile)
+                body = mapping.profile_import_body(items[index].profile, items[index].meta)
                 await self._deliver(PROFILE_IMPORT, body, [items[index]], out)
             else:
                 out.fail([items[index]], failures[index], "import-job")
@@ -263,7 +263,7 @@ class Deliverer:
                     raise
                 if not await self._same_person(item, duplicate):
                     metrics.PROFILE_MERGES_REFUSED.inc()
-                    alone = mapping.profile_import_body(strongest_alone(profile))
+                    alone = mapping.profile_import_body(strongest_alone(profile), item.meta)
                     await self._post(endpoint, alone, records)
                     return
                 # KlaviyoClientError: merged meanwhile by another consumer; the next upsert tells

@@ -111,12 +111,14 @@ class IdentityResolver:
         self._current: dict[str, Person] = {}  # the latest snapshot of each remembered person
         self._profiles: dict[str, tuple[Person, dict[str, str], str]] = {}
 
-    def link(self, call: Call, ids: Identifiers) -> tuple[Person | None, list[Held]]:
+    def link(
+        self, call: Call, ids: Identifiers, traits: dict[str, Any] | None = None
+    ) -> tuple[Person | None, list[Held]]:
         """Link what this call names by the identity rules (`stream.state.rules`); returns the
         person the call is attributed to (None if still anonymous) and the held events its
         identification released. The call's time orders identifiers and traits, capped at now
         plus the allowed clock skew (`stream.timing`); it was checked before."""
-        if call.type == "track" or call.type == "page":
+        if call.type == "track" or call.type == "page" or call.type == "screen":
             known = self._known.get(ids)  # the usual event: these very identifiers, seen lately
             if (
                 known is not None
@@ -134,7 +136,6 @@ class IdentityResolver:
                 identifiers.append(renamed)
         if not identifiers:
             return None, []
-        traits = call.traits if call.type == "identify" else None
         if traits is None and call.type != "alias":
             known_person = self._cached(identifiers)
             if known_person is not None:

@@ -37,6 +37,7 @@ def build_processor(
         ),
         settings.phone_default_region,
         transformer if transformer is not None else transformer_from_settings(settings),
+        settings.ecommerce_metrics,
     )
 
 

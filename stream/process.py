@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream import metrics
 from stream.batch import Item, encode
@@ -23,6 +24,7 @@ from stream.errors import InvalidIdentifier, MappingError
 from stream.identifiers import Identifiers, identifiers_of
 from stream.identity import Held, IdentityResolver
 from stream.klaviyo import mapping
+from stream.klaviyo.commerce import event_specs
 from stream.ledger import Outcome
 from stream.route import Router
 from stream.state import Person
@@ -34,14 +36,28 @@ log = logging.getLogger(__name__)
 RELEASED = "released held call"  # dead-letter label of a released held call's item
 
 
+EVENT_TYPES = ("track", "page", "screen")
+
+
+@dataclass(slots=True)
+class Failed:
+    """An item that could not even be built (a bad order line): a dead letter of its own."""
+
+    records: list[Record]
+    label: str | None
+    error: MappingError
+
+
 @dataclass(slots=True)
 class Result:
-    """What became of one call: items to send for its record, or (none) its own outcome; and
-    held calls its identification released, each carried by its own record."""
+    """What became of one call: items to send for its record, or (none) its own outcome;
+    items of it that failed on their own (a bad order line); and held calls its
+    identification released, each carried by its own record."""
 
     items: list[Item] = field(default_factory=list)
     outcome: Outcome | None = None
     released: list[Item] = field(default_factory=list)
+    failures: list[Failed] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +68,7 @@ class Processor:
     identity: IdentityResolver
     phone_region: str = "US"
     transformer: Transformer = Transformer()  # user rules, then HIPAA redaction
+    ecommerce: bool = True  # Segment's ecommerce events as Klaviyo's standard metrics
 
     def skip(self, call: Call) -> str | None:
         """Why this call is not for Klaviyo (a metric label), or None. Counted here."""
@@ -68,47 +85,87 @@ class Processor:
         ids, dropped = identifiers_of(call, self.phone_region)
         if dropped:
             self._drop(ids, dropped, record)
-        item: Item | None = None
-        if call.type != "track" and call.type != "page":
-            check_time(call)  # events are checked with their attributes below
+        result = Result()
+        events: list[Item] = []
+        traits: dict[str, Any] | None = None
+        if call.type in EVENT_TYPES:
+            events = self._events(call, record, result)  # checked before the graph changes
+        else:
+            check_time(call)
         if call.type == "identify":
-            # checked before the graph changes: traits Klaviyo or the store cannot take
-            encode(call.traits)
+            traits = call.traits
+            if call.options.unset:  # unset: a null at the call's time, so no older call revives it
+                traits = {**traits, **dict.fromkeys(call.options.unset)}
+            encode(traits)  # traits Klaviyo or the store cannot take: refused before the link
             Item("profiles", mapping.profile_attributes(call, ids), None, [])
-        elif call.type != "alias":
-            event = mapping.event_attributes(call, self.router.metric_name(call))
-            if mapping.wants_backfill(record.headers):
-                event["backfill"] = True
-            item = Item("events", {}, event, [record])  # checks Klaviyo's limits, encodes once
-        person, released = self.identity.link(call, ids)
-        result = Result(released=self._released(released, person))
+        person, released = self.identity.link(call, ids, traits)
+        result.released = self._released(released, person)
         if call.type == "alias":
             result.outcome = Outcome.ABSORBED
-        elif call.type == "identify":
-            if person is not None:
-                merged = self.identity.with_traits(call, person)
-                traits = mapping.profile_attributes(merged, Identifiers())
-                profile = self.identity.profile(person) | traits
-                result.items.append(Item("profiles", profile, None, [record], person=person.id))
-            elif not ids.anonymous_id:
-                raise MappingError("identify names no email, phone, userId or anonymousId")
-            else:
-                result.outcome = Outcome.ABSORBED  # an anonymous identify: its traits wait
-        else:
-            assert item is not None and item.event is not None
-            if person is None:
-                if not ids.anonymous_id:
-                    raise MappingError(
-                        f"{call.type} call names no person (no userId or anonymousId)"
-                    )
-                person = self.identity.hold(Held(item.event, ids.anonymous_id, record))
-                if person is None:
+        elif call.type == "identify" or call.type == "group":
+            self._profile(call, ids, person, record, result)
+        elif person is None:
+            if not ids.anonymous_id:
+                raise MappingError(f"{call.type} call names no person (no userId or anonymousId)")
+            for item in events:
+                assert item.event is not None
+                named = self.identity.hold(Held(item.event, ids.anonymous_id, record))
+                if named is None:
                     metrics.RECORDS_HELD.inc()
                     result.outcome = Outcome.HELD
-                    return result
+                else:  # named meanwhile (by another consumer): sent now
+                    profile, key = self.identity.profile_with_key(named)
+                    result.items.append(item.addressed(profile, key))
+        else:
             profile, key = self.identity.profile_with_key(person)
-            result.items.append(item.addressed(profile, key))
+            result.items.extend(item.addressed(profile, key) for item in events)
         return result
+
+    def _events(self, call: Call, record: Record, result: Result) -> list[Item]:
+        """The events of a track, page or screen call (an order also makes one Ordered Product
+        per line), each encoded and checked against Klaviyo's limits. A bad line is a failure
+        of that line alone; a bad call raises."""
+        backfill = mapping.wants_backfill(record.headers)
+        items: list[Item] = []
+        for spec in event_specs(call, self.router.metric_name(call), self.ecommerce):
+            label = None if spec.line is None else f"line {spec.line}"
+            if spec.error is not None:
+                result.failures.append(Failed([record], label, spec.error))
+                continue
+            assert spec.attributes is not None
+            if backfill:
+                spec.attributes["backfill"] = True
+            try:
+                items.append(Item("events", {}, spec.attributes, [record], "{}", label=label))
+            except MappingError as exc:
+                if spec.line is None:
+                    raise  # the call's own event: the whole record
+                result.failures.append(Failed([record], label, exc))
+        return items
+
+    def _profile(
+        self, call: Call, ids: Identifiers, person: Person | None, record: Record, result: Result
+    ) -> None:
+        """The profile upsert of an identify (or an enabled group) call."""
+        if person is None:
+            if call.type == "identify" and not ids.anonymous_id:
+                raise MappingError("identify names no email, phone, userId or anonymousId")
+            result.outcome = Outcome.ABSORBED  # anonymous: its traits wait in the graph
+            return
+        if call.type == "group":
+            attributes = mapping.group_profile_attributes(call)
+            if attributes is None:
+                result.outcome = Outcome.ABSORBED
+                return
+            profile = self.identity.profile(person) | attributes
+            result.items.append(Item("profiles", profile, None, [record], person=person.id))
+            return
+        merged = self.identity.with_traits(call, person)
+        profile = self.identity.profile(person) | mapping.profile_attributes(merged, Identifiers())
+        meta = mapping.profile_meta(call.options)
+        result.items.append(
+            Item("profiles", profile, None, [record], person=person.id, meta=meta)
+        )
 
     @staticmethod
     def _drop(ids: Identifiers, dropped: tuple[InvalidIdentifier, ...], record: Record) -> None:

@@ -268,6 +268,9 @@ class Service:
             for item in result.items:
                 record.open += 1
                 sender.add(item)
+            for failure in result.failures:  # a bad order line: a dead letter of its own
+                record.open += 1
+                ledger.fail([failure], failure.error, failure.error.stage)
             ledger.processed(record, result.outcome)
 
     async def _process(self, call: Call, record: Record) -> Result | None:

@@ -113,7 +113,7 @@ def test_identify_maps_to_one_profile_wherever_the_library_put_the_traits(
     call = published[f"{library}-identify"]
     where = call.context.get("traits")
     assert (where is None) is (library == "segment")  # rudder: only in context.traits
-    attributes = mapping.profile_attributes(call, identifiers_of(call, "US"))
+    attributes = mapping.profile_attributes(call, identifiers_of(call, "US")[0])
     assert attributes == expected_profile(library)
     assert_valid("create_or_update_profile", mapping.profile_import_body(attributes))
 
@@ -121,7 +121,7 @@ def test_identify_maps_to_one_profile_wherever_the_library_put_the_traits(
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_per_call_options_ride_in_integrations(published: dict[str, Call], library: str) -> None:
     call = published[f"{library}-identify-patch"]
-    attributes = mapping.profile_attributes(call, identifiers_of(call, "US"))
+    attributes = mapping.profile_attributes(call, identifiers_of(call, "US")[0])
     assert "properties" not in attributes  # `trial` is unset, so not also set
     meta = mapping.profile_meta(call.options)
     assert meta == {"patch_properties": {"unset": ["trial"], "append": {"skus": ["G-32"]}}}

@@ -33,7 +33,7 @@ def identify(n: int, traits: dict[str, Any], klaviyo: dict[str, Any] | None = No
 
 
 def upsert_body(call: Call) -> dict[str, Any]:
-    attributes = mapping.profile_attributes(call, identifiers_of(call, "US"))
+    attributes = mapping.profile_attributes(call, identifiers_of(call, "US")[0])
     return mapping.profile_import_body(attributes, mapping.profile_meta(call.options))
 
 

@@ -68,7 +68,8 @@ def test_dry_run_shows_the_routed_transformed_mapped_request_and_sends_nothing(
     assert SANDBOX_API_KEY not in out and "Klaviyo-API-Key **********" in out
     attributes = body_of(out)["data"]["attributes"]
     assert attributes["metric"]["data"]["attributes"]["name"] == "Placed Order"
-    assert attributes["properties"] == {"revenue": 12.5, "order_id": "o-1"}
+    # the original properties, and Klaviyo's name for the order id (ECOMMERCE_METRICS)
+    assert attributes["properties"] == {"revenue": 12.5, "order_id": "o-1", "OrderId": "o-1"}
     assert attributes["value"] == 12.5
     assert attributes["profile"]["data"]["attributes"] == {
         "email": "ann@example.com",
