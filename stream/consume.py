@@ -71,7 +71,10 @@ class KafkaConsumer:
     ) -> None:
         self._ledger = ledger
         self._drain = drain
+        self._group = settings.kafka_group_id
+        self._admin_config = kafka_client_config(settings)
         self.closing = False  # set before the final close: no drain, the work is done or gone
+        self.rebalanced = False  # set by every assignment change: the group's size may differ
         self.committed: dict[tuple[str, int], int] = {}  # last committed offset per partition
         self._paused = False
         # False after librdkafka reports every broker down, True again on proof of contact
@@ -97,6 +100,7 @@ class KafkaConsumer:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.broker_reachable = True
+        self.rebalanced = True
         self._ledger.assign((p.topic, p.partition) for p in partitions)
         self.assigned.update((p.topic, p.partition) for p in partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
@@ -106,6 +110,7 @@ class KafkaConsumer:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
+        self.rebalanced = True
         if not self.closing:
             self._drain(gone)
         self._ledger.revoke(gone)  # no offset is stored for them after this: commit all
@@ -207,6 +212,19 @@ class KafkaConsumer:
         except KafkaException as exc:
             if "NO_OFFSET" not in str(exc):
                 log.warning("commit failed", extra={"error": str(exc)})
+
+    def group_size(self, timeout: float = 10.0) -> int | None:
+        """Members of this consumer group as the group coordinator sees them (None: unknown).
+        Blocking: call it off the event loop."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self._admin_config)
+        try:
+            futures = admin.describe_consumer_groups([self._group], request_timeout=timeout)
+            description = futures[self._group].result(timeout=timeout)
+        except Exception:  # unknown this time: the share stays as it was
+            return None
+        return len(description.members) or None
 
     def committed_lag(self) -> dict[tuple[str, int], int]:
         """High watermark minus the last committed offset per assigned partition (cached

@@ -12,6 +12,7 @@ class Health:
 
     stuck_after_seconds: float = 60.0
     stall_after_seconds: float = 600.0
+    partitions_required: bool = True  # READY_WITHOUT_PARTITIONS turns it off (standbys)
     assigned_partitions: int = 0
     stalled_seconds: float = 0.0  # the longest a partition's offset has not moved while work waits
     broker_reachable: bool = False
@@ -47,7 +48,7 @@ class Health:
         return (
             self.alive
             and self.broker_reachable
-            and self.assigned_partitions > 0
+            and (self.assigned_partitions > 0 or not self.partitions_required)
             and not self.stalled
             and self.waiting_for is None
             and not self.stopping

@@ -155,6 +155,11 @@ GOVERNOR_WAIT = Counter(
     ["endpoint"],
     registry=REGISTRY,
 )
+RATE_SHARE = Gauge(
+    P + "rate_share",
+    "This replica's share of the account's Klaviyo quota (KLAVIYO_RATE_SHARE=auto: 1/members).",
+    registry=REGISTRY,
+)
 IN_FLIGHT_REQUESTS = Gauge(
     P + "in_flight_requests", "Requests awaiting Klaviyo's answer.", registry=REGISTRY
 )

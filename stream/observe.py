@@ -45,7 +45,7 @@ def failing_conditions(health: Health) -> list[str]:
         failing.append("poll loop stuck")
     if not health.broker_reachable:
         failing.append("broker unreachable")
-    if health.assigned_partitions <= 0:
+    if health.assigned_partitions <= 0 and health.partitions_required:
         failing.append("no partitions assigned")
     if health.stalled:
         failing.append("partition stalled")

@@ -38,6 +38,7 @@ def build_processor(
         settings.phone_default_region,
         transformer if transformer is not None else transformer_from_settings(settings),
         settings.ecommerce_metrics,
+        hold_redacted=settings.hipaa_mode and not settings.hipaa_dlq_keep_original,
     )
 
 
@@ -65,7 +66,8 @@ def build_governor(settings: Settings) -> Governor:
     """Klaviyo's rate limits times this replica's share (none against an unlimited sandbox)."""
     return Governor(
         None if settings.klaviyo_rate_governor else {},
-        share=settings.klaviyo_rate_share,
+        # auto: the whole quota until the group's size is known (the service asks at once)
+        share=1.0 if settings.klaviyo_rate_share == "auto" else settings.klaviyo_rate_share,
         time_scale=settings.klaviyo_rate_time_scale,
     )
 

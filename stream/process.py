@@ -21,6 +21,7 @@ from stream import metrics
 from stream.batch import Item, encode
 from stream.calls import Call, Record
 from stream.errors import InvalidIdentifier, MappingError
+from stream.hipaa import redacted_copy
 from stream.identifiers import Identifiers, identifiers_of
 from stream.identity import Held, IdentityResolver
 from stream.klaviyo import mapping
@@ -69,6 +70,7 @@ class Processor:
     phone_region: str = "US"
     transformer: Transformer = Transformer()  # user rules, then HIPAA redaction
     ecommerce: bool = True  # Segment's ecommerce events as Klaviyo's standard metrics
+    hold_redacted: bool = False  # HIPAA mode: a held call keeps the filtered call, not its record
 
     def skip(self, call: Call) -> str | None:
         """Why this call is not for Klaviyo (a metric label), or None. Counted here."""
@@ -107,9 +109,10 @@ class Processor:
         elif person is None:
             if not ids.anonymous_id:
                 raise MappingError(f"{call.type} call names no person (no userId or anonymousId)")
+            kept = redacted_copy(record, call) if self.hold_redacted else record
             for item in events:
                 assert item.event is not None
-                named = self.identity.hold(Held(item.event, ids.anonymous_id, record))
+                named = self.identity.hold(Held(item.event, ids.anonymous_id, kept))
                 if named is None:
                     metrics.RECORDS_HELD.inc()
                     result.outcome = Outcome.HELD

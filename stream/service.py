@@ -42,6 +42,7 @@ from stream.errors import (
 )
 from stream.health import Health
 from stream.identity import Held
+from stream.klaviyo.governor import Governor
 from stream.ledger import Ledger, Outcome
 from stream.pipeline import (
     build_client,
@@ -64,6 +65,7 @@ FETCH_TIMEOUT = 0.1
 YIELD_EVERY = 100  # records processed between two turns of the event loop (governor timing)
 SWEEP_SECONDS = 5.0
 STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
+SHARE_EVERY = 6  # KLAVIYO_RATE_SHARE=auto asks the group's size every 30 s
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 STATE = "state store"
 T = TypeVar("T")
@@ -103,7 +105,10 @@ class Service:
         shutdown_timeout: float | None = None,
     ) -> None:
         self.settings = settings
-        self.health = health or Health(stall_after_seconds=settings.ready_stall_seconds)
+        self.health = health or Health(
+            stall_after_seconds=settings.ready_stall_seconds,
+            partitions_required=not settings.ready_without_partitions,
+        )
         self.result = RunResult()
         self._decoder = decoder or make_decoder(settings)
         self._store = store or open_store(
@@ -126,6 +131,7 @@ class Service:
         self._ledger: Ledger | None = None
         self._sender: Sender | None = None
         self._deliverer: Deliverer | None = None
+        self._governor: Governor | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -161,6 +167,8 @@ class Service:
                 client_mode=settings.klaviyo_mode == "client",
             )
             self._sender.start()
+            self._governor = governor
+            metrics.RATE_SHARE.set(governor.share)
             sweeper = asyncio.create_task(self._sweep())
             try:
                 await self._fetch_loop(self._consumer, ledger, self._sender)
@@ -362,6 +370,11 @@ class Service:
         """Every few seconds, housekeeping that must never stop the service."""
         turn = 0
         while True:
+            consumer = self._consumer
+            rebalanced = consumer is not None and consumer.rebalanced
+            auto = self.settings.klaviyo_rate_share == "auto"
+            if auto and (turn % SHARE_EVERY == 0 or rebalanced):
+                await self._follow_group_size()
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 if self._consumer is not None and not self._consumer.broker_reachable:
@@ -370,6 +383,16 @@ class Service:
             except Exception:  # a state-store hiccup: try again next turn
                 log.exception("housekeeping failed")
             turn += 1
+
+    async def _follow_group_size(self) -> None:
+        """`KLAVIYO_RATE_SHARE=auto`: take 1 / the group's members of Klaviyo's quota."""
+        if self._consumer is None or self._governor is None:
+            return
+        self._consumer.rebalanced = False
+        members = await asyncio.to_thread(self._consumer.group_size)
+        if members is not None:
+            self._governor.set_share(1 / members)
+            metrics.RATE_SHARE.set(1 / members)
 
     def sweep_once(self, now: float, with_stats: bool = True) -> int:
         """Publish lag, stalls and readiness; delete finished held entries; expire held calls

@@ -182,12 +182,16 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     # /readyz fails when a partition's offset has not moved for this long while records wait
     ready_stall_seconds: float = Field(default=600.0, gt=0)
+    # a replica with no partition is ready (a group with more replicas than partitions keeps
+    # standbys; a rolling update must not wait for a partition that cannot come)
+    ready_without_partitions: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"  # console: for a person at a terminal
 
     # Rate-limit governor: replicas split the account's quota (4 replicas → 0.25 each);
     # the time scale matches a sandbox started with --time-scale (1 against Klaviyo)
-    klaviyo_rate_share: float = Field(default=1.0, gt=0, le=1)
+    # "auto": 1 / the group's members, read from Kafka every 30 s (replicas may scale freely)
+    klaviyo_rate_share: float | Literal["auto"] = 1.0
     klaviyo_rate_time_scale: float = Field(default=1.0, gt=0, le=1)
     klaviyo_rate_governor: bool = True  # false only against a sandbox without rate limits
 
@@ -300,14 +304,23 @@ class Settings(BaseSettings):
     @field_validator("klaviyo_rate_share", mode="before")
     @classmethod
     def _fraction(cls, value: Any) -> Any:
-        """`1/3` is accepted as well as `0.33`: a share derived from the replica count."""
+        """`1/3` is accepted as well as `0.33`: a share derived from the replica count; `auto`
+        follows the group's size. A number must be in (0, 1]."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
         if isinstance(value, str) and "/" in value:
             top, _, bottom = value.partition("/")
             try:
-                return float(top) / float(bottom)
+                value = float(top) / float(bottom)
             except (ValueError, ZeroDivisionError):
-                raise ValueError("expected a number or a fraction like 1/3") from None
-        return value
+                raise ValueError("expected auto, a number or a fraction like 1/3") from None
+        try:
+            share = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected auto, a number or a fraction like 1/3") from None
+        if not 0 < share <= 1:
+            raise ValueError("a share is more than 0 and at most 1")
+        return share
 
     @field_validator("kafka", mode="before")
     @classmethod

@@ -99,6 +99,21 @@ class Governor:
         self._jitter = jitter
         self._budgets: dict[str, _Budget] = {}
 
+    def set_share(self, share: float) -> None:
+        """This replica's share of the account's quota changed (`KLAVIYO_RATE_SHARE=auto`: the
+        group grew or shrank): every budget is paced anew."""
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        if share == self._share:
+            return
+        self._share = share
+        for budget in self._budgets.values():
+            budget.interval, budget.tolerance = self._pace(budget.limit)
+
+    @property
+    def share(self) -> float:
+        return self._share
+
     def interval(self, endpoint: str) -> float:
         """Seconds between two requests to `endpoint` (0 for an endpoint without a limit)."""
         budget = self._budget(endpoint)

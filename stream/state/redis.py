@@ -15,6 +15,7 @@ Layout under `prefix` (default "ks:"):
     hz / hp / ha        zset entry -> held_at; hash entry -> payload; hash entry -> anonymous id
     hl                  zset released entry -> lease_until (stays until settled or reclaimed)
     d:<message_id>      string, expires at now + window
+    layout              the layout version (absent: v1)
 Scripts compute key names at run time, so Redis Cluster is not supported (one primary only).
 """
 
@@ -294,6 +295,7 @@ return bytes
 """
 
 
+LAYOUT_VERSION = 2  # v2: leased held entries (hl), person versions (ver)
 LINK_ATTEMPTS = 20  # plans of one link met concurrent changes this often: a retriable error
 
 
@@ -328,6 +330,7 @@ class RedisStore:
                 url, decode_responses=False, socket_connect_timeout=5.0, socket_timeout=30.0
             )
             self._r.ping()
+            self._layout()
         except redis_lib.RedisError as exc:
             _fail(exc)
         self._gather = self._r.register_script(_GATHER)
@@ -337,6 +340,23 @@ class RedisStore:
         self._expire = self._r.register_script(_EXPIRE)
         self._reclaim = self._r.register_script(_RECLAIM)
         self._settle = self._r.register_script(_SETTLE)
+
+    def _layout(self) -> None:
+        """Check the data's layout version (`<prefix>layout`) and bring an older one up to
+        date. v1 (no version key) lacks the leases and person versions of v2; both additions
+        are read with defaults, so migrating is writing the version, and replicas of v1 and v2
+        can share the data during a rolling upgrade."""
+        key = self.prefix + "layout"
+        found = self._r.get(key)
+        version = int(found) if found is not None else 1
+        if version > LAYOUT_VERSION:
+            raise StateError(
+                f"Redis state at {self.prefix!r} has layout v{version}, newer than this"
+                f" release's v{LAYOUT_VERSION}: upgrade klaviyo-stream",
+                retriable=False,
+            )
+        if version < LAYOUT_VERSION:
+            self._r.set(key, str(LAYOUT_VERSION))
 
     def _person(self, pid: bytes, flat: Sequence[bytes]) -> Person:
         """Parse a person hash (flat HGETALL reply) into a Person."""

@@ -4,6 +4,7 @@ or any dead letter (value, key or headers)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 from pathlib import Path
@@ -138,3 +139,65 @@ async def test_no_phi_reaches_klaviyo_logs_metrics_or_dead_letters(
     redacted = orjson.loads(by_stage["map"].value())
     assert redacted["messageId"] == "old-1"
     assert redacted["properties"] == {"order_id": "o-old"}
+
+
+async def test_held_anonymous_calls_are_stored_filtered_never_as_the_raw_record(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
+    """An anonymous call waits in the state store for up to an hour: in HIPAA mode it waits as
+    the filtered call, never as the original record with its PHI; released, it is sent as the
+    filter allows."""
+    import sqlite3
+
+    policy = write_yaml(tmp_path, "hipaa.yaml", {
+        "allowed_properties": ["order_id"], "allowed_traits": ["email"],
+    })  # fmt: skip
+    topic = topic_factory(partitions=1)
+    anonymous = {
+        "type": "track", "messageId": "anon-1", "timestamp": "2025-03-01T10:00:01Z",
+        "anonymousId": "visitor-1", "event": "Appointment Booked",
+        "context": {"ip": IP, "userAgent": USER_AGENT, "page": {"url": URL}},
+        "properties": {"order_id": "o-anon", **PHI},
+    }  # fmt: skip
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, Encoder().encode(anonymous), key=RAW_KEY,
+                     headers=[("note", b"PHI-HEADER")])  # fmt: skip
+    producer.flush(10)
+    state = tmp_path / "state.db"
+    async with SandboxServer(SandboxConfig()) as sandbox:
+        settings = service_settings(
+            kafka_bootstrap, topic, sandbox.url, hipaa_mode=True, hipaa_config_file=policy,
+            state_url=f"sqlite:///{state}",
+        )  # fmt: skip
+        async with running_service(settings):
+
+            async def held() -> bool:
+                with sqlite3.connect(state) as db:
+                    return bool(db.execute("SELECT count(*) FROM held").fetchone()[0])
+
+            await wait_until(held, timeout=60, what="the anonymous call held")
+            with sqlite3.connect(state) as db:
+                payloads = [bytes(row[0]) for row in db.execute("SELECT payload FROM held")]
+            publish({"bootstrap.servers": kafka_bootstrap}, topic, [{
+                "type": "identify", "messageId": "id-1", "timestamp": "2025-03-01T10:00:02Z",
+                "userId": "patient-1", "anonymousId": "visitor-1",
+                "traits": {"email": "p1@example.com"},
+            }], Encoder())  # fmt: skip
+
+            async def released() -> bool:
+                events = (await sandbox_get(sandbox.url, "/sandbox/events"))["events"]
+                return len(events) == 1
+
+            await wait_until(released, timeout=60, what="the held call released and sent")
+        [event] = (await sandbox_get(sandbox.url, "/sandbox/events"))["events"]
+    stored = b"".join(payloads)
+    for payload in payloads:  # the record's key, value and headers are stored base64-encoded
+        raw = orjson.loads(payload)
+        for field in (raw.get("key"), raw.get("value"), *(v for _, v in raw.get("headers") or ())):
+            if field:
+                stored += base64.b64decode(field)
+    text = stored.decode(errors="replace")
+    for secret in SECRETS:
+        assert secret not in text, f"{secret!r} stored in the state store"
+    assert "o-anon" in text  # the filtered call is there
+    assert event["properties"] == {"order_id": "o-anon"}

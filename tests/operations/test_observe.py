@@ -114,3 +114,22 @@ async def test_close_releases_the_port(health: Health, http: aiohttp.ClientSessi
     with pytest.raises(aiohttp.ClientConnectionError):
         async with http.get(f"http://127.0.0.1:{port}/healthz"):
             pass
+
+
+async def test_a_standby_without_partitions_is_ready_only_when_allowed() -> None:
+    """A group with more replicas than partitions keeps standbys: with READY_WITHOUT_PARTITIONS
+    they are ready (a rolling update goes on); without it they are not."""
+    for required, expected in ((True, 503), (False, 200)):
+        health = Health(broker_reachable=True, partitions_required=required)
+        health.polled()
+        handle = await start_observer(0, health, host="127.0.0.1")
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{handle.port}/readyz") as resp,
+            ):
+                assert resp.status == expected
+                if expected == 503:
+                    assert (await resp.json())["failing"] == ["no partitions assigned"]
+        finally:
+            await handle.close()

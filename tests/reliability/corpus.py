@@ -164,15 +164,15 @@ def bad_records() -> list[BadRecord]:
             "must be a JSON object",
             "decode",
         ),
-        BadRecord(
+        BadRecord(  # the only name of its person: not silently an anonymous call
             "invalid email",
-            encode(_identify({"email": "not-an-email"})),
+            encode(_identify({"email": "not-an-email"}, userId=None, anonymousId="a-1")),
             "invalid email address",
             "identity",
         ),
         BadRecord(
             "invalid phone",
-            encode(_identify({"email": "p@example.com", "phone": "12"})),
+            encode(_identify({"phone": "12"}, userId=None, anonymousId="a-2")),
             "invalid phone number",
             "identity",
         ),

@@ -54,9 +54,10 @@ def service_env(
 class ServiceProcess:
     """`python -m stream run` as a child process; its stdout and stderr go to `log_path`."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd  # another release's source tree (its `stream` package comes first)
         self._process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -65,6 +66,7 @@ class ServiceProcess:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "stream", "run"],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -256,11 +258,17 @@ def _utc(timestamp: str) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def publish_paced(bootstrap: str, topic: str, calls: list[dict[str, Any]], seconds: float) -> None:
+def publish_paced(
+    bootstrap: str,
+    topic: str,
+    calls: list[dict[str, Any]],
+    seconds: float,
+    encoder: Encoder | None = None,
+) -> None:
     """Publish `calls` spread over about `seconds`: load that keeps arriving during a test."""
     chunks = max(1, int(seconds * 4))
     size = -(-len(calls) // chunks)
-    encoder = Encoder()
+    encoder = encoder or Encoder()
     for start in range(0, len(calls), size):
         publish({"bootstrap.servers": bootstrap}, topic, calls[start : start + size], encoder)
         time.sleep(seconds / chunks)  # pacing, not waiting for a condition

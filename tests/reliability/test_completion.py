@@ -100,12 +100,16 @@ async def waiting_requests(url: str) -> int:
 
 
 async def metric(port: int, name: str, **labels: str) -> float:
-    """The sum of a metric's samples (with these labels) on a service's /metrics."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
-    ):
-        text = await resp.text()
+    """The sum of a metric's samples (with these labels) on a service's /metrics (NaN while
+    the service is not listening yet)."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    except aiohttp.ClientConnectionError:
+        return float("nan")
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
