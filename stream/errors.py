@@ -8,6 +8,8 @@
     │   └── RevisionRefused          Klaviyo refused the pinned revision header (fatal at run time)
     ├── BrokerError                  the local Kafka launcher could not start or stop a broker
     ├── ReplayError                  `dlq replay` could not read or republish
+    ├── PublishError                 `produce`: the broker did not acknowledge every record
+    ├── StatusError                  `status`: the broker could not be asked
     ├── RecordError                  one record cannot be processed: a dead letter
     │   ├── DecodeError              bytes are not a record we can read
     │   └── MappingError             the call cannot be expressed as a Klaviyo payload
@@ -74,6 +76,14 @@ class BrokerError(StreamError):
 
 class ReplayError(StreamError):
     """The dead-letter topic could not be read, or a replayed record was not acknowledged."""
+
+
+class PublishError(StreamError):
+    """The broker did not acknowledge every record."""
+
+
+class StatusError(StreamError):
+    """The broker could not be asked (unreachable, not authorized)."""
 
 
 # one record -------------------------------------------------------------------------------

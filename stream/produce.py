@@ -34,7 +34,7 @@ from stream.avro import (
     single_object_fingerprint,
 )
 from stream.calls import CALL_TYPES, normalize
-from stream.errors import RecordError, StreamError
+from stream.errors import PublishError, RecordError, StreamError
 
 JSON_FIELDS = ("traits", "properties", "context", "integrations")
 POLL_EVERY = 1000  # records between two polls of the producer (delivery reports, errors)
@@ -111,9 +111,6 @@ def key_of(call: dict[str, Any]) -> bytes | None:
     key = call.get("userId") or call.get("anonymousId")
     return str(key).encode() if key else None
 
-
-class PublishError(StreamError):
-    """The broker did not acknowledge every record."""
 
 
 class Publisher:

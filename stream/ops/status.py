@@ -15,12 +15,8 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from stream.errors import StreamError
+from stream.errors import StatusError
 from stream.ops.commits import last_commit_times
-
-
-class StatusError(StreamError):
-    """The broker could not be asked (unreachable, not authorized)."""
 
 
 @dataclass
