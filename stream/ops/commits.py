@@ -55,9 +55,16 @@ def parse_commit_key(key: bytes) -> tuple[str, str, int] | None:
 
 
 def last_commit_times(
-    kafka_config: dict[str, Any], group: str, timeout: float = 10.0
+    kafka_config: dict[str, Any],
+    group: str,
+    timeout: float = 10.0,
+    wanted: set[tuple[str, int]] | None = None,
 ) -> dict[tuple[str, int], float] | None:
-    """(topic, partition) → Unix time of the group's latest commit; None when unreadable."""
+    """(topic, partition) → Unix time of the group's latest commit; None when unreadable.
+
+    The newest records come first: windows read back from the partition's end, each twice the
+    last, until every `wanted` partition is found or `TAIL_RECORDS` are read (on a busy
+    coordinator partition, the last commit of a group is near its end)."""
     consumer = Consumer(
         {
             **kafka_config,
@@ -73,29 +80,45 @@ def last_commit_times(
         tp = TopicPartition(OFFSETS_TOPIC, coordinator_partition(group, len(meta.partitions)))
         low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
         found: dict[tuple[str, int], float] = {}
-        if high <= low:
-            return found
-        consumer.assign([TopicPartition(tp.topic, tp.partition, max(low, high - TAIL_RECORDS))])
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in consumer.consume(1000, 0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:  # read to the end
-                        return found
-                    continue
-                parsed = parse_commit_key(message.key() or b"")
-                if parsed is None or parsed[0] != group:
-                    continue
-                key = (parsed[1], parsed[2])
-                if message.value() is None:  # tombstone: the offset was deleted
-                    found.pop(key, None)
-                    continue
-                found[key] = message.timestamp()[1] / 1000
-                if (message.offset() or 0) >= high - 1:
-                    return found
+        end, window = high, 1_000
+        while end > low and high - end < TAIL_RECORDS and time.monotonic() < deadline:
+            begin = max(low, end - window)
+            older = _read_window(consumer, tp, begin, end, group, deadline)
+            for key, when in older.items():
+                found.setdefault(key, when)  # a newer window's commit wins
+            if wanted is not None and wanted <= set(found):
+                break
+            end, window = begin, window * 2
         return found
     except KafkaException:
         return None
     finally:
         consumer.close()
+
+
+def _read_window(
+    consumer: Consumer, tp: TopicPartition, begin: int, end: int, group: str, deadline: float
+) -> dict[tuple[str, int], float]:
+    """The group's latest commit per partition among the records [begin, end)."""
+    found: dict[tuple[str, int], float] = {}
+    consumer.assign([TopicPartition(tp.topic, tp.partition, begin)])
+    while time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.5):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:  # read to the end
+                    return found
+                continue
+            if (message.offset() or 0) >= end:
+                return found
+            parsed = parse_commit_key(message.key() or b"")
+            if parsed is not None and parsed[0] == group:
+                key = (parsed[1], parsed[2])
+                if message.value() is None:  # tombstone: the offset was deleted
+                    found.pop(key, None)
+                else:
+                    found[key] = message.timestamp()[1] / 1000
+            if (message.offset() or 0) >= end - 1:
+                return found
+    return found

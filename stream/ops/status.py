@@ -112,7 +112,7 @@ def group_status(
         for tp in committed_result.topic_partitions or []
         if tp.offset >= 0
     }
-    commit_times = last_commit_times(kafka_config, group, timeout)
+    commit_times = last_commit_times(kafka_config, group, timeout, wanted=set(committed))
     partitions = []
     for tp in tps:
         key = (tp.topic, tp.partition)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import api, consent_api, list_api, privacy_api, profile_api
 from .api import SCHEMA_ERRORS, STRINGS_FIT, Handler, json_response
-from .config import REVISIONS, SandboxConfig
+from .config import SandboxConfig
 from .errors import ApiError, ErrorItem, invalid
 from .inspection import routes as inspection_routes
 from .spec import Operation
@@ -89,7 +89,7 @@ def _authenticate(request: web.Request, sandbox: Sandbox, op: Operation) -> None
         raise ApiError(401, [ErrorItem(401, "not_authenticated", detail)])
 
 
-def _check_revision(request: web.Request) -> None:
+def _check_revision(request: web.Request, revisions: tuple[str, ...]) -> None:
     """`revision: YYYY-MM-DD[.suffix]` must be present, a real date, and one of Klaviyo's
     published revisions."""
     match = _REVISION.match(request.headers.get("revision") or "")
@@ -104,7 +104,7 @@ def _check_revision(request: web.Request) -> None:
         detail = "The revision header is required, formatted YYYY-MM-DD[.suffix]."
         raise invalid(detail, parameter="revision")
     assert match is not None
-    if f"{match.group(1)}-{match.group(2)}-{match.group(3)}" not in REVISIONS:
+    if f"{match.group(1)}-{match.group(2)}-{match.group(3)}" not in revisions:
         detail = f"Invalid revision: {match.group(0)} is not a valid revision."
         raise invalid(detail, parameter="revision")
 
@@ -195,7 +195,7 @@ def _guard(sandbox: Sandbox, op: Operation, handler: Handler, depth: int) -> Any
                     f"Request was throttled. Expected available in {decision.retry_after} second."
                 )
                 raise ApiError(429, [ErrorItem(429, "throttled", detail)], decision.headers())
-            _check_revision(request)
+            _check_revision(request, sandbox.config.revisions)
             body = await _read_body(request, op, depth)
             response = await handler(request, sandbox, body)
         except ApiError as exc:

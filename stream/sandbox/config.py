@@ -53,6 +53,7 @@ class SandboxConfig:
     fault_rate: float = 0.0
     fault_seed: int | None = None
     request_log_limit: int = 100_000
+    revisions: tuple[str, ...] = REVISIONS  # the published revisions it accepts
     openapi_dir: Path = field(default=OPENAPI_DIR)
     merge_delay_seconds: float = 1.0
     deletion_delay_seconds: float = 1.0

@@ -22,17 +22,21 @@ from stream.deadletter import DeadLetters
 from stream.errors import DecodeError, InvalidRequest, MappingError
 from stream.produce import Encoder
 from stream.sandbox import SandboxConfig, SandboxThread
+from stream.sandbox.config import REVISIONS
 from stream.settings import SANDBOX_API_KEY
 from tests.operations.cli_support import clean_env, cli
 from tests.redis_fixture import REDIS_PASSWORD
 from tests.reliability.harness import committed_lag
 
 WRONG_KEY = "pk_wrong_" + "Z" * 30
+RETIRING = date.today() - timedelta(days=2 * 365 - 30)  # a revision retiring in about 30 days
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Any:
-    with SandboxThread(SandboxConfig(rate_limits=False)) as server:
+    # also accepts the revision retiring in about 30 days that the warning test pins
+    config = SandboxConfig(rate_limits=False, revisions=(*REVISIONS, RETIRING.isoformat()))
+    with SandboxThread(config) as server:
         yield server
 
 
@@ -284,10 +288,9 @@ def test_a_redis_password_never_shows(
     for call in calls:
         producer.produce(topic, encoder.encode(call))
     assert producer.flush(30) == 0
-    retiring = date.today() - timedelta(days=2 * 365 - 30)  # retires in about 30 days
     env = env_for(kafka_bootstrap, topic, sandbox.url, dlq_topic=dlq,
                   state_url=redis_password_url, log_level="DEBUG",
-                  klaviyo_revision=retiring.isoformat())
+                  klaviyo_revision=RETIRING.isoformat())
     doctor = cli(env, "doctor")
     assert doctor.code == 0, doctor.output
     assert any(line.startswith("✓ state store: Redis ") and ":***@" in line
@@ -336,7 +339,7 @@ def test_a_redis_password_never_shows(
     assert starting["settings"]["state_url"].startswith("redis://:***@127.0.0.1:")
     assert starting["settings"]["klaviyo_api_key"] == "**********"
     warned = [json.loads(line) for line in log.splitlines() if '"level": "WARNING"' in line]
-    assert any(w["msg"].startswith(f"KLAVIYO_REVISION {retiring} retires on") for w in warned)
+    assert any(w["msg"].startswith(f"KLAVIYO_REVISION {RETIRING} retires on") for w in warned)
     for text in (doctor.output, wrong.output, status.output, log, out, scraped):
         assert REDIS_PASSWORD not in text
         assert SANDBOX_API_KEY not in text
