@@ -22,7 +22,7 @@ call is finished.
 
 Thread-safety: records and items belong to the event loop; generations are shared with the
 consume thread (rebalance callbacks) under one lock, and `wait_drained` blocks that thread
-until a revoked partition's work is done.
+until a revoked partition's work is done. librdkafka is never called under that lock.
 """
 
 from __future__ import annotations
@@ -365,8 +365,8 @@ class Ledger:
             dedup.delivered(kept)
         if forgotten:
             dedup.abandoned(forgotten)
+        moved: dict[Generation, int] = {}
         with self._lock:
-            moved: dict[Generation, int] = {}
             for r in records:
                 self._pending -= 1
                 gen = r.generation
@@ -379,11 +379,16 @@ class Ledger:
                     done.discard(head)
                     moved[gen] = head + 1
             now = self._clock()
-            for gen, next_offset in moved.items():
+            for gen in moved:
                 gen.moved_at = now
-                if not gen.ended:  # under the lock: a revoke cannot slip in between
-                    self._store_offset(gen.tp[0], gen.tp[1], next_offset)
             self._changed.notify_all()
+        # librdkafka is called outside the lock: a revoke callback waiting on it holds
+        # librdkafka's own locks. Storing an offset of a generation that ended meanwhile is
+        # harmless: every record below it is finished (for a partition no longer ours, the
+        # store is refused).
+        for gen, next_offset in moved.items():
+            if not gen.ended:
+                self._store_offset(gen.tp[0], gen.tp[1], next_offset)
 
     # housekeeping ------------------------------------------------------------------------------
 

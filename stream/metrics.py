@@ -115,6 +115,8 @@ DEPENDENCY_ERRORS = Counter(
     ["dependency"],
     registry=REGISTRY,
 )
+for _dependency in ("state store", "schema registry", "dead-letter topic"):
+    DEPENDENCY_ERRORS.labels(_dependency)  # present at 0: an alert's rate() has data
 
 # batch → deliver
 REQUESTS = Counter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 
@@ -100,8 +101,38 @@ async def test_fault_injection_mixes_errors_and_drops(http: aiohttp.ClientSessio
         # a connection dropped after processing still recorded its event
         assert len(sb.store.events) == stats["faults"].get("drop_after", 0) > 0
         async with http.post(f"{sb.url}/sandbox/faults", json={"fault_rate": 0}) as r:
-            assert (await r.json()) == {"fault_rate": 0.0}
+            assert (await r.json()) == {"fault_rate": 0.0, "hold": False, "waiting": 0}
         assert await _fire(f"{sb.url}/api/events", 1000) == "202"
+
+
+async def test_held_requests_wait_unanswered_and_a_dead_client_is_never_applied(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`hold` makes Klaviyo slow at will: requests wait (counted) until released; one whose
+    client gave up meanwhile is dropped, not applied, as with a real outage."""
+    async with SandboxServer(SandboxConfig(rate_limits=False)) as sb:
+        async with http.post(f"{sb.url}/sandbox/faults", json={"hold": True}) as r:
+            assert (await r.json())["hold"] is True
+        patient = asyncio.create_task(_fire(f"{sb.url}/api/events", 1))
+        impatient = asyncio.create_task(_fire(f"{sb.url}/api/events", 2))
+
+        async def both_waiting() -> bool:
+            return (await inspect(http, sb.url, "faults"))["waiting"] == 2
+
+        await wait_until(both_waiting, timeout=10, what="two held requests")
+        impatient.cancel()  # its client disconnects while it is held
+        with contextlib.suppress(asyncio.CancelledError):
+            await impatient
+        assert len(sb.store.events) == 0
+        async with http.post(f"{sb.url}/sandbox/faults", json={"hold": False}) as r:
+            assert (await r.json())["hold"] is False
+        assert await patient == "202"
+
+        async def none_waiting() -> bool:
+            return (await inspect(http, sb.url, "faults"))["waiting"] == 0
+
+        await wait_until(none_waiting, timeout=10, what="the held requests let go")
+        assert [e.unique_id for e in sb.store.events] == ["f-1"]
 
 
 async def test_faults_can_be_turned_on_at_run_time(
