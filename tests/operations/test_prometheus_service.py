@@ -280,11 +280,9 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
             await http.close()
             await asyncio.to_thread(prometheus.stop)
 
-        await assert_exactly_once(
-            sandbox.url,
-            {c["messageId"] for c in tracks + held_tracks},
-            {c["userId"] for c in calls if c["type"] == "identify"} | {c["userId"] for c in namers},
-        )
+        expected = [c for c in calls if c["type"] != "page"] + held_tracks + namers  # no pages
+        # faults were on for a while: a request applied whose answer was lost is refused later
+        await assert_exactly_once(sandbox.url, expected, replays_allowed=True)
     assert topic_size(kafka_bootstrap, f"{topic}-dlq") == BAD
 
     # 7. the logs: one JSON object per line with the stable keys, never the API key
