@@ -175,8 +175,12 @@ class StateStore(Protocol):
         atomic step: their identifiers, traits and held calls (held under their anonymous ids)
         are removed, a tombstone (`tombstone_hash`, latest `deleted_at`) is kept for each of
         their identifiers and of `identifiers`, and an erasure entry `erasure_id` remembers
-        which identifiers were removed until `settle_erasure`. If that entry exists already
-        (the delete call read again), nothing changes and its identifiers are returned.
+        which identifiers were removed until `settle_erasure`.
+
+        Read again, a deletion changes nothing: if its entry exists (not settled yet) its
+        identifiers are returned (`again`); if every one of `identifiers` has a tombstone at
+        or after `deleted_at` it was applied before, and nothing is returned (`again`, no
+        identifiers): whoever holds them now came after it.
         """
         ...
 

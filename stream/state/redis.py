@@ -310,6 +310,14 @@ local function take()
   at = at + 1
   return v
 end
+-- applied before: every identifier asked has a tombstone at least as late
+local na0 = tonumber(take())
+local applied = true
+for i = 1, na0 do
+  local cur = redis.call('HGET', P .. 'tomb', take())
+  if (not cur) or tonumber(cur) < tonumber(dat) then applied = false end
+end
+if applied then return {'applied'} end
 -- nothing the caller read changed meanwhile: the identifiers' owners, and each owner
 local n = tonumber(take())
 for i = 1, n do
@@ -639,8 +647,9 @@ class RedisStore:
             anons = [value for kind, value in removed if kind == "anonymous_id"]
             forgotten = Forgotten(tuple(removed), len(versions) // 2)
             args: list[str | bytes] = [
-                self.prefix, erasure_id, _num(deleted_at), forgotten.encode(), str(len(keys)),
-                *keys, *[o.decode() if o else "" for o in owner_list],
+                self.prefix, erasure_id, _num(deleted_at), forgotten.encode(),
+                str(len(ids)), *[tombstone_hash(ident) for ident in ids],
+                str(len(keys)), *keys, *[o.decode() if o else "" for o in owner_list],
                 str(len(versions) // 2), *versions,
                 str(len(anons)), *anons,
                 str(len(removed)), *[tombstone_hash(ident) for ident in removed],
@@ -651,6 +660,8 @@ class RedisStore:
                 _fail(exc)
             if reply[0] == b"again":
                 return Forgotten.decode(reply[1])
+            if reply[0] == b"applied":
+                return Forgotten((), again=True)
             if reply[0] == b"done":
                 return Forgotten(forgotten.identifiers, forgotten.persons, int(reply[1]))
         raise StateError("Redis state: a deletion kept meeting concurrent changes", retriable=True)

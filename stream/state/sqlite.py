@@ -600,6 +600,15 @@ class SqliteStore:
         row = db.execute("SELECT payload FROM erasures WHERE id = ?", (erasure_id,)).fetchone()
         if row is not None:
             return Forgotten.decode(bytes(row[0]))
+        applied = [
+            db.execute(
+                "SELECT 1 FROM tombstones WHERE hash = ? AND deleted_at >= ?",
+                (tombstone_hash(ident), deleted_at),
+            ).fetchone()
+            for ident in ids
+        ]
+        if all(applied):
+            return Forgotten((), again=True)  # applied before: those holding them came after
         owners = sorted(
             {
                 found[0]

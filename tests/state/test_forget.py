@@ -99,12 +99,14 @@ def test_tombstones_hold_a_hash_and_the_latest_deletion_time_only(
     assert {h for h, _ in found} == expected and {at for _, at in found} == {100.0}
     assert hashlib.sha256(b"email:ada@example.com").hexdigest() in expected
     assert store.tombstones(mark) == ([], mark)  # nothing new since
-    store.forget([("email", "ada@example.com")], 50.0, "del-older")  # an older deletion
+    # an older deletion naming one more identifier (so not one applied already)
+    store.forget([("email", "ada@example.com"), ("external_id", "u-2")], 50.0, "del-older")
     store.forget([("phone", "+14155552671")], 200.0, "del-newer")
     newer, mark2 = store.tombstones(mark)
     times = dict(newer)
     assert times[tombstone_hash(("email", "ada@example.com"))] == 100.0  # kept the latest
     assert times[tombstone_hash(("phone", "+14155552671"))] == 200.0
+    assert times[tombstone_hash(("external_id", "u-2"))] == 50.0
     assert mark2 > mark
     if store_url.startswith("sqlite"):  # nothing but the hash, the time and the mark
         path = store_url.removeprefix("sqlite:///")
@@ -125,8 +127,14 @@ def test_a_delete_read_again_returns_what_it_removed_and_changes_nothing(
     still = store.lookup(("email", "ada@example.com"))
     assert still is not None and still.id == back.id  # the new person is left alone
     store.settle_erasure("del-1")
-    replay = store.forget([("email", "ada@example.com")], 100.0, "del-1")
-    assert not replay.again and replay.persons == 1  # settled: a replay erases anew
+    for erasure in ("del-1", "del-1-retried"):  # read again once done, under any id
+        replay = store.forget([("email", "ada@example.com")], 100.0, erasure)
+        assert replay.again and replay.identifiers == () and replay.persons == 0
+    still = store.lookup(("email", "ada@example.com"))
+    assert still is not None and still.id == back.id  # they came back after that deletion
+    newer = store.forget([("email", "ada@example.com")], 200.0, "del-2")
+    assert not newer.again and newer.persons == 1  # a newer deletion erases them
+    assert store.lookup(("email", "ada@example.com")) is None
 
 
 def test_forgetting_someone_never_seen_still_tombstones_what_was_asked(
