@@ -256,3 +256,36 @@ def _named(
             return []
         named[index] = actions[index]
     return [named[i] for i in sorted(named)]
+
+
+PROFILE_ID = "<profile id>"  # stands for an id only known when sending (the event tester)
+
+
+def single_request(
+    action: Action, client_mode: bool = False, profile_id: str = PROFILE_ID
+) -> tuple[str, str, dict[str, Any]]:
+    """(method, path, body) of the request `action` makes when it goes alone; a list change,
+    or a deletion by external_id, names `profile_id` (the one a lookup finds)."""
+    kind = action.kind
+    if kind == "subscribe" and client_mode:
+        assert action.list_id is not None
+        body = bodies.client_subscription_body(
+            action.profile, action.channels, action.list_id, action.source
+        )
+        return "POST", bodies.CLIENT_SUBSCRIPTIONS, body
+    if kind == "subscribe":
+        return "POST", bodies.SUBSCRIBE, _subscribe([action])
+    if kind == "unsubscribe":
+        return "POST", bodies.UNSUBSCRIBE, _unsubscribe([action])
+    if kind == "suppress" or kind == "unsuppress":
+        body = bodies.suppression_body([action.profile["email"]], kind == "unsuppress")
+        return "POST", bodies.endpoint_of(kind), body
+    if kind == "list_add" or kind == "list_remove":
+        assert action.list_id is not None
+        method = "POST" if kind == "list_add" else "DELETE"
+        return method, bodies.list_path(action.list_id), bodies.list_body([profile_id])
+    assert action.target is not None
+    attribute, value = action.target
+    if attribute == "external_id":
+        return "POST", bodies.DELETION, bodies.deletion_body("id", profile_id)
+    return "POST", bodies.DELETION, bodies.deletion_body(attribute, value)
