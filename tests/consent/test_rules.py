@@ -154,3 +154,21 @@ def test_a_change_is_current_only_while_its_own_call_holds_the_mark() -> None:
     assert current == Asks(subscribe=("sms",), remove=("B",))
     assert sorted(overtaken) == ["email", "email", "list"]
     assert still_current(asks, {}, "m-1") == (asks, [])  # nothing marked: nothing newer
+
+
+def test_doctor_checks_the_consent_file_like_the_other_config_files(tmp_path: Path) -> None:
+    from stream.ops.doctor import run_checks
+    from stream.settings import Settings
+
+    good = write_yaml(tmp_path, "good.yaml", {"rules": [
+        {"when": {"type": "track", "event": "Opt Out"}, "unsubscribe": ["email"]}]})  # fmt: skip
+
+    def consent_line(**values: Any) -> str:
+        settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", **values)
+        return next(c for c in run_checks(settings) if c.name == "consent rules").line()
+
+    assert consent_line() == "✓ consent rules: none (per-call options only)"
+    assert consent_line(consent_file=good) == f"✓ consent rules: {good}, 1 rule(s)"
+    refused = consent_line(consent_file=good, klaviyo_mode="client", klaviyo_public_key="SBXPUB")
+    assert refused.startswith(f"✗ consent rules: {good}: rules[0] (unsubscribe): KLAVIYO_MODE")
+    assert refused.endswith("→ fix: correct CONSENT_FILE (or KLAVIYO_MODE)")
