@@ -52,14 +52,16 @@ class Gate:
         self._blocked: list[Action] = []  # heads waiting for what they follow
         self._held: list[tuple[set[str], list[Item], list[Action]]] = []  # after erasures
 
-    @property
-    def waiting(self) -> int:
-        """Actions here, not yet handed to the send stage (heads out excluded)."""
-        return sum(len(q) for q in self._queues.values()) - self._out()
-
-    def _out(self) -> int:
+    def waiting(self) -> list[Item]:
+        """Items and actions here, not yet handed to the send stage (heads out excluded)."""
         blocked = {id(a) for a in self._blocked}
-        return sum(1 for q in self._queues.values() if q and id(q[0]) not in blocked)
+        out: list[Item] = [
+            a for q in self._queues.values() for a in q if a is not q[0] or id(a) in blocked
+        ]
+        for _erasures, items, actions in self._held:
+            out += items
+            out += actions
+        return out
 
     def put(self, action: Action) -> None:
         """Queue one action of a record whose own items were just handed to the send stage
@@ -104,6 +106,9 @@ class Gate:
     async def answered(self, items: Sequence[Item], failed: Sequence[Item] = ()) -> None:
         """A batch has its answer (each item accepted, or among `failed`): settle the erasures
         it completes, count down the records whose list changes wait, send what is due."""
+        if not self._before and not (items and isinstance(items[0], Action)):
+            self.poll()  # the usual batch (events, profiles) with no list change waiting
+            return
         settled: list[str] = []
         finished: set[str] = set()
         refused = {id(item) for item in failed}
