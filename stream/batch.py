@@ -25,7 +25,11 @@ from stream.calls import Record
 from stream.errors import MappingError
 from stream.klaviyo import mapping
 
-Kind = Literal["events", "profiles"]
+Kind = Literal[
+    "events", "profiles",
+    # consent, list and deletion actions (`stream.actions`): lanes of their own
+    "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion",
+]  # fmt: skip
 KINDS: tuple[Kind, ...] = ("events", "profiles")
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_STRING_BYTES = 100 * 1024  # Klaviyo refuses any string longer than 100 KB

@@ -5,6 +5,7 @@ tester) into a `Call`. JSON-typed fields (traits, properties, context, integrati
 here, once: a missing or `null` one is an empty object (some libraries write `null`). Identify
 traits are read from `traits` and from `context.traits` (RudderStack's SDK writes them only
 there); the top-level value wins per key. `integrations` becomes `for_klaviyo` and `options`.
+A `delete` call (an erasure request) reads its identifying traits the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import orjson
 from stream.errors import DecodeError
 from stream.options import NO_OPTIONS, KlaviyoOptions, read_integrations
 
-CallType = Literal["identify", "track", "alias", "page", "screen", "group"]
-CALL_TYPES: tuple[CallType, ...] = ("identify", "track", "alias", "page", "screen", "group")
+CallType = Literal["identify", "track", "alias", "page", "screen", "group", "delete"]
+CALL_TYPES: tuple[CallType, ...] = (
+    "identify", "track", "alias", "page", "screen", "group", "delete"
+)  # fmt: skip
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -148,7 +151,7 @@ def normalize(call_type: str, record: dict[str, Any]) -> Call:
         for_klaviyo,
         options,
     )
-    if call_type == "identify" and "traits" in call.context:
+    if (call_type == "identify" or call_type == "delete") and "traits" in call.context:
         call.traits = _identify_traits(call.traits, call.context)
     if call_type == "track" and not call.event:
         raise DecodeError("a track call needs an 'event' name")
@@ -156,4 +159,6 @@ def normalize(call_type: str, record: dict[str, Any]) -> Call:
         raise DecodeError("an alias call needs 'previousId' and 'userId'")
     if call_type == "group" and not call.group_id:
         raise DecodeError("a group call needs a 'groupId'")
+    if call_type == "delete" and not (call.user_id or call.anonymous_id or call.traits):
+        raise DecodeError("a delete call needs a userId, an anonymousId or traits to name someone")
     return call

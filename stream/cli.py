@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="--input: stop at the first bad line (else skip it)"
     )
     produce.add_argument("--no-progress", action="store_true", help="no progress bar")
+    produce.add_argument(
+        "--backfill",
+        action="store_true",
+        help="a historical load: events recorded without flows, consent as a historical import",
+    )
 
     add("doctor", help="check the settings and every dependency for real; exit 1 on a failure")
 
@@ -409,7 +414,9 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
     if args.input:
         return _produce_file(settings, args, topic)
     config = kafka_client_config(settings)
-    count = publish(config, topic, sample_calls(args.sample), _encoder(settings, topic))
+    count = publish(
+        config, topic, sample_calls(args.sample), _encoder(settings, topic), backfill=args.backfill
+    )
     print(f"published {count} calls to {topic}")
     return 0
 
@@ -429,6 +436,7 @@ def _produce_file(settings: Settings, args: argparse.Namespace, topic: str) -> i
         strict=args.strict,
         on_refused=refused,
         progress=not args.no_progress and sys.stderr.isatty(),
+        backfill=args.backfill,
     )
     print(f"published {report.published} calls to {topic}")
     if report.filled:

@@ -10,6 +10,8 @@ it; the deliverer never calls back into the service.
 - a 400 naming a header or query parameter (a wrong `revision`) fails every request alike: it is
   a configuration error that stops the service (`RevisionRefused`), nothing is dead-lettered;
 - 401/403 stop the service (`FatalDeliveryError`); other 4xx fail at once.
+Consent, list and deletion actions are delivered by `stream.deliver_actions` (the profile ids
+it needs come from the profile-import answers seen here).
 Every request, merges and import-job polls included, goes through `request`: paced by the
 rate-limit governor, counted against `max_in_flight` only while it is on the wire, retried.
 """
@@ -28,7 +30,9 @@ from typing import Any
 import orjson
 
 from stream import metrics
+from stream.actions import ActionBatch
 from stream.batch import Batch, Item, Kind
+from stream.deliver_actions import ActionSender
 from stream.errors import (
     DuplicateProfile,
     FatalDeliveryError,
@@ -51,6 +55,8 @@ from stream.klaviyo.client import (
     KlaviyoClient,
     Response,
 )
+from stream.klaviyo.consent import ENDPOINTS as ACTION_ENDPOINTS
+from stream.klaviyo.consent import endpoint_of
 from stream.klaviyo.governor import Governor
 from stream.klaviyo.importjob import import_failures
 from stream.klaviyo.merge import (
@@ -76,6 +82,8 @@ SamePerson = Callable[[dict[str, Any], dict[str, str]], bool]
 
 def endpoint_for(kind: Kind, size: int, client_mode: bool = False) -> str:
     """The endpoint a batch of `size` items of `kind` is sent to (the governor's budget)."""
+    if kind in ACTION_ENDPOINTS:  # consent, lists, deletion: one budget per kind
+        return endpoint_of(kind, client_mode)
     if client_mode:
         if kind == "profiles":
             return CLIENT_PROFILES
@@ -128,11 +136,14 @@ class Deliverer:
         self._retry = retry or RetryPolicy()
         self._governor = governor or Governor()
         self._client_mode = client_mode  # public key: /client/ endpoints, one profile a request
+        self.actions = ActionSender(self.request, client_mode=client_mode)
 
     async def send(self, batch: Batch) -> Settlement:
         """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service)."""
         out = Settlement()
-        if self._client_mode:
+        if isinstance(batch, ActionBatch):  # consent, lists, deletion
+            await self.actions.send(batch, out.done, out.fail)
+        elif self._client_mode:
             await self._client_side(batch.items, out)
         elif batch.kind == "events":
             await self._events(batch.items, out)
@@ -255,7 +266,7 @@ class Deliverer:
         profile = item.profile
         for _attempt in range(MERGE_ATTEMPTS):
             try:
-                await self._post(endpoint, body, records)
+                self.actions.learn(item.person, await self._post(endpoint, body, records))
                 return
             except DuplicateProfile as exc:
                 duplicate = exc.duplicate_profile_id
@@ -264,13 +275,13 @@ class Deliverer:
                 if not await self._same_person(item, duplicate):
                     metrics.PROFILE_MERGES_REFUSED.inc()
                     alone = mapping.profile_import_body(strongest_alone(profile), item.meta)
-                    await self._post(endpoint, alone, records)
+                    self.actions.learn(item.person, await self._post(endpoint, alone, records))
                     return
                 # KlaviyoClientError: merged meanwhile by another consumer; the next upsert tells
                 with contextlib.suppress(KlaviyoClientError):
                     if await merge_duplicate(self.request, profile, duplicate):
                         await wait_merged(self.request, duplicate)
-        await self._post(endpoint, body, records)
+        self.actions.learn(item.person, await self._post(endpoint, body, records))
 
     async def _same_person(self, item: Item, duplicate: str) -> bool:
         """Whether the duplicate profile's identifiers are this item's person in our graph."""

@@ -5,6 +5,7 @@
     │   ├── EventDefinitionError     the event-definitions file
     │   ├── TransformConfigError     the transformations file
     │   ├── HipaaConfigError         the HIPAA allow-lists
+    │   ├── ConsentConfigError       the consent rules file
     │   └── RevisionRefused          Klaviyo refused the pinned revision header (fatal at run time)
     ├── BrokerError                  the local Kafka launcher could not start or stop a broker
     ├── ReplayError                  `dlq replay` could not read or republish
@@ -63,6 +64,10 @@ class TransformConfigError(ConfigError):
 
 class HipaaConfigError(ConfigError):
     """The HIPAA allow-list file is invalid."""
+
+
+class ConsentConfigError(ConfigError):
+    """The consent rules file is invalid, or asks what the connection mode cannot do."""
 
 
 class RevisionRefused(ConfigError):

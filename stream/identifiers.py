@@ -127,9 +127,10 @@ def _external_id(call: Call) -> str | None:
 
 
 def identifiers_of(call: Call, region: str) -> tuple[Identifiers, tuple[InvalidIdentifier, ...]]:
-    """The valid identifiers one call names (traits for identify, context.traits for the
-    others), and why each invalid one was left out."""
-    traits = call.traits if call.type == "identify" else call.context.get("traits") or {}
+    """The valid identifiers one call names (traits for identify and delete, context.traits
+    for the others), and why each invalid one was left out."""
+    own = call.type == "identify" or call.type == "delete"
+    traits = call.traits if own else call.context.get("traits") or {}
     if not isinstance(traits, dict):
         traits = {}
     dropped: list[InvalidIdentifier] = []

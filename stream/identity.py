@@ -32,6 +32,9 @@ _KIND_OF_ATTRIBUTE: dict[str, Kind] = {
 
 
 MAX_CACHED_ID = 512  # characters; the caches are bounded in bytes as well as entries
+# traits the service keeps for itself in the graph (each channel's latest consent change):
+# stored and merged like any trait, never sent to Klaviyo as profile properties
+PRIVATE_TRAITS = "$klaviyo_stream."
 
 
 def _short(ids: Identifiers) -> bool:
@@ -250,5 +253,15 @@ class IdentityResolver:
 
     @staticmethod
     def with_traits(call: Call, person: Person) -> Call:
-        """The identify call carrying the person's merged traits (newest value per key)."""
-        return replace(call, traits=dict(person.traits))
+        """The identify call carrying the person's merged traits (newest value per key), the
+        service's private ones left out."""
+        traits = {k: v for k, v in person.traits.items() if not k.startswith(PRIVATE_TRAITS)}
+        return replace(call, traits=traits)
+
+    def forget_cached(self) -> None:
+        """Drop every remembered person (a deletion made some of them wrong): the next calls
+        ask the store."""
+        self._cache.clear()
+        self._known.clear()
+        self._current.clear()
+        self._profiles.clear()

@@ -272,6 +272,16 @@ class Ledger:
         metrics.OUTCOMES.labels(Outcome.DEAD_LETTERED).inc()
         self._spawn_dead_letter(record, error, stage, None, None, None)
 
+    def earlier_finished(self, record: Record) -> bool:
+        """Whether every record fetched before `record` on its partition (same generation) is
+        finished: a deletion waits for that (`stream.gate`). True for a record without a
+        Kafka position."""
+        gen = record.generation
+        if not isinstance(gen, Generation):
+            return True
+        with self._lock:
+            return not gen.order or gen.order[0] >= record.offset
+
     # finishing --------------------------------------------------------------------------------
 
     def _spawn_dead_letter(

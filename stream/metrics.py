@@ -118,6 +118,31 @@ DEPENDENCY_ERRORS = Counter(
 for _dependency in ("state store", "schema registry", "dead-letter topic"):
     DEPENDENCY_ERRORS.labels(_dependency)  # present at 0: an alert's rate() has data
 
+# consent, lists and deletion
+CONSENT_ACTIONS = Counter(
+    P + "consent_actions_total",
+    "Consent, list and deletion actions made from calls (each an item), by action.",
+    ["action"],
+    registry=REGISTRY,
+)
+CONSENT_OVERTAKEN = Counter(
+    P + "consent_overtaken_total",
+    "Consent or list changes not sent: the person has a newer one there (email, sms, list).",
+    ["channel"],
+    registry=REGISTRY,
+)
+FORGOTTEN = Counter(
+    P + "forgotten_total",
+    "What delete calls erased from the state store: persons, identifiers, held calls.",
+    ["kind"],
+    registry=REGISTRY,
+)
+RECORDS_TOMBSTONED = Counter(
+    P + "records_tombstoned_total",
+    "Records older than the deletion of a person they name: dropped, never sent.",
+    registry=REGISTRY,
+)
+
 # batch → deliver
 REQUESTS = Counter(
     P + "requests_total",

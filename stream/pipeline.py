@@ -1,16 +1,19 @@
 """One factory for the pipeline's parts, so `run` and `test-event` build them alike.
 
 Everything here is decided by the settings alone: the routing, transformation and HIPAA
-rules (checked now: a mistake stops the start with one line), the identity resolver over a
-state store, the Klaviyo client and its rate-limit governor, and the dead-letter writer.
+rules (checked now: a mistake stops the start with one line), the consent rules (checked
+against the connection mode too), the identity resolver and the erasure over a state store,
+the Klaviyo client and its rate-limit governor, and the dead-letter writer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from stream.consent import ConsentRules, check_client_mode, load_consent_rules
 from stream.deadletter import DeadLetters
 from stream.decode import Decoder
+from stream.erasure import Erasure
 from stream.hipaa import dead_letter_redactor
 from stream.identity import IdentityResolver
 from stream.klaviyo.client import KlaviyoClient
@@ -27,19 +30,35 @@ def build_processor(
     settings: Settings, store: StateStore, transformer: Transformer | None = None
 ) -> Processor:
     """Route → transform (rules, then HIPAA) → identity → map, as the settings describe."""
+    identity = IdentityResolver(
+        store,
+        email_first=settings.use_email_as_identifier,
+        cache_seconds=settings.identity_cache_seconds,
+        max_skew=settings.max_clock_skew_seconds,
+    )
     return Processor(
         router_from_settings(settings),
-        IdentityResolver(
-            store,
-            email_first=settings.use_email_as_identifier,
-            cache_seconds=settings.identity_cache_seconds,
-            max_skew=settings.max_clock_skew_seconds,
-        ),
+        identity,
         settings.phone_default_region,
         transformer if transformer is not None else transformer_from_settings(settings),
         settings.ecommerce_metrics,
+        consent_rules(settings),
+        Erasure(store, identity, max_skew=settings.max_clock_skew_seconds),
+        settings.klaviyo_mode == "client",
+        settings.consent_custom_source,
         hold_redacted=settings.hipaa_mode and not settings.hipaa_dlq_keep_original,
     )
+
+
+def consent_rules(settings: Settings) -> ConsentRules:
+    """The consent rules file's rules (none without one), refused in client mode when they ask
+    more than subscriptions to a list."""
+    if not settings.consent_file:
+        return ConsentRules()
+    rules = load_consent_rules(settings.consent_file)
+    if settings.klaviyo_mode == "client":
+        check_client_mode(rules, settings.consent_file)
+    return rules
 
 
 def identity_limits(settings: Settings) -> Limits:

@@ -9,23 +9,35 @@ its own store-backed record). A `RecordError` raised here dead-letters the recor
 Everything a call carries is checked before it can change the identity graph or be held: an
 event that Klaviyo would refuse (a 100 KB string, a 5 MB body, JSON nested too deep) is a dead
 letter at once, never a held call that fails later on someone else's identify.
+
+Consent, list and deletion actions (`stream.consent`, `stream.erasure`) are more items of the
+record, in `Result.actions`: what the call asks of its person (per-call options and consent
+rules; a call routing filters still makes them), each change marked in the person's traits so
+that only the latest per channel is sent. A `delete` call (never filtered, never HIPAA-reduced)
+forgets its person and makes one deletion per identifier; a record older than the deletion of
+a person it names is dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from stream import metrics
+from stream.actions import Action
 from stream.batch import Item, encode
 from stream.calls import Call, Record
+from stream.consent import DEFAULT_SOURCE, Asks, ConsentRules, consent_traits, still_current
+from stream.erasure import Erasure
 from stream.errors import InvalidIdentifier, MappingError
 from stream.hipaa import redacted_copy
 from stream.identifiers import Identifiers, identifiers_of
-from stream.identity import Held, IdentityResolver
+from stream.identity import Held, IdentityResolver, graph_identifiers
 from stream.klaviyo import mapping
 from stream.klaviyo.commerce import event_specs
+from stream.klaviyo.consent import CHANNEL_IDENTIFIER
 from stream.ledger import Outcome
 from stream.route import Router
 from stream.state import Person
@@ -35,6 +47,7 @@ from stream.transform import Transformer
 log = logging.getLogger(__name__)
 
 RELEASED = "released held call"  # dead-letter label of a released held call's item
+DELETABLE = {"email": "email", "phone": "phone_number", "external_id": "external_id"}
 
 
 EVENT_TYPES = ("track", "page", "screen")
@@ -59,6 +72,8 @@ class Result:
     outcome: Outcome | None = None
     released: list[Item] = field(default_factory=list)
     failures: list[Failed] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)  # consent, lists, deletion: the gate's
+    after_erasures: tuple[str, ...] = ()  # deletions in flight it names: items and actions wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +85,42 @@ class Processor:
     phone_region: str = "US"
     transformer: Transformer = Transformer()  # user rules, then HIPAA redaction
     ecommerce: bool = True  # Segment's ecommerce events as Klaviyo's standard metrics
+    consent: ConsentRules = ConsentRules()  # the consent rules file's (per-call options apart)
+    erasure: Erasure | None = None  # deletions and tombstones (None: delete calls refused)
+    client_mode: bool = False  # a public key: subscriptions (to a list) are all we can send
+    custom_source: str = DEFAULT_SOURCE  # `custom_source` of the consent records we make
     hold_redacted: bool = False  # HIPAA mode: a held call keeps the filtered call, not its record
 
     def skip(self, call: Call) -> str | None:
         """Why this call is not for Klaviyo (a metric label), or None. Counted here."""
-        if call.type == "alias":
-            return None  # feeds the identity graph
+        if call.type == "alias" or call.type == "delete":
+            return None  # feeds the identity graph; an erasure is never filtered away
         reason = self.router.reason_to_skip(call)
         if reason is not None:
+            if reason != "integrations" and self.consent.asks(call):
+                return None  # not sent itself, but what it asks of consent and lists is
             metrics.RECORDS_FILTERED.labels(call.type, reason).inc()
         return reason
 
     def process(self, call: Call, record: Record) -> Result:
         """The items for one routed call (plus any held events its identification released)."""
+        if call.type == "delete":
+            return self._erase(call, record)
+        asks = self.consent.asks(call)  # on the call as it came, like routing
         call = self.transformer(call)
         ids, dropped = identifiers_of(call, self.phone_region)
         if dropped:
             self._drop(ids, dropped, record)
-        result = Result()
+        waits: tuple[str, ...] = ()
+        if self.erasure is not None:
+            if self.erasure.before_deletion(call, ids):
+                return Result(outcome=Outcome.FILTERED)  # would bring a deleted person back
+            waits = self.erasure.pending(call, ids)  # newer, but that deletion is in flight
+        if asks and self.router.reason_to_skip(call) is not None:
+            result = self._consent_only(call, ids, record, asks)
+            result.after_erasures = waits
+            return result
+        result = Result(after_erasures=waits)
         events: list[Item] = []
         traits: dict[str, Any] | None = None
         if call.type in EVENT_TYPES:
@@ -100,6 +133,8 @@ class Processor:
                 traits = {**traits, **dict.fromkeys(call.options.unset)}
             encode(traits)  # traits Klaviyo or the store cannot take: refused before the link
             Item("profiles", mapping.profile_attributes(call, ids), None, [])
+        if asks and ids.named:  # each change marked: the latest per channel wins
+            traits = {**(traits or {}), **consent_traits(asks, call.message_id)}
         person, released = self.identity.link(call, ids, traits)
         result.released = self._released(released, person)
         if call.type == "alias":
@@ -122,6 +157,8 @@ class Processor:
         else:
             profile, key = self.identity.profile_with_key(person)
             result.items.extend(item.addressed(profile, key) for item in events)
+        if asks:
+            self._act(call, person, record, result, asks)
         return result
 
     def _events(self, call: Call, record: Record, result: Result) -> list[Item]:
@@ -169,6 +206,127 @@ class Processor:
         result.items.append(
             Item("profiles", profile, None, [record], person=person.id, meta=meta)
         )
+
+    # consent, lists and deletion -------------------------------------------------------------
+
+    def _consent_only(self, call: Call, ids: Identifiers, record: Record, asks: Asks) -> Result:
+        """A call routing filters that asks consent or list changes: those alone are sent."""
+        reason = self.router.reason_to_skip(call)
+        metrics.RECORDS_FILTERED.labels(call.type, reason or "not_defined").inc()
+        check_time(call)
+        marks = consent_traits(asks, call.message_id) if ids.named else None
+        person, released = self.identity.link(call, ids, marks)
+        result = Result(released=self._released(released, person))
+        self._act(call, person, record, result, asks)
+        if not result.actions:
+            result.outcome = Outcome.FILTERED
+        return result
+
+    def _act(
+        self, call: Call, person: Person | None, record: Record, result: Result, asks: Asks
+    ) -> None:
+        """The consent and list actions of a call whose person is `person`: the changes still
+        current (a newer call overtook none of them), each needing the identifier its channel
+        takes; what cannot be sent is a dead letter of its own, naming the change."""
+        if person is None:
+            result.failures.append(Failed([record], "consent and lists", MappingError(
+                "its consent and list changes name no one Klaviyo can know (no email, phone "
+                "or userId linked to the call)"
+            )))  # fmt: skip
+            return
+        current, overtaken = still_current(asks, person.traits, call.message_id)
+        for channel in overtaken:
+            metrics.CONSENT_OVERTAKEN.labels(channel).inc()
+        profile = self.identity.profile(person)
+        backfill = mapping.wants_backfill(record.headers)
+        consented_at = mapping.event_time(call.timestamp) if backfill else None
+
+        def add(kind: Any, label: str, **details: Any) -> None:
+            result.actions.append(
+                Action(kind, profile, None, [record], person=person.id, label=label, **details)
+            )
+            metrics.CONSENT_ACTIONS.labels(kind).inc()
+
+        def refuse(label: str, why: str) -> None:
+            result.failures.append(Failed([record], label, MappingError(f"{label}: {why}")))
+
+        def reachable(verb: str, channels: tuple[str, ...]) -> tuple[str, ...]:
+            ready = tuple(c for c in channels if profile.get(CHANNEL_IDENTIFIER[c]))
+            for channel in channels:
+                if channel not in ready:
+                    what = "email" if channel == "email" else "phone number (E.164)"
+                    refuse(f"{verb} {channel}", f"the person has no {what} we know")
+            return ready
+
+        server_only = "KLAVIYO_MODE=client can only subscribe (server mode needed)"
+        subscribe = reachable("subscribe", current.subscribe)
+        if subscribe and self.client_mode and current.list_id is None:
+            refuse(f"subscribe {','.join(subscribe)}", "client mode subscribes to a list only")
+        elif subscribe:
+            add("subscribe", f"subscribe {','.join(subscribe)}", channels=subscribe,
+                list_id=current.list_id, consented_at=consented_at, source=self.custom_source)
+        unsubscribe = reachable("unsubscribe", current.unsubscribe)
+        if unsubscribe and self.client_mode:
+            refuse(f"unsubscribe {','.join(unsubscribe)}", server_only)
+        elif unsubscribe:
+            add("unsubscribe", f"unsubscribe {','.join(unsubscribe)}", channels=unsubscribe)
+        if current.suppress is not None:
+            kind = "suppress" if current.suppress else "unsuppress"
+            if self.client_mode:
+                refuse(kind, server_only)
+            elif not profile.get("email"):
+                refuse(kind, "the person has no email we know")
+            else:
+                add(kind, kind)
+        after = len(result.items)  # the profile must exist: after the record's own items
+        for verb, kind, ids in (("add", "list_add", current.add),
+                                ("remove", "list_remove", current.remove)):  # fmt: skip
+            for list_id in ids:
+                if self.client_mode:
+                    refuse(f"list {verb} {list_id}", server_only)
+                else:
+                    add(kind, f"list {verb} {list_id}", list_id=list_id, after=after)
+        if result.actions and result.outcome is Outcome.ABSORBED:
+            result.outcome = None  # it made items after all
+
+    def _erase(self, call: Call, record: Record) -> Result:
+        """A delete call: its person is forgotten here (`stream.erasure`) and each identifier
+        they had is deleted at Klaviyo (email and phone_number as such, external_id through
+        the profiles it finds). The user's transformations apply; HIPAA mode does not: an
+        erasure needs every identifier it names."""
+        if self.erasure is None:
+            raise MappingError("delete calls need the state store (no erasure configured)")
+        call = dataclasses.replace(self.transformer, hipaa=None)(call)
+        ids, dropped = identifiers_of(call, self.phone_region)
+        if dropped:
+            self._drop(ids, dropped, record)
+        check_time(call)
+        named = graph_identifiers(ids)
+        if not named:
+            raise MappingError("a delete call names no email, phone, userId or anonymousId")
+        forgotten = self.erasure.forget(call, named)
+        result = Result()
+        if forgotten.again and not forgotten.identifiers:
+            result.outcome = Outcome.ABSORBED  # done before: whoever holds them came after
+            return result
+        for kind, value in forgotten.identifiers:
+            attribute = DELETABLE.get(kind)
+            if attribute is None:
+                continue  # an anonymous id: Klaviyo deletes by none, forgotten here only
+            label = f"deletion {attribute}"
+            if self.client_mode:
+                why = "KLAVIYO_MODE=client cannot ask Klaviyo for a deletion (the private key can)"
+                result.failures.append(Failed([record], label, MappingError(f"{label}: {why}")))
+                continue
+            result.actions.append(Action(
+                "deletion", {attribute: value}, None, [record], person="erasure:" + call.message_id,
+                label=label, target=(attribute, value), erasure=call.message_id, fence=True,
+            ))  # fmt: skip
+            metrics.CONSENT_ACTIONS.labels("deletion").inc()
+        self.erasure.expect(call.message_id, len(result.actions), forgotten.identifiers)
+        if not result.actions:
+            result.outcome = Outcome.ABSORBED  # forgotten here; nothing Klaviyo could delete
+        return result
 
     @staticmethod
     def _drop(ids: Identifiers, dropped: tuple[InvalidIdentifier, ...], record: Record) -> None:

@@ -9,6 +9,8 @@ From a JSON-lines file (`publish_file`), a call without `messageId` or `timestam
 the way the analytics libraries fill them (a uuid4; now, in UTC), and is counted; a line that
 is not a valid call is reported by its number and skipped (or, `strict`, stops the run).
 Whatever happens, what was already handed to the producer is flushed to the broker.
+`backfill` marks every record as a historical load (`klaviyo-stream.backfill: 1`, as
+`dlq replay` does): events go with `backfill: true`, subscriptions as a historical import.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from stream.avro import (
 )
 from stream.calls import CALL_TYPES, normalize
 from stream.errors import PublishError, RecordError, StreamError
+from stream.klaviyo.mapping import BACKFILL_HEADER
 
 JSON_FIELDS = ("traits", "properties", "context", "integrations")
 POLL_EVERY = 1000  # records between two polls of the producer (delivery reports, errors)
@@ -119,8 +122,13 @@ class Publisher:
     Delivery reports are asked for failures only (`delivery.report.only.error`), so a
     successful record costs no Python callback."""
 
-    def __init__(self, producer_config: dict[str, Any], topic: str) -> None:
+    def __init__(
+        self, producer_config: dict[str, Any], topic: str, *, backfill: bool = False
+    ) -> None:
         self._topic = topic
+        self._headers: list[tuple[str, str | bytes | None]] | None = (
+            [(BACKFILL_HEADER, b"1")] if backfill else None
+        )
         self.errors: list[str] = []
         self.sent = 0
         self._producer = Producer(
@@ -144,7 +152,10 @@ class Publisher:
         produce = self._producer.produce
         while True:
             try:
-                produce(self._topic, value, key)
+                if self._headers is None:
+                    produce(self._topic, value, key)
+                else:
+                    produce(self._topic, value, key, headers=self._headers)
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -174,12 +185,17 @@ class Publisher:
 
 
 def publish(
-    producer_config: dict[str, Any], topic: str, calls: Iterable[dict[str, Any]], encoder: Encoder
+    producer_config: dict[str, Any],
+    topic: str,
+    calls: Iterable[dict[str, Any]],
+    encoder: Encoder,
+    *,
+    backfill: bool = False,
 ) -> int:
     """Produce every call and wait until the broker has them all; returns the count.
 
     A call that cannot be encoded raises after what was sent before it is flushed."""
-    with Publisher(producer_config, topic) as publisher:
+    with Publisher(producer_config, topic, backfill=backfill) as publisher:
         for call in calls:
             publisher.send(encoder.encode(call), key_of(call))
     return publisher.sent
@@ -234,12 +250,13 @@ def publish_file(
     strict: bool = False,
     on_refused: Callable[[int, str], None] | None = None,
     progress: bool = False,
+    backfill: bool = False,
 ) -> FileReport:
     """Publish a JSON-lines file of calls; bad lines are reported (`on_refused(number,
     reason)`) and skipped, or with `strict` stop the run. What was sent is always flushed."""
     report = FileReport()
     bar = _progress_bar(path) if progress else None
-    with Publisher(producer_config, topic) as publisher:
+    with Publisher(producer_config, topic, backfill=backfill) as publisher:
         read = 0
         try:
             for number, line in read_lines(path):

@@ -31,7 +31,7 @@ SENDABLE = ("identify", "track", "page", "screen", "group")
 DEFAULT_PAGE_EVENT = "Viewed Page"
 MAX_CACHED_NAME = 256  # longer names are matched every time, never remembered
 DEFAULT_SCREEN_EVENT = "Viewed Screen"
-NAMELESS = ("identify", "alias", "group")  # call types a definition cannot select by name
+NAMELESS = ("identify", "alias", "group", "delete")  # types a definition cannot select by name
 
 
 
@@ -175,6 +175,10 @@ def load_event_definitions(path: str | Path) -> tuple[EventDefinition, ...]:
             raise EventDefinitionError(f"{where}: field 'type': required")
         if entry["type"] == "alias":
             raise EventDefinitionError(f"{where}: field 'type': alias calls are never sent")
+        if entry["type"] == "delete":
+            raise EventDefinitionError(
+                f"{where}: field 'type': delete calls are never filtered (an erasure always goes)"
+            )
         metric = entry.get("metric")
         if metric is not None and (not isinstance(metric, str) or not 0 < len(metric) <= 128):
             raise EventDefinitionError(f"{where}: field 'metric': must be 1..128 characters")

@@ -14,7 +14,8 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from stream.batch import KINDS, Batch, Item, Kind, Lane
+from stream.actions import action_lanes
+from stream.batch import Batch, Item, Kind, Lane
 from stream.deliver import endpoint_for
 from stream.klaviyo.governor import Governor
 
@@ -40,6 +41,7 @@ class Sender:
         self.lanes: dict[Kind, Lane] = {
             "events": Lane("events", max_events),
             "profiles": Lane("profiles", max_profiles),
+            **action_lanes(client_mode),  # consent, lists, deletion: a lane per kind
         }
         self._governor = governor
         self._deliver = deliver
@@ -47,10 +49,11 @@ class Sender:
         self._client_mode = client_mode
         self._clock = clock
         self._sleep = sleep
-        self._arrived = {kind: asyncio.Event() for kind in KINDS}  # the lane has items
-        self._urgent = {kind: asyncio.Event() for kind in KINDS}  # full, or hurry
-        self._permits = {kind: asyncio.Semaphore(max_in_flight) for kind in KINDS}
-        self._hurry = dict.fromkeys(KINDS, False)
+        kinds = tuple(self.lanes)
+        self._arrived = {kind: asyncio.Event() for kind in kinds}  # the lane has items
+        self._urgent = {kind: asyncio.Event() for kind in kinds}  # full, or hurry
+        self._permits = {kind: asyncio.Semaphore(max_in_flight) for kind in kinds}
+        self._hurry = dict.fromkeys(kinds, False)
         self._closing = False
         self._sending: set[asyncio.Task[None]] = set()
         self._pumps: list[asyncio.Task[None]] = []
@@ -66,7 +69,7 @@ class Sender:
 
     def hurry(self) -> None:
         """Send every waiting batch without lingering (each still waits for its send slot)."""
-        for kind in KINDS:
+        for kind in self.lanes:
             self._hurry[kind] = True
             self._urgent[kind].set()
 
@@ -83,7 +86,7 @@ class Sender:
     def start(self) -> None:
         """Start the pumps (on the running loop)."""
         loop = asyncio.get_running_loop()
-        self._pumps = [loop.create_task(self._pump(kind)) for kind in KINDS]
+        self._pumps = [loop.create_task(self._pump(kind)) for kind in self.lanes]
 
     async def close(self, timeout: float) -> None:
         """Send what waits (no linger) and wait, at most `timeout` s, for every answer; then

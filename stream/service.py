@@ -40,6 +40,7 @@ from stream.errors import (
     StreamError,
     Unavailable,
 )
+from stream.gate import Gate
 from stream.health import Health
 from stream.identity import Held
 from stream.klaviyo.governor import Governor
@@ -132,6 +133,7 @@ class Service:
         self._sender: Sender | None = None
         self._deliverer: Deliverer | None = None
         self._governor: Governor | None = None
+        self._gate: Gate | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -169,6 +171,7 @@ class Service:
             self._sender.start()
             self._governor = governor
             metrics.RATE_SHARE.set(governor.share)
+            self._actions_gate()
             sweeper = asyncio.create_task(self._sweep())
             try:
                 await self._fetch_loop(self._consumer, ledger, self._sender)
@@ -207,6 +210,8 @@ class Service:
                 fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
             self._count(records)
             await self._handle(records)
+            if self._gate is not None:
+                self._gate.poll()  # deletions whose earlier records finished meanwhile
             self._flush_dedup(due_only=True)
             metrics.PENDING_RECORDS.set(ledger.pending)
             for kind, lane in sender.lanes.items():
@@ -228,7 +233,7 @@ class Service:
 
     async def _handle(self, records: list[Record]) -> None:
         """decode → route → dedup (one store round trip per fetch) → process → send."""
-        ledger, sender = self._ledger, self._sender
+        ledger, sender, gate = self._ledger, self._sender, self._actions_gate()
         assert ledger is not None and sender is not None
         decoder, processor = self._decoder, self._processor
         waiting = self.health.waiting
@@ -273,13 +278,31 @@ class Service:
             for item in result.released:
                 ledger.adopt(item.records[0])
                 sender.add(item)
+            waits = result.after_erasures  # a deletion it names is in flight: all wait for it
+            for action in result.actions:  # before the record's items: list changes count them
+                record.open += 1
+                if not waits:
+                    gate.put(action)
             for item in result.items:
                 record.open += 1
-                sender.add(item)
+                if not waits:
+                    sender.add(item)
+            if waits:
+                gate.hold(waits, result.items, result.actions)
             for failure in result.failures:  # a bad order line: a dead letter of its own
                 record.open += 1
                 ledger.fail([failure], failure.error, failure.error.stage)
             ledger.processed(record, result.outcome)
+
+    def _actions_gate(self) -> Gate:
+        """Consent, list and deletion actions go to the send stage through this gate: in order
+        per person, each after what it follows (`stream.gate`)."""
+        if self._gate is None:
+            assert self._sender is not None and self._ledger is not None
+            self._gate = Gate(
+                self._sender.add, self._ledger.earlier_finished, self._processor.erasure
+            )
+        return self._gate
 
     async def _process(self, call: Call, record: Record) -> Result | None:
         """One call through transform → identity → map, behind the per-record barrier: a
@@ -314,8 +337,13 @@ class Service:
             return  # its records stay unfinished: read again once the cause is fixed
         except Exception as exc:
             log.exception("delivery failed unexpectedly")
+            if self._gate is not None:
+                await self._gate.answered(batch.items, batch.items)
             self._ledger.fail(batch.items, _internal(exc), "deliver")
             return
+        if self._gate is not None:  # erasures settled before their records finish
+            failed = [item for failure in settlement.failed for item in failure.items]
+            await self._gate.answered(batch.items, failed)
         self._ledger.settle(settlement.delivered)
         for failure in settlement.failed:
             self._ledger.fail(failure.items, failure.error, failure.stage)

@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     klaviyo_mode: Literal["server", "client"] = "server"
     klaviyo_public_key: str | None = None
 
+    # Consent, lists and deletion: rules that subscribe, unsubscribe, suppress or change lists
+    # (besides each call's own options), and the `custom_source` of the consent we record
+    consent_file: str | None = None
+    consent_custom_source: str = Field(default="klaviyo-stream", min_length=1, max_length=255)
+
     # Calls as clients send them: Segment ecommerce v2 events as Klaviyo's standard metrics
     # (off: names and properties as sent); the metric of mobile screen calls ("" = ignore them)
     ecommerce_metrics: bool = True

@@ -45,7 +45,7 @@ def _root(call: Call, root: str, create: bool) -> dict[str, Any] | None:
         return call.properties
     if root == "context":
         return call.context
-    if call.type == "identify":
+    if call.type == "identify" or call.type == "delete":
         return call.traits
     traits = call.context.get("traits")
     if not isinstance(traits, dict):

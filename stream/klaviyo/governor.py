@@ -35,6 +35,16 @@ from stream.klaviyo.client import (
     PROFILES_BULK_ERRORS,
     PROFILES_BULK_JOB,
 )
+from stream.klaviyo.consent import (
+    CLIENT_SUBSCRIPTIONS,
+    DELETION,
+    LIST_ADD,
+    LIST_REMOVE,
+    SUBSCRIBE,
+    SUPPRESS,
+    UNSUBSCRIBE,
+    UNSUPPRESS,
+)
 
 BURST_WINDOW = 1.0
 STEADY_WINDOW = 60.0
@@ -58,6 +68,15 @@ KLAVIYO_LIMITS: dict[str, Limit] = {
     PROFILES: Limit(75, 750),
     PROFILES_BULK_JOB: Limit(10, 150),
     PROFILES_BULK_ERRORS: Limit(10, 150),
+    # consent, lists and deletion
+    SUBSCRIBE: Limit(75, 750),
+    UNSUBSCRIBE: Limit(75, 750),
+    SUPPRESS: Limit(75, 750),
+    UNSUPPRESS: Limit(75, 750),
+    LIST_ADD: Limit(10, 150),
+    LIST_REMOVE: Limit(10, 150),
+    DELETION: Limit(3, 60),
+    CLIENT_SUBSCRIPTIONS: Limit(350, 750),
 }
 
 

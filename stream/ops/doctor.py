@@ -91,6 +91,17 @@ def _files(settings: Settings) -> Iterator[Check]:
         hipaa = ", HIPAA mode" if settings.hipaa_mode else ""
         return Check("transformations", True, (", ".join(files) or "none") + hipaa)
 
+    def consent() -> Check:
+        from stream.pipeline import consent_rules
+
+        found = consent_rules(settings)  # checked against the connection mode too
+        detail = (
+            f"{settings.consent_file}, {len(found.rules)} rule(s)"
+            if settings.consent_file
+            else "none (per-call options only)"
+        )
+        return Check("consent rules", True, detail)
+
     def properties() -> Check:
         check_kafka_properties(settings)
         return Check("kafka properties", True, f"{len(settings.kafka)} passed through")
@@ -101,6 +112,7 @@ def _files(settings: Settings) -> Iterator[Check]:
 
     yield _guard("event definitions", "correct EVENT_DEFINITIONS_FILE", routes)
     yield _guard("transformations", "correct the file named", rules)
+    yield _guard("consent rules", "correct CONSENT_FILE (or KLAVIYO_MODE)", consent)
     yield _guard("kafka properties", "correct the KAFKA_CONFIG_* property", properties)
     yield _guard("klaviyo credentials", "set the key the mode needs", credentials)
 

@@ -168,7 +168,7 @@ def _guard(sandbox: Sandbox, op: Operation, handler: Handler, depth: int) -> Any
 
     async def serve(request: web.Request) -> web.StreamResponse:
         request[OPERATION] = op.operation_id
-        if sandbox.faults.released is not None:
+        if sandbox.faults.holds(op.operation_id):
             await sandbox.faults.wait_if_held()
             if request.transport is None or request.transport.is_closing():
                 return _drop(request)  # its client died while it was held: never applied

@@ -249,24 +249,36 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         return _json({"reset": True})
 
     async def faults(request: web.Request) -> web.Response:
-        """GET or POST /sandbox/faults {"fault_rate": 0.2, "hold": true}: read or set the
-        fault share, and hold API requests unanswered (a slow Klaviyo) or let them go."""
+        """GET or POST /sandbox/faults {"fault_rate": 0.2, "hold": true, "operations": […]}:
+        read or set the fault share, and hold API requests unanswered (a slow Klaviyo; only
+        those of the given operation ids, when named) or let them go."""
         faults = sandbox.faults
         if request.method == "POST":
             try:
                 body = orjson.loads(await request.read())
                 rate = body.get("fault_rate", faults.rate)
                 hold = body.get("hold", faults.released is not None)
+                operations = body.get("operations")
             except (orjson.JSONDecodeError, AttributeError):
                 return _bad('body must be {"fault_rate": <0..1>, "hold": <bool>}')
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
                 return _bad("fault_rate must be a number from 0 to 1")
             if not isinstance(hold, bool):
                 return _bad("hold must be true or false")
+            if operations is not None and (
+                not isinstance(operations, list)
+                or not all(isinstance(o, str) and o in sandbox.operations for o in operations)
+            ):
+                return _bad("operations must be a list of operation ids (bulk_subscribe_profiles…)")
             faults.rate = float(rate)
-            faults.hold(hold)
+            faults.hold(hold, frozenset(operations) if operations else None)
         held = faults.released is not None
-        return _json({"fault_rate": faults.rate, "hold": held, "waiting": faults.waiting})
+        document: dict[str, Any] = {
+            "fault_rate": faults.rate, "hold": held, "waiting": faults.waiting
+        }  # fmt: skip
+        if held and faults.operations is not None:
+            document["operations"] = sorted(faults.operations)
+        return _json(document)
 
     return [
         web.get("/sandbox", overview),

@@ -28,22 +28,32 @@ class FaultInjector:
     The mix is 500, 503, 429 (with Retry-After) and dropped connections: `drop` closes the
     connection before the request is applied, `drop_after` applies it and then loses the
     answer (the case only `unique_id` makes safe to retry). `hold` makes Klaviyo slow at will:
-    while it is on, API requests wait unanswered (counted in `waiting`) until it is turned off.
+    while it is on, API requests wait unanswered (counted in `waiting`) until it is turned off;
+    `operations` (operation ids) limits it to those endpoints, the others answer as usual.
     """
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
         self.rate = rate
         self._random = random.Random(seed)
         self.released: asyncio.Event | None = None  # None: nothing held
+        self.operations: frozenset[str] | None = None  # held operations (None: all of them)
         self.waiting = 0
 
-    def hold(self, on: bool) -> None:
-        """Start holding API requests, or let every held one go."""
+    def hold(self, on: bool, operations: frozenset[str] | None = None) -> None:
+        """Start holding API requests (of `operations` only, when given), or let every held
+        one go."""
         if on and self.released is None:
             self.released = asyncio.Event()
         elif not on and self.released is not None:
             self.released.set()
             self.released = None
+        self.operations = operations if on else None
+
+    def holds(self, operation: str) -> bool:
+        """Whether a request of `operation` waits now."""
+        return self.released is not None and (
+            self.operations is None or operation in self.operations
+        )
 
     async def wait_if_held(self) -> None:
         """Wait while requests are held."""

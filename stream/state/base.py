@@ -10,9 +10,12 @@ Clock: `now` / `timestamp` arguments are Unix seconds (`time.time()`). A dedup k
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
+
+import orjson
 
 Kind = Literal["email", "phone", "external_id", "anonymous_id"]
 Identifier = tuple[Kind, str]  # values already normalized by the caller
@@ -59,6 +62,35 @@ class LinkResult:
     released: tuple[HeldEntry, ...]  # held payloads leased because the person is now named
     refused: tuple[Identifier, ...] = ()  # the call's identifiers left unlinked by the rules
     refused_persons: tuple[str, ...] = ()  # persons a join with was refused
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What `forget` removed: every identifier of the forgotten persons (those asked for
+    included), how many persons and held calls; `again` when this erasure had been applied
+    before (a re-read of its delete call): nothing was removed now, `identifiers` are the ones
+    removed then."""
+
+    identifiers: tuple[Identifier, ...]
+    persons: int = 0
+    held: int = 0
+    again: bool = False
+
+    def encode(self) -> bytes:
+        """The erasure entry kept until Klaviyo accepted the deletions (identifiers, persons)."""
+        return orjson.dumps({"identifiers": self.identifiers, "persons": self.persons})
+
+    @staticmethod
+    def decode(payload: bytes) -> Forgotten:
+        """A stored erasure entry, read again: `again` is set."""
+        raw = orjson.loads(payload)
+        ids = tuple((kind, value) for kind, value in raw["identifiers"])
+        return Forgotten(ids, int(raw.get("persons", 0)), 0, again=True)  # type: ignore[arg-type]
+
+
+def tombstone_hash(identifier: Identifier) -> str:
+    """A deleted identifier as its tombstone keeps it: SHA-256 (hex) of `kind:value`."""
+    return hashlib.sha256(f"{identifier[0]}:{identifier[1]}".encode()).hexdigest()
 
 
 class StateStore(Protocol):
@@ -134,6 +166,31 @@ class StateStore(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Sizes for metrics: persons, identifiers, dedup_keys, held."""
+        ...
+
+    def forget(
+        self, identifiers: Sequence[Identifier], deleted_at: float, erasure_id: str
+    ) -> Forgotten:
+        """Erase the persons owning any of `identifiers` (a data-privacy deletion), in one
+        atomic step: their identifiers, traits and held calls (held under their anonymous ids)
+        are removed, a tombstone (`tombstone_hash`, latest `deleted_at`) is kept for each of
+        their identifiers and of `identifiers`, and an erasure entry `erasure_id` remembers
+        which identifiers were removed until `settle_erasure`.
+
+        Read again, a deletion changes nothing: if its entry exists (not settled yet) its
+        identifiers are returned (`again`); if every one of `identifiers` has a tombstone at
+        or after `deleted_at` it was applied before, and nothing is returned (`again`, no
+        identifiers): whoever holds them now came after it.
+        """
+        ...
+
+    def settle_erasure(self, erasure_id: str) -> None:
+        """Delete an erasure entry: Klaviyo has the deletions of its identifiers."""
+        ...
+
+    def tombstones(self, after: int = 0) -> tuple[list[tuple[str, float]], int]:
+        """Tombstones written after mark `after`, as (hash, deleted_at), and the newest mark
+        (pass it as `after` next time to read only what is new)."""
         ...
 
     def close(self) -> None:

@@ -15,6 +15,9 @@ Layout under `prefix` (default "ks:"):
     hz / hp / ha        zset entry -> held_at; hash entry -> payload; hash entry -> anonymous id
     hl                  zset released entry -> lease_until (stays until settled or reclaimed)
     d:<message_id>      string, expires at now + window
+    tomb / tombz        hash tombstone hash -> deleted_at; zset tombstone hash -> write mark
+    seq:tomb            counter of tombstone write marks
+    er                  hash erasure id -> the identifiers removed (until Klaviyo has them)
     layout              the layout version (absent: v1)
 Scripts compute key names at run time, so Redis Cluster is not supported (one primary only).
 """
@@ -32,12 +35,15 @@ from stream.errors import StateError
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
     HELD_LEASE_SECONDS,
+    Forgotten,
     HeldEntry,
     Identifier,
     LinkResult,
     Person,
     build_person,
+    check_identifiers,
     ordered_identifiers,
+    tombstone_hash,
 )
 from stream.state.rules import DEFAULT_LIMITS, Limits, plan_link
 
@@ -294,8 +300,103 @@ if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
 return bytes
 """
 
+_FORGET = """
+local P, eid, dat, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local existing = redis.call('HGET', P .. 'er', eid)
+if existing then return {'again', existing} end
+local idmap = P .. 'ids'
+local at = 5
+local function take()
+  local v = ARGV[at]
+  at = at + 1
+  return v
+end
+-- applied before: every identifier asked has a tombstone at least as late
+local na0 = tonumber(take())
+local applied = true
+for i = 1, na0 do
+  local cur = redis.call('HGET', P .. 'tomb', take())
+  if (not cur) or tonumber(cur) < tonumber(dat) then applied = false end
+end
+if applied then return {'applied'} end
+-- nothing the caller read changed meanwhile: the identifiers' owners, and each owner
+local n = tonumber(take())
+for i = 1, n do
+  if (redis.call('HGET', idmap, ARGV[at]) or '') ~= ARGV[at + n] then return {'conflict'} end
+  at = at + 1
+end
+at = at + n
+local np = tonumber(take())
+local persons = {}
+for i = 1, np do
+  local pid, ver = take(), take()
+  if (redis.call('HGET', P .. 'p:' .. pid, 'ver') or '0') ~= ver then return {'conflict'} end
+  persons[#persons + 1] = pid
+end
+for _, pid in ipairs(persons) do
+  local key = P .. 'p:' .. pid
+  local flat = redis.call('HGETALL', key)
+  for k = 1, #flat, 2 do
+    if string.sub(flat[k], 1, 2) == 'i:' then
+      local id = string.sub(flat[k], 3)
+      if redis.call('HGET', idmap, id) == pid then redis.call('HDEL', idmap, id) end
+    end
+  end
+  redis.call('DEL', key)
+  redis.call('DECR', P .. 'n:persons')
+end
+local held, bytes = 0, 0
+local function remove(m)
+  local body = redis.call('HGET', P .. 'hp', m)
+  if body then
+    held = held + 1
+    bytes = bytes + #body
+    redis.call('HDEL', P .. 'hp', m)
+    redis.call('HDEL', P .. 'ha', m)
+    redis.call('ZREM', P .. 'hz', m)
+    redis.call('ZREM', P .. 'hl', m)
+  end
+end
+local na = tonumber(take())
+local anons = {}
+for i = 1, na do
+  local anon = take()
+  anons[anon] = true
+  for _, m in ipairs(redis.call('LRANGE', P .. 'h:' .. anon, 0, -1)) do remove(m) end
+  redis.call('DEL', P .. 'h:' .. anon)
+end
+if na > 0 then  -- released calls being delivered (leased) of those anonymous ids
+  for _, m in ipairs(redis.call('ZRANGE', P .. 'hl', 0, -1)) do
+    if anons[redis.call('HGET', P .. 'ha', m) or ''] then remove(m) end
+  end
+end
+if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
+local seq = redis.call('INCR', P .. 'seq:tomb')
+local nh = tonumber(take())
+for i = 1, nh do
+  local h = take()
+  local cur = redis.call('HGET', P .. 'tomb', h)
+  if (not cur) or tonumber(dat) > tonumber(cur) then redis.call('HSET', P .. 'tomb', h, dat) end
+  redis.call('ZADD', P .. 'tombz', seq, h)
+end
+redis.call('HSET', P .. 'er', eid, payload)
+return {'done', tostring(held)}
+"""
 
-LAYOUT_VERSION = 2  # v2: leased held entries (hl), person versions (ver)
+_TOMBSTONES = """
+local P = ARGV[1]
+local found = redis.call('ZRANGEBYSCORE', P .. 'tombz', '(' .. ARGV[2], '+inf', 'WITHSCORES')
+local out = {}
+for k = 1, #found, 2 do
+  out[#out + 1] = found[k]
+  out[#out + 1] = redis.call('HGET', P .. 'tomb', found[k])
+  out[#out + 1] = found[k + 1]
+end
+return out
+"""
+
+
+LAYOUT_VERSION = 2  # v2: leased held entries (hl), person versions (ver), tombstones, erasures
 LINK_ATTEMPTS = 20  # plans of one link met concurrent changes this often: a retriable error
 
 
@@ -340,6 +441,8 @@ class RedisStore:
         self._expire = self._r.register_script(_EXPIRE)
         self._reclaim = self._r.register_script(_RECLAIM)
         self._settle = self._r.register_script(_SETTLE)
+        self._forget = self._r.register_script(_FORGET)
+        self._tombstones = self._r.register_script(_TOMBSTONES)
 
     def _layout(self) -> None:
         """Check the data's layout version (`<prefix>layout`) and bring an older one up to
@@ -538,6 +641,67 @@ class RedisStore:
             "dedup_keys": dedup,
             "held": int(held) + int(leased),
         }
+
+    def forget(
+        self, identifiers: Sequence[Identifier], deleted_at: float, erasure_id: str
+    ) -> Forgotten:
+        """See StateStore.forget: one script reads the owners (as `link` does), the rest of
+        their identifiers and the tombstone hashes are worked out here (Redis' Lua has no
+        SHA-256), a second script applies it only if nothing it read changed meanwhile."""
+        ids = check_identifiers(identifiers)
+        keys = [f"{k}:{v}" for k, v in ids]
+        for _attempt in range(LINK_ATTEMPTS):
+            try:
+                owner_list, person_list = self._gather(args=[self.prefix, str(len(keys)), *keys])
+            except redis_lib.RedisError as exc:
+                _fail(exc)
+            removed: list[Identifier] = list(ids)
+            versions: list[str] = []
+            for i in range(0, len(person_list), 2):
+                holdings, version = _holdings(person_list[i + 1])
+                versions += [person_list[i].decode(), version]
+                for kind, values in holdings.items():
+                    for value, _seen in sorted(values, key=lambda v: -v[1]):
+                        if (kind, value) not in removed:
+                            removed.append((kind, value))
+            anons = [value for kind, value in removed if kind == "anonymous_id"]
+            forgotten = Forgotten(tuple(removed), len(versions) // 2)
+            args: list[str | bytes] = [
+                self.prefix, erasure_id, _num(deleted_at), forgotten.encode(),
+                str(len(ids)), *[tombstone_hash(ident) for ident in ids],
+                str(len(keys)), *keys, *[o.decode() if o else "" for o in owner_list],
+                str(len(versions) // 2), *versions,
+                str(len(anons)), *anons,
+                str(len(removed)), *[tombstone_hash(ident) for ident in removed],
+            ]  # fmt: skip
+            try:
+                reply = self._forget(args=args)
+            except redis_lib.RedisError as exc:
+                _fail(exc)
+            if reply[0] == b"again":
+                return Forgotten.decode(reply[1])
+            if reply[0] == b"applied":
+                return Forgotten((), again=True)
+            if reply[0] == b"done":
+                return Forgotten(forgotten.identifiers, forgotten.persons, int(reply[1]))
+        raise StateError("Redis state: a deletion kept meeting concurrent changes", retriable=True)
+
+    def settle_erasure(self, erasure_id: str) -> None:
+        """See StateStore.settle_erasure."""
+        try:
+            self._r.hdel(self.prefix + "er", erasure_id)
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
+    def tombstones(self, after: int = 0) -> tuple[list[tuple[str, float]], int]:
+        """See StateStore.tombstones; one Lua script."""
+        try:
+            flat = self._tombstones(args=[self.prefix, str(int(after))])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        found = [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 3)]
+        last = max((int(float(flat[i + 2])) for i in range(0, len(flat), 3)), default=int(after))
+        return found, last
 
     def close(self) -> None:
         """Close the connection pool; the data stays in Redis."""

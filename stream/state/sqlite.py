@@ -28,12 +28,15 @@ from stream.errors import StateError
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
     HELD_LEASE_SECONDS,
+    Forgotten,
     HeldEntry,
     Identifier,
     LinkResult,
     Person,
     build_person,
+    check_identifiers,
     ordered_identifiers,
+    tombstone_hash,
 )
 from stream.state.rules import DEFAULT_LIMITS, Limits, Plan, plan_link
 
@@ -81,8 +84,21 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO counters VALUES ('touch', 0), ('held_count', 0), ('held_bytes', 0);
+CREATE TABLE IF NOT EXISTS tombstones (
+    hash TEXT PRIMARY KEY,         -- SHA-256 of a deleted identifier's kind:value
+    deleted_at REAL NOT NULL,      -- the latest deletion's time
+    seq INTEGER NOT NULL           -- write mark, for readers that follow new tombstones
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones (seq);
+CREATE TABLE IF NOT EXISTS erasures (
+    id TEXT PRIMARY KEY,           -- the delete call's message id
+    payload BLOB NOT NULL,         -- the identifiers removed, until Klaviyo has the deletions
+    created REAL NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO counters VALUES ('tombstone', 0);
 """
 # Layout versions (PRAGMA user_version) and the steps that bring an older file up to date.
+# v1: leased held rows; tombstones and erasures (new tables, created by the schema).
 LAYOUT_VERSION = 1
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE held ADD COLUMN lease_until REAL;",  # releases stay until finished
@@ -567,6 +583,93 @@ class SqliteStore:
             (float(now) - self.window,),
         )
 
+    # erasure ----------------------------------------------------------------------------
+
+    def forget(
+        self, identifiers: Sequence[Identifier], deleted_at: float, erasure_id: str
+    ) -> Forgotten:
+        """See StateStore.forget; one IMMEDIATE transaction."""
+        ids = check_identifiers(identifiers)
+        return self._run("BEGIN IMMEDIATE", self._erase, ids, float(deleted_at), erasure_id)
+
+    def _erase(
+        self, db: sqlite3.Connection, ids: list[Identifier], deleted_at: float, erasure_id: str
+    ) -> Forgotten:
+        row = db.execute("SELECT payload FROM erasures WHERE id = ?", (erasure_id,)).fetchone()
+        if row is not None:
+            return Forgotten.decode(bytes(row[0]))
+        applied = [
+            db.execute(
+                "SELECT 1 FROM tombstones WHERE hash = ? AND deleted_at >= ?",
+                (tombstone_hash(ident), deleted_at),
+            ).fetchone()
+            for ident in ids
+        ]
+        if all(applied):
+            return Forgotten((), again=True)  # applied before: those holding them came after
+        owners = sorted(
+            {
+                found[0]
+                for ident in ids
+                for found in db.execute(
+                    "SELECT person FROM identifiers WHERE kind = ? AND value = ?", ident
+                )
+            }
+        )
+        removed: list[Identifier] = list(ids)
+        for person in owners:
+            for kind, value in db.execute(
+                "SELECT kind, value FROM identifiers WHERE person = ? ORDER BY seq DESC", (person,)
+            ).fetchall():
+                if (kind, value) not in removed:
+                    removed.append((kind, value))
+            db.execute("DELETE FROM identifiers WHERE person = ?", (person,))
+            db.execute("DELETE FROM traits WHERE person = ?", (person,))
+            db.execute("DELETE FROM persons WHERE id = ? OR merged_into = ?", (person, person))
+        count = size = 0
+        for kind, value in removed:
+            if kind != "anonymous_id":
+                continue
+            for (length,) in db.execute(  # held or leased: both hold the person's calls
+                "DELETE FROM held WHERE anonymous_id = ? RETURNING length(payload)", (value,)
+            ).fetchall():
+                count += 1
+                size += length
+        if count:
+            _bump_held(db, -count, -size)
+        seq = db.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'tombstone' RETURNING value"
+        ).fetchone()[0]
+        db.executemany(
+            "INSERT INTO tombstones (hash, deleted_at, seq) VALUES (?, ?, ?)"
+            " ON CONFLICT (hash) DO UPDATE SET seq = excluded.seq,"
+            " deleted_at = max(deleted_at, excluded.deleted_at)",
+            [(tombstone_hash(ident), deleted_at, seq) for ident in removed],
+        )
+        forgotten = Forgotten(tuple(removed), len(owners), count)
+        db.execute(
+            "INSERT INTO erasures (id, payload, created) VALUES (?, ?, ?)",
+            (erasure_id, forgotten.encode(), time.time()),
+        )
+        self._kept.clear()  # rows kept of a forgotten person must not answer a later link
+        self._owner.clear()
+        return forgotten
+
+    def settle_erasure(self, erasure_id: str) -> None:
+        """See StateStore.settle_erasure."""
+        self._run("BEGIN IMMEDIATE", _rowcount, "DELETE FROM erasures WHERE id = ?", (erasure_id,))
+
+    def tombstones(self, after: int = 0) -> tuple[list[tuple[str, float]], int]:
+        """See StateStore.tombstones; uses the index on the write mark."""
+        rows = self._run(
+            "BEGIN",
+            _fetchall,
+            "SELECT hash, deleted_at, seq FROM tombstones WHERE seq > ? ORDER BY seq",
+            (int(after),),
+        )
+        last = max((int(r[2]) for r in rows), default=int(after))
+        return [(str(h), float(at)) for h, at, _ in rows], last
+
     # admin ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
@@ -599,6 +702,10 @@ def _bump_held(db: sqlite3.Connection, count: int, size: int) -> None:
 
 def _fetchone(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
     return db.execute(sql, params).fetchone()
+
+
+def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return db.execute(sql, params).fetchall()
 
 
 def _executemany(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:

@@ -30,7 +30,7 @@ LINES: list[Any] = [
     "{not json",  # 3
     {"type": "track", "userId": "u-1", "event": "Filled"},  # 4: no messageId, no timestamp
     "",  # 5: blank, skipped
-    segment("delete", 6),  # 6: not a call type we know
+    segment("forget", 6),  # 6: not a call type we know ("delete" is one: an erasure)
     segment("track", 7, event=""),  # 7: the decoder would refuse it
     segment("group", 8, groupId="acme", traits={"name": "Acme"}),  # 8
     segment("page", 9, integrations={"Klaviyo": {"unset": 3}}),  # 9: bad per-call option
@@ -38,7 +38,7 @@ LINES: list[Any] = [
     segment("alias", 11, previousId="anon-1"),  # 11
     segment("track", 12, event="Order Completed", properties={"total": 1}),  # 12
 ]
-REFUSED = {3: "not JSON", 6: "unknown call type 'delete'", 7: "needs an 'event' name",
+REFUSED = {3: "not JSON", 6: "unknown call type 'forget'", 7: "needs an 'event' name",
            9: "integrations.Klaviyo.unset", 10: "not a JSON object"}  # fmt: skip
 
 
@@ -127,7 +127,21 @@ def test_publish_flushes_what_it_sent_before_a_call_it_cannot_encode(
     kafka_bootstrap: str, topic_factory: Any
 ) -> None:
     topic = topic_factory(partitions=1)
-    calls = [segment("track", n, event="E") for n in range(3)] + [segment("delete", 9)]
-    with pytest.raises(RecordError, match="unknown call type 'delete'"):
+    calls = [segment("track", n, event="E") for n in range(3)] + [segment("forget", 9)]
+    with pytest.raises(RecordError, match="unknown call type 'forget'"):
         publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
     assert [c.message_id for c in published(kafka_bootstrap, topic, 3)] == ["p-0", "p-1", "p-2"]
+
+
+def test_backfill_marks_every_record_as_a_historical_load(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = topic_factory(partitions=1)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.delenv("KLAVIYO_STREAM_CONFIG", raising=False)
+    lines = write_lines(tmp_path / "old.jsonl", [LINES[0], LINES[11]])
+    assert main(["produce", "--input", str(lines), "--topic", topic, "--backfill"]) == 0
+    assert main(["produce", "--input", str(lines), "--topic", topic]) == 0  # a live load
+    records = read_topic(kafka_bootstrap, topic, 4, timeout=30)
+    assert [r.headers() for r in records[:2]] == [[("klaviyo-stream.backfill", b"1")]] * 2
+    assert [r.headers() for r in records[2:]] == [None, None]

@@ -146,6 +146,34 @@ async def test_faults_can_be_turned_on_at_run_time(
         assert r.status == 400
 
 
+async def test_holding_one_operation_lets_the_others_answer(
+    sandbox: SandboxServer, http: aiohttp.ClientSession
+) -> None:
+    hold = {"hold": True, "operations": ["bulk_subscribe_profiles"]}
+    async with http.post(f"{sandbox.url}/sandbox/faults", json=hold) as r:
+        assert (await r.json())["operations"] == ["bulk_subscribe_profiles"]
+    subscribe = {"data": {"type": "profile-subscription-bulk-create-job", "attributes": {
+        "profiles": {"data": [{"type": "profile", "attributes": {
+            "email": "ada@example.com",
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}},
+        }}]}}}}  # fmt: skip
+    held = asyncio.create_task(
+        post(http, f"{sandbox.url}/api/profile-subscription-bulk-create-jobs", subscribe)
+    )
+
+    async def waiting() -> bool:
+        return bool((await inspect(http, sandbox.url, "faults"))["waiting"] == 1)
+
+    await wait_until(waiting, timeout=10, what="the subscription held")
+    assert await _fire(f"{sandbox.url}/api/events", 0) == "202"  # not held
+    assert not held.done() and (await inspect(http, sandbox.url, "consent-jobs"))["jobs"] == []
+    async with http.post(f"{sandbox.url}/sandbox/faults", json={"hold": False}) as r:
+        assert "operations" not in await r.json()
+    assert (await held)[0] == 202
+    async with http.post(f"{sandbox.url}/sandbox/faults", json={"operations": ["nope"]}) as r:
+        assert r.status == 400
+
+
 @pytest.mark.parametrize("rate", [0.25])
 async def test_partial_fault_rate_lets_most_requests_through(
     http: aiohttp.ClientSession, rate: float
