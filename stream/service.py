@@ -276,7 +276,10 @@ class Service:
                 else:
                     ledger.wait_for(record, new)
                 continue
-            result = await self._process(call, record)
+            try:  # the usual case: no retry wrapper (a coroutine and a lambda) per record
+                result = self._barrier(call, record)
+            except Unavailable as exc:  # a dependency failed: wait it out, this failure first
+                result = await self._process(call, record, exc)
             if result is None:
                 continue
             for item in result.released:
@@ -298,13 +301,20 @@ class Service:
             self._routes[peeked] = answer
         return answer
 
-    async def _process(self, call: Call, record: Record) -> Result | None:
+    async def _process(
+        self, call: Call, record: Record, failed: Unavailable | None = None
+    ) -> Result | None:
         """One call through transform → identity → map, behind the per-record barrier: a
-        dependency failure waits and tries again (the store's steps are atomic), anything else
-        dead-letters the record (None)."""
-        return await until_available(
-            lambda: self._barrier(call, record), STATE, waiting=self.health.waiting
-        )
+        dependency failure (`failed`: the first one, already seen) waits and tries again (the
+        store's steps are atomic), anything else dead-letters the record (None)."""
+        first = [failed] if failed is not None else []
+
+        def attempt() -> Result | None:
+            if first:
+                raise first.pop()
+            return self._barrier(call, record)
+
+        return await until_available(attempt, STATE, waiting=self.health.waiting)
 
     def _barrier(self, call: Call, record: Record) -> Result | None:
         assert self._ledger is not None
