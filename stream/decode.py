@@ -147,7 +147,79 @@ def _plans(schemas: dict[_K, WriterSchema]) -> dict[_K, Plan]:
     return out
 
 
-def _read(value: bytes, start: int, schema: WriterSchema) -> Call:
+Strings = tuple[tuple[str, int], ...]  # per field: (name, -1 or the string branch's zigzag index)
+
+
+def strings_plan(schema: WriterSchema) -> Strings | None:
+    """For a current-schema writer whose fields are all strings or null|string unions (ours
+    are), the plan `_read_strings` follows; None for anything else (fastavro reads it)."""
+    if schema.reader is not None:
+        return None
+    fields: list[tuple[str, int]] = []
+    for field in schema.writer["fields"]:
+        kind = field["type"]
+        if kind == "string":
+            fields.append((field["name"], -1))
+        elif isinstance(kind, list) and len(kind) == 2 and set(kind) == {"null", "string"}:
+            fields.append((field["name"], 2 * kind.index("string")))
+        else:
+            return None
+    return tuple(fields)
+
+
+def _read_strings(value: bytes, pos: int, plan: Strings) -> dict[str, Any] | None:
+    """The record fastavro would read, for a schema of strings (about twice as fast); None
+    when anything is off (fastavro then reads it again and names the fault)."""
+    record: dict[str, Any] = {}
+    try:
+        for name, branch in plan:
+            if branch >= 0:
+                index = value[pos]
+                pos += 1
+                if index != branch:
+                    if index != 2 - branch:
+                        return None
+                    record[name] = None
+                    continue
+            n = value[pos]
+            pos += 1
+            if n & 0x80:
+                shift = 7
+                n &= 0x7F
+                while True:
+                    byte = value[pos]
+                    pos += 1
+                    n |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+            if n & 1:
+                return None
+            end = pos + (n >> 1)
+            if end > len(value):
+                return None
+            record[name] = value[pos:end].decode()
+            pos = end
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return record if pos == len(value) else None
+
+
+def _strings(schemas: dict[_K, WriterSchema]) -> dict[_K, Strings]:
+    """The string plans of those schemas that have one."""
+    out: dict[_K, Strings] = {}
+    for key, schema in schemas.items():
+        plan = strings_plan(schema)
+        if plan is not None:
+            out[key] = plan
+    return out
+
+
+def _read(value: bytes, start: int, schema: WriterSchema, plan: Strings | None = None) -> Call:
+    if plan is not None:
+        strings = _read_strings(value, start, plan)
+        if strings is not None:
+            return normalize(schema.call_type, strings)
     buf = io.BytesIO(value)
     buf.seek(start)
     try:
@@ -175,6 +247,7 @@ class LocalDecoder:
     def __init__(self, schemas: SchemaSet | None = None) -> None:
         self._by_fp = (schemas or load_schemas()).by_fingerprint
         self._plans = _plans(self._by_fp)
+        self._strings = _strings(self._by_fp)
 
     async def prepare(self, records: Sequence[Record]) -> None:
         """Nothing to fetch: the schemas are local."""
@@ -198,7 +271,7 @@ class LocalDecoder:
         schema = self._by_fp.get(value[2:10])
         if schema is None:
             raise DecodeError(f"unknown schema fingerprint {value[2:10][::-1].hex()}")
-        return _read(value, 10, schema)
+        return _read(value, 10, schema, self._strings.get(value[2:10]))
 
 
 class RegistryDecoder:
@@ -215,6 +288,7 @@ class RegistryDecoder:
         self._schemas = schemas or load_schemas()
         self._by_id: dict[int | str, WriterSchema] = {}
         self._plans: dict[int | str, Plan] = {}
+        self._strings: dict[int | str, Strings] = {}
         self._unknown: dict[int | str, tuple[float, str]] = {}  # id -> (until, dead-letter reason)
 
     async def prepare(self, records: Sequence[Record]) -> None:
@@ -269,6 +343,7 @@ class RegistryDecoder:
         self._unknown.pop(schema_id, None)
         self._by_id[schema_id] = resolved
         self._plans.update(_plans({schema_id: resolved}))
+        self._strings.update(_strings({schema_id: resolved}))
 
     def _writer(self, schema_id: int | str) -> WriterSchema:
         known = self._by_id.get(schema_id)
@@ -295,7 +370,7 @@ class RegistryDecoder:
         """Decode one record value; `headers` (the record's) may carry its schema id."""
         value = _require_bytes(value)
         schema_id, start = self._locate(value, headers)
-        return _read(value, start, self._writer(schema_id))
+        return _read(value, start, self._writer(schema_id), self._strings.get(schema_id))
 
     def _locate(self, value: bytes, headers: Headers) -> tuple[int | str, int]:
         """The record's schema id and where its Avro body starts."""
