@@ -9,7 +9,9 @@ delivered), its records per CPU-second, and, with `--spy`, where its time goes (
 to the service process; inclusive shares of its busy samples).
 
 Met when the service delivers ≥ 90 % of what the sandbox allows, or is CPU-bound: ≥ 90 % of one
-core and at the per-CPU-second rate of `pipeline.py`.
+core and at the per-CPU-second rate of `pipeline.py`. The same topic is then consumed again by
+a fresh service against a sandbox without limits (governor off): the records per CPU-second
+this traffic costs when nothing at all is waited for, to compare the governed run with.
 
     python bench/mix.py --time-scale 0.1 --persons 10000 --tracks 200000 [--spy spy.txt]
 """
@@ -43,6 +45,23 @@ def publish_backlog(bootstrap: str, topic: str, calls: Calls, persons: int, trac
                 out.poll(0.05)
     if out.flush(120):
         raise RuntimeError("records left unpublished")
+
+
+def unlimited_rate(bootstrap: str, topic: str, records: int, tracks: int) -> float:
+    """Records per CPU-second of a fresh service consuming the whole topic, no limits."""
+    with (
+        SandboxProcess(rate_limits=False) as sandbox,
+        tempfile.TemporaryDirectory() as state,
+    ):
+        extra = {"KLAVIYO_RATE_GOVERNOR": "false", "KAFKA_GROUP_ID": f"bench-{topic}-unlimited"}
+        with ServiceProcess(bootstrap, topic, sandbox.url, state, extra) as service:
+            cpu0 = cpu_seconds(service.pid)
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                if get_json(f"{sandbox.url}/sandbox/stats")["events"] >= tracks:
+                    break
+                time.sleep(0.25)
+            return records / (cpu_seconds(service.pid) - cpu0)
 
 
 def main() -> None:
@@ -95,6 +114,9 @@ def main() -> None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
         sandbox_cpu = sandbox.cpu_seconds() - sandbox_cpu0
+        unlimited = unlimited_rate(
+            broker.bootstrap, topic, args.persons + args.tracks, args.tracks
+        )
     records = args.persons + args.tracks
     delivered = args.tracks / (last - first) if last > first else 0.0
     share = cpu.mean(first, last)
@@ -110,6 +132,10 @@ def main() -> None:
     )
     print(f"service CPU share      : {share * 100:.0f} % of one core (mean while delivering)")
     print(f"service per CPU-second : {records / cpu_used:,.0f} records ({wall:.1f} s in all)")
+    print(
+        f"same topic, no limits  : {unlimited:,.0f} records per CPU-second "
+        f"(governed / unlimited {records / cpu_used / unlimited:.2f})"
+    )
     print(f"sandbox CPU-seconds    : {sandbox_cpu:.1f} (service: {cpu_used:.1f})")
     per_request = args.tracks / max(sum(answered.values()), 1)
     profile_requests = {
