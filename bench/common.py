@@ -26,14 +26,16 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.decode import LocalDecoder
-from stream.localkafka import LocalKafka
-from stream.produce import Encoder, key_of
-from stream.sample import sample_calls
-from stream.service import Service
-from stream.settings import SANDBOX_API_KEY, Settings
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's `stream`, not an editable install's
+
+from stream.decode import LocalDecoder  # noqa: E402
+from stream.localkafka import LocalKafka  # noqa: E402
+from stream.produce import Encoder, key_of  # noqa: E402
+from stream.sample import sample_calls  # noqa: E402
+from stream.service import Service  # noqa: E402
+from stream.settings import SANDBOX_API_KEY, Settings  # noqa: E402
+
 POOL = 2_000  # distinct encoded calls; records differ by their 36-character messageId
 
 
@@ -202,7 +204,8 @@ class SandboxProcess:
             cmd.append("--no-rate-limits")
         if not self.validate:
             cmd.append("--no-validation")
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, env=env)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline().decode()
         if "http://" not in line:

@@ -10,7 +10,8 @@ entries one request can take (same list, same live or historical import, up to K
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from stream.batch import Batch, Item, Kind, Lane
@@ -77,14 +78,16 @@ class ActionLane(Lane):
     Klaviyo's count per request; `take` gives the oldest full batch, else the oldest open one.
     Order per person is the gate's (`stream.gate`): at most one action per person is here."""
 
-    def __init__(self, kind: Kind, max_items: int) -> None:
-        super().__init__(kind, max_items)
+    def __init__(
+        self, kind: Kind, max_items: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(kind, max_items, clock=clock)
         self._groups: dict[str, ActionBatch] = {}  # open batches by request group
 
     def add(self, item: Item) -> None:
         batch = self._groups.get(item.group_key)
         if batch is None:
-            batch = self._groups[item.group_key] = ActionBatch(self.kind)
+            batch = self._groups[item.group_key] = ActionBatch(self.kind, opened=self._clock())
         batch.put(item)
         self.items += 1
         if len(batch) >= self._max_items:
@@ -125,7 +128,12 @@ class ActionLane(Lane):
         """Nothing waits on an answer here (the gate keeps each person in order)."""
 
 
-def action_lanes(client_mode: bool = False) -> Mapping[Kind, Lane]:
+def action_lanes(
+    client_mode: bool = False, clock: Callable[[], float] = time.monotonic
+) -> Mapping[Kind, Lane]:
     """One lane per action kind, each sized to its endpoint's most entries per request."""
     assert set(ACTION_KINDS) == set(ENDPOINTS)
-    return {kind: ActionLane(kind, most_per_request(kind, client_mode)) for kind in ACTION_KINDS}
+    return {
+        kind: ActionLane(kind, most_per_request(kind, client_mode), clock)
+        for kind in ACTION_KINDS
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -149,6 +150,7 @@ class Batch:
     size: int = 0
     opened: float = field(default_factory=time.monotonic)
     persons: dict[str, int] = field(default_factory=dict)  # profiles: person -> index in items
+    reserved: str | None = None  # an endpoint whose send slot the send stage reserved for it
 
     def __post_init__(self) -> None:
         if not self.size:
@@ -200,10 +202,17 @@ class Lane:
     """Collects the items of one kind into batches: an open one, and full ones waiting to be
     taken, oldest first. Batches close on count and exact bytes; time is the send stage's."""
 
-    def __init__(self, kind: Kind, max_items: int, max_bytes: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        max_items: int,
+        max_bytes: int = MAX_REQUEST_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kind = kind
         self._max_items = max_items
         self._max_bytes = max_bytes
+        self._clock = clock  # the send stage's: when a batch was opened
         self._open: Batch | None = None
         self._full: deque[Batch] = deque()
         self._unique: dict[tuple[str, str, str], Item] = {}  # the open batch's unique_ids
@@ -249,7 +258,7 @@ class Lane:
             self._close()
             batch = None
         if batch is None:
-            batch = self._open = Batch(self.kind)
+            batch = self._open = Batch(self.kind, opened=self._clock())
         batch.put(item)
         self.items += 1
         if person is not None:

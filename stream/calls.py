@@ -119,6 +119,29 @@ def _identify_traits(traits: dict[str, Any], context: dict[str, Any]) -> dict[st
     return {**nested, **traits}
 
 
+def routing_call(call_type: str, name: str | None, integrations: str | None) -> Call | None:
+    """A `Call` with only what routing reads (type, event or page/screen name, integrations;
+    the rest empty), for a record read only that far (`Decoder.peek`); None when its
+    integrations are malformed (decoded in full, its dead letter says why)."""
+    if integrations is None or integrations == "{}":
+        for_klaviyo, options = True, NO_OPTIONS
+    else:
+        try:
+            for_klaviyo, options = _integrations(integrations)
+        except DecodeError:
+            return None
+    event = name if call_type == "track" else None
+    return Call(
+        call_type,  # type: ignore[arg-type]
+        "",
+        "",
+        event=event or None,
+        name=None if call_type == "track" else name or None,
+        for_klaviyo=for_klaviyo,
+        options=options,
+    )
+
+
 def normalize(call_type: str, record: dict[str, Any]) -> Call:
     """Build a `Call` from an Avro record or a Segment JSON call (camelCase keys)."""
     if call_type not in CALL_TYPES:

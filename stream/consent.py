@@ -153,6 +153,11 @@ class ConsentRules:
             sources.append(own)
         return _merge(sources, call) if sources else NO_ASKS
 
+    def may_ask(self, call: Call) -> bool:
+        """Whether the call could ask something, judged on type, name and options alone (a
+        rule's trait values unread): a call routing filters is decoded in full when it may."""
+        return _asks_something(call.options) or any(r.when.matches(call) for r in self.rules)
+
 
 def _asks_something(options: KlaviyoOptions) -> bool:
     return bool(

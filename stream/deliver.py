@@ -13,13 +13,16 @@ it; the deliverer never calls back into the service.
 Consent, list and deletion actions are delivered by `stream.deliver_actions` (the profile ids
 it needs come from the profile-import answers seen here).
 Every request, merges and import-job polls included, goes through `request`: paced by the
-rate-limit governor, counted against `max_in_flight` only while it is on the wire, retried.
+rate-limit governor, counted against `max_in_flight` only while it is on the wire, retried. A
+batch whose send slot the send stage already reserved (`Batch.reserved`) spends that slot on its
+first request to that endpoint instead of reserving another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import time
@@ -71,6 +74,8 @@ log = logging.getLogger(__name__)
 
 MERGE_ATTEMPTS = 3
 SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
+# The endpoint whose slot the batch being sent (in this task) holds already, until spent.
+_RESERVED: contextvars.ContextVar[str | None] = contextvars.ContextVar("reserved", default=None)
 _BULK_POINTER = re.compile(
     r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?"
 )
@@ -141,14 +146,18 @@ class Deliverer:
     async def send(self, batch: Batch) -> Settlement:
         """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service)."""
         out = Settlement()
-        if isinstance(batch, ActionBatch):  # consent, lists, deletion
-            await self.actions.send(batch, out.done, out.fail)
-        elif self._client_mode:
-            await self._client_side(batch.items, out)
-        elif batch.kind == "events":
-            await self._events(batch.items, out)
-        else:
-            await self._profiles(batch.items, out)
+        reserved = _RESERVED.set(batch.reserved)
+        try:
+            if isinstance(batch, ActionBatch):  # consent, lists, deletion
+                await self.actions.send(batch, out.done, out.fail)
+            elif self._client_mode:
+                await self._client_side(batch.items, out)
+            elif batch.kind == "events":
+                await self._events(batch.items, out)
+            else:
+                await self._profiles(batch.items, out)
+        finally:
+            _RESERVED.reset(reserved)
         return out
 
     # client-side mode -------------------------------------------------------------------
@@ -318,9 +327,12 @@ class Deliverer:
         started, first_attempt = time.monotonic(), time.time()
         attempt = 0
         while True:
-            waited = await self._governor.acquire(budget)
-            if waited > 0:
-                metrics.GOVERNOR_WAIT.labels(budget).inc(waited)
+            if _RESERVED.get() == budget:
+                _RESERVED.set(None)  # the send stage reserved this slot for the batch
+            else:
+                waited = await self._governor.acquire(budget)
+                if waited > 0:
+                    metrics.GOVERNOR_WAIT.labels(budget).inc(waited)
             status = 0
             async with self._requests:
                 metrics.IN_FLIGHT_REQUESTS.inc()

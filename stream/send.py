@@ -3,8 +3,10 @@
 A batch leaves only when a send slot exists for it: while the rate-limit governor has no slot
 for the lane's endpoint, or all of the lane's in-flight permits are taken, the batch stays open
 and keeps filling (up to 1,000 events / 5 MB), so the request that finally goes carries
-everything that arrived meanwhile. `linger` is the longest a batch waits to fill when a slot is
-free. `hurry()` sends what waits without lingering (a revoked partition drains, shutdown).
+everything that arrived meanwhile. The slot is reserved as the batch is taken (`Batch.reserved`,
+spent by its first request), so the next batch waits for the slot after it. `linger` is the
+longest a batch waits to fill when a slot is free. `hurry()` sends what waits without lingering
+(a revoked partition drains, shutdown). Time is `clock` and `sleep` (tests move their own).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ class Sender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.lanes: dict[Kind, Lane] = {
-            "events": Lane("events", max_events),
-            "profiles": Lane("profiles", max_profiles),
-            **action_lanes(client_mode),  # consent, lists, deletion: a lane per kind
+            "events": Lane("events", max_events, clock=clock),
+            "profiles": Lane("profiles", max_profiles, clock=clock),
+            **action_lanes(client_mode, clock),  # consent, lists, deletion: a lane per kind
         }
         self._governor = governor
         self._deliver = deliver
@@ -122,8 +124,7 @@ class Sender:
                 remaining = opened + self._linger - self._clock()
                 if remaining > 0:  # a slot may be free: let the batch fill for `linger`
                     urgent.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(urgent.wait(), remaining)
+                    await self._until(urgent, remaining)
                     continue
             await permits.acquire()
             try:
@@ -134,6 +135,11 @@ class Sender:
                         break
                     await self._sleep(wait)
                 batch = lane.take()
+                if batch is not None:
+                    # reserve the slot now (it is free: no wait), so that the next batch waits
+                    # for the slot after it, filling, instead of leaving on a slot it cannot have
+                    await self._governor.acquire(endpoint)
+                    batch.reserved = endpoint
             except BaseException:
                 permits.release()
                 raise
@@ -143,6 +149,16 @@ class Sender:
             task = asyncio.get_running_loop().create_task(self._send(lane, batch, permits))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
+
+    async def _until(self, event: asyncio.Event, seconds: float) -> None:
+        """Wait until `event` is set or `seconds` have passed on the stage's clock."""
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait((waiter, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            sleeper.cancel()
 
     async def _send(self, lane: Lane, batch: Batch, permits: asyncio.Semaphore) -> None:
         try:

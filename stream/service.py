@@ -25,10 +25,10 @@ from typing import TypeVar
 
 from stream import metrics
 from stream.batch import Batch
-from stream.calls import Call, Record
+from stream.calls import Call, Record, routing_call
 from stream.consume import KafkaConsumer, Partitions
 from stream.deadletter import DeadLetters
-from stream.decode import Decoder, make_decoder
+from stream.decode import Decoder, Peeked, make_decoder
 from stream.dedup import Deduplicator
 from stream.deliver import Deliverer
 from stream.errors import (
@@ -69,6 +69,9 @@ STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans t
 SHARE_EVERY = 6  # KLAVIYO_RATE_SHARE=auto asks the group's size every 30 s
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 STATE = "state store"
+MAX_ROUTES = 10_000  # peeked (type, name, integrations) → routing answer, remembered
+MAX_ROUTE_KEY = 1024  # characters of name + integrations beyond which nothing is remembered
+_UNKNOWN = object()
 T = TypeVar("T")
 
 
@@ -121,6 +124,7 @@ class Service:
         self._dedup = Deduplicator(self._store)
         self._transformer = transformer_from_settings(settings)  # rules and HIPAA, checked now
         self._processor = build_processor(settings, self._store, self._transformer)
+        self._routes: dict[Peeked, str | None | bool] = {}
         self._stopping = asyncio.Event()
         self._shutdown_timeout = (
             settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
@@ -240,12 +244,31 @@ class Service:
         await until_available(lambda: decoder.prepare(records), "schema registry", waiting=waiting)
         routed: list[tuple[Call, Record]] = []
         types: Counter[str] = Counter()
+        # With event definitions most records may be for others: route on a peek at the few
+        # fields routing reads (`Decoder.peek`), decode in full only what goes on, and finish
+        # what is filtered together, counted once per fetch.
+        peek = decoder.peek if processor.router.definitions is not None else None
+        routes = self._routes
+        filtered: list[_Finished] = []
+        reasons: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
+                peeked = peek(record.value, record.headers) if peek is not None else None
+                routed_on = False  # the peek said: for Klaviyo
+                if peeked is not None:
+                    reason = routes.get(peeked, _UNKNOWN)
+                    if reason is _UNKNOWN:
+                        reason = self._route(peeked)
+                    if isinstance(reason, str):
+                        types[peeked[0]] += 1
+                        reasons[peeked[0], reason] += 1
+                        filtered.append(_Finished([record]))
+                        continue
+                    routed_on = reason is None
                 call = decoder.decode(record.value, record.headers)
                 types[call.type] += 1
                 record.message_id = call.message_id
-                if processor.skip(call) is not None:
+                if not routed_on and processor.skip(call) is not None:
                     ledger.processed(record, Outcome.FILTERED)
                     continue
             except (ConfigError, FatalDeliveryError):
@@ -259,6 +282,10 @@ class Service:
             routed.append((call, record))
         for call_type, count in types.items():
             metrics.RECORDS_DECODED.labels(call_type).inc(count)
+        for (call_type, why), count in reasons.items():
+            metrics.RECORDS_FILTERED.labels(call_type, why).inc(count)
+        if filtered:
+            ledger.settle(filtered, Outcome.FILTERED)
         fresh = await until_available(
             lambda: self._dedup.fresh([r for _, r in routed]), STATE, waiting=waiting
         )
@@ -272,7 +299,10 @@ class Service:
                 else:
                     ledger.wait_for(record, new)
                 continue
-            result = await self._process(call, record)
+            try:  # the usual case: no retry wrapper (a coroutine and a lambda) per record
+                result = self._barrier(call, record)
+            except Unavailable as exc:  # a dependency failed: wait it out, this failure first
+                result = await self._process(call, record, exc)
             if result is None:
                 continue
             for item in result.released:
@@ -304,13 +334,35 @@ class Service:
             )
         return self._gate
 
-    async def _process(self, call: Call, record: Record) -> Result | None:
+    def _route(self, peeked: Peeked) -> str | None | bool:
+        """Why a peeked call is not for Klaviyo (a reason), None when it goes on, or False when
+        only a full decode can tell (malformed integrations; consent or lists it may ask).
+        Remembered for the few distinct (type, name, integrations) a topic carries; odd input
+        never grows the memo."""
+        call = routing_call(*peeked)
+        answer = False if call is None else self._processor.router.reason_to_skip(call)
+        if call is not None and answer not in (None, "integrations"):
+            if self._processor.consent.may_ask(call):  # consent and lists still go
+                answer = False
+        name, integrations = peeked[1] or "", peeked[2] or ""
+        if len(self._routes) < MAX_ROUTES and len(name) + len(integrations) <= MAX_ROUTE_KEY:
+            self._routes[peeked] = answer
+        return answer
+
+    async def _process(
+        self, call: Call, record: Record, failed: Unavailable | None = None
+    ) -> Result | None:
         """One call through transform → identity → map, behind the per-record barrier: a
-        dependency failure waits and tries again (the store's steps are atomic), anything else
-        dead-letters the record (None)."""
-        return await until_available(
-            lambda: self._barrier(call, record), STATE, waiting=self.health.waiting
-        )
+        dependency failure (`failed`: the first one, already seen) waits and tries again (the
+        store's steps are atomic), anything else dead-letters the record (None)."""
+        first = [failed] if failed is not None else []
+
+        def attempt() -> Result | None:
+            if first:
+                raise first.pop()
+            return self._barrier(call, record)
+
+        return await until_available(attempt, STATE, waiting=self.health.waiting)
 
     def _barrier(self, call: Call, record: Record) -> Result | None:
         assert self._ledger is not None
@@ -532,6 +584,16 @@ class Service:
         await consumer.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
+
+
+class _Finished:
+    """A record that ends without items (filtered on its peek), as the ledger settles items."""
+
+    __slots__ = ("records",)
+    label = None
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
 
 
 def _internal(exc: Exception) -> InternalError:

@@ -179,6 +179,17 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         ]
         return _answer(request, {"events": found}, pages.events_page)
 
+    async def acceptances(request: web.Request) -> web.Response:
+        """GET /sandbox/acceptances[?start=N]: `[unique_id, received]` of each stored event from
+        the N-th on, in arrival order, and `next` (the N of a later call): when each event was
+        accepted, cheaply enough for a benchmark to poll while hundreds of thousands arrive."""
+        start = request.query.get("start", "0")
+        if not start.isdigit():
+            return _bad("start must be a non-negative integer")
+        stored = sandbox.store.events
+        found = [[e.unique_id, e.received] for e in stored[int(start) :]]
+        return _json({"acceptances": found, "next": len(stored)})
+
     async def merges(request: web.Request) -> web.Response:
         """GET /sandbox/merges: every requested merge, oldest first, and its status."""
         tasks = sandbox.store.merge_tasks
@@ -286,6 +297,7 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         web.get("/sandbox/profiles", profiles),
         web.get("/sandbox/profiles/{id}", one_profile),
         web.get("/sandbox/events", events),
+        web.get("/sandbox/acceptances", acceptances),
         web.get("/sandbox/merges", merges),
         web.get("/sandbox/lists", lists),
         web.get("/sandbox/deleted", deleted),

@@ -147,3 +147,27 @@ async def test_bulk_entry_backfill_is_the_default_of_its_events(
     assert status == 202
     events = (await inspect(http, sandbox.url, "events"))["events"]
     assert [e["backfill"] for e in events] == [True, False]
+
+
+async def test_acceptances_page_through_stored_events_with_their_acceptance_times(
+    sandbox: SandboxServer, http: aiohttp.ClientSession
+) -> None:
+    body = event(unique_id="first", time="2024-05-01T10:00:00Z")
+    assert (await post(http, f"{sandbox.url}/api/events", body))[0] == 202
+    page = await inspect(http, sandbox.url, "acceptances")
+    assert page["next"] == 1
+    [[unique_id, received]] = page["acceptances"]
+    assert unique_id == "first"
+    assert received == (await inspect(http, sandbox.url, "events"))["events"][0]["received"]
+    refused = event(unique_id="first", time="2024-05-01T11:00:00Z")  # a repeat is not stored
+    later = bulk_events(
+        bulk_entry(profile(email="b@example.com"), bulk_event(unique_id="b1")),
+        bulk_entry(profile(email="c@example.com"), bulk_event(unique_id="c1")),
+    )
+    await post(http, f"{sandbox.url}/api/events", refused)
+    await post(http, f"{sandbox.url}/api/event-bulk-create-jobs", later)
+    rest = await inspect(http, sandbox.url, f"acceptances?start={page['next']}")
+    assert [a[0] for a in rest["acceptances"]] == ["b1", "c1"] and rest["next"] == 3
+    assert rest["acceptances"][0][1] >= received  # ISO 8601 UTC: later sorts later
+    async with http.get(f"{sandbox.url}/sandbox/acceptances?start=-1") as r:
+        assert r.status == 400

@@ -1,0 +1,141 @@
+"""State at scale: bytes per person (identity graph + traits) and per remembered messageId, in
+SQLite and in Redis, measured on stores filled the way the service fills them.
+
+Persons are linked as an identify call links them (email, external_id and an anonymous id, five
+traits); messageIds are random uuid4s marked delivered in flushes of 20,000. SQLite: the database
+file's pages after a WAL checkpoint, one database per kind. Redis: `used_memory` before and
+after, on a redis-server started for the run (no persistence). Then the memory an account of
+`--account-persons` people and `--events-per-week` events needs under the default 7-day dedup
+window.
+
+    python bench/state.py --persons 100000 --message-ids 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from common import machine
+
+from stream.state import StateStore, open_store
+
+FLUSH = 20_000
+
+
+def fill_persons(store: StateStore, count: int) -> None:
+    for n in range(count):
+        store.link(
+            [
+                ("email", f"person.{n}@example.com"),
+                ("external_id", f"user-{n}"),
+                ("anonymous_id", str(uuid.UUID(int=n, version=4))),
+            ],
+            {"first_name": "Ada", "last_name": f"Person{n}", "plan": "pro", "visits": n % 97,
+             "newsletter": n % 2 == 0},  # fmt: skip
+            timestamp=1_790_000_000.0 + n,
+        )
+
+
+def fill_ids(store: StateStore, count: int) -> None:
+    now = time.time()
+    for start in range(0, count, FLUSH):
+        ids = [str(uuid.uuid4()) for _ in range(min(FLUSH, count - start))]
+        store.mark_delivered(ids, now)
+
+
+def sqlite_bytes(path: Path, fill: Callable[[StateStore], None]) -> int:
+    store = open_store(f"sqlite:///{path}")
+    empty = path.stat().st_size
+    fill(store)
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, size = db.execute("PRAGMA page_count").fetchone()[0], db.execute(
+            "PRAGMA page_size"
+        ).fetchone()[0]
+    return int(pages * size - empty)
+
+
+def redis_bytes(url: str, fill: Callable[[StateStore], None]) -> int:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    before = int(client.info("memory")["used_memory"])
+    store = open_store(url)
+    fill(store)
+    store.close()
+    after = int(client.info("memory")["used_memory"])
+    client.flushall()
+    return after - before
+
+
+def redis_server(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(200):
+        try:
+            if redis.Redis.from_url(url).ping():
+                return proc, url
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--persons", type=int, default=100_000)
+    p.add_argument("--message-ids", type=int, default=1_000_000)
+    p.add_argument("--account-persons", type=float, default=10e6)
+    p.add_argument("--events-per-week", type=float, default=100e6)
+    args = p.parse_args()
+    persons, ids = args.persons, args.message_ids
+    figures: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        per_person = sqlite_bytes(Path(tmp) / "persons.db", lambda s: fill_persons(s, persons))
+        per_id = sqlite_bytes(Path(tmp) / "ids.db", lambda s: fill_ids(s, ids))
+        figures["SQLite"] = (per_person / persons, per_id / ids)
+        print(f"SQLite filled in {time.perf_counter() - t0:.0f} s")
+        proc, url = redis_server(tmp)
+        try:
+            t0 = time.perf_counter()
+            per_person = redis_bytes(url, lambda s: fill_persons(s, persons))
+            per_id = redis_bytes(url, lambda s: fill_ids(s, ids))
+            figures["Redis"] = (per_person / persons, per_id / ids)
+            print(f"Redis filled in {time.perf_counter() - t0:.0f} s")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"machine: {machine()}")
+    print(f"measured on {persons:,} persons and {ids:,} messageIds")
+    window_ids = args.events_per_week  # the default dedup window is 7 days: one week of ids
+    for name, (person, message_id) in figures.items():
+        total = args.account_persons * person + window_ids * message_id
+        print(
+            f"{name:<7}: {person:7.0f} bytes per person, {message_id:5.0f} bytes per messageId; "
+            f"{args.account_persons / 1e6:g}M persons + {window_ids / 1e6:g}M ids in the window "
+            f"= {total / 2**30:.1f} GiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
