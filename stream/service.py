@@ -341,9 +341,9 @@ class Service:
         never grows the memo."""
         call = routing_call(*peeked)
         answer = False if call is None else self._processor.router.reason_to_skip(call)
-        if call is not None and answer not in (None, "integrations"):
-            if self._processor.consent.may_ask(call):  # consent and lists still go
-                answer = False
+        consent = self._processor.consent
+        if call is not None and answer not in (None, "integrations") and consent.may_ask(call):
+            answer = False  # not sent itself, but the consent and list changes it asks are
         name, integrations = peeked[1] or "", peeked[2] or ""
         if len(self._routes) < MAX_ROUTES and len(name) + len(integrations) <= MAX_ROUTE_KEY:
             self._routes[peeked] = answer

@@ -255,8 +255,8 @@ async def test_a_call_routing_filters_still_makes_the_consent_changes_it_asks(
     sender = Sender(Governor({}), service._deliver)
     service._ledger, service._sender = ledger, sender
     service._loop = asyncio.get_running_loop()
-    base = {"timestamp": "2026-01-01T00:00:00Z", "userId": "u-1",
-            "context": {"traits": {"email": "ada@example.com", "phone": "+14155552671"}}}  # fmt: skip
+    traits = {"email": "ada@example.com", "phone": "+14155552671"}
+    base = {"timestamp": "2026-01-01T00:00:00Z", "userId": "u-1", "context": {"traits": traits}}
     values = [
         ENCODER.encode({**base, "type": "track", "messageId": "m0", "event": "SMS Opt Out"}),
         ENCODER.encode({**base, "type": "track", "messageId": "m1", "event": "Viewed Page",
