@@ -57,7 +57,7 @@ def _raw(timestamp: str, name: str) -> dict[str, Any]:
     ("timestamp", "name"),
     [(t, "Placed Order") for t in TIMES] + [("2026-01-01T00:00:00Z", n) for n in NAMES],
 )
-async def test_client_and_sandbox_draw_the_same_line(
+async def test_case5_client_and_sandbox_draw_the_same_line(
     sandbox: SandboxServer, http: aiohttp.ClientSession, timestamp: str, name: str
 ) -> None:
     mapped = _mapped(timestamp, name)
@@ -68,7 +68,7 @@ async def test_client_and_sandbox_draw_the_same_line(
     assert status == (202 if mapped is not None else 400), (timestamp, len(name), answer)
 
 
-def test_the_edges_are_where_the_spec_puts_them() -> None:
+def test_case5_the_edges_are_where_the_spec_puts_them() -> None:
     """Guards the table above: it must contain both outcomes on each side of each edge."""
     assert _mapped("1990-12-31T23:59:59Z", "E") is None
     assert _mapped("1991-01-01T00:00:00Z", "E") is not None
