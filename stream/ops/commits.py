@@ -71,6 +71,7 @@ def last_commit_times(
             "group.id": f"klaviyo-stream-status-{time.time_ns()}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "isolation.level": "read_uncommitted",  # every commit record, at once
         }
     )
     try:
@@ -107,10 +108,13 @@ def _read_window(
         for message in consumer.consume(1000, 0.5):
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:  # read to the end
-                    return found
+                if error.code() == KafkaError._PARTITION_EOF and (message.offset() or 0) >= end:
+                    return found  # read to the end (not an end reached in an earlier window)
                 continue
-            if (message.offset() or 0) >= end:
+            offset = message.offset() or 0
+            if offset < begin:
+                continue  # fetched for the window before this one
+            if offset >= end:
                 return found
             parsed = parse_commit_key(message.key() or b"")
             if parsed is not None and parsed[0] == group:
@@ -119,6 +123,6 @@ def _read_window(
                     found.pop(key, None)
                 else:
                     found[key] = message.timestamp()[1] / 1000
-            if (message.offset() or 0) >= end - 1:
+            if offset >= end - 1:
                 return found
     return found

@@ -32,6 +32,7 @@ import orjson
 import redis as redis_lib
 
 from stream.errors import StateError
+from stream.retry import RetryPolicy
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
     HELD_LEASE_SECONDS,
@@ -398,6 +399,9 @@ return out
 
 LAYOUT_VERSION = 2  # v2: leased held entries (hl), person versions (ver), tombstones, erasures
 LINK_ATTEMPTS = 20  # plans of one link met concurrent changes this often: a retriable error
+# after a conflict, wait a little (1 ms doubling, at most 50 ms, jittered) so that replicas
+# planning over the same persons stop colliding in step
+CONFLICT_BACKOFF = RetryPolicy(base_seconds=0.001, factor=2.0, max_delay_seconds=0.05)
 
 
 def _fail(exc: redis_lib.RedisError) -> NoReturn:
@@ -492,7 +496,9 @@ class RedisStore:
         trait_args: list[str | bytes] = []
         for key, value in (traits or {}).items():
             trait_args += [key, orjson.dumps(value)]
-        for _attempt in range(LINK_ATTEMPTS):
+        for attempt in range(LINK_ATTEMPTS):
+            if attempt:
+                time.sleep(CONFLICT_BACKOFF.delay(attempt - 1))
             try:
                 owner_list, person_list = self._gather(
                     args=[self.prefix, str(len(keys)), *keys]
@@ -652,7 +658,9 @@ class RedisStore:
         SHA-256), a second script applies it only if nothing it read changed meanwhile."""
         ids = check_identifiers(identifiers)
         keys = [f"{k}:{v}" for k, v in ids]
-        for _attempt in range(LINK_ATTEMPTS):
+        for attempt in range(LINK_ATTEMPTS):
+            if attempt:
+                time.sleep(CONFLICT_BACKOFF.delay(attempt - 1))
             try:
                 owner_list, person_list = self._gather(args=[self.prefix, str(len(keys)), *keys])
             except redis_lib.RedisError as exc:

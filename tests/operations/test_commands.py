@@ -169,6 +169,40 @@ async def _write_dead_letters(bootstrap: str, dlq: str, topic: str) -> None:
         letters.close()
 
 
+def test_a_commit_buried_under_other_groups_commits_is_still_found(
+    kafka_bootstrap: str, topic_factory: Any
+) -> None:
+    """Every group's commits share the coordinator partitions: after ours, another group
+    commits 2,500 times into the same partition. Reading back from the end in growing windows
+    (whose fetches and end-of-partition events must not leak into the next window) finds ours."""
+    from stream.ops.commits import coordinator_partition, last_commit_times
+
+    topic = topic_factory(partitions=1)
+    ours = f"buried-{topic}"
+    target = coordinator_partition(ours, 3)  # the local broker's offsets.topic.num.partitions
+    noisy = next(g for n in range(100) if coordinator_partition(g := f"noisy-{topic}-{n}", 3)
+                 == target)  # fmt: skip
+
+    def commit(group: str, times: int) -> float:
+        member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
+                           "enable.auto.commit": False})  # fmt: skip
+        try:
+            for n in range(times):
+                member.commit(offsets=[TopicPartition(topic, 0, n + 1)], asynchronous=False)
+            return time.time()
+        finally:
+            member.close()
+
+    before = time.time()
+    committed = commit(ours, 1)
+    commit(noisy, 2_500)
+    found = last_commit_times(
+        {"bootstrap.servers": kafka_bootstrap}, ours, timeout=30, wanted={(topic, 0)}
+    )
+    assert found is not None
+    assert before - 1 <= found[(topic, 0)] <= committed + 1
+
+
 def test_dlq_list_counts_by_stage_and_reason_and_show_decodes_one(
     kafka_bootstrap: str, topic_factory: Any, sandbox: Any
 ) -> None:
