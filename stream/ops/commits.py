@@ -29,8 +29,13 @@ def java_string_hash(text: str) -> int:
 
 
 def coordinator_partition(group: str, partitions: int) -> int:
-    """The `__consumer_offsets` partition holding `group`'s commits (Kafka's Utils.abs)."""
-    return (java_string_hash(group) & 0x7FFFFFFF) % partitions
+    """The `__consumer_offsets` partition holding `group`'s commits.
+
+    Kafka's `Utils.abs(group.hashCode()) % partitions`, where `Utils.abs` is `Math.abs` of the
+    signed hash (and 0 for `Integer.MIN_VALUE`), not the hash with its sign bit masked off."""
+    h = java_string_hash(group)
+    signed = h - (1 << 32) if h & 0x80000000 else h
+    return (0 if signed == -(1 << 31) else abs(signed)) % partitions
 
 
 def parse_commit_key(key: bytes) -> tuple[str, str, int] | None:

@@ -169,6 +169,35 @@ async def _write_dead_letters(bootstrap: str, dlq: str, topic: str) -> None:
         letters.close()
 
 
+def test_groups_whose_java_hash_is_negative_are_found_where_the_broker_put_them(
+    kafka_bootstrap: str, topic_factory: Any
+) -> None:
+    """Kafka places a group's commits by `Math.abs(hashCode) % partitions`: for a negative hash
+    that differs from the hash with its sign bit masked off. Groups with a negative hash have
+    their commit time found (and `polygenelubricants`, whose hash is Integer.MIN_VALUE, is 0)."""
+    from stream.ops.commits import coordinator_partition, java_string_hash, last_commit_times
+
+    assert coordinator_partition("polygenelubricants", 3) == 0
+    topic = topic_factory(partitions=1)
+    # the first four names with a negative hash; masking would misplace three of them
+    groups = [g for n in range(40) if java_string_hash(g := f"negative-hash-{n}") >> 31][:4]
+    assert len(groups) == 4
+    for group in groups:
+        member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
+                           "enable.auto.commit": False})  # fmt: skip
+        try:
+            before = time.time()
+            member.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+            after = time.time()
+        finally:
+            member.close()
+        found = last_commit_times(
+            {"bootstrap.servers": kafka_bootstrap}, group, timeout=30, wanted={(topic, 0)}
+        )
+        assert found is not None
+        assert before - 1 <= found[(topic, 0)] <= after + 1, group
+
+
 def test_a_commit_buried_under_other_groups_commits_is_still_found(
     kafka_bootstrap: str, topic_factory: Any
 ) -> None:
