@@ -83,7 +83,7 @@ def event_specs(call: Call, metric_name: str | None, ecommerce: bool = True) -> 
     good = [line for _, line in lines if isinstance(line, dict)]
     added = _klaviyo_properties(kind, properties, good)
     shaped = {**added, **properties}  # the original properties win over a derived name
-    specs = [EventSpec(event_attributes(dataclasses.replace(call, properties=shaped), metric_name))]
+    specs = [EventSpec(event_attributes(call, metric_name, shaped))]
     if kind == "Placed Order":
         currency = properties.get("currency")
         order_id = properties.get("order_id")

@@ -225,14 +225,18 @@ def profile_resource(
     return {"type": "profile", "attributes": attributes, "meta": meta}
 
 
-def event_attributes(call: Call, metric_name: str | None = None) -> dict[str, Any]:
-    """Attributes of one event (without its profile), shared by single and bulk requests."""
+def event_attributes(
+    call: Call, metric_name: str | None = None, properties: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Attributes of one event (without its profile), shared by single and bulk requests;
+    `properties` replace the call's (an ecommerce event's, with Klaviyo's names added)."""
     name = metric_name or call.event or ""
     if not name or len(name) > MAX_METRIC_NAME:
         raise MappingError(f"metric name must be 1..{MAX_METRIC_NAME} characters, got {len(name)}")
-    if len(call.properties) > MAX_PROPERTIES:
-        raise MappingError(f"event has {len(call.properties)} properties, Klaviyo allows 400")
-    properties = call.properties
+    if properties is None:
+        properties = call.properties
+    if len(properties) > MAX_PROPERTIES:
+        raise MappingError(f"event has {len(properties)} properties, Klaviyo allows 400")
     attributes: dict[str, Any] = {
         "properties": properties,
         "time": event_time(call.timestamp),

@@ -87,3 +87,44 @@ def test_sqlite_later_calls_come_first_across_connections_and_failures(tmp_path:
     finally:
         first.close()
         second.close()
+
+
+def test_sqlite_link_of_a_known_person_reads_nothing_from_the_first_link_on(
+    tmp_path: Path,
+) -> None:
+    """The rows this connection wrote are kept from the first link after opening: linking the
+    same person again runs no read (the read of a link starts `WITH ids`)."""
+    from stream.state.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "kept.db"))
+    try:
+        ids: list[Identifier] = [("external_id", "u1"), ("anonymous_id", "a1")]
+        store.link([("email", "u1@x.io"), *ids], {"plan": "free"}, 1.0)
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        person = store.link(ids, None, 2.0).person
+        store._db.set_trace_callback(None)
+        assert not [s for s in statements if s.startswith("WITH ids")], statements
+        assert person == store.lookup(("external_id", "u1"))
+        assert person.traits == {"plan": "free"}
+    finally:
+        store.close()
+
+
+def test_sqlite_kept_rows_give_way_to_another_connections_write(tmp_path: Path) -> None:
+    """A person this connection keeps, changed meanwhile by another connection on the file:
+    the next link answers with that change, not with the kept rows."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = open_store(url), open_store(url)
+    try:
+        ids: list[Identifier] = [("email", "a@x.io"), ("external_id", "u1")]
+        first.link(ids, {"plan": "free"}, 1.0)
+        first.link(ids, None, 2.0)  # kept rows in use
+        second.link([*ids, ("anonymous_id", "an1")], {"plan": "pro"}, 3.0)
+        person = first.link(ids, None, 4.0).person
+        assert person.traits == {"plan": "pro"}
+        assert person.identifiers["anonymous_id"] == ("an1",)
+        assert person == second.lookup(("email", "a@x.io"))
+    finally:
+        first.close()
+        second.close()
