@@ -18,7 +18,7 @@ import asyncio
 import io
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fastavro import schemaless_reader
@@ -36,6 +36,7 @@ UNKNOWN_ID_SECONDS = 60.0  # an id the registry said does not exist is asked aga
 
 Headers = list[tuple[str, str | bytes | None]] | None
 _K = TypeVar("_K", bytes, int | str)
+_P = TypeVar("_P")
 
 
 class Decoder(Protocol):
@@ -89,6 +90,19 @@ def peek_plan(schema: WriterSchema) -> Plan | None:
     return schema.call_type, tuple(fields)
 
 
+def _varint_rest(value: bytes, pos: int, first: int) -> tuple[int, int]:
+    """A zigzag varint whose first byte `first` had its continuation bit set: (raw, next pos).
+    The one-byte case stays inline in the readers' loops."""
+    n, shift = first & 0x7F, 7
+    while True:
+        byte = value[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return n, pos
+        shift += 7
+
+
 def _peek(value: bytes, pos: int, plan: Plan) -> Peeked | None:
     """Walk the Avro body by its varint lengths, reading only what routing needs."""
     call_type, fields = plan
@@ -106,15 +120,7 @@ def _peek(value: bytes, pos: int, plan: Plan) -> Peeked | None:
             n = value[pos]
             pos += 1
             if n & 0x80:  # a length of 64 bytes or more: more varint bytes
-                shift = 7
-                n &= 0x7F
-                while True:
-                    byte = value[pos]
-                    pos += 1
-                    n |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        break
-                    shift += 7
+                n, pos = _varint_rest(value, pos, n)
             if n & 1:
                 return None  # a negative length
             length = n >> 1
@@ -135,16 +141,6 @@ def _peek(value: bytes, pos: int, plan: Plan) -> Peeked | None:
     if pos != len(value) or (call_type == "track" and not name):
         return None
     return call_type, name, integrations
-
-
-def _plans(schemas: dict[_K, WriterSchema]) -> dict[_K, Plan]:
-    """The peek plans of those schemas that have one."""
-    out: dict[_K, Plan] = {}
-    for key, schema in schemas.items():
-        plan = peek_plan(schema)
-        if plan is not None:
-            out[key] = plan
-    return out
 
 
 Strings = tuple[tuple[str, int], ...]  # per field: (name, -1 or the string branch's zigzag index)
@@ -183,16 +179,8 @@ def _read_strings(value: bytes, pos: int, plan: Strings) -> dict[str, Any] | Non
                     continue
             n = value[pos]
             pos += 1
-            if n & 0x80:
-                shift = 7
-                n &= 0x7F
-                while True:
-                    byte = value[pos]
-                    pos += 1
-                    n |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        break
-                    shift += 7
+            if n & 0x80:  # a length of 64 bytes or more: more varint bytes
+                n, pos = _varint_rest(value, pos, n)
             if n & 1:
                 return None
             end = pos + (n >> 1)
@@ -205,14 +193,11 @@ def _read_strings(value: bytes, pos: int, plan: Strings) -> dict[str, Any] | Non
     return record if pos == len(value) else None
 
 
-def _strings(schemas: dict[_K, WriterSchema]) -> dict[_K, Strings]:
-    """The string plans of those schemas that have one."""
-    out: dict[_K, Strings] = {}
-    for key, schema in schemas.items():
-        plan = strings_plan(schema)
-        if plan is not None:
-            out[key] = plan
-    return out
+def _planned(
+    schemas: dict[_K, WriterSchema], make: Callable[[WriterSchema], _P | None]
+) -> dict[_K, _P]:
+    """`make`'s plans of those schemas that have one (peek plans, string plans)."""
+    return {key: plan for key, schema in schemas.items() if (plan := make(schema)) is not None}
 
 
 def _read(value: bytes, start: int, schema: WriterSchema, plan: Strings | None = None) -> Call:
@@ -246,8 +231,8 @@ class LocalDecoder:
 
     def __init__(self, schemas: SchemaSet | None = None) -> None:
         self._by_fp = (schemas or load_schemas()).by_fingerprint
-        self._plans = _plans(self._by_fp)
-        self._strings = _strings(self._by_fp)
+        self._plans = _planned(self._by_fp, peek_plan)
+        self._strings = _planned(self._by_fp, strings_plan)
 
     async def prepare(self, records: Sequence[Record]) -> None:
         """Nothing to fetch: the schemas are local."""
@@ -342,8 +327,8 @@ class RegistryDecoder:
             return
         self._unknown.pop(schema_id, None)
         self._by_id[schema_id] = resolved
-        self._plans.update(_plans({schema_id: resolved}))
-        self._strings.update(_strings({schema_id: resolved}))
+        self._plans.update(_planned({schema_id: resolved}, peek_plan))
+        self._strings.update(_planned({schema_id: resolved}, strings_plan))
 
     def _writer(self, schema_id: int | str) -> WriterSchema:
         known = self._by_id.get(schema_id)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from stream import metrics
 from stream.calls import Call
 from stream.identifiers import Identifiers
-from stream.identity import IdentityResolver
+from stream.identity import IdentityResolver, graph_identifiers
 from stream.state import Identifier, StateStore
 from stream.state.base import Forgotten, tombstone_hash
 from stream.timing import order_time
@@ -158,15 +158,7 @@ class Erasure:
 
 def _hashes(call: Call, ids: Identifiers) -> list[str]:
     """Tombstone hashes of every identifier a call names (an alias's previous id too)."""
-    names: list[Identifier] = []
-    if ids.email:
-        names.append(("email", ids.email))
-    if ids.phone_number:
-        names.append(("phone", ids.phone_number))
-    if ids.external_id:
-        names.append(("external_id", ids.external_id))
-    if ids.anonymous_id:
-        names.append(("anonymous_id", ids.anonymous_id))
+    names = graph_identifiers(ids)
     if call.previous_id:
         names.append(("anonymous_id", call.previous_id))
     return [tombstone_hash(name) for name in names]

@@ -33,6 +33,18 @@ async def wait_until(
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def poll_until(
+    condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition", poll: float = 0.1
+) -> None:
+    """Poll a condition until true; fail with `what` after `timeout` seconds (sync twin of
+    `wait_until`, for tests outside an event loop)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
+
+
 def service_settings(bootstrap: str, topic: str, sandbox_url: str, **extra: Any) -> Settings:
     """Settings for a test run: real broker, sandbox, a fresh group and dead-letter topic."""
     values: dict[str, Any] = {

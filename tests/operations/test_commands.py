@@ -27,6 +27,7 @@ from stream.settings import SANDBOX_API_KEY
 from tests.operations.cli_support import clean_env, cli
 from tests.redis_fixture import REDIS_PASSWORD
 from tests.reliability.harness import committed_lag
+from tests.support import poll_until
 
 WRONG_KEY = "pk_wrong_" + "Z" * 30
 RETIRING = date.today() - timedelta(days=2 * 365 - 30)  # a revision retiring in about 30 days
@@ -383,10 +384,8 @@ def test_a_redis_password_never_shows(
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
                 return resp.read().decode()
 
-        deadline = time.monotonic() + 60
-        while "klaviyo_stream_records_consumed_total{" not in metrics():
-            assert time.monotonic() < deadline, "nothing consumed"
-            time.sleep(0.2)
+        poll_until(lambda: "klaviyo_stream_records_consumed_total{" in metrics(), 60,
+                   "a record consumed", 0.2)  # fmt: skip
         scraped = metrics()
         status = cli(env, "status", "--json")
         process.send_signal(signal.SIGTERM)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -15,28 +14,13 @@ from stream.logs import REDACTED, configure_logging, redact
 KEY = "pk_" + "a1B2c3D4e5" * 3  # shaped like a Klaviyo private key; not a real one
 
 
-@pytest.fixture
-def output() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    buffer = io.StringIO()
-    configure_logging("DEBUG", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        for handler in list(root.handlers):
-            if handler not in saved_handlers:
-                root.removeHandler(handler)
-        root.setLevel(saved_level)
-
-
 def lines(buffer: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in buffer.getvalue().splitlines()]
 
 
-def test_one_json_object_per_line_with_stable_keys(output: io.StringIO) -> None:
+def test_one_json_object_per_line_with_stable_keys(log_output: io.StringIO) -> None:
     logging.getLogger("stream.deliver").info("sent %d events", 3, extra={"endpoint": "events"})
-    [line] = lines(output)
+    [line] = lines(log_output)
     assert list(line)[:4] == ["ts", "level", "logger", "msg"]
     assert line["level"] == "INFO" and line["logger"] == "stream.deliver"
     assert line["msg"] == "sent 3 events" and line["endpoint"] == "events"
@@ -44,26 +28,26 @@ def test_one_json_object_per_line_with_stable_keys(output: io.StringIO) -> None:
     assert ts.utcoffset() is not None and ts.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
 
 
-def test_exceptions_are_one_line_with_exc(output: io.StringIO) -> None:
+def test_exceptions_are_one_line_with_exc(log_output: io.StringIO) -> None:
     try:
         raise ValueError("boom")
     except ValueError:
         logging.getLogger("x").exception("failed")
-    [line] = lines(output)
+    [line] = lines(log_output)
     assert "ValueError: boom" in str(line["exc"])
 
 
-def test_level_filters(output: io.StringIO) -> None:
-    configure_logging("WARNING", stream=output)
+def test_level_filters(log_output: io.StringIO) -> None:
+    configure_logging("WARNING", stream=log_output)
     logging.getLogger("x").info("hidden")
     logging.getLogger("x").warning("shown")
-    assert [line["msg"] for line in lines(output)] == ["shown"]
+    assert [line["msg"] for line in lines(log_output)] == ["shown"]
 
 
-def test_configure_twice_does_not_duplicate_lines(output: io.StringIO) -> None:
-    configure_logging("INFO", stream=output)
+def test_configure_twice_does_not_duplicate_lines(log_output: io.StringIO) -> None:
+    configure_logging("INFO", stream=log_output)
     logging.getLogger("x").info("once")
-    assert len(lines(output)) == 1
+    assert len(lines(log_output)) == 1
 
 
 @pytest.mark.parametrize(
@@ -84,7 +68,7 @@ def test_short_pk_words_are_left_alone() -> None:
     assert redact("pk_id column") == "pk_id column"
 
 
-def test_secrets_never_reach_the_output(output: io.StringIO) -> None:
+def test_secrets_never_reach_the_output(log_output: io.StringIO) -> None:
     log = logging.getLogger("stream.klaviyo")
     log.info("key=%s", KEY)
     log.warning("request", extra={"headers": {"Authorization": f"Klaviyo-API-Key {KEY}"}})
@@ -92,7 +76,7 @@ def test_secrets_never_reach_the_output(output: io.StringIO) -> None:
         raise RuntimeError(f"bad key {KEY}")
     except RuntimeError:
         log.exception("failed with %r", [KEY])
-    text = output.getvalue()
+    text = log_output.getvalue()
     assert KEY not in text
     assert text.count(REDACTED) >= 4
-    assert len(lines(output)) == 3
+    assert len(lines(log_output)) == 3

@@ -26,6 +26,7 @@ from tests.operations.prometheus_harness import (
     grafana_to_promql,
     needs_binary,
 )
+from tests.support import wait_until
 
 pytestmark = needs_binary("prometheus")
 
@@ -112,16 +113,13 @@ async def test_rule_manager_evaluates_every_alert_rule_healthily(
     await asyncio.to_thread(prometheus.wait_for_series, f'up{{job="{JOB}"}} == 1', 30)
     expected = {rule["alert"] for rule in alert_rules()}
 
-    def evaluated() -> list[dict[str, object]]:
-        deadline = time.monotonic() + 30
-        while True:
-            rules = prometheus.rules()
-            done = [r for r in rules if r.get("lastEvaluation", "").startswith("2")]
-            if len(done) == len(expected) or time.monotonic() > deadline:
-                return rules
-            time.sleep(0.2)
+    async def evaluated() -> bool:
+        rules = await asyncio.to_thread(prometheus.rules)
+        done = [r for r in rules if r.get("lastEvaluation", "").startswith("2")]
+        return len(done) == len(expected)
 
-    rules = await asyncio.to_thread(evaluated)
+    await wait_until(evaluated, timeout=30, what="every alert rule evaluated", poll=0.2)
+    rules = await asyncio.to_thread(prometheus.rules)
     assert {r["name"] for r in rules} == expected
     unhealthy = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not unhealthy, unhealthy

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -270,21 +269,6 @@ def test_known_environment_variables() -> None:
     assert known_environment_variable("KLAVIYO_STREAM_CONFIG")
     assert not known_environment_variable("KAFKA_TOPIC")
     assert not known_environment_variable("KAFKA_CONFIG_")
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    buffer = io.StringIO()
-    configure_logging("DEBUG", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        for handler in list(root.handlers):
-            if handler not in saved_handlers:
-                root.removeHandler(handler)
-        root.setLevel(saved_level)
 
 
 def test_librdkafka_lines_become_json_with_facility_and_client(log_output: io.StringIO) -> None:

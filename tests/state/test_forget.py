@@ -4,40 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
-
-from stream.state import StateStore, open_store
+from stream.state import StateStore
 from stream.state.base import tombstone_hash
 
 ADA = [("email", "ada@example.com"), ("phone", "+14155552671"), ("external_id", "u-1")]
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    return str(request.getfixturevalue("clean_redis_url"))
-
-
-@pytest.fixture
-def opener(store_url: str) -> Iterator[Callable[[], StateStore]]:
-    opened: list[StateStore] = []
-
-    def open_() -> StateStore:
-        opened.append(open_store(store_url))
-        return opened[-1]
-
-    yield open_
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(opener: Callable[[], StateStore]) -> StateStore:
-    return opener()
 
 
 def test_forget_removes_the_person_its_traits_and_held_calls(store: StateStore) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +14,15 @@ import pytest
 from stream.errors import ConfigError
 from stream.state import Identifier, StateError, StateStore, open_store
 from stream.state.rules import Limits
+from tests.support import poll_until
 
 WINDOW = 0.5  # dedup window for these tests, seconds
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """URL of an empty store of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    return str(request.getfixturevalue("clean_redis_url"))
-
-
 @pytest.fixture
-def opener(store_url: str) -> Iterator[Callable[[], StateStore]]:
-    """Opens stores on `store_url`; closes every one at the end of the test."""
-    opened: list[StateStore] = []
-
-    def open_() -> StateStore:
-        opened.append(open_store(store_url, dedup_window_seconds=WINDOW))
-        return opened[-1]
-
-    yield open_
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(opener: Callable[[], StateStore]) -> StateStore:
-    return opener()
+def dedup_window() -> float:
+    """A short window, so that expiry can be watched."""
+    return WINDOW
 
 
 # identity ---------------------------------------------------------------------------------
@@ -260,14 +240,11 @@ def test_seen_within_the_window_and_prune(store: StateStore) -> None:
     assert removed in (0, 1)  # Redis expires keys itself, SQLite deletes the stale row
     assert store.stats()["dedup_keys"] == 2
 
-    deadline = time.monotonic() + 5
-    while store.seen(["m1"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll_until(lambda: not store.seen(["m1"]), 5, "m1 to leave the window", 0.05)
     assert store.seen(["m1", "m2"]) == set()
     store.prune(time.time())
-    while store.stats()["dedup_keys"] and time.monotonic() < deadline + 5:
-        time.sleep(0.05)  # Redis reclaims expired keys on its own time
-    assert store.stats()["dedup_keys"] == 0
+    # Redis reclaims expired keys on its own time
+    poll_until(lambda: store.stats()["dedup_keys"] == 0, 10, "expired keys reclaimed", 0.05)
 
 
 def test_sqlite_prune_counts_removed_keys(tmp_path: Path) -> None:

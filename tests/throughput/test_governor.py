@@ -8,21 +8,7 @@ import pytest
 
 from stream.klaviyo.client import EVENTS, EVENTS_BULK, PROFILE_IMPORT
 from stream.klaviyo.governor import Governor, Limit
-
-
-class FakeClock:
-    """Time that moves only when the governor sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.throughput.fake_clock import FakeClock
 
 
 def governor(clock: FakeClock, **kwargs: object) -> Governor:

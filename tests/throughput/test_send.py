@@ -18,6 +18,7 @@ from stream.klaviyo.governor import Governor
 from stream.sandbox import SandboxConfig, SandboxServer
 from stream.send import Sender
 from stream.settings import SANDBOX_API_KEY
+from tests.throughput.fake_clock import FakeClock
 
 LINGER = 0.2
 
@@ -169,23 +170,8 @@ async def test_hurry_skips_the_linger_but_not_the_send_slot(stage: Stage) -> Non
     assert [offsets for _, offsets in stage.sent] == [[0, 1]]
 
 
-class SleepRecorder:
-    """A frozen clock whose sleeps pass at once and are recorded (each an extra slot waited)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 async def test_the_reserved_slot_is_spent_by_the_batchs_first_request_and_not_taken_again() -> None:
-    clock = SleepRecorder()
+    clock = FakeClock()
     governor = Governor(clock=clock, sleep=clock.sleep, jitter=lambda: 0.0)
     interval = governor.interval(EVENTS_BULK)
     while governor.delay(EVENTS_BULK) == 0:  # the catch-up tolerance is used up
