@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import Broker, SandboxProcess, machine, parser, peak_rss_mb, publish, settings
 
-from stream.service import Service
+from stream.engine.service import Service
 
 
 async def child(bootstrap: str, topic: str, url: str, seconds: float) -> None:

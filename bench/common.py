@@ -29,12 +29,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's `stream`, not an editable install's
 
-from stream.decode import LocalDecoder  # noqa: E402
-from stream.localkafka import LocalKafka  # noqa: E402
-from stream.produce import Encoder, key_of  # noqa: E402
-from stream.sample import sample_calls  # noqa: E402
-from stream.service import Service  # noqa: E402
-from stream.settings import SANDBOX_API_KEY, Settings  # noqa: E402
+from stream.core.settings import SANDBOX_API_KEY, Settings  # noqa: E402
+from stream.engine.service import Service  # noqa: E402
+from stream.intake.decode import LocalDecoder  # noqa: E402
+from stream.local.kafka import LocalKafka  # noqa: E402
+from stream.local.sample import sample_calls  # noqa: E402
+from stream.ops.produce import Encoder, key_of  # noqa: E402
 
 POOL = 2_000  # distinct encoded calls; records differ by their 36-character messageId
 
@@ -180,7 +180,7 @@ def raw_consume_decode(bootstrap: str, topic: str, count: int) -> float:
 
 @dataclass
 class SandboxProcess:
-    """`stream.sandbox` served by a child process (so its CPU is not the service's)."""
+    """`stream.local.sandbox` served by a child process (so its CPU is not the service's)."""
 
     rate_limits: bool = True
     time_scale: float = 1.0

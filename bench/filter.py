@@ -32,8 +32,8 @@ from common import (
     settings,
 )
 
-from stream import metrics
-from stream.service import Service
+from stream.engine.service import Service
+from stream.telemetry import metrics
 
 NOTHING = "events:\n  - type: track\n    event: No Such Event\n"
 PAGES = "events:\n  - type: page\n"

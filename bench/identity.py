@@ -1,6 +1,6 @@
 """Profile inflation and duplicates: our service beside a naive per-call mapping, same traffic.
 
-The traffic is `stream.scenario` (anonymous browsing, signups, phones added later, app events
+The traffic is `stream.local.scenario` (anonymous browsing, signups, phones added later, app events
 by userId only, alias calls, email variants, 10% duplicates, out-of-order identifies) with its
 ground truth. Ours: published to a real broker and run through the service. Naive: every call
 sent on its own identifiers, one request each, as a direct integration does (no identity graph,
@@ -23,16 +23,16 @@ from typing import Any
 from common import Broker, machine, parser, settings
 from pydantic import SecretStr
 
-from stream.calls import normalize
-from stream.errors import KlaviyoError, RecordError
-from stream.identifiers import identifiers_of
+from stream.core.calls import normalize
+from stream.core.errors import KlaviyoError, RecordError
+from stream.core.identifiers import identifiers_of
+from stream.core.settings import SANDBOX_API_KEY
+from stream.engine.service import Service
 from stream.klaviyo import mapping
 from stream.klaviyo.client import EVENTS, PROFILE_IMPORT, KlaviyoClient
-from stream.produce import Encoder, publish, to_avro_record
-from stream.sandbox import SandboxConfig, SandboxServer
-from stream.scenario import GroundTruth, Scenario, build_scenario
-from stream.service import Service
-from stream.settings import SANDBOX_API_KEY
+from stream.local.sandbox import SandboxConfig, SandboxServer
+from stream.local.scenario import GroundTruth, Scenario, build_scenario
+from stream.ops.produce import Encoder, publish, to_avro_record
 
 
 async def _get(url: str, path: str) -> Any:

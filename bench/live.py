@@ -31,8 +31,8 @@ from typing import Any
 from common import ROOT
 from confluent_kafka import Producer
 
-from stream.produce import Encoder
-from stream.settings import SANDBOX_API_KEY
+from stream.core.settings import SANDBOX_API_KEY
+from stream.ops.produce import Encoder
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 

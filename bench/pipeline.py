@@ -26,7 +26,7 @@ from common import (
     settings,
 )
 
-from stream.service import Service
+from stream.engine.service import Service
 
 
 async def service_run(bootstrap: str, topic: str, url: str, count: int) -> RunFigures:

@@ -1,8 +1,8 @@
 """`klaviyo-stream produce --input` throughput: records/s from a JSON-lines file to the broker.
 
-Writes `--records` realistic sample calls (`stream.sample`) to a temporary JSON-lines file, then
-publishes it with `stream.produce.publish_file` — the function `produce --input` runs: each line
-parsed, checked as the decoder would check it, Avro-encoded and handed to librdkafka, then
+Writes `--records` realistic sample calls (`stream.local.sample`) to a temporary JSON-lines file,
+then publishes it with `stream.ops.produce.publish_file` — the function `produce --input` runs: each
+line parsed, checked as the decoder would check it, Avro-encoded and handed to librdkafka, then
 flushed. Prints records/s (wall) and records per CPU-second of this process.
 
     python bench/produce.py --records 200000
@@ -21,8 +21,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Broker, machine, parser  # noqa: E402
-from stream.produce import Encoder, publish_file  # noqa: E402
-from stream.sample import sample_calls  # noqa: E402
+from stream.local.sample import sample_calls  # noqa: E402
+from stream.ops.produce import Encoder, publish_file  # noqa: E402
 
 
 def write_calls(path: Path, count: int) -> int:

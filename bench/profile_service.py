@@ -11,7 +11,7 @@ import tempfile
 from common import Broker, SandboxProcess, parser, publish, run_until_done, settings
 from pyinstrument import Profiler
 
-from stream.service import Service
+from stream.engine.service import Service
 
 
 async def profiled(bootstrap: str, topic: str, url: str, count: int, html: str | None) -> None:

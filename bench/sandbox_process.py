@@ -17,9 +17,9 @@ import argparse
 import gc
 from typing import Any
 
-from stream.sandbox import SandboxConfig
-from stream.sandbox import app as sandbox_app
-from stream.sandbox.server import run
+from stream.local.sandbox import SandboxConfig
+from stream.local.sandbox import app as sandbox_app
+from stream.local.sandbox.server import run
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ py-spy samples with almost no overhead (pyinstrument and cProfile inflate small 
     py-spy record -f raw -r 200 -o spy.txt -- python bench/pipeline.py --records 200000
     python bench/spy_report.py spy.txt [--top 40] [--all]
 
-Only stacks that pass through `stream/service.py` count (the benchmark's own publishing and
+Only stacks that pass through `stream/engine/service.py` count (the benchmark's own publishing and
 baseline phases are left out); `--all` counts every sample (a profile of the service's own
 process, `py-spy record -p PID`, as `bench/mix.py --spy` takes: the send stage's and aiohttp's
 tasks do not pass through service.py).
@@ -19,7 +19,7 @@ from collections import Counter
 
 
 def frame_name(frame: str) -> str:
-    """`handle (stream/service.py:201)` → `handle stream/service.py`."""
+    """`handle (stream/engine/service.py:201)` → `handle stream/engine/service.py`."""
     name, _, where = frame.partition(" (")
     return f"{name} {where.split(':')[0]}" if where else name
 
@@ -32,7 +32,7 @@ def shares(raw: str, top: int = 40, everything: bool = False) -> list[str]:
         for line in lines:
             stack, _, count = line.rstrip().rpartition(" ")
             frames = stack.split(";")
-            if not everything and not any("stream/service.py" in f for f in frames):
+            if not everything and not any("stream/engine/service.py" in f for f in frames):
                 continue
             total += int(count)
             for name in {frame_name(f) for f in frames}:

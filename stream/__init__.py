@@ -1,7 +1,8 @@
 """Kafka → Klaviyo stream processor.
 
 The package tree reads like the pipeline:
-consume → decode → route → transform → dedup → identity → batch → deliver → ack.
+intake → rules → identity → delivery → completion, run by engine/; klaviyo/ is the API,
+state/ the stores, core/ what all share, telemetry/, ops/ (operator commands), local/ (stand-ins).
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from stream import __version__
-from stream.errors import ConfigError, StreamError
-from stream.settings import (
+from stream.core.errors import ConfigError, StreamError
+from stream.core.settings import (
     SANDBOX_API_KEY,
     Settings,
     check_kafka_properties,
@@ -39,7 +39,7 @@ CONFIG_HELP = "settings file (YAML or JSON); env vars win over it"
 
 def _time(text: str) -> float:
     """argparse type of --since/--until: a bad value is a usage error (exit 2 with usage)."""
-    from stream.replay import parse_time
+    from stream.ops.replay import parse_time
 
     try:
         return parse_time(text)
@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sandbox":
             return _sandbox(args)
         if args.command == "kafka":
-            from stream.localkafka import run_foreground
+            from stream.local.kafka import run_foreground
 
             run_foreground(args.port)
             return 0
         if args.command == "produce":
             return _produce(settings, args)
         if args.command == "test-event":
-            from stream.tester import run_tester
+            from stream.ops.tester import run_tester
 
             return asyncio.run(run_tester(settings, args.file, dry_run=args.dry_run))
         if args.command == "status":
@@ -193,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _redacted(exc: BaseException) -> str:
-    from stream.logs import redact
+    from stream.telemetry.logs import redact
 
     return redact(str(exc))
 
 
 def _configure_logging(level: str, fmt: str = "json") -> None:
-    from stream.logs import configure_logging
+    from stream.telemetry.logs import configure_logging
 
     configure_logging(level, fmt=fmt)
 
@@ -264,7 +264,7 @@ def _revision_check(settings: Settings) -> None:
     """The retirement date as a metric (alerted on), and a warning line within 90 days."""
     from datetime import UTC, datetime, time
 
-    from stream import metrics
+    from stream.telemetry import metrics
 
     retires = datetime.combine(revision_retirement(settings.klaviyo_revision), time(), UTC)
     metrics.REVISION_RETIREMENT.labels(settings.klaviyo_revision).set(retires.timestamp())
@@ -296,7 +296,7 @@ async def _report_sandbox(url: str, every: float = 2.0) -> None:
 @contextlib.contextmanager
 def _local_stack(settings: Settings) -> Iterator[Settings]:
     """`--local`: a local broker and sandbox, and settings that point at them."""
-    from stream.localkafka import LocalKafka
+    from stream.local.kafka import LocalKafka
 
     SandboxConfig, SandboxThread = _sandbox_parts()
 
@@ -323,13 +323,13 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
 
 
 def _run(settings: Settings, local: bool, sample: int) -> int:
-    from stream.decode import make_decoder
-    from stream.errors import FatalDeliveryError
-    from stream.health import Health
-    from stream.service import Service, install_signal_handlers
+    from stream.core.errors import FatalDeliveryError
+    from stream.engine.service import Service, install_signal_handlers
+    from stream.intake.decode import make_decoder
+    from stream.telemetry.health import Health
 
     async def serve(effective: Settings) -> None:
-        from stream.observe import start_observer
+        from stream.telemetry.observe import start_observer
 
         health = Health(stall_after_seconds=effective.ready_stall_seconds)
         try:
@@ -383,8 +383,8 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
 
 
 def _publish_sample(settings: Settings, count: int) -> int:
-    from stream.produce import publish
-    from stream.sample import sample_calls
+    from stream.local.sample import sample_calls
+    from stream.ops.produce import publish
 
     topic = settings.kafka_topics[0]
     return publish(
@@ -393,8 +393,8 @@ def _publish_sample(settings: Settings, count: int) -> int:
 
 
 def _encoder(settings: Settings, topic: str) -> Any:
-    from stream.produce import Encoder
-    from stream.settings import schema_registry_config
+    from stream.core.settings import schema_registry_config
+    from stream.ops.produce import Encoder
 
     config = schema_registry_config(settings)
     if config is None:
@@ -405,8 +405,8 @@ def _encoder(settings: Settings, topic: str) -> Any:
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.produce import publish
-    from stream.sample import sample_calls
+    from stream.local.sample import sample_calls
+    from stream.ops.produce import publish
 
     if not settings.kafka_bootstrap_servers:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
@@ -423,7 +423,7 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
 
 def _produce_file(settings: Settings, args: argparse.Namespace, topic: str) -> int:
     """`produce --input`: bad lines named by number on stderr; exit 1 if any was refused."""
-    from stream.produce import publish_file
+    from stream.ops.produce import publish_file
 
     def refused(number: int, reason: str) -> None:
         print(f"{args.input}:{number}: {reason}", file=sys.stderr, flush=True)
@@ -450,7 +450,7 @@ def _produce_file(settings: Settings, args: argparse.Namespace, topic: str) -> i
 
 
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.replay import ReplayFilter
+    from stream.ops.replay import ReplayFilter
 
     if not settings.kafka_bootstrap_servers:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
@@ -476,9 +476,9 @@ def _dlq_list(settings: Settings, selection: Any, as_json: bool) -> int:
 
 
 def _dlq_show(settings: Settings, partition: int, offset: int) -> int:
-    from stream.decode import make_decoder
+    from stream.intake.decode import make_decoder
     from stream.ops.dlq import format_show, show_dead_letter
-    from stream.transform import transformer_from_settings
+    from stream.rules.transform import transformer_from_settings
 
     hipaa = transformer_from_settings(settings) if settings.hipaa_mode else None
     shown = show_dead_letter(
@@ -494,7 +494,7 @@ def _dlq_show(settings: Settings, partition: int, offset: int) -> int:
 
 
 def _dlq_replay(settings: Settings, args: argparse.Namespace, selection: Any) -> int:
-    from stream.replay import replay
+    from stream.ops.replay import replay
 
     result = replay(
         kafka_client_config(settings),
@@ -517,7 +517,7 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace, selection: Any) ->
 def _sandbox_parts() -> tuple[Any, Any]:
     """The sandbox's classes; without the `local` extra, one line saying how to get it."""
     try:
-        from stream.sandbox import SandboxConfig, SandboxThread
+        from stream.local.sandbox import SandboxConfig, SandboxThread
     except ImportError as exc:
         raise ConfigError(
             f"the Klaviyo sandbox needs the `local` extra ({exc.name} is missing): "
@@ -528,7 +528,7 @@ def _sandbox_parts() -> tuple[Any, Any]:
 
 def _sandbox(args: argparse.Namespace) -> int:
     SandboxConfig, _thread = _sandbox_parts()
-    from stream.sandbox import run
+    from stream.local.sandbox import run
 
     run(
         SandboxConfig(

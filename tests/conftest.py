@@ -8,7 +8,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.kafka_fixture", "tests.redis_fixture"]
+pytest_plugins = ["tests.support.kafka", "tests.support.redis", "tests.support.logs"]
 
 settings.register_profile(
     "ci",

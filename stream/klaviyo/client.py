@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
-from stream.errors import (
+from stream.core.errors import (
     DuplicateProfile,
     InvalidRequest,
     KlaviyoClientError,

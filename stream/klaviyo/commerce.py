@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from stream.calls import Call
-from stream.errors import MappingError
+from stream.core.calls import Call
+from stream.core.errors import MappingError
 from stream.klaviyo.mapping import event_attributes
 
 STANDARD_METRICS: dict[str, str] = {

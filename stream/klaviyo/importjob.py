@@ -16,7 +16,7 @@ from typing import Any
 
 from yarl import URL
 
-from stream.errors import ImportJobUnknown, ImportRecordFailed
+from stream.core.errors import ImportJobUnknown, ImportRecordFailed
 from stream.klaviyo.client import (
     PROFILES_BULK,
     PROFILES_BULK_ERRORS,

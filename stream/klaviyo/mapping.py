@@ -17,16 +17,16 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from stream.calls import Call
-from stream.errors import MappingError
-from stream.identifiers import Identifiers
-from stream.options import KlaviyoOptions
+from stream.core.calls import Call
+from stream.core.errors import MappingError
+from stream.core.identifiers import Identifiers
+from stream.core.options import KlaviyoOptions
 
 MAX_METRIC_NAME = 127  # Klaviyo's spec: a metric name "Must be less than 128 characters."
 MAX_PROPERTIES = 400
 EARLIEST_EVENT = datetime(1991, 1, 1, tzinfo=UTC)  # the spec: "after the year 1990"
 
-# trait key → Klaviyo profile attribute; identifiers are handled by stream.identifiers
+# trait key → Klaviyo profile attribute; identifiers are handled by stream.core.identifiers
 PROFILE_TRAITS: dict[str, str] = {
     "firstName": "first_name",
     "first_name": "first_name",

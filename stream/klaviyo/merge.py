@@ -16,11 +16,11 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from stream import metrics
-from stream.errors import KlaviyoClientError
+from stream.core.errors import KlaviyoClientError
+from stream.core.retry import DEFAULT, RetryPolicy
 from stream.klaviyo import mapping
 from stream.klaviyo.client import PROFILE_MERGE, PROFILES, Requester
-from stream.retry import DEFAULT, RetryPolicy
+from stream.telemetry import metrics
 
 MATCH_ORDER = ("email", "phone_number", "external_id")
 MERGE_WAIT_SECONDS = 60.0  # how long a queued merge may take to land before we give up waiting

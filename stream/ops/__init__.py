@@ -1,3 +1,3 @@
-"""Operator commands: `doctor` (is everything set up?), `status` (how is the group doing?) and
-`dlq list` / `dlq show` (what is in the dead-letter topic?). Each reads the real dependencies;
-none of them changes anything or prints a secret."""
+"""Operator commands: `doctor` (is everything set up?), `status` (how is the group doing?),
+`dlq list` / `show` / `replay` (the dead-letter topic), `produce` (publishing calls) and
+`test-event` (one call through the pipeline, shown and sent)."""

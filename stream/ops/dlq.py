@@ -1,6 +1,6 @@
 """`dlq list` and `dlq show`: what is in the dead-letter topic, without replaying anything.
 
-Reading and filtering are `stream.replay`'s (`DeadLetterReader`, `ReplayFilter`): the same
+Reading and filtering are `stream.ops.replay`'s (`DeadLetterReader`, `ReplayFilter`): the same
 records `dlq replay` would choose are the ones counted here. In HIPAA mode a dead letter's
 error message and decoded call are shown only through the HIPAA allow-lists.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from stream.deadletter import WITHHELD
-from stream.errors import ConfigError, StreamError
-from stream.replay import DeadLetterReader, ReplayFilter, split_headers
+from stream.completion.deadletter import WITHHELD
+from stream.core.errors import ConfigError, StreamError
+from stream.ops.replay import DeadLetterReader, ReplayFilter, split_headers
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _call(
     except StreamError as exc:
         return {"undecodable": "value withheld" if hipaa is not None else str(exc)}
     if hipaa is not None:
-        from stream.hipaa import redacted_record
+        from stream.rules.hipaa import redacted_record
 
         return orjson.loads(redacted_record(hipaa(call)))
     return {k: v for k, v in asdict(call).items() if v not in (None, {}, [])}

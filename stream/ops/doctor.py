@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from stream.errors import StreamError
-from stream.logs import redact
-from stream.settings import (
+from stream.core.errors import StreamError
+from stream.core.settings import (
     Settings,
     check_kafka_properties,
     kafka_client_config,
@@ -34,6 +33,7 @@ from stream.settings import (
     revision_warning,
     schema_registry_config,
 )
+from stream.telemetry.logs import redact
 
 OK, FAIL = "✓", "✗"
 # what the service does with a private key (events, profiles, bulk-import jobs, merges)
@@ -78,8 +78,8 @@ def _guard(name: str, fix: str, check: Callable[[], Check]) -> Check:
 
 
 def _files(settings: Settings) -> Iterator[Check]:
-    from stream.route import router_from_settings
-    from stream.transform import transformer_from_settings
+    from stream.rules.route import router_from_settings
+    from stream.rules.transform import transformer_from_settings
 
     def routes() -> Check:
         router_from_settings(settings)
@@ -92,7 +92,7 @@ def _files(settings: Settings) -> Iterator[Check]:
         return Check("transformations", True, (", ".join(files) or "none") + hipaa)
 
     def consent() -> Check:
-        from stream.pipeline import consent_rules
+        from stream.engine.pipeline import consent_rules
 
         found = consent_rules(settings)  # checked against the connection mode too
         detail = (
@@ -283,7 +283,7 @@ def _klaviyo(settings: Settings, timeout: float) -> Check:
 
 
 async def _ask_klaviyo(settings: Settings, timeout: float) -> Check:
-    from stream.errors import KlaviyoError, KlaviyoUnavailable, Unauthorized
+    from stream.core.errors import KlaviyoError, KlaviyoUnavailable, Unauthorized
     from stream.klaviyo.client import KlaviyoClient
 
     base = settings.klaviyo_base_url

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from stream.errors import StatusError
+from stream.core.errors import StatusError
 from stream.ops.commits import last_commit_times
 
 

@@ -3,7 +3,7 @@
 `open_store(url)` picks the backend; see `stream.state.base.StateStore` for the guarantees.
 """
 
-from stream.errors import StateError
+from stream.core.errors import StateError
 from stream.state.base import (
     HeldEntry,
     Identifier,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 from stream.state.base import DEFAULT_DEDUP_WINDOW, HELD_LEASE_SECONDS, StateStore
 from stream.state.rules import DEFAULT_LIMITS, Limits
 

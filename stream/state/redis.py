@@ -31,8 +31,8 @@ from typing import Any, NoReturn
 import orjson
 import redis as redis_lib
 
-from stream.errors import StateError
-from stream.retry import RetryPolicy
+from stream.core.errors import StateError
+from stream.core.retry import RetryPolicy
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
     HELD_LEASE_SECONDS,

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from stream.errors import StateError
+from stream.core.errors import StateError
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
     HELD_LEASE_SECONDS,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from stream import metrics
-from stream.produce import Encoder, publish
-from stream.sandbox import SandboxConfig, SandboxServer
+from stream.local.sandbox import SandboxConfig, SandboxServer
+from stream.ops.produce import Encoder, publish
+from stream.telemetry import metrics
 from tests.support import running_service, sandbox_get, service_settings, wait_until
 
 VISIT = {

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from stream.calls import Call, Record, normalize
-from stream.identity import IdentityResolver
-from stream.ledger import Outcome
-from stream.process import Processor
-from stream.route import Router
+from stream.completion.ledger import Outcome
+from stream.core.calls import Call, Record, normalize
+from stream.engine.process import Processor
+from stream.identity.resolver import IdentityResolver
+from stream.rules.route import Router
 from stream.state import StateStore, open_store
 
 
@@ -90,7 +90,7 @@ def test_out_of_order_identify_does_not_overwrite_a_newer_trait(store: StateStor
 
 
 def test_a_call_naming_nobody_is_a_record_error(store: StateStore) -> None:
-    from stream.errors import RecordError
+    from stream.core.errors import RecordError
 
     with pytest.raises(RecordError):
         processor(store).process(*call("track", 1))

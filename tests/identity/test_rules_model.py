@@ -21,11 +21,11 @@ import redis
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from stream.calls import Record, normalize
-from stream.errors import MappingError
-from stream.identity import IdentityResolver
-from stream.process import Processor
-from stream.route import Router
+from stream.core.calls import Record, normalize
+from stream.core.errors import MappingError
+from stream.engine.process import Processor
+from stream.identity.resolver import IdentityResolver
+from stream.rules.route import Router
 from stream.state import StateStore, open_store
 
 PEOPLE = 3

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from stream.errors import StateError
+from stream.core.errors import StateError
 from stream.state import open_store
 
 # The SQLite layout release 0.1.0 wrote (no version; held rows without a lease).

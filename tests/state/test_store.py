@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 from stream.state import Identifier, StateError, StateStore, open_store
 from stream.state.rules import Limits
 from tests.support import poll_until

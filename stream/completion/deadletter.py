@@ -1,0 +1,158 @@
+"""Dead-letter topic: records we cannot deliver, with the reason, never silently lost.
+
+Each dead letter keeps the original key, value and headers and adds error-context headers in
+the style of Kafka Connect (`dlq.*`). `send` resolves only once the broker has the record, so
+the ledger can move the offset past it safely, and raises `DeadLetterUnavailable` when the
+broker did not take it (the ledger tries again). Too large for the topic: written without the
+value, then also without the original headers. Messages never contain the API key: errors are
+built without request headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from stream.core.calls import Record
+from stream.core.errors import DeadLetterUnavailable, KlaviyoError
+
+HEADER_PREFIX = "dlq."
+WITHHELD = "message withheld (HIPAA mode); see dlq.error.class and dlq.klaviyo.code"
+
+Redactor = Callable[[Record], bytes | None]
+"""HIPAA mode: the value to write instead of the original record (None: no value)."""
+
+
+def error_headers(
+    source: Record,
+    error: BaseException,
+    stage: str,
+    attempts: int,
+    first_attempt: float | None = None,
+    withhold_message: bool = False,
+    item: str | None = None,
+) -> list[tuple[str, str | bytes | None]]:
+    """The `dlq.*` headers that explain why a record is here (HIPAA: without the message)."""
+    now = time.time()
+    headers = {
+        "stage": stage,
+        "error.class": type(error).__name__,
+        "error.message": WITHHELD if withhold_message else str(error)[:2000],
+        "original.topic": source.topic,
+        "original.partition": str(source.partition),
+        "original.offset": str(source.offset),
+        "attempts": str(attempts),
+        "first.attempt.time": str(first_attempt or now),
+        "last.attempt.time": str(now),
+    }
+    if item:
+        headers["item"] = item
+    if isinstance(error, KlaviyoError):
+        if error.code:
+            headers["klaviyo.code"] = error.code
+        if error.pointers:
+            headers["klaviyo.pointer"] = ",".join(error.pointers)[:2000]
+    return [(HEADER_PREFIX + k, v.encode()) for k, v in headers.items()]
+
+
+class DeadLetters:
+    """An idempotent producer to the dead-letter topic, polled on its own thread."""
+
+    def __init__(
+        self, producer_config: dict[str, Any], topic: str, redactor: Redactor | None = None
+    ) -> None:
+        self.topic = topic
+        self._redactor = redactor
+        self._producer = Producer({**producer_config, "enable.idempotence": True, "linger.ms": 20})
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="dlq-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(
+        self,
+        source: Record,
+        error: BaseException,
+        stage: str,
+        attempts: int = 1,
+        first_attempt: float | None = None,
+        item: str | None = None,
+    ) -> None:
+        """Write one dead letter and wait until the broker acknowledged it.
+
+        Too large for the dead-letter topic: written again without the value
+        (`dlq.value.omitted` says why), then without the original headers too
+        (`dlq.headers.omitted`); the `dlq.original.*` headers still point at the record.
+        Raises `DeadLetterUnavailable` when the broker did not take it.
+        """
+        redacted = self._redactor is not None
+        dlq = error_headers(
+            source, error, stage, attempts, first_attempt, withhold_message=redacted, item=item
+        )
+        original = [] if redacted else list(source.headers or [])
+        key, value = source.key, source.value
+        if self._redactor is not None:  # HIPAA: no original key, value or headers
+            key, value = None, self._redactor(source)
+            dlq.append(("dlq.redacted", b"hipaa"))
+        refused = await self._write(key, value, original + dlq)
+        if refused is None:
+            return
+        omitted = f"{len(value or b'')} bytes, too large for {self.topic}: {refused}"
+        dlq.append(("dlq.value.omitted", omitted.encode()))
+        refused = await self._write(key, None, original + dlq)
+        if refused is None:
+            return
+        dlq.append(("dlq.headers.omitted", f"{len(original)} original headers".encode()))
+        refused = await self._write(None, None, dlq)
+        if refused is not None:
+            raise DeadLetterUnavailable(f"dead letter refused by {self.topic}: {refused}")
+
+    async def _write(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, Any]]
+    ) -> str | None:
+        """Produce and await the broker's ack; the reason when the record is too large (None:
+        written). Raises `DeadLetterUnavailable` for any other failure."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str | None] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            loop.call_soon_threadsafe(_resolve, done, err)
+
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                )
+                break
+            except BufferError:  # local queue full: let the poller drain it
+                await asyncio.sleep(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    return str(exc.args[0].str())
+                raise DeadLetterUnavailable(f"dead-letter write failed: {exc}") from None
+        return await done
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what is queued and stop the poller."""
+        self._stop.set()
+        self._poller.join()
+        self._producer.flush(timeout)
+
+
+def _resolve(future: asyncio.Future[str | None], err: KafkaError | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        future.set_result(str(err.str()))
+    else:
+        future.set_exception(DeadLetterUnavailable(f"dead-letter write failed: {err.str()}"))

@@ -1,0 +1,139 @@
+"""Consent, list and deletion actions: items of the completion ledger, batched per request.
+
+A call's consent and list changes, and a delete call's deletions, are more items of its record
+(`Action`), each one entry of a Klaviyo request: a subscription, an unsubscription, a
+suppression, a list membership, a deletion by one identifier. They travel like events and
+profile upserts (send stage, deliver stage, the ledger's outcomes and dead letters, labelled by
+what they are) in lanes of their own (`ActionLane`): one per kind, each batch holding the
+entries one request can take (same list, same live or historical import, up to Klaviyo's count).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from stream.delivery.batch import Batch, Item, Kind, Lane
+from stream.klaviyo.consent import ENDPOINTS, most_per_request
+
+ACTION_KINDS: tuple[Kind, ...] = (
+    "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion"
+)  # fmt: skip
+
+
+@dataclass(slots=True, eq=False)
+class Action(Item):
+    """One change for one person: `kind` (see ACTION_KINDS), `profile` its identifiers as
+    Klaviyo attributes (email, phone_number, external_id; strongest first), `person` whom the
+    send stage keeps in order (an identity-graph id, or the erasure's), `records` the record it
+    finishes, `label` its name in a dead letter (`subscribe email,sms`, `list add Xy12Ab`).
+
+    `channels`: (un)subscribe's channels; `list_id`: a subscription's list, or the list joined
+    or left; `consented_at`: a backfill subscription's consent time (historical import);
+    `source`: its `custom_source`; `target`: a deletion's one identifier (`email`,
+    `phone_number`, or `external_id`, which is looked up as profile ids); `erasure`: the
+    erasure a deletion belongs to. `after`: items of its own record Klaviyo must answer first
+    (a list change needs the profile they make); `fence`: wait until every earlier record of
+    its partition is finished (a deletion: nothing older of the person lands after it).
+    """
+
+    channels: tuple[str, ...] = ()
+    list_id: str | None = None
+    consented_at: str | None = None
+    source: str = ""
+    target: tuple[str, str] | None = None
+    erasure: str | None = None
+    after: int = 0
+    fence: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.group_key:  # the request it can share: same list, same kind of import
+            historical = "historical" if self.consented_at is not None else "live"
+            self.group_key = f"{self.list_id or ''}|{historical}|{self.source}"
+        self.size = 1
+
+
+@dataclass(slots=True, eq=False)
+class ActionBatch(Batch):
+    """Actions bound for one request (one kind, one request group); `size` is their count."""
+
+    def __post_init__(self) -> None:
+        given, self.items = self.items, []
+        for item in given:
+            self.put(item)
+
+    def put(self, item: Item) -> None:
+        self.items.append(item)
+        self.size = len(self.items)
+
+    @property
+    def actions(self) -> list[Action]:
+        """The batch's items as actions (all of them are)."""
+        return [item for item in self.items if isinstance(item, Action)]
+
+
+class ActionLane(Lane):
+    """Collects one kind of action into batches, one open batch per request group, closed at
+    Klaviyo's count per request; `take` gives the oldest full batch, else the oldest open one.
+    Order per person is the gate's (`stream.engine.gate`): at most one action per person is here."""
+
+    def __init__(
+        self, kind: Kind, max_items: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(kind, max_items, clock=clock)
+        self._groups: dict[str, ActionBatch] = {}  # open batches by request group
+
+    def add(self, item: Item) -> None:
+        batch = self._groups.get(item.group_key)
+        if batch is None:
+            batch = self._groups[item.group_key] = ActionBatch(self.kind, opened=self._clock())
+        batch.put(item)
+        self.items += 1
+        if len(batch) >= self._max_items:
+            del self._groups[item.group_key]
+            self._full.append(batch)
+
+    @property
+    def opened(self) -> float | None:
+        times = [batch.opened for batch in self._groups.values()]
+        if self._full:
+            times.append(self._full[0].opened)
+        return min(times, default=None)
+
+    def _oldest_open(self) -> str | None:
+        if not self._groups:
+            return None
+        return min(self._groups, key=lambda key: self._groups[key].opened)
+
+    @property
+    def next_size(self) -> int:
+        if self._full:
+            return len(self._full[0])
+        key = self._oldest_open()
+        return len(self._groups[key]) if key is not None else 0
+
+    def take(self) -> Batch | None:
+        if self._full:
+            batch: Batch = self._full.popleft()
+        else:
+            key = self._oldest_open()
+            if key is None:
+                return None
+            batch = self._groups.pop(key)
+        self.items -= len(batch.items)
+        return batch
+
+    def done(self, batch: Batch) -> None:
+        """Nothing waits on an answer here (the gate keeps each person in order)."""
+
+
+def action_lanes(
+    client_mode: bool = False, clock: Callable[[], float] = time.monotonic
+) -> Mapping[Kind, Lane]:
+    """One lane per action kind, each sized to its endpoint's most entries per request."""
+    assert set(ACTION_KINDS) == set(ENDPOINTS)
+    return {
+        kind: ActionLane(kind, most_per_request(kind, client_mode), clock)
+        for kind in ACTION_KINDS
+    }

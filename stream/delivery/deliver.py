@@ -1,0 +1,401 @@
+"""Deliver stage: send one batch to Klaviyo and say what became of each of its items.
+
+`Deliverer.send(batch)` returns a `Settlement`: the items Klaviyo accepted and the ones that
+failed, with the error and the stage to name in their dead letters. The completion ledger acts on
+it; the deliverer never calls back into the service.
+- retriable answers (429, 5xx, timeouts, dropped connections): exponential backoff with jitter
+  (`stream.core.retry`), `Retry-After` honoured, bounded in attempts and time;
+- a 400 on a bulk request: the entries its JSON pointers name fail and the rest is resent; a
+  400 without a usable pointer is bisected until the bad record is alone;
+- a 400 naming a header or query parameter (a wrong `revision`) fails every request alike: it is
+  a configuration error that stops the service (`RevisionRefused`), nothing is dead-lettered;
+- 401/403 stop the service (`FatalDeliveryError`); other 4xx fail at once.
+Consent, list and deletion actions are delivered by `stream.delivery.deliver_actions` (the
+profile ids it needs come from the profile-import answers seen here).
+Every request, merges and import-job polls included, goes through `request`: paced by the
+rate-limit governor, counted against `max_in_flight` only while it is on the wire, retried. A
+batch whose send slot the send stage already reserved (`Batch.reserved`) spends that slot on its
+first request to that endpoint instead of reserving another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stream.core.errors import (
+    DuplicateProfile,
+    FatalDeliveryError,
+    InvalidRequest,
+    KlaviyoClientError,
+    KlaviyoError,
+    RateLimited,
+    RevisionRefused,
+    Unauthorized,
+)
+from stream.core.retry import RetryPolicy
+from stream.delivery.actions import ActionBatch
+from stream.delivery.batch import Batch, Item, Kind
+from stream.delivery.deliver_actions import ActionSender
+from stream.klaviyo import mapping
+from stream.klaviyo.client import (
+    CLIENT_EVENTS,
+    CLIENT_EVENTS_BULK,
+    CLIENT_PROFILES,
+    EVENTS,
+    EVENTS_BULK,
+    PROFILE_IMPORT,
+    PROFILES_BULK,
+    KlaviyoClient,
+    Response,
+)
+from stream.klaviyo.consent import ENDPOINTS as ACTION_ENDPOINTS
+from stream.klaviyo.consent import endpoint_of
+from stream.klaviyo.governor import Governor
+from stream.klaviyo.importjob import import_failures
+from stream.klaviyo.merge import (
+    merge_duplicate,
+    profile_identifiers,
+    strongest_alone,
+    wait_merged,
+)
+from stream.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+MERGE_ATTEMPTS = 3
+SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
+# The endpoint whose slot the batch being sent (in this task) holds already, until spent.
+_RESERVED: contextvars.ContextVar[str | None] = contextvars.ContextVar("reserved", default=None)
+_BULK_POINTER = re.compile(
+    r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?"
+)
+
+
+# (our profile's identifiers, another Klaviyo profile's) -> one person in our identity graph?
+SamePerson = Callable[[dict[str, Any], dict[str, str]], bool]
+
+
+def endpoint_for(kind: Kind, size: int, client_mode: bool = False) -> str:
+    """The endpoint a batch of `size` items of `kind` is sent to (the governor's budget)."""
+    if kind in ACTION_ENDPOINTS:  # consent, lists, deletion: one budget per kind
+        return endpoint_of(kind, client_mode)
+    if client_mode:
+        if kind == "profiles":
+            return CLIENT_PROFILES
+        return CLIENT_EVENTS if size <= 1 else CLIENT_EVENTS_BULK
+    if kind == "events":
+        return EVENTS if size <= 1 else EVENTS_BULK
+    return PROFILE_IMPORT if size <= SMALL_PROFILE_BATCH else PROFILES_BULK
+
+
+@dataclass(slots=True)
+class Failure:
+    """Items that cannot be sent, why, and the stage their dead letters name."""
+
+    items: list[Item]
+    error: BaseException
+    stage: str
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What became of a batch's items: each is in exactly one of the two lists."""
+
+    delivered: list[Item] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+
+    def done(self, items: list[Item], endpoint: str) -> None:
+        metrics.RECORDS_SENT.labels(endpoint).inc(len(items))
+        self.delivered.extend(items)
+
+    def fail(self, items: list[Item], error: BaseException, stage: str) -> None:
+        self.failed.append(Failure(items, error, stage))
+
+
+class Deliverer:
+    """Sends batches; every item ends delivered or failed in the returned `Settlement`."""
+
+    def __init__(
+        self,
+        client: KlaviyoClient,
+        *,
+        max_in_flight: int = 8,
+        retry: RetryPolicy | None = None,
+        governor: Governor | None = None,
+        client_mode: bool = False,
+        same_person: SamePerson | None = None,
+    ) -> None:
+        self._client = client
+        self._same = same_person
+        self._requests = asyncio.Semaphore(max_in_flight)
+        self._retry = retry or RetryPolicy()
+        self._governor = governor or Governor()
+        self._client_mode = client_mode  # public key: /client/ endpoints, one profile a request
+        self.actions = ActionSender(self.request, client_mode=client_mode)
+
+    async def send(self, batch: Batch) -> Settlement:
+        """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service)."""
+        out = Settlement()
+        reserved = _RESERVED.set(batch.reserved)
+        try:
+            if isinstance(batch, ActionBatch):  # consent, lists, deletion
+                await self.actions.send(batch, out.done, out.fail)
+            elif self._client_mode:
+                await self._client_side(batch.items, out)
+            elif batch.kind == "events":
+                await self._events(batch.items, out)
+            else:
+                await self._profiles(batch.items, out)
+        finally:
+            _RESERVED.reset(reserved)
+        return out
+
+    # client-side mode -------------------------------------------------------------------
+
+    async def _client_side(self, items: list[Item], out: Settlement) -> None:
+        """/client/ endpoints: profiles one by one, events one by one or bulk per profile."""
+        for group in _group(items):
+            first = group[0]
+            if first.event is None:
+                for item in group:
+                    body = mapping.profile_import_body(item.profile, item.meta)
+                    await self._deliver(CLIENT_PROFILES, body, [item], out)
+            elif len(group) == 1:
+                body = mapping.single_event_body(first.event, first.profile)
+                await self._deliver(CLIENT_EVENTS, body, group, out)
+            else:
+                events = [i.event for i in group if i.event is not None]
+                body = mapping.client_bulk_events_body(first.profile, events)
+                try:
+                    await self._post(CLIENT_EVENTS_BULK, body, len(group))
+                except InvalidRequest as exc:
+                    await self._bisect(group, exc, self._client_side, out)
+                    continue
+                except KlaviyoError as exc:
+                    out.fail(group, exc, "deliver")
+                    continue
+                out.done(group, CLIENT_EVENTS_BULK)
+
+    # events -----------------------------------------------------------------------------
+
+    async def _events(self, items: list[Item], out: Settlement) -> None:
+        if not items:
+            return
+        if len(items) == 1:
+            item = items[0]
+            assert item.event is not None
+            body = mapping.single_event_body(item.event, item.profile)
+            await self._deliver(EVENTS, body, items, out)
+            return
+        groups = _group(items)
+        body = mapping.bulk_events_body(
+            [(g[0].profile, [orjson.Fragment(i.encoded) for i in g]) for g in groups]
+        )
+        try:
+            await self._post(EVENTS_BULK, body, len(items))
+        except InvalidRequest as exc:
+            bad = _bad_entries(exc, groups)
+            if bad:
+                out.fail(bad, exc, "deliver")
+                bad_ids = {id(b) for b in bad}
+                await self._events([i for i in items if id(i) not in bad_ids], out)
+            else:
+                await self._bisect(items, exc, self._events, out)
+            return
+        except KlaviyoError as exc:
+            out.fail(items, exc, "deliver")
+            return
+        out.done(items, EVENTS_BULK)
+
+    # profiles ---------------------------------------------------------------------------
+
+    async def _profiles(self, items: list[Item], out: Settlement) -> None:
+        if len(items) <= SMALL_PROFILE_BATCH:
+            for item in items:
+                body = mapping.profile_import_body(item.profile, item.meta)
+                await self._deliver(PROFILE_IMPORT, body, [item], out)
+            return
+        body = mapping.bulk_profiles_body([i.profile for i in items], [i.meta for i in items])
+        try:
+            response = await self._post(PROFILES_BULK, body, len(items))
+        except InvalidRequest as exc:
+            await self._bisect(items, exc, self._profiles, out)
+            return
+        except KlaviyoError as exc:
+            out.fail(items, exc, "deliver")
+            return
+        try:
+            failures = await import_failures(
+                self.request, response, [i.profile for i in items], self._retry.max_total_seconds
+            )
+        except KlaviyoError as exc:  # the job's outcome is unknowable: replay is a safe upsert
+            out.fail(items, exc, "import-job")
+            return
+        failed = {index for index in failures if index < len(items)}
+        for index in sorted(failed):
+            if failures[index].code == "duplicate_profile":
+                # a split person: the single upsert answers 409 synchronously and heals it
+                body = mapping.profile_import_body(items[index].profile, items[index].meta)
+                await self._deliver(PROFILE_IMPORT, body, [items[index]], out)
+            else:
+                out.fail([items[index]], failures[index], "import-job")
+        out.done([item for i, item in enumerate(items) if i not in failed], PROFILES_BULK)
+
+    # shared -----------------------------------------------------------------------------
+
+    async def _deliver(
+        self, endpoint: str, body: dict[str, Any], items: list[Item], out: Settlement
+    ) -> None:
+        try:
+            await self._upsert_healing(endpoint, body, items[0], len(items))
+        except KlaviyoError as exc:
+            out.fail(items, exc, "deliver")
+            return
+        out.done(items, endpoint)
+
+    async def _upsert_healing(
+        self, endpoint: str, body: dict[str, Any], item: Item, records: int
+    ) -> None:
+        """POST; on 409 duplicate_profile (one person split over two Klaviyo profiles) merge
+        the duplicate into the profile Klaviyo matched, wait until the merge has landed
+        (Klaviyo merges asynchronously), and try again (a few times: another consumer may be
+        healing the same person). Only a duplicate our identity graph holds as this very
+        person is merged; otherwise the upsert goes with the person's strongest identifier
+        alone and lands on that person's profile."""
+        profile = item.profile
+        for _attempt in range(MERGE_ATTEMPTS):
+            try:
+                self.actions.learn(item.person, await self._post(endpoint, body, records))
+                return
+            except DuplicateProfile as exc:
+                duplicate = exc.duplicate_profile_id
+                if duplicate is None:
+                    raise
+                if not await self._same_person(item, duplicate):
+                    metrics.PROFILE_MERGES_REFUSED.inc()
+                    alone = mapping.profile_import_body(strongest_alone(profile), item.meta)
+                    self.actions.learn(item.person, await self._post(endpoint, alone, records))
+                    return
+                # KlaviyoClientError: merged meanwhile by another consumer; the next upsert tells
+                with contextlib.suppress(KlaviyoClientError):
+                    if await merge_duplicate(self.request, profile, duplicate):
+                        await wait_merged(self.request, duplicate)
+        self.actions.learn(item.person, await self._post(endpoint, body, records))
+
+    async def _same_person(self, item: Item, duplicate: str) -> bool:
+        """Whether the duplicate profile's identifiers are this item's person in our graph."""
+        if self._same is None or item.person is None:
+            return True
+        theirs = await profile_identifiers(self.request, duplicate)
+        return self._same(item.profile, theirs)
+
+    async def _bisect(
+        self,
+        items: list[Item],
+        exc: KlaviyoError,
+        send: Callable[[list[Item], Settlement], Awaitable[None]],
+        out: Settlement,
+    ) -> None:
+        if len(items) == 1:
+            out.fail(items, exc, "deliver")
+            return
+        half = len(items) // 2
+        await send(items[:half], out)
+        await send(items[half:], out)
+
+    async def _post(self, endpoint: str, body: dict[str, Any], records: int) -> Response:
+        response = await self.request("POST", endpoint, body, budget=endpoint)
+        metrics.BATCH_SIZE.labels(endpoint).observe(records)
+        return response
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, budget: str
+    ) -> Response:
+        """One request, paced by the governor under `budget`, retried on retriable errors;
+        raises the last error when out of attempts or time (with `attempts` and
+        `first_attempt` set for the dead letter)."""
+        started, first_attempt = time.monotonic(), time.time()
+        attempt = 0
+        while True:
+            if _RESERVED.get() == budget:
+                _RESERVED.set(None)  # the send stage reserved this slot for the batch
+            else:
+                waited = await self._governor.acquire(budget)
+                if waited > 0:
+                    metrics.GOVERNOR_WAIT.labels(budget).inc(waited)
+            status = 0
+            async with self._requests:
+                metrics.IN_FLIGHT_REQUESTS.inc()
+                t0 = time.perf_counter()
+                try:
+                    response = await self._client.request(method, path, body)
+                    status = response.status
+                    self._governor.observe(budget, response.headers)
+                    return response
+                except KlaviyoError as exc:
+                    status = exc.status
+                    exc.attempts, exc.first_attempt = attempt + 1, first_attempt
+                    error: KlaviyoError = exc
+                finally:
+                    metrics.IN_FLIGHT_REQUESTS.dec()
+                    cls = metrics.status_class(status)
+                    metrics.BATCHES_SENT.labels(budget, cls).inc()
+                    metrics.REQUEST_SECONDS.labels(budget, cls).observe(time.perf_counter() - t0)
+            if isinstance(error, Unauthorized):
+                raise FatalDeliveryError(str(error)) from None
+            if isinstance(error, InvalidRequest) and error.parameters and not error.pointers:
+                names = ", ".join(error.parameters)
+                raise RevisionRefused(
+                    f"Klaviyo refused the request's {names} ({error}): check KLAVIYO_REVISION"
+                    " (or KLAVIYO_PUBLIC_KEY in client mode); nothing was dead-lettered"
+                ) from None
+            if isinstance(error, RateLimited):
+                metrics.RATE_LIMITED.labels(budget).inc()
+                self._governor.throttled(budget, error.retry_after)
+            if not error.retriable:
+                raise error
+            delay = self._retry.delay(attempt, error)
+            attempt += 1
+            if self._retry.gives_up(attempt, started, delay):
+                raise error
+            metrics.RETRIES.labels(budget, type(error).__name__).inc()
+            log.info("retrying", extra={"endpoint": budget, "error": str(error), "delay": delay})
+            # after a 429 the governor holds the endpoint until Retry-After: no extra sleep
+            if not isinstance(error, RateLimited):
+                await asyncio.sleep(delay)
+
+
+def _group(items: list[Item]) -> list[list[Item]]:
+    """Items grouped per profile, groups in first-seen order (the bulk request's order)."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.group_key, []).append(item)
+    return list(groups.values())
+
+
+def _bad_entries(exc: KlaviyoClientError, groups: list[list[Item]]) -> list[Item]:
+    """Items named by the 400's pointers: one event (`…/events/data/<j>`) or a whole group."""
+    bad: dict[int, Item] = {}
+    for pointer in exc.pointers:
+        match = _BULK_POINTER.match(pointer)
+        if match is None:
+            return []  # a pointer we cannot place: let the caller bisect
+        g = int(match.group(1))
+        if g >= len(groups):
+            return []
+        if match.group(2) is None:
+            bad.update((id(i), i) for i in groups[g])
+        elif int(match.group(2)) < len(groups[g]):
+            item = groups[g][int(match.group(2))]
+            bad[id(item)] = item
+    return list(bad.values())

@@ -1,0 +1,103 @@
+"""One factory for the pipeline's parts, so `run` and `test-event` build them alike.
+
+Everything here is decided by the settings alone: the routing, transformation and HIPAA
+rules (checked now: a mistake stops the start with one line), the consent rules (checked
+against the connection mode too), the identity resolver and the erasure over a state store,
+the Klaviyo client and its rate-limit governor, and the dead-letter writer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.completion.deadletter import DeadLetters
+from stream.core.settings import Settings, kafka_client_config
+from stream.engine.process import Processor
+from stream.identity.erasure import Erasure
+from stream.identity.resolver import IdentityResolver
+from stream.intake.decode import Decoder
+from stream.klaviyo.client import KlaviyoClient
+from stream.klaviyo.governor import Governor
+from stream.rules.consent import ConsentRules, check_client_mode, load_consent_rules
+from stream.rules.hipaa import dead_letter_redactor
+from stream.rules.route import router_from_settings
+from stream.rules.transform import Transformer, transformer_from_settings
+from stream.state import StateStore
+from stream.state.rules import Limits
+
+
+def build_processor(
+    settings: Settings, store: StateStore, transformer: Transformer | None = None
+) -> Processor:
+    """Route → transform (rules, then HIPAA) → identity → map, as the settings describe."""
+    identity = IdentityResolver(
+        store,
+        email_first=settings.use_email_as_identifier,
+        cache_seconds=settings.identity_cache_seconds,
+        max_skew=settings.max_clock_skew_seconds,
+    )
+    return Processor(
+        router_from_settings(settings),
+        identity,
+        settings.phone_default_region,
+        transformer if transformer is not None else transformer_from_settings(settings),
+        settings.ecommerce_metrics,
+        consent_rules(settings),
+        Erasure(store, identity, max_skew=settings.max_clock_skew_seconds),
+        settings.klaviyo_mode == "client",
+        settings.consent_custom_source,
+        hold_redacted=settings.hipaa_mode and not settings.hipaa_dlq_keep_original,
+    )
+
+
+def consent_rules(settings: Settings) -> ConsentRules:
+    """The consent rules file's rules (none without one), refused in client mode when they ask
+    more than subscriptions to a list."""
+    if not settings.consent_file:
+        return ConsentRules()
+    rules = load_consent_rules(settings.consent_file)
+    if settings.klaviyo_mode == "client":
+        check_client_mode(rules, settings.consent_file)
+    return rules
+
+
+def identity_limits(settings: Settings) -> Limits:
+    """Values of each identifier kind one person may hold (`stream.state.rules`)."""
+    return Limits(
+        email=settings.identity_emails_per_person, phone=settings.identity_phones_per_person
+    )
+
+
+def build_client(settings: Settings, **overrides: Any) -> KlaviyoClient:
+    """The Klaviyo client: server mode with the private key, client mode with the public key."""
+    options: dict[str, Any] = {
+        "timeout": settings.klaviyo_timeout_seconds,
+        "max_connections": settings.klaviyo_max_connections,
+        "public_key": settings.klaviyo_public_key if settings.klaviyo_mode == "client" else None,
+    }
+    options.update(overrides)
+    return KlaviyoClient(
+        settings.klaviyo_base_url, settings.klaviyo_api_key, settings.klaviyo_revision, **options
+    )
+
+
+def build_governor(settings: Settings) -> Governor:
+    """Klaviyo's rate limits times this replica's share (none against an unlimited sandbox)."""
+    return Governor(
+        None if settings.klaviyo_rate_governor else {},
+        # auto: the whole quota until the group's size is known (the service asks at once)
+        share=1.0 if settings.klaviyo_rate_share == "auto" else settings.klaviyo_rate_share,
+        time_scale=settings.klaviyo_rate_time_scale,
+    )
+
+
+def build_dead_letters(
+    settings: Settings, decoder: Decoder, transformer: Transformer
+) -> DeadLetters:
+    """The dead-letter writer; in HIPAA mode it writes a redacted copy unless told otherwise."""
+    redact = settings.hipaa_mode and not settings.hipaa_dlq_keep_original
+    return DeadLetters(
+        kafka_client_config(settings),
+        settings.dlq_topic,
+        dead_letter_redactor(decoder.decode, transformer) if redact else None,
+    )

@@ -1,0 +1,308 @@
+"""`klaviyo-stream produce`: publish Segment JSON calls to Kafka as Avro records.
+
+Records are written in the encoding `run` reads by default: Avro single-object encoding with
+the local schemas, or Confluent wire format when `SCHEMA_REGISTRY_URL` is set (schemas are
+registered under `<topic>-<RecordName>` subjects, TopicRecordNameStrategy, since one topic
+holds several call types). The key is the person's userId, else anonymousId.
+
+From a JSON-lines file (`publish_file`), a call without `messageId` or `timestamp` gets them
+the way the analytics libraries fill them (a uuid4; now, in UTC), and is counted; a line that
+is not a valid call is reported by its number and skipped (or, `strict`, stops the run).
+Whatever happens, what was already handed to the producer is flushed to the broker.
+`backfill` marks every record as a historical load (`klaviyo-stream.backfill: 1`, as
+`dlq replay` does): events go with `backfill: true`, subscriptions as a historical import.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from stream.core.calls import CALL_TYPES, normalize
+from stream.core.errors import PublishError, RecordError, StreamError
+from stream.intake.avro import (
+    CONFLUENT_MAGIC,
+    NAMESPACE,
+    SINGLE_OBJECT_MAGIC,
+    SchemaSet,
+    encode_body,
+    load_schemas,
+    single_object_fingerprint,
+)
+from stream.klaviyo.mapping import BACKFILL_HEADER
+
+JSON_FIELDS = ("traits", "properties", "context", "integrations")
+POLL_EVERY = 1000  # records between two polls of the producer (delivery reports, errors)
+PROGRESS_EVERY = 5000  # lines between two progress-bar updates
+
+
+def to_avro_record(call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A Segment JSON call → (call type, Avro record with JSON-typed fields as text).
+
+    A `null` JSON field (some libraries write one) is written as an empty object."""
+    call_type = call.get("type")
+    if call_type not in CALL_TYPES:
+        raise RecordError(f"unknown call type {call_type!r} (expected one of {CALL_TYPES})")
+    record = dict(call)
+    for key in JSON_FIELDS:
+        if key in record:
+            value = record[key]
+            if value is None:
+                record[key] = "{}"
+            elif not isinstance(value, str):
+                record[key] = orjson.dumps(value).decode()
+    return call_type, record
+
+
+def fill_missing(call: dict[str, Any]) -> tuple[str, ...]:
+    """Give a call without `messageId` or `timestamp` the values the analytics libraries
+    would have given it (a uuid4; now, UTC, to the millisecond); the names of those filled."""
+    filled: list[str] = []
+    if call.get("messageId") is None:
+        call["messageId"] = str(uuid.uuid4())
+        filled.append("messageId")
+    if call.get("timestamp") is None:
+        call["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+        filled.append("timestamp")
+    return tuple(filled)
+
+
+class Encoder:
+    """Encodes calls in the configured wire format."""
+
+    def __init__(
+        self, schemas: SchemaSet | None = None, registry: Any = None, topic: str = ""
+    ) -> None:
+        self._schemas = schemas or load_schemas()
+        self._registry = registry
+        self._topic = topic
+        self._headers: dict[str, bytes] = {}  # call type → magic bytes + schema fingerprint/id
+
+    def _header(self, call_type: str) -> bytes:
+        header = self._headers.get(call_type)
+        if header is None:
+            schema = self._schemas.current[call_type]  # type: ignore[index]
+            if self._registry is None:
+                header = SINGLE_OBJECT_MAGIC + single_object_fingerprint(schema)
+            else:
+                from confluent_kafka.schema_registry import Schema
+
+                subject = f"{self._topic}-{NAMESPACE}.{call_type.capitalize()}"
+                raw = Schema(self._schemas.raw[call_type], "AVRO")  # type: ignore[index]
+                schema_id = self._registry.register_schema(subject, raw)
+                header = bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big")
+            self._headers[call_type] = header
+        return header
+
+    def encode(self, call: dict[str, Any]) -> bytes:
+        """One call → record value bytes (the schema fingerprint or id is computed once)."""
+        call_type, record = to_avro_record(call)
+        schema = self._schemas.current[call_type]  # type: ignore[index]
+        return self._header(call_type) + encode_body(schema, record)
+
+
+def key_of(call: dict[str, Any]) -> bytes | None:
+    """Partition key: one person's calls stay in order on one partition when keyed alike."""
+    key = call.get("userId") or call.get("anonymousId")
+    return str(key).encode() if key else None
+
+
+
+class Publisher:
+    """A producer that always flushes: on `close()`, and on leaving a `with` block by an error.
+
+    Delivery reports are asked for failures only (`delivery.report.only.error`), so a
+    successful record costs no Python callback."""
+
+    def __init__(
+        self, producer_config: dict[str, Any], topic: str, *, backfill: bool = False
+    ) -> None:
+        self._topic = topic
+        self._headers: list[tuple[str, str | bytes | None]] | None = (
+            [(BACKFILL_HEADER, b"1")] if backfill else None
+        )
+        self.errors: list[str] = []
+        self.sent = 0
+        self._producer = Producer(
+            {
+                "linger.ms": 50,
+                "batch.size": 1_000_000,
+                "compression.type": "lz4",
+                **producer_config,
+                "enable.idempotence": True,
+                "delivery.report.only.error": True,
+                "on_delivery": self._failed,
+            }
+        )
+
+    def _failed(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def send(self, value: bytes, key: bytes | None) -> None:
+        """Hand one record to librdkafka (waiting for room when its queue is full)."""
+        produce = self._producer.produce
+        while True:
+            try:
+                if self._headers is None:
+                    produce(self._topic, value, key)
+                else:
+                    produce(self._topic, value, key, headers=self._headers)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self.sent += 1
+        if self.sent % POLL_EVERY == 0:
+            self._producer.poll(0)
+
+    def close(self, timeout: float = 60) -> None:
+        """Wait until the broker has every record; `PublishError` saying what was not."""
+        remaining = self._producer.flush(timeout)
+        self._producer.close()
+        if remaining or self.errors:
+            raise PublishError(
+                f"{remaining} record(s) not delivered within {timeout:g} s; "
+                f"{len(self.errors)} delivery error(s): {self.errors[:3]}"
+            )
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._producer.flush(60)  # the error is the one to report; still, nothing is lost
+            self._producer.close()
+
+
+def publish(
+    producer_config: dict[str, Any],
+    topic: str,
+    calls: Iterable[dict[str, Any]],
+    encoder: Encoder,
+    *,
+    backfill: bool = False,
+) -> int:
+    """Produce every call and wait until the broker has them all; returns the count.
+
+    A call that cannot be encoded raises after what was sent before it is flushed."""
+    with Publisher(producer_config, topic, backfill=backfill) as publisher:
+        for call in calls:
+            publisher.send(encoder.encode(call), key_of(call))
+    return publisher.sent
+
+
+# JSON-lines files -------------------------------------------------------------------------
+
+
+@dataclass
+class FileReport:
+    """What `publish_file` did: counts, refused lines by number, the line `strict` stopped at."""
+
+    published: int = 0
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    filled: Counter[str] = field(default_factory=Counter)
+    stopped_at: int | None = None
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every non-blank line of a file."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, line
+
+
+def parse_call(line: bytes) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """One line → a checked Segment call (missing ids and times filled) and what was filled.
+
+    The call is checked as the service's decoder would check it, so a line the service would
+    dead-letter for its shape is refused here, by its line number, instead."""
+    try:
+        call = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc}") from None
+    if not isinstance(call, dict):
+        raise RecordError(f"not a JSON object (a call), got {type(call).__name__}")
+    filled = fill_missing(call)
+    call_type = call.get("type")
+    if call_type not in CALL_TYPES:
+        raise RecordError(f"unknown call type {call_type!r} (expected one of {CALL_TYPES})")
+    normalize(call_type, call)
+    return call, filled
+
+
+def publish_file(
+    producer_config: dict[str, Any],
+    topic: str,
+    path: str | Path,
+    encoder: Encoder,
+    *,
+    strict: bool = False,
+    on_refused: Callable[[int, str], None] | None = None,
+    progress: bool = False,
+    backfill: bool = False,
+) -> FileReport:
+    """Publish a JSON-lines file of calls; bad lines are reported (`on_refused(number,
+    reason)`) and skipped, or with `strict` stop the run. What was sent is always flushed."""
+    report = FileReport()
+    bar = _progress_bar(path) if progress else None
+    with Publisher(producer_config, topic, backfill=backfill) as publisher:
+        read = 0
+        try:
+            for number, line in read_lines(path):
+                read += len(line)
+                if bar is not None and number % PROGRESS_EVERY == 0:
+                    bar.update(read - bar.n)
+                try:
+                    call, filled = parse_call(line)
+                    value = encoder.encode(call)
+                except (StreamError, ValueError, TypeError, OverflowError) as exc:
+                    reason = _reason(exc)
+                    report.refused.append((number, reason))
+                    if on_refused is not None:
+                        if bar is not None:
+                            bar.clear()  # the report gets its own line, the bar redraws below
+                        on_refused(number, reason)
+                        if bar is not None:
+                            bar.refresh()
+                    if strict:
+                        report.stopped_at = number
+                        break
+                    continue
+                publisher.send(value, key_of(call))
+                for name in filled:
+                    report.filled[name] += 1
+        finally:
+            if bar is not None:
+                bar.update(read - bar.n)
+                bar.close()
+    report.published = publisher.sent
+    return report
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, StreamError):
+        return str(exc)
+    return f"not a valid call for its Avro schema: {type(exc).__name__}: {exc}"  # fastavro
+
+
+def _progress_bar(path: str | Path) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=Path(path).stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"publishing {Path(path).name}",
+        leave=True,
+    )

@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, the /metrics /healthz /readyz endpoints and JSON-line logs."""
