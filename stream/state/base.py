@@ -198,19 +198,6 @@ class StateStore(Protocol):
         ...
 
 
-def ordered_identifiers(
-    identifiers: Sequence[Identifier], first: Identifier | None = None
-) -> list[Identifier]:
-    """Checked identifiers, strongest first (`first`, when given, leads)."""
-    from stream.state.rules import strongest_first
-
-    ids = strongest_first(check_identifiers(identifiers))
-    if first is not None and first in ids:
-        ids.remove(first)
-        ids.insert(0, first)
-    return ids
-
-
 def check_identifiers(identifiers: Sequence[Identifier]) -> list[Identifier]:
     """Validate kinds, drop exact duplicates keeping first position; ValueError if none."""
     out: list[Identifier] = []

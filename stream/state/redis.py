@@ -43,10 +43,9 @@ from stream.state.base import (
     Person,
     build_person,
     check_identifiers,
-    ordered_identifiers,
     tombstone_hash,
 )
-from stream.state.rules import DEFAULT_LIMITS, Limits, plan_link
+from stream.state.rules import DEFAULT_LIMITS, Limits, ordered_identifiers, plan_link
 
 _RELEASE = """
 local function release(P, anons, lease)

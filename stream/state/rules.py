@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from stream.state.base import Identifier, Kind
+from stream.state.base import Identifier, Kind, check_identifiers
 
 PRIORITY: tuple[Kind, ...] = ("external_id", "email", "phone", "anonymous_id")
 RANK = {kind: n for n, kind in enumerate(PRIORITY)}
@@ -66,6 +66,17 @@ class Plan:
 def strongest_first(identifiers: Sequence[Identifier]) -> list[Identifier]:
     """The call's identifiers by priority (stable within a kind)."""
     return sorted(identifiers, key=lambda ident: RANK[ident[0]])
+
+
+def ordered_identifiers(
+    identifiers: Sequence[Identifier], first: Identifier | None = None
+) -> list[Identifier]:
+    """Checked identifiers, strongest first (`first`, when given, leads)."""
+    ids = strongest_first(check_identifiers(identifiers))
+    if first is not None and first in ids:
+        ids.remove(first)
+        ids.insert(0, first)
+    return ids
 
 
 def plan_link(

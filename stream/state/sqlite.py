@@ -35,10 +35,9 @@ from stream.state.base import (
     Person,
     build_person,
     check_identifiers,
-    ordered_identifiers,
     tombstone_hash,
 )
-from stream.state.rules import DEFAULT_LIMITS, Limits, Plan, plan_link
+from stream.state.rules import DEFAULT_LIMITS, Limits, Plan, ordered_identifiers, plan_link
 
 _CHUNK = 500  # bound on SQL variables per statement
 _T = TypeVar("_T")

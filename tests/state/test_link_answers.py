@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from stream.state import Identifier, StateError, StateStore, open_store
-from stream.state.base import KINDS, ordered_identifiers
-from stream.state.rules import Limits
+from stream.state.base import KINDS
+from stream.state.rules import Limits, ordered_identifiers
 
 
 @pytest.fixture(params=["sqlite", "redis"])
