@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.engine.test_barrier import JSON_TEXT, TEXT, TIMESTAMPS, encoded, run_stage
+from tests.support.barrier import JSON_TEXT, TEXT, TIMESTAMPS, encoded, run_stage
 
 CHANNELS = st.sampled_from(["email", "sms", "fax", "", 7])
 OPTIONS = st.fixed_dictionaries(

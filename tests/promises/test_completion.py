@@ -9,7 +9,6 @@ while it was held is never applied, as with a real outage.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,11 +21,12 @@ from confluent_kafka import Consumer, Producer
 
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from stream.ops.produce import Encoder
-from tests.support import read_topic, sandbox_get, wait_until
+from tests.support import free_port, read_topic, sandbox_get, wait_until
 from tests.support.harness import (
     ServiceProcess,
     committed_lag,
     create_topic,
+    metric,
     service_env,
     state_dir,
     stats,
@@ -79,12 +79,6 @@ def produce(bootstrap: str, topic: str, calls: list[dict], partition: int = 0) -
     assert producer.flush(30) == 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def faults(url: str, **body: Any) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
@@ -97,26 +91,6 @@ async def faults(url: str, **body: Any) -> dict[str, Any]:
 
 async def waiting_requests(url: str) -> int:
     return int((await sandbox_get(url, "/sandbox/faults"))["waiting"])
-
-
-async def metric(port: int, name: str, **labels: str) -> float:
-    """The sum of a metric's samples (with these labels) on a service's /metrics (NaN while
-    the service is not listening yet)."""
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/metrics") as resp,
-        ):
-            text = await resp.text()
-    except aiohttp.ClientConnectionError:
-        return float("nan")
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def events_by_id(url: str) -> dict[str, list[dict[str, Any]]]:

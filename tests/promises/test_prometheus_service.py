@@ -27,7 +27,7 @@ from stream.core.settings import SANDBOX_API_KEY
 from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from stream.ops.produce import Encoder, publish
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 from tests.support.harness import (
     ServiceProcess,
     assert_exactly_once,
@@ -41,7 +41,6 @@ from tests.support.prometheus import (
     PrometheusHarness,
     alert_rules,
     dashboard_expressions,
-    free_port,
     grafana_to_promql,
     needs_binary,
 )

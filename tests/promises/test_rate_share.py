@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from stream.local.sandbox import SandboxConfig, SandboxThread
-from tests.promises.test_completion import free_port, metric
-from tests.support import wait_until
-from tests.support.harness import ServiceProcess, service_env, state_dir
+from tests.support import free_port, wait_until
+from tests.support.harness import ServiceProcess, metric, service_env, state_dir
 
 
 async def test_the_share_follows_the_group_size(

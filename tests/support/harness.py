@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -272,3 +273,23 @@ def publish_paced(
     for start in range(0, len(calls), size):
         publish({"bootstrap.servers": bootstrap}, topic, calls[start : start + size], encoder)
         time.sleep(seconds / chunks)  # pacing, not waiting for a condition
+
+
+async def metric(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (with these labels) on a service's /metrics (NaN while
+    the service is not listening yet)."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    except aiohttp.ClientConnectionError:
+        return float("nan")
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

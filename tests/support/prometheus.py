@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
@@ -113,13 +114,6 @@ def alert_rules(path: Path = ALERTS) -> list[dict[str, Any]]:
 def alert_expressions(path: Path = ALERTS) -> list[str]:
     """The `expr` of every rule in a Prometheus rules file."""
     return [str(rule["expr"]) for rule in alert_rules(path)]
-
-
-def free_port() -> int:
-    """A loopback port free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusHarness:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,11 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import free_port
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> bool:
@@ -67,7 +62,7 @@ def _redis_server(
     workdir: Path = tmp_path_factory.mktemp("redis")
     auth = ["--requirepass", password] if password else []
     for _attempt in range(3):  # the free port can be taken between probe and bind
-        port = _free_port()
+        port = free_port()
         log = open(workdir / f"redis-{port}.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
             [
@@ -125,7 +120,7 @@ class StoppableRedis:
             pytest.skip("redis-server not installed (apt-get install -y redis-server)")
         self._binary = binary
         self._workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from stream.local.sandbox import SandboxConfig, SandboxServer
-
-from .conftest import API_KEY, HEADERS, event, inspect, post
+from tests.support.sandbox import API_KEY, HEADERS, event, inspect, post
 
 
 async def test_missing_key_is_401_not_authenticated(

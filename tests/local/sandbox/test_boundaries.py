@@ -16,8 +16,7 @@ from stream.core.calls import normalize
 from stream.core.errors import MappingError
 from stream.klaviyo import mapping
 from stream.local.sandbox import SandboxServer
-
-from .conftest import post, profile
+from tests.support.sandbox import post, profile
 
 TIMES = [
     "1990-01-01T00:00:00Z",

@@ -11,8 +11,16 @@ import urllib.request
 import aiohttp
 
 from stream.local.sandbox import SandboxConfig, SandboxServer, SandboxThread
-
-from .conftest import API_KEY, HEADERS, bulk_event, event, inspect, post, profile, upsert
+from tests.support.sandbox import (
+    API_KEY,
+    HEADERS,
+    bulk_event,
+    event,
+    inspect,
+    post,
+    profile,
+    upsert,
+)
 
 CLIENT_HEADERS = {"revision": "2026-07-15", "Content-Type": "application/vnd.api+json"}
 

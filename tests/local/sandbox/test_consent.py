@@ -11,8 +11,7 @@ import pytest
 from stream.local.sandbox import SandboxConfig, SandboxServer, SeedList
 from stream.local.sandbox.consent import Suppression
 from tests.support import wait_until
-
-from .conftest import (
+from tests.support.sandbox import (
     consent_job,
     consenting,
     create,

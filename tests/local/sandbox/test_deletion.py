@@ -10,8 +10,7 @@ import pytest
 
 from stream.local.sandbox import SandboxConfig, SandboxServer, SeedList
 from tests.support import wait_until
-
-from .conftest import create, event, get, inspect, post, profile
+from tests.support.sandbox import create, event, get, inspect, post, profile
 
 URL = "/api/data-privacy-deletion-jobs"
 

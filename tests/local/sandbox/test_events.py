@@ -5,8 +5,16 @@ from __future__ import annotations
 import aiohttp
 
 from stream.local.sandbox import SandboxServer
-
-from .conftest import bulk_entry, bulk_event, bulk_events, event, inspect, post, profile, upsert
+from tests.support.sandbox import (
+    bulk_entry,
+    bulk_event,
+    bulk_events,
+    event,
+    inspect,
+    post,
+    profile,
+    upsert,
+)
 
 
 async def test_repeated_unique_id_is_silently_refused(

@@ -9,8 +9,7 @@ import pytest
 
 from stream.local.sandbox import SandboxServer
 from stream.local.sandbox.filters import Condition, FilterSyntaxError, parse_filter
-
-from .conftest import create, get
+from tests.support.sandbox import create, get
 
 TRICKY = [
     'say "hi"',

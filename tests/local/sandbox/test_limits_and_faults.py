@@ -15,8 +15,7 @@ from stream.local.sandbox.config import OPENAPI_DIR
 from stream.local.sandbox.ratelimit import RateLimiter
 from stream.local.sandbox.spec import load_operations
 from tests.support import wait_until
-
-from .conftest import HEADERS, event, inspect, post
+from tests.support.sandbox import HEADERS, event, inspect, post
 
 JOB_URL = "/api/profile-bulk-import-jobs/01NOJOB"  # burst 10/s, steady 150/m; a 404 still counts
 

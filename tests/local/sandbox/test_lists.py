@@ -12,8 +12,7 @@ import pytest
 
 from stream.local.sandbox import SandboxConfig, SandboxServer, SeedList
 from tests.support import wait_until
-
-from .conftest import (
+from tests.support.sandbox import (
     HEADERS,
     consent_job,
     consenting,

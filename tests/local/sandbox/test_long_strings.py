@@ -11,8 +11,7 @@ import pytest
 
 from stream.local.sandbox import SandboxServer
 from stream.local.sandbox.validation import long_strings, strings_fit
-
-from .conftest import bulk_entry, bulk_event, bulk_events, inspect, post, profile
+from tests.support.sandbox import bulk_entry, bulk_event, bulk_events, inspect, post, profile
 
 BULK = "/data/attributes/events-bulk-create/data"
 TRICKY = ['"', "\\", "\n", "é", "€", "😀", "a", '\\"', '"\\']

@@ -10,8 +10,7 @@ import pytest
 
 from stream.local.sandbox import SandboxConfig, SandboxServer
 from tests.support import wait_until
-
-from .conftest import create, event, get, inspect, merge_body, post, profile, upsert
+from tests.support.sandbox import create, event, get, inspect, merge_body, post, profile, upsert
 
 NEVER = 3600.0  # a merge delay no test outlives: the merge stays pending
 SOON = 0.05

@@ -20,8 +20,7 @@ from stream.local.sandbox import SandboxConfig, SandboxServer, SeedList
 from stream.local.sandbox.inspection import wants_html
 from tests.support import wait_until
 from tests.support.prometheus import in_ci
-
-from .conftest import (
+from tests.support.sandbox import (
     bulk_entry,
     bulk_event,
     bulk_events,

@@ -7,8 +7,7 @@ from typing import Any
 import aiohttp
 
 from stream.local.sandbox import SandboxServer
-
-from .conftest import get, post, upsert
+from tests.support.sandbox import get, post, upsert
 
 
 async def _create(http: aiohttp.ClientSession, url: str, **attributes: Any) -> str:

@@ -8,8 +8,7 @@ import aiohttp
 import pytest
 
 from stream.local.sandbox import SandboxServer
-
-from .conftest import (
+from tests.support.sandbox import (
     HEADERS,
     bulk_entry,
     bulk_event,
