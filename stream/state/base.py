@@ -11,7 +11,7 @@ Clock: `now` / `timestamp` arguments are Unix seconds (`time.time()`). A dedup k
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
@@ -62,30 +62,91 @@ class LinkResult:
     released: tuple[HeldEntry, ...]  # held payloads leased because the person is now named
     refused: tuple[Identifier, ...] = ()  # the call's identifiers left unlinked by the rules
     refused_persons: tuple[str, ...] = ()  # persons a join with was refused
+    tombstoned: bool = False  # the guard refused the link: nothing changed, `person` is empty
+
+
+Position = tuple[str, int, int]  # (topic, partition, offset) of a record
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """What a deletion leaves of one identifier: the deletion's time, its write mark (`seq`,
+    store-wide, one per erasure), the erasure (the delete call's message id) and where the
+    delete call sat in Kafka (`position`, None when unknown: tombstones of an older release)."""
+
+    deleted_at: float
+    seq: int
+    erasure: str = ""
+    position: Position | None = None
+
+    def encode(self) -> str:
+        """`erasure topic:partition:offset` (the parts a tombstone keeps besides time and mark)."""
+        where = "" if self.position is None else ":".join(map(str, self.position))
+        return f"{self.erasure} {where}"
+
+    @staticmethod
+    def decode(deleted_at: float, seq: int, extra: str | None) -> Tombstone:
+        erasure, _, where = (extra or "").partition(" ")
+        position: Position | None = None
+        if where:
+            topic, partition, offset = where.rsplit(":", 2)
+            position = (topic, int(partition), int(offset))
+        return Tombstone(deleted_at, seq, erasure, position)
+
+
+# a link's check against deletions: the tombstones of the call's identifiers (by hash) ->
+# True when the call is older than one of those deletions (`stream.identity.tombstones`)
+Guard = Callable[[Mapping[str, Tombstone]], bool]
+
+PENDING, FAILED = "pending", "failed"  # an erasure's state until it is settled (deleted)
 
 
 @dataclass(frozen=True, slots=True)
 class Forgotten:
-    """What `forget` removed: every identifier of the forgotten persons (those asked for
-    included), how many persons and held calls; `again` when this erasure had been applied
-    before (a re-read of its delete call): nothing was removed now, `identifiers` are the ones
-    removed then."""
+    """What `forget` removed: the identifiers of the erased person (those the call names that
+    nobody owned included), strongest first; how many persons (folds of one person count
+    apart) and held calls went; `person_ids` the persons' ids; `others` how many identifiers
+    the call names that belong to someone else and were left with them; `seq` the erasure's
+    tombstone mark; `again` when this erasure had been applied before (a re-read of its delete
+    call): nothing was removed now, `identifiers` are the ones removed then (none once it was
+    settled)."""
 
     identifiers: tuple[Identifier, ...]
     persons: int = 0
     held: int = 0
     again: bool = False
+    person_ids: tuple[str, ...] = ()
+    others: int = 0
+    seq: int = 0
 
-    def encode(self) -> bytes:
-        """The erasure entry kept until Klaviyo accepted the deletions (identifiers, persons)."""
-        return orjson.dumps({"identifiers": self.identifiers, "persons": self.persons})
+    def encode(self, created: float) -> bytes:
+        """The erasure entry kept until Klaviyo has the deletion confirmed (its identifiers:
+        personal data, for as long as that takes)."""
+        return orjson.dumps({
+            "identifiers": self.identifiers, "persons": self.persons,
+            "person_ids": self.person_ids, "others": self.others, "seq": self.seq,
+            "created": created,
+        })  # fmt: skip
 
     @staticmethod
-    def decode(payload: bytes) -> Forgotten:
+    def decode(payload: bytes | str) -> Forgotten:
         """A stored erasure entry, read again: `again` is set."""
         raw = orjson.loads(payload)
         ids = tuple((kind, value) for kind, value in raw["identifiers"])
-        return Forgotten(ids, int(raw.get("persons", 0)), 0, again=True)  # type: ignore[arg-type]
+        return Forgotten(
+            ids,  # type: ignore[arg-type]
+            int(raw.get("persons", 0)),
+            0,
+            again=True,
+            person_ids=tuple(raw.get("person_ids", ())),
+            others=int(raw.get("others", 0)),
+            seq=int(raw.get("seq", 0)),
+        )
+
+    @staticmethod
+    def created(payload: bytes) -> float:
+        """When a stored erasure entry was written (0 for an older release's entry)."""
+        return float(orjson.loads(payload).get("created", 0.0))
 
 
 def tombstone_hash(identifier: Identifier) -> str:
@@ -97,6 +158,7 @@ class StateStore(Protocol):
     """Dedup window + identity graph; every method is one atomic step (one round trip in Redis)."""
 
     lease_seconds: float  # how long a released held call stays leased to its sender
+    lease_owner: str  # the replica that leases what this store releases ("" unknown)
 
     def link(
         self,
@@ -105,6 +167,7 @@ class StateStore(Protocol):
         timestamp: float = 0.0,
         now: float | None = None,
         first: Identifier | None = None,
+        guard: Guard | None = None,
     ) -> LinkResult:
         """Link a call's identifiers by the identity rules (`stream.state.rules`): the call is
         attributed to the owner of its strongest identifier (`first`, when given, is taken as
@@ -114,6 +177,11 @@ class StateStore(Protocol):
         afterwards, payloads held under its anonymous ids are returned, oldest first, and leased
         until `now` + the lease time: they stay stored until `settle_held`, and are not released
         again meanwhile. Raises ValueError if `identifiers` is empty.
+
+        `guard`, when given, sees the tombstones of the identifiers in the same atomic step:
+        when it answers True (the call is older than a deletion of one of them) nothing is
+        linked and the result is `tombstoned`, so no replica, however late it learns of a
+        deletion, brings the erased person back into the graph.
         """
         ...
 
@@ -136,8 +204,9 @@ class StateStore(Protocol):
         ...
 
     def reclaim_held(self, now: float, limit: int = 1000) -> list[HeldEntry]:
-        """Leased payloads whose lease ran out by `now` (their sender crashed), leased again
-        and returned, oldest first."""
+        """Leased payloads whose lease ran out by `now`, or whose lease owner (the replica that
+        released them, `lease_owner`) is no longer alive (`live_replicas`): leased again to
+        this store's owner and returned, oldest first."""
         ...
 
     def settle_held(self, entry_ids: Sequence[str]) -> None:
@@ -169,28 +238,75 @@ class StateStore(Protocol):
         ...
 
     def forget(
-        self, identifiers: Sequence[Identifier], deleted_at: float, erasure_id: str
+        self,
+        identifiers: Sequence[Identifier],
+        deleted_at: float,
+        erasure_id: str,
+        position: Position | None = None,
     ) -> Forgotten:
-        """Erase the persons owning any of `identifiers` (a data-privacy deletion), in one
-        atomic step: their identifiers, traits and held calls (held under their anonymous ids)
-        are removed, a tombstone (`tombstone_hash`, latest `deleted_at`) is kept for each of
-        their identifiers and of `identifiers`, and an erasure entry `erasure_id` remembers
-        which identifiers were removed until `settle_erasure`.
+        """Erase the person a delete call naming `identifiers` resolves to (`plan_erasure`:
+        the owner of its strongest identifier and whom the rules join to it), in one atomic
+        step: their identifiers, traits and held calls (held under their anonymous ids) are
+        removed; a tombstone (`tombstone_hash`; the latest `deleted_at`, this erasure's new
+        mark, `erasure_id`, `position`) is kept for each of their identifiers and each of
+        `identifiers` nobody owned; identifiers owned by someone else are left with them
+        (counted in `others`); an erasure entry `erasure_id` (PENDING) remembers what was
+        removed until `settle_erasure`.
 
-        Read again, a deletion changes nothing: if its entry exists (not settled yet) its
-        identifiers are returned (`again`); if every one of `identifiers` has a tombstone at
-        or after `deleted_at` it was applied before, and nothing is returned (`again`, no
-        identifiers): whoever holds them now came after it.
+        Read again, a deletion changes nothing: if its entry exists its identifiers are
+        returned (`again`) and it is PENDING again; if it was applied and settled before (a
+        tombstone of `identifiers` names it, or all of them are at or after `deleted_at`),
+        nothing is returned (`again`, no identifiers): whoever holds them now came after it.
         """
         ...
 
     def settle_erasure(self, erasure_id: str) -> None:
-        """Delete an erasure entry: Klaviyo has the deletions of its identifiers."""
+        """Delete an erasure entry: Klaviyo has the deletion, confirmed."""
         ...
 
-    def tombstones(self, after: int = 0) -> tuple[list[tuple[str, float]], int]:
-        """Tombstones written after mark `after`, as (hash, deleted_at), and the newest mark
-        (pass it as `after` next time to read only what is new)."""
+    def fail_erasure(self, erasure_id: str) -> None:
+        """Keep an erasure entry as FAILED (its deletion was dead-lettered): a replay of the
+        delete call sends it again; calls newer than it no longer wait for it."""
+        ...
+
+    def open_erasures(self) -> set[str]:
+        """Ids of the erasures still PENDING (being deleted at Klaviyo by some replica)."""
+        ...
+
+    def purge_erasures(self, older_than: float) -> int:
+        """Delete FAILED erasure entries written before `older_than` (Unix seconds): their
+        identifiers are not kept longer than that. Returns how many went."""
+        ...
+
+    def tombstones(
+        self, after: int = 0, limit: int = 10_000
+    ) -> tuple[list[tuple[str, Tombstone]], int]:
+        """Tombstones written after mark `after` (at most about `limit`, whole erasures), as
+        (hash, tombstone), and the mark to pass next time (the newest one read)."""
+        ...
+
+    def tombstone_rows(self, hashes: Sequence[str]) -> dict[str, Tombstone]:
+        """The tombstones of these hashes (those that have one)."""
+        ...
+
+    def tombstone_hashes(self, cursor: str = "", count: int = 10_000) -> tuple[list[str], str]:
+        """Every tombstone hash, a page at a time: pass the returned cursor back; "" when done."""
+        ...
+
+    # replicas -----------------------------------------------------------------------------
+
+    def publish_mark(self, replica: str, mark: int, ttl: float) -> None:
+        """Replica `replica` is alive for `ttl` seconds more (on the store's clock), and
+        nothing it began before tombstone mark `mark` can still reach Klaviyo."""
+        ...
+
+    def low_mark(self) -> int | None:
+        """The lowest mark of the live replicas (None when none is alive); expired ones are
+        forgotten."""
+        ...
+
+    def live_replicas(self) -> set[str]:
+        """Replicas whose last `publish_mark` has not expired."""
         ...
 
     def close(self) -> None:

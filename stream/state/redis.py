@@ -16,8 +16,12 @@ Layout under `prefix` (default "ks:"):
     hl                  zset released entry -> lease_until (stays until settled or reclaimed)
     d:<message_id>      string, expires at now + window
     tomb / tombz        hash tombstone hash -> deleted_at; zset tombstone hash -> write mark
+    tombe               hash tombstone hash -> "erasure topic:partition:offset" (v3)
     seq:tomb            counter of tombstone write marks
     er                  hash erasure id -> the identifiers removed (until Klaviyo has them)
+    erp / erc           set of the PENDING erasure ids; zset erasure id -> written at (v3)
+    repz / repm         zset replica -> alive until (ms, Redis' clock); hash replica -> mark
+    hlo                 hash released entry -> the replica it is leased to (v3)
     layout              the layout version (absent: v1)
 Scripts compute key names at run time, so Redis Cluster is not supported (one primary only).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import orjson
@@ -37,18 +42,27 @@ from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
     HELD_LEASE_SECONDS,
     Forgotten,
+    Guard,
     HeldEntry,
     Identifier,
     LinkResult,
     Person,
+    Position,
+    Tombstone,
     build_person,
     check_identifiers,
     tombstone_hash,
 )
-from stream.state.rules import DEFAULT_LIMITS, Limits, ordered_identifiers, plan_link
+from stream.state.rules import (
+    DEFAULT_LIMITS,
+    Limits,
+    ordered_identifiers,
+    plan_erasure,
+    plan_link,
+)
 
 _RELEASE = """
-local function release(P, anons, lease)
+local function release(P, anons, lease, owner)
   local items = {}
   for _, a in ipairs(anons) do
     local lk = P .. 'h:' .. a
@@ -73,6 +87,7 @@ local function release(P, anons, lease)
     out[#out + 1] = it[4]
     redis.call('ZREM', P .. 'hz', it[2])
     redis.call('ZADD', P .. 'hl', lease, it[2])
+    redis.call('HSET', P .. 'hlo', it[2], owner)
   end
   return out
 end
@@ -91,20 +106,36 @@ for i = 1, n do
     persons[#persons + 1] = redis.call('HGETALL', P .. 'p:' .. pid)
   end
 end
-return {owners, persons}
+-- the tombstones of the hashes that follow (a guarded link), and the tombstone counter
+local tombs = {}
+for i = 3 + n, #ARGV do
+  local h = ARGV[i]
+  local at = redis.call('HGET', P .. 'tomb', h)
+  if at then
+    tombs[#tombs + 1] = h
+    tombs[#tombs + 1] = at
+    tombs[#tombs + 1] = redis.call('ZSCORE', P .. 'tombz', h) or '0'
+    tombs[#tombs + 1] = redis.call('HGET', P .. 'tombe', h) or ''
+  end
+end
+return {owners, persons, tombs, redis.call('GET', P .. 'seq:tomb') or '0'}
 """
 
 _APPLY = (
     _RELEASE
     + """
-local P, ts, lease = ARGV[1], ARGV[2], ARGV[3]
+local P, ts, lease, owner, tombseq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tsn = tonumber(ts)
 local idmap = P .. 'ids'
-local at = 4
+local at = 6
 local function take()
   local v = ARGV[at]
   at = at + 1
   return v
+end
+-- a guarded link planned on tombstones that a deletion has changed since: plan again
+if tombseq ~= '' and (redis.call('GET', P .. 'seq:tomb') or '0') ~= tombseq then
+  return {'conflict'}
 end
 local function is_named(f)
   local head = string.sub(f, 1, 8)
@@ -215,7 +246,7 @@ if named then
     redis.call('HSET', skey, 'n', '1')
     candidates = anons
   end
-  released = release(P, candidates, lease)
+  released = release(P, candidates, lease, owner)
 elseif was_named then
   redis.call('HDEL', skey, 'n')
 end
@@ -246,7 +277,7 @@ return {pid, redis.call('HGETALL', ARGV[1] .. 'p:' .. pid)}
 """
 
 _EXPIRE = """
-local P, lease = ARGV[1], ARGV[4]
+local P, lease, owner = ARGV[1], ARGV[4], ARGV[5]
 local ms = redis.call('ZRANGEBYSCORE', P .. 'hz', '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
 local out, bytes = {}, 0
 for _, m in ipairs(ms) do
@@ -260,6 +291,7 @@ for _, m in ipairs(ms) do
     bytes = bytes + #payload
   else
     redis.call('ZADD', P .. 'hl', lease, m)
+    redis.call('HSET', P .. 'hlo', m, owner)
   end
   out[#out + 1] = m
   out[#out + 1] = anon
@@ -270,11 +302,33 @@ return out
 """
 
 _RECLAIM = """
-local P, lease = ARGV[1], ARGV[4]
-local ms = redis.call('ZRANGEBYSCORE', P .. 'hl', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local P, lease, owner, limit = ARGV[1], ARGV[4], ARGV[5], tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local ms = redis.call('ZRANGEBYSCORE', P .. 'hl', '-inf', ARGV[2], 'LIMIT', 0, limit)
+local picked = {}
+for _, m in ipairs(ms) do picked[m] = true end
+if #ms < limit then  -- leased to a replica that is gone (its lease may have long to run)
+  local dead = {}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'hl', '(' .. ARGV[2], '+inf')) do
+    if #ms >= limit then break end
+    local who = redis.call('HGET', P .. 'hlo', m) or ''
+    if who ~= '' and who ~= owner then
+      if dead[who] == nil then
+        local until_ms = redis.call('ZSCORE', P .. 'repz', who)
+        dead[who] = (not until_ms) or tonumber(until_ms) <= now_ms
+      end
+      if dead[who] and not picked[m] then
+        picked[m] = true
+        ms[#ms + 1] = m
+      end
+    end
+  end
+end
 local out = {}
 for _, m in ipairs(ms) do
   redis.call('ZADD', P .. 'hl', lease, m)
+  redis.call('HSET', P .. 'hlo', m, owner)
   out[#out + 1] = m
   out[#out + 1] = redis.call('HGET', P .. 'ha', m)
   out[#out + 1] = redis.call('HGET', P .. 'hp', m)
@@ -294,6 +348,7 @@ for i = 2, #ARGV do
     redis.call('HDEL', P .. 'ha', m)
     redis.call('ZREM', P .. 'hl', m)
     redis.call('ZREM', P .. 'hz', m)
+    redis.call('HDEL', P .. 'hlo', m)
   end
 end
 if bytes > 0 then redis.call('DECRBY', P .. 'hbytes', bytes) end
@@ -301,25 +356,36 @@ return bytes
 """
 
 _FORGET = """
-local P, eid, dat, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local P, eid, dat, payload, extra, created, tombseq = unpack(ARGV, 1, 7)
 local existing = redis.call('HGET', P .. 'er', eid)
-if existing then return {'again', existing} end
+if existing then
+  redis.call('SADD', P .. 'erp', eid)  -- pending again (a re-read, or a replay)
+  return {'again', existing}
+end
 local idmap = P .. 'ids'
-local at = 5
+local at = 8
 local function take()
   local v = ARGV[at]
   at = at + 1
   return v
 end
--- applied before: every identifier asked has a tombstone at least as late
+-- applied before: every identifier asked has a tombstone naming this erasure, or later ones
 local na0 = tonumber(take())
-local applied = true
+local all, mine, later = true, false, true
 for i = 1, na0 do
-  local cur = redis.call('HGET', P .. 'tomb', take())
-  if (not cur) or tonumber(cur) < tonumber(dat) then applied = false end
+  local h = take()
+  local cur = redis.call('HGET', P .. 'tomb', h)
+  if not cur then
+    all = false
+  else
+    local e = redis.call('HGET', P .. 'tombe', h) or ''
+    if string.match(e, '^(%S*)') == eid then mine = true end
+    if tonumber(cur) < tonumber(dat) then later = false end
+  end
 end
-if applied then return {'applied'} end
--- nothing the caller read changed meanwhile: the identifiers' owners, and each owner
+if all and (mine or later) then return {'applied'} end
+-- nothing the plan read changed meanwhile: owners, each person, the tombstones
+if (redis.call('GET', P .. 'seq:tomb') or '0') ~= tombseq then return {'conflict'} end
 local n = tonumber(take())
 for i = 1, n do
   if (redis.call('HGET', idmap, ARGV[at]) or '') ~= ARGV[at + n] then return {'conflict'} end
@@ -327,13 +393,13 @@ for i = 1, n do
 end
 at = at + n
 local np = tonumber(take())
-local persons = {}
 for i = 1, np do
   local pid, ver = take(), take()
   if (redis.call('HGET', P .. 'p:' .. pid, 'ver') or '0') ~= ver then return {'conflict'} end
-  persons[#persons + 1] = pid
 end
-for _, pid in ipairs(persons) do
+local ne = tonumber(take())
+for i = 1, ne do
+  local pid = take()
   local key = P .. 'p:' .. pid
   local flat = redis.call('HGETALL', key)
   for k = 1, #flat, 2 do
@@ -353,6 +419,7 @@ local function remove(m)
     bytes = bytes + #body
     redis.call('HDEL', P .. 'hp', m)
     redis.call('HDEL', P .. 'ha', m)
+    redis.call('HDEL', P .. 'hlo', m)
     redis.call('ZREM', P .. 'hz', m)
     redis.call('ZREM', P .. 'hl', m)
   end
@@ -376,27 +443,105 @@ local nh = tonumber(take())
 for i = 1, nh do
   local h = take()
   local cur = redis.call('HGET', P .. 'tomb', h)
-  if (not cur) or tonumber(dat) > tonumber(cur) then redis.call('HSET', P .. 'tomb', h, dat) end
+  if (not cur) or tonumber(dat) >= tonumber(cur) then
+    redis.call('HSET', P .. 'tomb', h, dat)
+    redis.call('HSET', P .. 'tombe', h, extra)
+  end
   redis.call('ZADD', P .. 'tombz', seq, h)
 end
 redis.call('HSET', P .. 'er', eid, payload)
-return {'done', tostring(held)}
+redis.call('SADD', P .. 'erp', eid)
+redis.call('ZADD', P .. 'erc', created, eid)
+return {'done', tostring(held), tostring(seq)}
 """
 
 _TOMBSTONES = """
-local P = ARGV[1]
-local found = redis.call('ZRANGEBYSCORE', P .. 'tombz', '(' .. ARGV[2], '+inf', 'WITHSCORES')
+local P, after, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local found = redis.call('ZRANGEBYSCORE', P .. 'tombz', '(' .. after, '+inf', 'WITHSCORES',
+                         'LIMIT', 0, limit)
+if #found >= 2 * limit then  -- whole erasures only: complete the last mark read
+  local last = found[#found]
+  while #found > 0 and found[#found] == last do
+    found[#found] = nil
+    found[#found] = nil
+  end
+  for _, v in ipairs(redis.call('ZRANGEBYSCORE', P .. 'tombz', last, last, 'WITHSCORES')) do
+    found[#found + 1] = v
+  end
+end
 local out = {}
 for k = 1, #found, 2 do
   out[#out + 1] = found[k]
   out[#out + 1] = redis.call('HGET', P .. 'tomb', found[k])
   out[#out + 1] = found[k + 1]
+  out[#out + 1] = redis.call('HGET', P .. 'tombe', found[k]) or ''
 end
 return out
 """
 
+_TOMB_ROWS = """
+local P = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local h = ARGV[i]
+  local at = redis.call('HGET', P .. 'tomb', h)
+  if at then
+    out[#out + 1] = h
+    out[#out + 1] = at
+    out[#out + 1] = redis.call('ZSCORE', P .. 'tombz', h) or '0'
+    out[#out + 1] = redis.call('HGET', P .. 'tombe', h) or ''
+  end
+end
+return out
+"""
 
-LAYOUT_VERSION = 2  # v2: leased held entries (hl), person versions (ver), tombstones, erasures
+_NOW_MS = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+_PUBLISH = _NOW_MS + """
+local P, id, mark, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('ZADD', P .. 'repz', now_ms + ttl, id)
+redis.call('HSET', P .. 'repm', id, mark)
+return 1
+"""
+
+_REPLICAS = _NOW_MS + """
+local P = ARGV[1]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'repz', '-inf', now_ms)) do
+  redis.call('ZREM', P .. 'repz', id)
+  redis.call('HDEL', P .. 'repm', id)
+end
+local ids = redis.call('ZRANGE', P .. 'repz', 0, -1)
+if #ids == 0 then return {''} end
+local low = nil
+for _, mark in ipairs(redis.call('HMGET', P .. 'repm', unpack(ids))) do
+  local m = tonumber(mark) or 0
+  if low == nil or m < low then low = m end
+end
+local out = {tostring(low)}
+for _, id in ipairs(ids) do out[#out + 1] = id end
+return out
+"""
+
+_PURGE = """
+local P = ARGV[1]
+local gone = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'erc', '-inf', '(' .. ARGV[2])) do
+  if redis.call('SISMEMBER', P .. 'erp', id) == 0 then
+    redis.call('HDEL', P .. 'er', id)
+    redis.call('ZREM', P .. 'erc', id)
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+
+# v2: leased held entries (hl), person versions (ver), tombstones, erasures; v3: tombstones'
+# erasure and position (tombe), pending erasures (erp, erc), replicas, lease owners (hlo)
+LAYOUT_VERSION = 3
 LINK_ATTEMPTS = 20  # plans of one link met concurrent changes this often: a retriable error
 # after a conflict, wait a little (1 ms doubling, at most 50 ms, jittered) so that replicas
 # planning over the same persons stop colliding in step
@@ -427,6 +572,7 @@ class RedisStore:
         self.url = url
         self.window = float(dedup_window_seconds)
         self.lease_seconds = float(lease_seconds)
+        self.lease_owner = ""
         self.limits = limits
         self.prefix = prefix
         try:
@@ -446,12 +592,17 @@ class RedisStore:
         self._settle = self._r.register_script(_SETTLE)
         self._forget = self._r.register_script(_FORGET)
         self._tombstones = self._r.register_script(_TOMBSTONES)
+        self._tomb_rows = self._r.register_script(_TOMB_ROWS)
+        self._publish = self._r.register_script(_PUBLISH)
+        self._replicas = self._r.register_script(_REPLICAS)
+        self._purge = self._r.register_script(_PURGE)
 
     def _layout(self) -> None:
         """Check the data's layout version (`<prefix>layout`) and bring an older one up to
-        date. v1 (no version key) lacks the leases and person versions of v2; both additions
-        are read with defaults, so migrating is writing the version, and replicas of v1 and v2
-        can share the data during a rolling upgrade."""
+        date. v1 (no version key) lacks the leases and person versions of v2, v2 the keys of v3;
+        all additions are read with defaults, so migrating is writing the version (and marking
+        v2's erasure entries pending), and replicas of the previous layout can share the data
+        during a rolling upgrade."""
         key = self.prefix + "layout"
         found = self._r.get(key)
         version = int(found) if found is not None else 1
@@ -462,6 +613,9 @@ class RedisStore:
                 retriable=False,
             )
         if version < LAYOUT_VERSION:
+            entries = self._r.hkeys(self.prefix + "er")
+            if entries and version < 3:
+                self._r.sadd(self.prefix + "erp", *entries)
             self._r.set(key, str(LAYOUT_VERSION))
 
     def _person(self, pid: bytes, flat: Sequence[bytes]) -> Person:
@@ -485,12 +639,15 @@ class RedisStore:
         timestamp: float = 0.0,
         now: float | None = None,
         first: Identifier | None = None,
+        guard: Guard | None = None,
     ) -> LinkResult:
-        """See StateStore.link: one script reads what the identity rules need, the rules plan
-        the link here, a second script applies the plan only if nothing it read changed
-        meanwhile (another consumer linking the same person), else all of it is tried again."""
+        """See StateStore.link: one script reads what the identity rules need (and, guarded,
+        the identifiers' tombstones), the rules plan the link here, a second script applies the
+        plan only if nothing it read changed meanwhile (another consumer linking the same
+        person, a deletion), else all of it is tried again."""
         ids = ordered_identifiers(identifiers, first)
         keys = [f"{k}:{v}" for k, v in ids]
+        hashes = [tombstone_hash(ident) for ident in ids] if guard is not None else []
         lease = (time.time() if now is None else now) + self.lease_seconds
         trait_args: list[str | bytes] = []
         for key, value in (traits or {}).items():
@@ -499,11 +656,14 @@ class RedisStore:
             if attempt:
                 time.sleep(CONFLICT_BACKOFF.delay(attempt - 1))
             try:
-                owner_list, person_list = self._gather(
-                    args=[self.prefix, str(len(keys)), *keys]
+                owner_list, person_list, tomb_list, tombseq = self._gather(
+                    args=[self.prefix, str(len(keys)), *keys, *hashes]
                 )
             except redis_lib.RedisError as exc:
                 _fail(exc)
+            tombs = _tomb_rows(tomb_list)
+            if guard is not None and tombs and guard(tombs):
+                return LinkResult(Person("", {}, {}), (), (), tombstoned=True)
             owners = {
                 ident: o.decode() for ident, o in zip(ids, owner_list, strict=True) if o
             }
@@ -512,7 +672,10 @@ class RedisStore:
                 pid = person_list[i].decode()
                 holdings[pid], versions[pid] = _holdings(person_list[i + 1])
             plan = plan_link(ids, owners, holdings, timestamp, self.limits)
-            args: list[str | bytes] = [self.prefix, _num(timestamp), _num(lease), str(len(keys))]
+            args: list[str | bytes] = [
+                self.prefix, _num(timestamp), _num(lease), self.lease_owner,
+                tombseq.decode() if guard is not None else "", str(len(keys)),
+            ]  # fmt: skip
             args += keys
             args += [o.decode() if o else "" for o in owner_list]
             args += [str(len(versions))]
@@ -560,8 +723,9 @@ class RedisStore:
     ) -> list[HeldEntry]:
         """See StateStore.expire_held; one Lua script."""
         lease = "" if lease_until is None else _num(lease_until)
+        args = [self.prefix, _num(older_than), str(int(limit)), lease, self.lease_owner]
         try:
-            flat = self._expire(args=[self.prefix, _num(older_than), str(int(limit)), lease])
+            flat = self._expire(args=args)
         except redis_lib.RedisError as exc:
             _fail(exc)
         return list(_entries(flat))
@@ -569,8 +733,9 @@ class RedisStore:
     def reclaim_held(self, now: float, limit: int = 1000) -> list[HeldEntry]:
         """See StateStore.reclaim_held; one Lua script."""
         lease = _num(now + self.lease_seconds)
+        args = [self.prefix, _num(now), str(int(limit)), lease, self.lease_owner]
         try:
-            flat = self._reclaim(args=[self.prefix, _num(now), str(int(limit)), lease])
+            flat = self._reclaim(args=args)
         except redis_lib.RedisError as exc:
             _fail(exc)
         return list(_entries(flat))
@@ -650,36 +815,59 @@ class RedisStore:
         }
 
     def forget(
-        self, identifiers: Sequence[Identifier], deleted_at: float, erasure_id: str
+        self,
+        identifiers: Sequence[Identifier],
+        deleted_at: float,
+        erasure_id: str,
+        position: Position | None = None,
     ) -> Forgotten:
-        """See StateStore.forget: one script reads the owners (as `link` does), the rest of
-        their identifiers and the tombstone hashes are worked out here (Redis' Lua has no
-        SHA-256), a second script applies it only if nothing it read changed meanwhile."""
+        """See StateStore.forget: one script reads the owners (as `link` does), the rules
+        decide whom the call erases and the tombstone hashes are worked out here (Redis' Lua
+        has no SHA-256), a second script applies it only if nothing it read changed meanwhile."""
         ids = check_identifiers(identifiers)
         keys = [f"{k}:{v}" for k, v in ids]
+        asked = [tombstone_hash(ident) for ident in ids]
         for attempt in range(LINK_ATTEMPTS):
             if attempt:
                 time.sleep(CONFLICT_BACKOFF.delay(attempt - 1))
             try:
-                owner_list, person_list = self._gather(args=[self.prefix, str(len(keys)), *keys])
+                owner_list, person_list, _tombs, tombseq = self._gather(
+                    args=[self.prefix, str(len(keys)), *keys]
+                )
             except redis_lib.RedisError as exc:
                 _fail(exc)
-            removed: list[Identifier] = list(ids)
+            owners = {ident: o.decode() for ident, o in zip(ids, owner_list, strict=True) if o}
+            holdings: dict[str, Any] = {}
             versions: list[str] = []
             for i in range(0, len(person_list), 2):
-                holdings, version = _holdings(person_list[i + 1])
-                versions += [person_list[i].decode(), version]
-                for kind, values in holdings.items():
+                pid = person_list[i].decode()
+                holdings[pid], version = _holdings(person_list[i + 1])
+                versions += [pid, version]
+            plan = plan_erasure(ids, owners, holdings, self.limits)
+            removed = [ident for ident in ids if ident in plan.unowned]
+            for pid in plan.persons:
+                for kind, values in holdings[pid].items():
                     for value, _seen in sorted(values, key=lambda v: -v[1]):
                         if (kind, value) not in removed:
                             removed.append((kind, value))
+            removed.sort(
+                key=lambda ident: (ident not in ids, ids.index(ident) if ident in ids else 0)
+            )
             anons = [value for kind, value in removed if kind == "anonymous_id"]
-            forgotten = Forgotten(tuple(removed), len(versions) // 2)
+            seq = int(tombseq) + 1
+            now = time.time()
+            forgotten = Forgotten(
+                tuple(removed), len(plan.persons), person_ids=tuple(plan.persons),
+                others=len(plan.others), seq=seq,
+            )  # fmt: skip
+            extra = Tombstone(deleted_at, seq, erasure_id, position).encode()
             args: list[str | bytes] = [
-                self.prefix, erasure_id, _num(deleted_at), forgotten.encode(),
-                str(len(ids)), *[tombstone_hash(ident) for ident in ids],
+                self.prefix, erasure_id, _num(deleted_at), forgotten.encode(now), extra,
+                _num(now), tombseq.decode(),
+                str(len(asked)), *asked,
                 str(len(keys)), *keys, *[o.decode() if o else "" for o in owner_list],
                 str(len(versions) // 2), *versions,
+                str(len(plan.persons)), *plan.persons,
                 str(len(anons)), *anons,
                 str(len(removed)), *[tombstone_hash(ident) for ident in removed],
             ]  # fmt: skip
@@ -692,25 +880,98 @@ class RedisStore:
             if reply[0] == b"applied":
                 return Forgotten((), again=True)
             if reply[0] == b"done":
-                return Forgotten(forgotten.identifiers, forgotten.persons, int(reply[1]))
+                return replace(forgotten, held=int(reply[1]), seq=int(reply[2]))
         raise StateError("Redis state: a deletion kept meeting concurrent changes", retriable=True)
 
     def settle_erasure(self, erasure_id: str) -> None:
         """See StateStore.settle_erasure."""
+        p = self.prefix
         try:
-            self._r.hdel(self.prefix + "er", erasure_id)
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.hdel(p + "er", erasure_id)
+                pipe.srem(p + "erp", erasure_id)
+                pipe.zrem(p + "erc", erasure_id)
+                pipe.execute()
         except redis_lib.RedisError as exc:
             _fail(exc)
 
-    def tombstones(self, after: int = 0) -> tuple[list[tuple[str, float]], int]:
-        """See StateStore.tombstones; one Lua script."""
+    def fail_erasure(self, erasure_id: str) -> None:
+        """See StateStore.fail_erasure."""
         try:
-            flat = self._tombstones(args=[self.prefix, str(int(after))])
+            self._r.srem(self.prefix + "erp", erasure_id)
         except redis_lib.RedisError as exc:
             _fail(exc)
-        found = [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 3)]
-        last = max((int(float(flat[i + 2])) for i in range(0, len(flat), 3)), default=int(after))
-        return found, last
+
+    def open_erasures(self) -> set[str]:
+        """See StateStore.open_erasures."""
+        try:
+            members = self._r.smembers(self.prefix + "erp")
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
+    def purge_erasures(self, older_than: float) -> int:
+        """See StateStore.purge_erasures; one Lua script."""
+        try:
+            return int(self._purge(args=[self.prefix, _num(older_than)]))
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
+    def tombstones(
+        self, after: int = 0, limit: int = 10_000
+    ) -> tuple[list[tuple[str, Tombstone]], int]:
+        """See StateStore.tombstones; one Lua script."""
+        try:
+            flat = self._tombstones(args=[self.prefix, str(int(after)), str(int(limit))])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        rows = _tomb_rows(flat)
+        last = max((tomb.seq for tomb in rows.values()), default=int(after))
+        return sorted(rows.items(), key=lambda row: row[1].seq), last
+
+    def tombstone_rows(self, hashes: Sequence[str]) -> dict[str, Tombstone]:
+        """See StateStore.tombstone_rows; one Lua script."""
+        if not hashes:
+            return {}
+        try:
+            return _tomb_rows(self._tomb_rows(args=[self.prefix, *hashes]))
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
+    def tombstone_hashes(self, cursor: str = "", count: int = 10_000) -> tuple[list[str], str]:
+        """See StateStore.tombstone_hashes: `HSCAN` pages (a hash may come twice; it counts
+        once; the times that come along are dropped: NOVALUES needs Redis 7.4)."""
+        try:
+            nxt, found = self._r.hscan(self.prefix + "tomb", int(cursor or 0), count=count)
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        hashes = [h.decode() if isinstance(h, bytes) else str(h) for h in found]
+        return hashes, ("" if int(nxt) == 0 else str(nxt))
+
+    # replicas -----------------------------------------------------------------------------
+
+    def publish_mark(self, replica: str, mark: int, ttl: float) -> None:
+        """See StateStore.publish_mark: alive on Redis' own clock (`TIME`)."""
+        try:
+            self._publish(args=[self.prefix, replica, str(int(mark)), str(int(ttl * 1000))])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
+    def _live(self) -> tuple[int | None, set[str]]:
+        try:
+            reply = self._replicas(args=[self.prefix])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        low = reply[0].decode()
+        return (int(low) if low else None), {r.decode() for r in reply[1:]}
+
+    def low_mark(self) -> int | None:
+        """See StateStore.low_mark; one Lua script."""
+        return self._live()[0]
+
+    def live_replicas(self) -> set[str]:
+        """See StateStore.live_replicas; one Lua script."""
+        return self._live()[1]
 
     def close(self) -> None:
         """Close the connection pool; the data stays in Redis."""
@@ -729,6 +990,16 @@ def _holdings(flat: Sequence[bytes]) -> tuple[dict[Any, list[tuple[str, float]]]
         elif field == "ver":
             version = flat[i + 1].decode()
     return kinds, version
+
+
+def _tomb_rows(flat: Sequence[bytes]) -> dict[str, Tombstone]:
+    """(hash, deleted_at, mark, extra) quadruples of a script's flat reply."""
+    return {
+        flat[i].decode(): Tombstone.decode(
+            float(flat[i + 1]), int(float(flat[i + 2])), flat[i + 3].decode()
+        )
+        for i in range(0, len(flat), 4)
+    }
 
 
 def _entries(flat: Sequence[bytes]) -> tuple[HeldEntry, ...]:

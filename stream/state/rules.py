@@ -176,3 +176,43 @@ def _joinable(held: dict[Kind, dict[str, float]], other: Holdings, limits: Limit
         if len(union) > limit:
             return False
     return True
+
+
+@dataclass(slots=True)
+class ErasurePlan:
+    """Whom a delete call erases: `persons` (the person the call resolves to, with those the
+    rules would join to it), the call's identifiers nobody owns (they are that person's too:
+    `unowned`), and the call's identifiers that belong to someone else (`others`: left alone)."""
+
+    persons: list[str] = field(default_factory=list)
+    unowned: list[Identifier] = field(default_factory=list)
+    others: list[Identifier] = field(default_factory=list)
+
+
+def plan_erasure(
+    identifiers: Sequence[Identifier],
+    owners: Mapping[Identifier, str],
+    persons: Mapping[str, Holdings],
+    limits: Limits = DEFAULT_LIMITS,
+) -> ErasurePlan:
+    """Resolve a delete call as the identity rules resolve any call (`plan_link`, as if it
+    were the newest call), then erase only that person: a shared weak identifier or a limited
+    one held by a person the rules keep apart stays with its owner. A call naming only
+    anonymous ids never erases a named person (a browser may be shared): it erases an
+    anonymous one, or nothing."""
+    ordered = strongest_first(check_identifiers(identifiers))
+    plan = plan_link(ordered, owners, persons, float("inf"), limits)
+    out = ErasurePlan()
+    if plan.anchor is not None:
+        out.persons = [plan.anchor, *plan.fold]
+    kept = {ident for ident in ordered if owners.get(ident) in plan.refused_persons}
+    out.others = [ident for ident in ordered if ident in kept]
+    out.unowned = [ident for ident in ordered if ident not in owners]
+    if all(kind == "anonymous_id" for kind, _ in ordered) and any(
+        kind != "anonymous_id" and values
+        for person in out.persons
+        for kind, values in persons[person].items()
+    ):
+        out.others = [ident for ident in ordered if ident in owners]
+        out.persons = []
+    return out

@@ -27,17 +27,29 @@ import orjson
 from stream.core.errors import StateError
 from stream.state.base import (
     DEFAULT_DEDUP_WINDOW,
+    FAILED,
     HELD_LEASE_SECONDS,
+    PENDING,
     Forgotten,
+    Guard,
     HeldEntry,
     Identifier,
     LinkResult,
     Person,
+    Position,
+    Tombstone,
     build_person,
     check_identifiers,
     tombstone_hash,
 )
-from stream.state.rules import DEFAULT_LIMITS, Limits, Plan, ordered_identifiers, plan_link
+from stream.state.rules import (
+    DEFAULT_LIMITS,
+    Limits,
+    Plan,
+    ordered_identifiers,
+    plan_erasure,
+    plan_link,
+)
 
 _CHUNK = 500  # bound on SQL variables per statement
 _T = TypeVar("_T")
@@ -69,7 +81,8 @@ CREATE TABLE IF NOT EXISTS held (
     anonymous_id TEXT NOT NULL,
     payload BLOB NOT NULL,
     held_at REAL NOT NULL,
-    lease_until REAL               -- released, being sent: deleted once finished
+    lease_until REAL,              -- released, being sent: deleted once finished
+    lease_owner TEXT               -- the replica sending it (reclaimed once it is gone)
 );
 CREATE INDEX IF NOT EXISTS held_anon ON held (anonymous_id, seq);
 CREATE INDEX IF NOT EXISTS held_time ON held (held_at, seq);
@@ -86,21 +99,35 @@ INSERT OR IGNORE INTO counters VALUES ('touch', 0), ('held_count', 0), ('held_by
 CREATE TABLE IF NOT EXISTS tombstones (
     hash TEXT PRIMARY KEY,         -- SHA-256 of a deleted identifier's kind:value
     deleted_at REAL NOT NULL,      -- the latest deletion's time
-    seq INTEGER NOT NULL           -- write mark, for readers that follow new tombstones
+    seq INTEGER NOT NULL,          -- write mark, for readers that follow new tombstones
+    extra TEXT NOT NULL DEFAULT '' -- that deletion's erasure id and the delete call's position
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones (seq);
 CREATE TABLE IF NOT EXISTS erasures (
     id TEXT PRIMARY KEY,           -- the delete call's message id
-    payload BLOB NOT NULL,         -- the identifiers removed, until Klaviyo has the deletions
-    created REAL NOT NULL
+    payload BLOB NOT NULL,         -- the identifiers removed, until Klaviyo has the deletion
+    created REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending'
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY,           -- one running service
+    mark INTEGER NOT NULL,         -- nothing it began before this tombstone mark is still out
+    expires REAL NOT NULL          -- alive until then
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO counters VALUES ('tombstone', 0);
 """
 # Layout versions (PRAGMA user_version) and the steps that bring an older file up to date.
 # v1: leased held rows; tombstones and erasures (new tables, created by the schema).
-LAYOUT_VERSION = 1
-_MIGRATIONS: dict[int, str] = {
-    1: "ALTER TABLE held ADD COLUMN lease_until REAL;",  # releases stay until finished
+# v2: tombstones name their erasure and position, erasures their state, leases their owner;
+#     replicas (new table).
+LAYOUT_VERSION = 2
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE held ADD COLUMN lease_until REAL",),  # releases stay until finished
+    2: (
+        "ALTER TABLE held ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE tombstones ADD COLUMN extra TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE erasures ADD COLUMN status TEXT NOT NULL DEFAULT 'pending'",
+    ),
 }
 _LAYOUT_INDEXES = """
 CREATE INDEX IF NOT EXISTS held_lease ON held (lease_until) WHERE lease_until IS NOT NULL;
@@ -191,6 +218,7 @@ class SqliteStore:
         self.path = path
         self.window = float(dedup_window_seconds)
         self.lease_seconds = float(lease_seconds)
+        self.lease_owner = ""
         self.limits = limits
         self._lock = threading.Lock()
         self._seq = (0, -1)  # touch numbers of this connection: (last used, end of its block)
@@ -234,8 +262,12 @@ class SqliteStore:
                     retriable=False,
                 )
             if existed:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
                 for step in range(version + 1, LAYOUT_VERSION + 1):
-                    db.execute(_MIGRATIONS[step])
+                    for statement in _MIGRATIONS[step]:
+                        table = statement.split()[2]
+                        if table in tables:  # a table an older layout lacked is made new
+                            db.execute(statement)
             for statement in (_SCHEMA + _LAYOUT_INDEXES).split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -277,11 +309,14 @@ class SqliteStore:
         timestamp: float = 0.0,
         now: float | None = None,
         first: Identifier | None = None,
+        guard: Guard | None = None,
     ) -> LinkResult:
         """See StateStore.link; one IMMEDIATE transaction."""
         ids = ordered_identifiers(identifiers, first)
         lease = (time.time() if now is None else now) + self.lease_seconds
-        return self._run("BEGIN IMMEDIATE", self._link, ids, traits, float(timestamp), lease)
+        return self._run(
+            "BEGIN IMMEDIATE", self._link, ids, traits, float(timestamp), lease, guard
+        )
 
     def _link(
         self,
@@ -290,8 +325,13 @@ class SqliteStore:
         traits: Mapping[str, Any] | None,
         ts: float,
         lease_until: float,
+        guard: Guard | None = None,
     ) -> LinkResult:
-        survivor = self._known(db, ids)
+        survivor = self._known(db, ids)  # kept rows: nobody wrote since, no new tombstone
+        if survivor is None and guard is not None:
+            tombs = _tombstone_rows(db, [tombstone_hash(ident) for ident in ids])
+            if tombs and guard(tombs):
+                return LinkResult(Person("", {}, {}), (), (), tombstoned=True)
         plan: Plan | None = None
         if survivor is not None:  # kept rows are the stored ones: nothing to read
             known, stored = self._kept[survivor]
@@ -359,7 +399,9 @@ class SqliteStore:
             person = self._load(db, survivor)
         released: tuple[HeldEntry, ...] = ()
         if held and person.named and person.identifiers.get("anonymous_id"):
-            released = self._release(db, person.identifiers["anonymous_id"], lease_until)
+            released = self._release(
+                db, person.identifiers["anonymous_id"], lease_until, self.lease_owner
+            )
         losers = [int(x) for x in plan.fold] if plan is not None else []
         for other in [*losers, *(int(x) for x in plan.refused_persons)] if plan else []:
             self._kept.pop(other, None)
@@ -473,7 +515,7 @@ class SqliteStore:
 
     @staticmethod
     def _release(
-        db: sqlite3.Connection, anonymous_ids: Sequence[str], lease_until: float
+        db: sqlite3.Connection, anonymous_ids: Sequence[str], lease_until: float, owner: str
     ) -> tuple[HeldEntry, ...]:
         """Lease the payloads held under `anonymous_ids`, oldest first: they stay in the store
         until `settle_held` (delivered) or the lease runs out (`reclaim_held`)."""
@@ -481,9 +523,10 @@ class SqliteStore:
         for part in _chunks(anonymous_ids):
             marks = ",".join("?" * len(part))
             rows += db.execute(
-                f"UPDATE held SET lease_until = ? WHERE anonymous_id IN ({marks})"
-                " AND lease_until IS NULL RETURNING held_at, seq, anonymous_id, payload",
-                (lease_until, *part),
+                f"UPDATE held SET lease_until = ?, lease_owner = ? WHERE anonymous_id IN"
+                f" ({marks}) AND lease_until IS NULL"
+                " RETURNING held_at, seq, anonymous_id, payload",
+                (lease_until, owner, *part),
             ).fetchall()
         rows.sort()
         return tuple(HeldEntry(str(seq), anon, bytes(payload)) for _, seq, anon, payload in rows)
@@ -529,13 +572,16 @@ class SqliteStore:
     ) -> list[HeldEntry]:
         """See StateStore.expire_held."""
         return self._run(
-            "BEGIN IMMEDIATE", _expire, float(older_than), int(limit), lease_until
+            "BEGIN IMMEDIATE", _expire, float(older_than), int(limit), lease_until,
+            self.lease_owner,
         )
 
     def reclaim_held(self, now: float, limit: int = 1000) -> list[HeldEntry]:
-        """See StateStore.reclaim_held."""
+        """See StateStore.reclaim_held; a lease owner is alive while its `replicas` row has not
+        expired (this host's clock: SQLite serves one host)."""
         return self._run(
-            "BEGIN IMMEDIATE", _reclaim, float(now), int(limit), float(now) + self.lease_seconds
+            "BEGIN IMMEDIATE", _reclaim, float(now), int(limit),
+            float(now) + self.lease_seconds, self.lease_owner, time.time(),
         )
 
     def settle_held(self, entry_ids: Sequence[str]) -> None:
@@ -588,46 +634,54 @@ class SqliteStore:
     # erasure ----------------------------------------------------------------------------
 
     def forget(
-        self, identifiers: Sequence[Identifier], deleted_at: float, erasure_id: str
+        self,
+        identifiers: Sequence[Identifier],
+        deleted_at: float,
+        erasure_id: str,
+        position: Position | None = None,
     ) -> Forgotten:
         """See StateStore.forget; one IMMEDIATE transaction."""
         ids = check_identifiers(identifiers)
-        return self._run("BEGIN IMMEDIATE", self._erase, ids, float(deleted_at), erasure_id)
+        return self._run(
+            "BEGIN IMMEDIATE", self._erase, ids, float(deleted_at), erasure_id, position
+        )
 
     def _erase(
-        self, db: sqlite3.Connection, ids: list[Identifier], deleted_at: float, erasure_id: str
+        self,
+        db: sqlite3.Connection,
+        ids: list[Identifier],
+        deleted_at: float,
+        erasure_id: str,
+        position: Position | None,
     ) -> Forgotten:
         row = db.execute("SELECT payload FROM erasures WHERE id = ?", (erasure_id,)).fetchone()
         if row is not None:
-            return Forgotten.decode(bytes(row[0]))
-        applied = [
-            db.execute(
-                "SELECT 1 FROM tombstones WHERE hash = ? AND deleted_at >= ?",
-                (tombstone_hash(ident), deleted_at),
-            ).fetchone()
-            for ident in ids
-        ]
-        if all(applied):
+            db.execute("UPDATE erasures SET status = ? WHERE id = ?", (PENDING, erasure_id))
+            return Forgotten.decode(row[0])
+        before = _tombstone_rows(db, [tombstone_hash(ident) for ident in ids])
+        if len(before) == len(ids) and (
+            any(tomb.erasure == erasure_id for tomb in before.values())
+            or all(tomb.deleted_at >= deleted_at for tomb in before.values())
+        ):
             return Forgotten((), again=True)  # applied before: those holding them came after
-        owners = sorted(
-            {
-                found[0]
-                for ident in ids
-                for found in db.execute(
-                    "SELECT person FROM identifiers WHERE kind = ? AND value = ?", ident
-                )
-            }
-        )
-        removed: list[Identifier] = list(ids)
-        for person in owners:
+        rows, _traits, owners, _touch, _held = self._read(db, ids)
+        plan = plan_erasure(ids, {i: str(p) for i, p in owners.items()}, _holdings(rows),
+                            self.limits)  # fmt: skip
+        removed: list[Identifier] = []
+        for person in plan.persons:
             for kind, value in db.execute(
-                "SELECT kind, value FROM identifiers WHERE person = ? ORDER BY seq DESC", (person,)
+                "SELECT kind, value FROM identifiers WHERE person = ? ORDER BY seq DESC",
+                (int(person),),
             ).fetchall():
                 if (kind, value) not in removed:
                     removed.append((kind, value))
-            db.execute("DELETE FROM identifiers WHERE person = ?", (person,))
-            db.execute("DELETE FROM traits WHERE person = ?", (person,))
-            db.execute("DELETE FROM persons WHERE id = ? OR merged_into = ?", (person, person))
+            db.execute("DELETE FROM identifiers WHERE person = ?", (int(person),))
+            db.execute("DELETE FROM traits WHERE person = ?", (int(person),))
+            db.execute(
+                "DELETE FROM persons WHERE id = ? OR merged_into = ?", (int(person), int(person))
+            )
+        removed += [ident for ident in plan.unowned if ident not in removed]
+        removed.sort(key=lambda ident: (ident not in ids, ids.index(ident) if ident in ids else 0))
         count = size = 0
         for kind, value in removed:
             if kind != "anonymous_id":
@@ -642,16 +696,21 @@ class SqliteStore:
         seq = db.execute(
             "UPDATE counters SET value = value + 1 WHERE name = 'tombstone' RETURNING value"
         ).fetchone()[0]
+        extra = Tombstone(deleted_at, seq, erasure_id, position).encode()
         db.executemany(
-            "INSERT INTO tombstones (hash, deleted_at, seq) VALUES (?, ?, ?)"
-            " ON CONFLICT (hash) DO UPDATE SET seq = excluded.seq,"
+            "INSERT INTO tombstones (hash, deleted_at, seq, extra) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (hash) DO UPDATE SET seq = excluded.seq, extra = CASE WHEN"
+            " excluded.deleted_at >= deleted_at THEN excluded.extra ELSE extra END,"
             " deleted_at = max(deleted_at, excluded.deleted_at)",
-            [(tombstone_hash(ident), deleted_at, seq) for ident in removed],
+            [(tombstone_hash(ident), deleted_at, seq, extra) for ident in removed],
         )
-        forgotten = Forgotten(tuple(removed), len(owners), count)
+        forgotten = Forgotten(
+            tuple(removed), len(plan.persons), count, person_ids=tuple(plan.persons),
+            others=len(plan.others), seq=seq,
+        )  # fmt: skip
         db.execute(
-            "INSERT INTO erasures (id, payload, created) VALUES (?, ?, ?)",
-            (erasure_id, forgotten.encode(), time.time()),
+            "INSERT INTO erasures (id, payload, created, status) VALUES (?, ?, ?, ?)",
+            (erasure_id, forgotten.encode(time.time()), time.time(), PENDING),
         )
         self._kept.clear()  # rows kept of a forgotten person must not answer a later link
         self._owner.clear()
@@ -661,16 +720,79 @@ class SqliteStore:
         """See StateStore.settle_erasure."""
         self._run("BEGIN IMMEDIATE", _rowcount, "DELETE FROM erasures WHERE id = ?", (erasure_id,))
 
-    def tombstones(self, after: int = 0) -> tuple[list[tuple[str, float]], int]:
+    def fail_erasure(self, erasure_id: str) -> None:
+        """See StateStore.fail_erasure."""
+        self._run(
+            "BEGIN IMMEDIATE", _rowcount, "UPDATE erasures SET status = ? WHERE id = ?",
+            (FAILED, erasure_id),
+        )
+
+    def open_erasures(self) -> set[str]:
+        """See StateStore.open_erasures."""
+        rows = self._run(
+            "BEGIN", _fetchall, "SELECT id FROM erasures WHERE status = ?", (PENDING,)
+        )
+        return {str(r[0]) for r in rows}
+
+    def purge_erasures(self, older_than: float) -> int:
+        """See StateStore.purge_erasures."""
+        return self._run(
+            "BEGIN IMMEDIATE", _rowcount,
+            "DELETE FROM erasures WHERE status = ? AND created < ?", (FAILED, float(older_than)),
+        )
+
+    def tombstones(
+        self, after: int = 0, limit: int = 10_000
+    ) -> tuple[list[tuple[str, Tombstone]], int]:
         """See StateStore.tombstones; uses the index on the write mark."""
         rows = self._run(
             "BEGIN",
             _fetchall,
-            "SELECT hash, deleted_at, seq FROM tombstones WHERE seq > ? ORDER BY seq",
-            (int(after),),
+            "SELECT hash, deleted_at, seq, extra FROM tombstones WHERE seq > ?"
+            " AND seq <= (SELECT coalesce(max(seq), 0) FROM (SELECT seq FROM tombstones"
+            " WHERE seq > ? ORDER BY seq LIMIT ?)) ORDER BY seq",
+            (int(after), int(after), int(limit)),
         )
         last = max((int(r[2]) for r in rows), default=int(after))
-        return [(str(h), float(at)) for h, at, _ in rows], last
+        return [(str(h), Tombstone.decode(float(at), int(s), x)) for h, at, s, x in rows], last
+
+    def tombstone_rows(self, hashes: Sequence[str]) -> dict[str, Tombstone]:
+        """See StateStore.tombstone_rows."""
+        if not hashes:
+            return {}
+        return self._run("BEGIN", _tombstone_rows, list(hashes))
+
+    def tombstone_hashes(self, cursor: str = "", count: int = 10_000) -> tuple[list[str], str]:
+        """See StateStore.tombstone_hashes: pages in hash order."""
+        rows = self._run(
+            "BEGIN", _fetchall, "SELECT hash FROM tombstones WHERE hash > ? ORDER BY hash LIMIT ?",
+            (cursor, int(count)),
+        )
+        found = [str(r[0]) for r in rows]
+        return found, (found[-1] if len(found) == count else "")
+
+    # replicas -----------------------------------------------------------------------------
+
+    def publish_mark(self, replica: str, mark: int, ttl: float) -> None:
+        """See StateStore.publish_mark (this host's clock)."""
+        self._run(
+            "BEGIN IMMEDIATE", _rowcount,
+            "INSERT INTO replicas (id, mark, expires) VALUES (?, ?, ?) ON CONFLICT (id)"
+            " DO UPDATE SET mark = excluded.mark, expires = excluded.expires",
+            (replica, int(mark), time.time() + float(ttl)),
+        )
+
+    def low_mark(self) -> int | None:
+        """See StateStore.low_mark."""
+        row = self._run("BEGIN IMMEDIATE", _low_mark, time.time())
+        return None if row is None else int(row)
+
+    def live_replicas(self) -> set[str]:
+        """See StateStore.live_replicas."""
+        rows = self._run(
+            "BEGIN", _fetchall, "SELECT id FROM replicas WHERE expires > ?", (time.time(),)
+        )
+        return {str(r[0]) for r in rows}
 
     # admin ------------------------------------------------------------------------------
 
@@ -702,6 +824,23 @@ def _bump_held(db: sqlite3.Connection, count: int, size: int) -> None:
     )
 
 
+def _tombstone_rows(db: sqlite3.Connection, hashes: list[str]) -> dict[str, Tombstone]:
+    out: dict[str, Tombstone] = {}
+    for part in _chunks(hashes):
+        marks = ",".join("?" * len(part))
+        for h, at, seq, extra in db.execute(
+            f"SELECT hash, deleted_at, seq, extra FROM tombstones WHERE hash IN ({marks})",
+            tuple(part),
+        ):
+            out[str(h)] = Tombstone.decode(float(at), int(seq), extra)
+    return out
+
+
+def _low_mark(db: sqlite3.Connection, now: float) -> int | None:
+    db.execute("DELETE FROM replicas WHERE expires <= ?", (now,))
+    return db.execute("SELECT min(mark) FROM replicas").fetchone()[0]  # type: ignore[no-any-return]
+
+
 def _fetchone(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Any:
     return db.execute(sql, params).fetchone()
 
@@ -719,7 +858,7 @@ def _rowcount(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
 
 
 def _expire(
-    db: sqlite3.Connection, older_than: float, limit: int, lease_until: float | None
+    db: sqlite3.Connection, older_than: float, limit: int, lease_until: float | None, owner: str
 ) -> list[HeldEntry]:
     rows = db.execute(
         "SELECT seq, anonymous_id, payload FROM held WHERE held_at < ? AND lease_until IS NULL"
@@ -731,19 +870,25 @@ def _expire(
         _bump_held(db, -len(rows), -sum(len(r[2]) for r in rows))
     elif rows:
         db.executemany(
-            "UPDATE held SET lease_until = ? WHERE seq = ?", [(lease_until, r[0]) for r in rows]
+            "UPDATE held SET lease_until = ?, lease_owner = ? WHERE seq = ?",
+            [(lease_until, owner, r[0]) for r in rows],
         )
     return [HeldEntry(str(seq), anon, bytes(payload)) for seq, anon, payload in rows]
 
 
-def _reclaim(db: sqlite3.Connection, now: float, limit: int, lease_until: float) -> list[HeldEntry]:
+def _reclaim(
+    db: sqlite3.Connection, now: float, limit: int, lease_until: float, owner: str, wall: float
+) -> list[HeldEntry]:
     rows = db.execute(
         "SELECT seq, anonymous_id, payload FROM held WHERE lease_until IS NOT NULL"
-        " AND lease_until <= ? ORDER BY held_at, seq LIMIT ?",
-        (now, limit),
+        " AND (lease_until <= ? OR (coalesce(lease_owner, '') NOT IN ('', ?)"
+        " AND lease_owner NOT IN (SELECT id FROM replicas WHERE expires > ?)))"
+        " ORDER BY held_at, seq LIMIT ?",
+        (now, owner, wall, limit),
     ).fetchall()
     db.executemany(
-        "UPDATE held SET lease_until = ? WHERE seq = ?", [(lease_until, r[0]) for r in rows]
+        "UPDATE held SET lease_until = ?, lease_owner = ? WHERE seq = ?",
+        [(lease_until, owner, r[0]) for r in rows],
     )
     return [HeldEntry(str(seq), anon, bytes(payload)) for seq, anon, payload in rows]
 

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 
 from stream.state import StateStore
-from stream.state.base import tombstone_hash
+from stream.state.base import Tombstone, tombstone_hash
 
 ADA = [("email", "ada@example.com"), ("phone", "+14155552671"), ("external_id", "u-1")]
 
@@ -60,31 +60,61 @@ def test_held_calls_of_the_forgotten_person_go_leased_ones_too(store: StateStore
     assert store.reclaim_held(10_000.0) == []  # nothing of the person comes back
 
 
-def test_tombstones_hold_a_hash_and_the_latest_deletion_time_only(
+def test_tombstones_hold_a_hash_the_deletion_and_nothing_personal(
     store: StateStore, store_url: str
 ) -> None:
     store.link(ADA, None, 1.0)  # type: ignore[arg-type]
     assert store.tombstones() == ([], 0)
-    store.forget([("email", "ada@example.com")], 100.0, "del-1")
+    first = store.forget([("email", "ada@example.com")], 100.0, "del-1", ("calls", 2, 41))
     found, mark = store.tombstones()
     expected = {tombstone_hash(ident) for ident in ADA}  # type: ignore[arg-type]
-    assert {h for h, _ in found} == expected and {at for _, at in found} == {100.0}
+    assert {h for h, _ in found} == expected
+    assert {tomb for _, tomb in found} == {Tombstone(100.0, first.seq, "del-1", ("calls", 2, 41))}
+    assert mark == first.seq
     assert hashlib.sha256(b"email:ada@example.com").hexdigest() in expected
     assert store.tombstones(mark) == ([], mark)  # nothing new since
     # an older deletion naming one more identifier (so not one applied already)
     store.forget([("email", "ada@example.com"), ("external_id", "u-2")], 50.0, "del-older")
-    store.forget([("phone", "+14155552671")], 200.0, "del-newer")
+    newer_one = store.forget([("phone", "+14155552671")], 200.0, "del-newer")
     newer, mark2 = store.tombstones(mark)
-    times = dict(newer)
-    assert times[tombstone_hash(("email", "ada@example.com"))] == 100.0  # kept the latest
-    assert times[tombstone_hash(("phone", "+14155552671"))] == 200.0
-    assert times[tombstone_hash(("external_id", "u-2"))] == 50.0
-    assert mark2 > mark
-    if store_url.startswith("sqlite"):  # nothing but the hash, the time and the mark
+    rows = dict(newer)
+    assert rows[tombstone_hash(("email", "ada@example.com"))].deleted_at == 100.0  # the latest
+    assert rows[tombstone_hash(("email", "ada@example.com"))].erasure == "del-1"  # its erasure
+    assert rows[tombstone_hash(("phone", "+14155552671"))] == Tombstone(
+        200.0, newer_one.seq, "del-newer"
+    )
+    assert rows[tombstone_hash(("external_id", "u-2"))].deleted_at == 50.0
+    assert mark2 == newer_one.seq > mark
+    assert store.tombstone_rows([tombstone_hash(("phone", "+14155552671")), "00"]) == {
+        tombstone_hash(("phone", "+14155552671")): rows[tombstone_hash(("phone", "+14155552671"))]
+    }
+    if store_url.startswith("sqlite"):  # a hash, a time, a mark, an erasure id, a position
         path = store_url.removeprefix("sqlite:///")
         with sqlite3.connect(path) as db:
-            rows = db.execute("SELECT * FROM tombstones").fetchall()
-        assert all(len(row) == 3 and "ada" not in str(row) for row in rows)
+            stored = db.execute("SELECT * FROM tombstones").fetchall()
+        assert stored and all("ada" not in str(row) and "1415" not in str(row) for row in stored)
+
+
+def test_tombstones_are_read_in_whole_erasures_and_paged(store: StateStore) -> None:
+    for n in range(5):
+        store.forget([("email", f"p{n}@x.io"), ("phone", f"+1415555{n:04d}")], 1.0, f"del-{n}")
+    seen: list[tuple[str, Tombstone]] = []
+    mark = 0
+    while True:
+        page, mark = store.tombstones(mark, limit=3)
+        if not page:
+            break
+        assert len({tomb.seq for _, tomb in page}) * 2 == len(page)  # never half an erasure
+        seen += page
+    assert len(seen) == 10 and mark == max(tomb.seq for _, tomb in seen)
+    hashes: set[str] = set()
+    cursor = ""
+    while True:
+        found, cursor = store.tombstone_hashes(cursor, count=4)
+        hashes.update(found)
+        if not cursor:
+            break
+    assert hashes == {h for h, _ in seen}
 
 
 def test_a_delete_read_again_returns_what_it_removed_and_changes_nothing(
@@ -115,7 +145,8 @@ def test_forgetting_someone_never_seen_still_tombstones_what_was_asked(
     forgotten = store.forget([("email", "ghost@example.com")], 5.0, "del-1")
     assert forgotten.identifiers == (("email", "ghost@example.com"),)
     assert forgotten.persons == 0 and forgotten.held == 0
-    assert store.tombstones()[0] == [(tombstone_hash(("email", "ghost@example.com")), 5.0)]
+    [(digest, tomb)] = store.tombstones()[0]
+    assert digest == tombstone_hash(("email", "ghost@example.com")) and tomb.deleted_at == 5.0
 
 
 def test_forget_erases_persons_folded_into_the_owner(store: StateStore) -> None:

@@ -60,8 +60,43 @@ def test_a_sqlite_file_of_the_previous_layout_is_migrated_in_place(tmp_path: Pat
     finally:
         store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     open_store(f"sqlite:///{path}").close()  # a second start finds nothing to migrate
+
+
+# What the previous release (layout v1) added: tombstones and erasure entries without the
+# erasure, position and state that v2 keeps.
+V1_ERASURE_TABLES = """
+ALTER TABLE held ADD COLUMN lease_until REAL;
+CREATE TABLE tombstones (hash TEXT PRIMARY KEY, deleted_at REAL NOT NULL,
+                         seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE erasures (id TEXT PRIMARY KEY, payload BLOB NOT NULL,
+                       created REAL NOT NULL) WITHOUT ROWID;
+INSERT INTO counters VALUES ('tombstone', 1);
+INSERT INTO tombstones VALUES
+  ('1f0b3b5a2b54b3bdc5ef3e9ea3fef4cdac7d5c1e67ea6eb12ee3c0d1a3c8f8a1', 30.0, 1);
+INSERT INTO erasures VALUES ('del-old', '{"identifiers": [["email", "gone@x.io"]], "persons": 1}', 30.0);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_sqlite_file_of_the_last_layout_keeps_its_tombstones_and_pending_erasures(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA + V1_ERASURE_TABLES)
+    store = open_store(f"sqlite:///{path}")
+    try:
+        [(_digest, tomb)] = store.tombstones()[0]
+        assert (tomb.deleted_at, tomb.seq, tomb.erasure, tomb.position) == (30.0, 1, "", None)
+        assert store.open_erasures() == {"del-old"}  # still being deleted: comebacks wait
+        again = store.forget([("email", "gone@x.io")], 30.0, "del-old")
+        assert again.again and again.identifiers == (("email", "gone@x.io"),)
+        newer = store.forget([("email", "ann@x.io")], 40.0, "del-new", ("t", 0, 9))
+        assert newer.seq == 2 and store.tombstones(1)[0][0][1].position == ("t", 0, 9)
+    finally:
+        store.close()
 
 
 def test_a_sqlite_file_of_a_newer_release_is_refused(tmp_path: Path) -> None:
@@ -98,7 +133,30 @@ def test_redis_data_of_the_previous_layout_is_migrated_in_place(clean_redis_url:
     finally:
         store.close()
     with redis.Redis.from_url(clean_redis_url) as r:
-        assert r.get("ks:layout") == b"2"
+        assert r.get("ks:layout") == b"3"
+
+
+def test_redis_data_of_the_last_layout_keeps_its_tombstones_and_pending_erasures(
+    clean_redis_url: str,
+) -> None:
+    digest = "1f0b3b5a2b54b3bdc5ef3e9ea3fef4cdac7d5c1e67ea6eb12ee3c0d1a3c8f8a1"
+    with redis.Redis.from_url(clean_redis_url) as r:  # what layout v2 wrote
+        r.set("ks:layout", 2)
+        r.hset("ks:tomb", digest, "30.0")
+        r.zadd("ks:tombz", {digest: 1})
+        r.set("ks:seq:tomb", 1)
+        r.hset("ks:er", "del-old", '{"identifiers": [["email", "gone@x.io"]], "persons": 1}')
+    store = open_store(clean_redis_url)
+    try:
+        [(_found, tomb)] = store.tombstones()[0]
+        assert (tomb.deleted_at, tomb.seq, tomb.erasure, tomb.position) == (30.0, 1, "", None)
+        assert store.open_erasures() == {"del-old"}
+        store.settle_erasure("del-old")
+        assert store.open_erasures() == set()
+    finally:
+        store.close()
+    with redis.Redis.from_url(clean_redis_url) as r:
+        assert r.get("ks:layout") == b"3"
 
 
 def test_redis_data_of_a_newer_release_is_refused(clean_redis_url: str) -> None:
