@@ -75,7 +75,8 @@ CREATE TABLE erasures (id TEXT PRIMARY KEY, payload BLOB NOT NULL,
 INSERT INTO counters VALUES ('tombstone', 1);
 INSERT INTO tombstones VALUES
   ('1f0b3b5a2b54b3bdc5ef3e9ea3fef4cdac7d5c1e67ea6eb12ee3c0d1a3c8f8a1', 30.0, 1);
-INSERT INTO erasures VALUES ('del-old', '{"identifiers": [["email", "gone@x.io"]], "persons": 1}', 30.0);
+INSERT INTO erasures VALUES
+  ('del-old', '{"identifiers": [["email", "gone@x.io"]], "persons": 1}', 30.0);
 PRAGMA user_version = 1;
 """
 
