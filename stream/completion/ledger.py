@@ -89,7 +89,7 @@ class Item(Protocol):
 class Generation:
     """One partition's assignment: the offsets begun in it, in fetch order."""
 
-    __slots__ = ("tp", "order", "done", "ended", "moved_at")
+    __slots__ = ("tp", "order", "done", "ended", "moved_at", "assigned_at", "begun")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
@@ -97,6 +97,8 @@ class Generation:
         self.done: set[int] = set()
         self.ended = False
         self.moved_at = time.monotonic()  # the offset last moved (or work began after idling)
+        self.assigned_at = self.moved_at
+        self.begun = False  # a record of it was begun
 
     @property
     def unfinished(self) -> int:
@@ -211,6 +213,16 @@ class Ledger:
             self._pending += len(records)
         return records
 
+    def newly_assigned(self, records: Sequence[Record]) -> bool:
+        """Whether these (just begun) records are the first of an assignment (then marked
+        begun): what a new owner reads first is judged against the newest deletions."""
+        fresh = False
+        for record in records:
+            gen = record.generation
+            if isinstance(gen, Generation) and not gen.begun:
+                gen.begun = fresh = True
+        return fresh
+
     def adopt(self, record: Record) -> None:
         """Track a record without a Kafka position (a held call released from the store); its
         one open count stands for its one item."""
@@ -271,16 +283,6 @@ class Ledger:
         """The record itself cannot be processed (bad input): dead-letter it, then finish it."""
         metrics.OUTCOMES.labels(Outcome.DEAD_LETTERED).inc()
         self._spawn_dead_letter(record, error, stage, None, None, None)
-
-    def earlier_finished(self, record: Record) -> bool:
-        """Whether every record fetched before `record` on its partition (same generation) is
-        finished: a deletion waits for that (`stream.engine.gate`). True for a record without a
-        Kafka position."""
-        gen = record.generation
-        if not isinstance(gen, Generation):
-            return True
-        with self._lock:
-            return not gen.order or gen.order[0] >= record.offset
 
     # finishing --------------------------------------------------------------------------------
 

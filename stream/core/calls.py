@@ -37,6 +37,8 @@ class Record:
     `held_id` names its store entry instead); `open` counts what still has to happen to it (the
     processing token, then one per unsettled item); `failed` is set when one of its items was
     dead-lettered; `waiting` holds later copies of its message id that finish with it.
+    `stamp` is the tombstone mark it was judged against when processed (or adopted: a released
+    held call), `called_at` its call's time for ordering (`stream.identity.erasure`).
     """
 
     topic: str
@@ -52,6 +54,8 @@ class Record:
     failed: bool = False
     delivered: bool = False
     waiting: list[Record] | None = None
+    stamp: int = 0
+    called_at: float = 0.0
 
     @property
     def position(self) -> str:

@@ -26,6 +26,7 @@
         ├── KlaviyoServerError       5xx                                        retriable
         ├── RateLimited              429, carries retry_after seconds           retriable
         ├── ImportJobUnknown         a bulk import job's outcome cannot be read
+        ├── DeletionNotConfirmed     a deleted person's profile kept reappearing
         └── KlaviyoClientError       4xx: the request itself is wrong          not retriable
             ├── Unauthorized         401/403: the API key                       fatal
             ├── DuplicateProfile     409: carries duplicate_profile_id          healed by a merge
@@ -232,6 +233,11 @@ class RateLimited(KlaviyoError):
 class ImportJobUnknown(KlaviyoError):
     """A bulk import job's outcome cannot be learnt (no job id, it did not finish in time, or it
     ended without completing): none of its records can be called delivered."""
+
+
+class DeletionNotConfirmed(KlaviyoError):
+    """A deletion was taken, but every confirmation round still found a profile of the person
+    (deleted again each time): the erasure cannot be called done."""
 
 
 class KlaviyoClientError(KlaviyoError):

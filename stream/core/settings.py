@@ -213,6 +213,18 @@ class Settings(BaseSettings):
     # (besides each call's own options), and the `custom_source` of the consent we record
     consent_file: str | None = None
     consent_custom_source: str = Field(default="klaviyo-stream", min_length=1, max_length=255)
+    # a subscription older than this when read (or any historical import) is checked against
+    # the consent Klaviyo holds first: a newer opt-out or suppression there wins
+    stale_subscribe_seconds: float = Field(default=3600.0, ge=0)
+    # a deletion is confirmed this long after Klaviyo took it: the person's identifiers are
+    # looked up and what reappeared (a job accepted before it) deleted again, up to `rounds`
+    deletion_settle_seconds: float = Field(default=60.0, ge=0)
+    deletion_confirm_rounds: int = Field(default=3, ge=1, le=20)
+    # a dead-lettered deletion's erasure entry (its identifiers, for the replay) is kept this long
+    erasure_keep_seconds: float = Field(default=7 * 86400, gt=0)
+    # a replica that stops publishing its mark is gone after this (plus KLAVIYO_TIMEOUT_SECONDS):
+    # deletions stop waiting for it, and the held calls it was sending are taken over
+    replica_liveness_seconds: float = Field(default=10.0, gt=0)
 
     # Calls as clients send them: Segment ecommerce v2 events as Klaviyo's standard metrics
     # (off: names and properties as sent); the metric of mobile screen calls ("" = ignore them)

@@ -28,3 +28,15 @@ def order_time(call: Call, read_at: float, skew: float) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return min(moment.timestamp(), read_at + skew)
+
+
+def event_seconds(event: dict[str, object]) -> float:
+    """A mapped event's `time` (ISO-8601, checked when it was mapped) as Unix seconds; 0 when
+    it has none."""
+    text = event.get("time")
+    if not isinstance(text, str):
+        return 0.0
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

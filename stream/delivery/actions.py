@@ -18,7 +18,8 @@ from stream.delivery.batch import Batch, Item, Kind, Lane
 from stream.klaviyo.consent import ENDPOINTS, most_per_request
 
 ACTION_KINDS: tuple[Kind, ...] = (
-    "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion"
+    "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion",
+    "confirm",
 )  # fmt: skip
 
 
@@ -31,21 +32,31 @@ class Action(Item):
 
     `channels`: (un)subscribe's channels; `list_id`: a subscription's list, or the list joined
     or left; `consented_at`: a backfill subscription's consent time (historical import);
-    `source`: its `custom_source`; `target`: a deletion's one identifier (`email`,
-    `phone_number`, or `external_id`, which is looked up as profile ids); `erasure`: the
-    erasure a deletion belongs to. `after`: items of its own record Klaviyo must answer first
-    (a list change needs the profile they make); `fence`: wait until every earlier record of
-    its partition is finished (a deletion: nothing older of the person lands after it).
+    `source`: its `custom_source`. `after`: items of its own record Klaviyo must answer first
+    (a list change needs the profile they make).
+
+    A deletion (one per erased person) and its confirmations: `erasure` the erasure (the
+    delete call's message id); `seq` its tombstone mark, the group-wide fence it waits for
+    (`stream.identity.fence`); `lookups` the person's deletable identifiers as (attribute,
+    value): the deletion goes by the first (or by a profile id learnt for `person_ids`), a
+    confirmation looks them all up; `round` counts confirmations, and `found` says how many
+    profiles one found (and deleted again). `ready_at`: the earliest moment (monotonic) it may
+    leave (a confirmation: a settle time after its deletion; an action of a partition this
+    replica was just given: once the previous owner's requests can no longer land).
     """
 
     channels: tuple[str, ...] = ()
     list_id: str | None = None
     consented_at: str | None = None
     source: str = ""
-    target: tuple[str, str] | None = None
     erasure: str | None = None
     after: int = 0
-    fence: bool = False
+    seq: int = 0
+    lookups: tuple[tuple[str, str], ...] = ()
+    person_ids: tuple[str, ...] = ()
+    ready_at: float = 0.0
+    round: int = 0
+    found: int = 0
 
     def __post_init__(self) -> None:
         if not self.group_key:  # the request it can share: same list, same kind of import

@@ -134,6 +134,7 @@ class Deliverer:
         governor: Governor | None = None,
         client_mode: bool = False,
         same_person: SamePerson | None = None,
+        confirm_rounds: int = 3,
     ) -> None:
         self._client = client
         self._same = same_person
@@ -141,7 +142,9 @@ class Deliverer:
         self._retry = retry or RetryPolicy()
         self._governor = governor or Governor()
         self._client_mode = client_mode  # public key: /client/ endpoints, one profile a request
-        self.actions = ActionSender(self.request, client_mode=client_mode)
+        self.actions = ActionSender(
+            self.request, client_mode=client_mode, confirm_rounds=confirm_rounds
+        )
 
     async def send(self, batch: Batch) -> Settlement:
         """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service)."""

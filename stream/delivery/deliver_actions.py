@@ -8,31 +8,39 @@ ending delivered or failed (the deliver stage's `Settlement`, through `done` and
   (`learn`), else looked up by the person's strongest identifier (`GET /api/profiles?filter=
   equals(…)`), else the profile is made from the identifiers alone (`profile-import`, which
   answers with its id);
-- a deletion by `external_id` (Klaviyo deletes by email, phone_number or profile id) deletes
-  each profile the lookup finds by it; none found, nothing to delete. Klaviyo deletes
-  asynchronously: a deletion is answered once a lookup no longer finds the profile (polled with
-  backoff, at most `DELETION_WAIT_SECONDS`), so what the person does next (held by the gate
-  until then) never lands on the profile being deleted.
+- a deletion is one request per person: by the Klaviyo profile id an upsert answered for one of
+  its persons, else by its email, else its phone number, else by the ids of the profiles its
+  external_id finds (Klaviyo deletes by email, phone_number or profile id). Klaviyo deletes,
+  and makes profiles from the jobs it accepted, asynchronously: a confirmation, a settle time
+  later, looks every identifier of the person up (`any(email,[…])`, up to 100 values a request,
+  many erasures at once) and deletes again, by id, each profile it finds (`found`); the gate
+  asks for another round until none is found, and the last round's finding is a failure
+  (`DeletionNotConfirmed`, a dead letter).
 Every request goes through the deliver stage's paced, retried `request`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-from stream.core.errors import InvalidRequest, KlaviyoClientError, KlaviyoError
-from stream.core.retry import DEFAULT, RetryPolicy
+from stream.core.errors import (
+    DeletionNotConfirmed,
+    InvalidRequest,
+    KlaviyoClientError,
+    KlaviyoError,
+)
 from stream.delivery.actions import Action, ActionBatch
 from stream.delivery.batch import Item
 from stream.klaviyo import consent as bodies
 from stream.klaviyo.client import PROFILE_IMPORT, PROFILES, Requester, Response
+from stream.klaviyo.consent import DELETION
 from stream.klaviyo.mapping import profile_import_body
-from stream.klaviyo.merge import MATCH_ORDER, equals_filter
+from stream.klaviyo.merge import MATCH_ORDER, any_filter, equals_filter
+from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,7 @@ Body = Callable[[list[Action]], dict[str, Any]]
 _PROFILE_ENTRY = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
 _LIST_ENTRY = re.compile(r"^/data/(\d+)(?:/|$)")
 MAX_KNOWN_IDS = 100_000  # person → Klaviyo profile id, remembered from answers (then forgotten)
-DELETION_WAIT_SECONDS = 60.0  # how long a deletion may take to land before we stop waiting
+LOOKUP_VALUES = 100  # values of one `any(…)` lookup (one page of profiles holds them all)
 
 
 class ActionSender:
@@ -54,13 +62,11 @@ class ActionSender:
         request: Requester,
         *,
         client_mode: bool = False,
-        policy: RetryPolicy = DEFAULT,
-        deletion_wait: float = DELETION_WAIT_SECONDS,
+        confirm_rounds: int = 3,
     ) -> None:
         self._request = request
         self._client_mode = client_mode
-        self._policy = policy
-        self._deletion_wait = deletion_wait
+        self._confirm_rounds = confirm_rounds
         self.profile_ids: dict[str, str] = {}
 
     def learn(self, person: str | None, response: Response) -> None:
@@ -98,6 +104,8 @@ class ActionSender:
             await self._entries("POST", endpoint, endpoint, actions, suppression, done, fail)
         elif kind == "list_add" or kind == "list_remove":
             await self._lists(kind, endpoint, actions, done, fail)
+        elif kind == "confirm":
+            await self._confirm(endpoint, actions, done, fail)
         else:
             for action in actions:
                 await self._delete(endpoint, action, done, fail)
@@ -194,37 +202,79 @@ class ActionSender:
     # deletion ---------------------------------------------------------------------------------
 
     async def _delete(self, endpoint: str, action: Action, done: Done, fail: Fail) -> None:
-        assert action.target is not None
-        attribute, value = action.target
+        """One deletion for the person: by a known profile id, else by the first lookup."""
+        known = [self.profile_ids[p] for p in action.person_ids if p in self.profile_ids]
         try:
-            if attribute == "external_id":  # Klaviyo deletes by id: each profile holding it
-                for profile_id in await self._lookup(attribute, value):
-                    body = bodies.deletion_body("id", profile_id)
-                    await self._request("POST", endpoint, body, budget=endpoint)
-                    await self._gone("id", profile_id)
+            if known:
+                targets = [("id", known[0])]
             else:
-                body = bodies.deletion_body(attribute, value)
-                await self._request("POST", endpoint, body, budget=endpoint)
-                await self._gone(attribute, value)
+                attribute, value = action.lookups[0]
+                if attribute == "external_id":  # Klaviyo deletes by id: each profile holding it
+                    targets = [("id", pid) for pid in await self._lookup(attribute, value)]
+                else:
+                    targets = [(attribute, value)]
+            for attribute, value in targets:
+                await self._request(
+                    "POST", endpoint, bodies.deletion_body(attribute, value), budget=endpoint
+                )
+                metrics.DELETIONS.labels("sent").inc()
         except KlaviyoError as exc:
             fail([action], exc, "deliver")
             return
         done([action], endpoint)
 
-    async def _gone(self, attribute: str, value: str) -> None:
-        """Wait (bounded) until no profile holds `attribute` = `value`: the deletion landed."""
-        deadline = time.monotonic() + self._deletion_wait
-        attempt = 0
-        while await self._lookup(attribute, value):
-            delay = self._policy.delay(attempt)
-            attempt += 1
-            if time.monotonic() + delay > deadline:
-                log.warning(
-                    "a deletion has not landed at Klaviyo yet; not waiting for it any longer",
-                    extra={"identifier": attribute, "waited": self._deletion_wait},
-                )
-                return
-            await asyncio.sleep(delay)
+    async def _confirm(
+        self, endpoint: str, actions: list[Action], done: Done, fail: Fail
+    ) -> None:
+        """Look up every identifier of these erasures' persons; delete again what is found."""
+        wanted: dict[tuple[str, str], list[Action]] = {}
+        for action in actions:
+            for lookup in action.lookups:
+                wanted.setdefault(lookup, []).append(action)
+        found: dict[int, set[str]] = {id(a): set() for a in actions}
+        try:
+            for attribute in ("email", "phone_number", "external_id"):
+                values = sorted({v for (k, v) in wanted if k == attribute})
+                for start in range(0, len(values), LOOKUP_VALUES):
+                    part = values[start : start + LOOKUP_VALUES]
+                    for profile_id, value in await self._lookup_any(attribute, part):
+                        for action in wanted.get((attribute, value), ()):
+                            found[id(action)].add(profile_id)
+        except KlaviyoError as exc:
+            fail(list(actions), exc, "deliver")
+            return
+        for action in actions:
+            action.found = len(found[id(action)])
+            try:
+                for profile_id in sorted(found[id(action)]):
+                    body = bodies.deletion_body("id", profile_id)
+                    await self._request("POST", DELETION, body, budget=DELETION)
+                    metrics.DELETIONS.labels("resent").inc()
+            except KlaviyoError as exc:
+                fail([action], exc, "deliver")
+                continue
+            if action.found and action.round >= self._confirm_rounds:
+                fail([action], DeletionNotConfirmed(
+                    f"the person's profile was still found at Klaviyo {action.round} times"
+                    f" after deleting it (last: {action.found} profile(s), deleted again)"
+                ), "deliver")  # fmt: skip
+                continue
+            done([action], endpoint)
+
+    async def _lookup_any(self, attribute: str, values: list[str]) -> list[tuple[str, str]]:
+        """(profile id, the value it holds) of the profiles holding any of `values`."""
+        path = PROFILES + any_filter(attribute, values) + "&page[size]=100"
+        out: list[tuple[str, str]] = []
+        while path:
+            response = await self._request("GET", path, budget=PROFILES)
+            body = response.body if isinstance(response.body, dict) else {}
+            for profile in body.get("data") or []:
+                if isinstance(profile, dict) and profile.get("id"):
+                    value = (profile.get("attributes") or {}).get(attribute)
+                    out.append((str(profile["id"]), str(value)))
+            nxt = (body.get("links") or {}).get("next")
+            path = _relative(nxt) if isinstance(nxt, str) and nxt else ""
+        return out
 
 
 def _subscribe(part: list[Action]) -> dict[str, Any]:
@@ -240,6 +290,12 @@ def _unsubscribe(part: list[Action]) -> dict[str, Any]:
     return bodies.unsubscribe_body(
         [bodies.consent_entry(a.profile, a.channels, "UNSUBSCRIBED") for a in part]
     )
+
+
+def _relative(link: str) -> str:
+    """A `links.next` URL as the path and query the client sends."""
+    parts = urlsplit(link)
+    return parts.path + ("?" + parts.query if parts.query else "")
 
 
 def _named(
@@ -284,8 +340,10 @@ def single_request(
         assert action.list_id is not None
         method = "POST" if kind == "list_add" else "DELETE"
         return method, bodies.list_path(action.list_id), bodies.list_body([profile_id])
-    assert action.target is not None
-    attribute, value = action.target
+    if kind == "confirm":
+        attribute, value = action.lookups[0]
+        return "GET", PROFILES + any_filter(attribute, [value]), {}
+    attribute, value = action.lookups[0]
     if attribute == "external_id":
         return "POST", bodies.DELETION, bodies.deletion_body("id", profile_id)
     return "POST", bodies.DELETION, bodies.deletion_body(attribute, value)

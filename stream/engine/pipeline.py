@@ -43,10 +43,14 @@ def build_processor(
         transformer if transformer is not None else transformer_from_settings(settings),
         settings.ecommerce_metrics,
         consent_rules(settings),
-        Erasure(store, identity, max_skew=settings.max_clock_skew_seconds),
+        Erasure(
+            store, identity, max_skew=settings.max_clock_skew_seconds,
+            keep_failed=settings.erasure_keep_seconds,
+        ),  # fmt: skip
         settings.klaviyo_mode == "client",
         settings.consent_custom_source,
         hold_redacted=settings.hipaa_mode and not settings.hipaa_dlq_keep_original,
+        max_skew=settings.max_clock_skew_seconds,
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from stream.completion.ledger import Outcome
 from stream.core.calls import Call, Record
 from stream.core.errors import InvalidIdentifier, MappingError
 from stream.core.identifiers import Identifiers, identifiers_of
-from stream.core.timing import check_time
+from stream.core.timing import check_time, event_seconds, order_time
 from stream.delivery.actions import Action
 from stream.delivery.batch import Item, encode
 from stream.identity.erasure import Erasure
@@ -42,12 +43,14 @@ from stream.rules.hipaa import redacted_copy
 from stream.rules.route import Router
 from stream.rules.transform import Transformer
 from stream.state import Person
+from stream.state.base import Guard
 from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 RELEASED = "released held call"  # dead-letter label of a released held call's item
 DELETABLE = {"email": "email", "phone": "phone_number", "external_id": "external_id"}
+DELETION_ORDER = ("email", "phone_number", "external_id")  # what a deletion goes by, first
 
 
 EVENT_TYPES = ("track", "page", "screen")
@@ -90,6 +93,7 @@ class Processor:
     client_mode: bool = False  # a public key: subscriptions (to a list) are all we can send
     custom_source: str = DEFAULT_SOURCE  # `custom_source` of the consent records we make
     hold_redacted: bool = False  # HIPAA mode: a held call keeps the filtered call, not its record
+    max_skew: float = 600.0  # how far ahead of its reading a call's time may order it
 
     def skip(self, call: Call) -> str | None:
         """Why this call is not for Klaviyo (a metric label), or None. Counted here."""
@@ -111,13 +115,22 @@ class Processor:
         ids, dropped = identifiers_of(call, self.phone_region)
         if dropped:
             self._drop(ids, dropped, record)
+        check_time(call)  # a malformed time is that reason, before any deletion is looked at
         waits: tuple[str, ...] = ()
-        if self.erasure is not None:
-            if self.erasure.before_deletion(call, ids):
-                return Result(outcome=Outcome.FILTERED)  # would bring a deleted person back
-            waits = self.erasure.pending(call, ids)  # newer, but that deletion is in flight
+        guard = None
+        erasure = self.erasure
+        if erasure is not None:
+            record.stamp = erasure.mark  # judged against every deletion up to here
+            record.called_at = erasure.called_at(call)
+            verdict = erasure.check(call, ids, record)
+            if verdict.older:  # it would bring a deleted person back
+                if asks.unsubscribe:
+                    metrics.OPT_OUTS.labels("person_deleted").inc()
+                return Result(outcome=Outcome.FILTERED)
+            waits = verdict.waits  # newer, but that deletion is still under way
+            guard = erasure.guard(call, record)
         if asks and self.router.reason_to_skip(call) is not None:
-            result = self._consent_only(call, ids, record, asks)
+            result = self._consent_only(call, ids, record, asks, guard)
             result.after_erasures = waits
             return result
         result = Result(after_erasures=waits)
@@ -125,18 +138,22 @@ class Processor:
         traits: dict[str, Any] | None = None
         if call.type in EVENT_TYPES:
             events = self._events(call, record, result)  # checked before the graph changes
-        else:
-            check_time(call)
         if call.type == "identify":
             traits = call.traits
             if call.options.unset:  # unset: a null at the call's time, so no older call revives it
                 traits = {**traits, **dict.fromkeys(call.options.unset)}
             encode(traits)  # traits Klaviyo or the store cannot take: refused before the link
             Item("profiles", mapping.profile_attributes(call, ids), None, [])
-        if asks and ids.named:  # each change marked: the latest per channel wins
-            traits = {**(traits or {}), **consent_traits(asks, call.message_id)}
-        person, released = self.identity.link(call, ids, traits)
-        result.released = self._released(released, person)
+        if asks:  # each change marked with its time: the latest per channel wins
+            traits = {**(traits or {}), **consent_traits(asks, call.message_id, self._when(call))}
+        linked = self.identity.link(call, ids, traits, guard)
+        if linked.tombstoned:  # a deletion this replica had not read yet: the store knew it
+            metrics.RECORDS_TOMBSTONED.inc()
+            if asks.unsubscribe:
+                metrics.OPT_OUTS.labels("person_deleted").inc()
+            return Result(outcome=Outcome.FILTERED)
+        person = linked.person
+        result.released = self._released(linked.released, person)
         if call.type == "alias":
             result.outcome = Outcome.ABSORBED
         elif call.type == "identify" or call.type == "group":
@@ -160,6 +177,12 @@ class Processor:
         if asks:
             self._act(call, person, record, result, asks)
         return result
+
+    def _when(self, call: Call) -> float:
+        """The call's time for ordering (what consent marks and deletions compare)."""
+        if self.erasure is not None:
+            return self.erasure.called_at(call)
+        return order_time(call, time.time(), self.max_skew)
 
     def _events(self, call: Call, record: Record, result: Result) -> list[Item]:
         """The events of a track, page or screen call (an order also makes one Ordered Product
@@ -209,14 +232,21 @@ class Processor:
 
     # consent, lists and deletion -------------------------------------------------------------
 
-    def _consent_only(self, call: Call, ids: Identifiers, record: Record, asks: Asks) -> Result:
+    def _consent_only(
+        self, call: Call, ids: Identifiers, record: Record, asks: Asks, guard: Guard | None
+    ) -> Result:
         """A call routing filters that asks consent or list changes: those alone are sent."""
         reason = self.router.reason_to_skip(call)
         metrics.RECORDS_FILTERED.labels(call.type, reason or "not_defined").inc()
-        check_time(call)
-        marks = consent_traits(asks, call.message_id) if ids.named else None
-        person, released = self.identity.link(call, ids, marks)
-        result = Result(released=self._released(released, person))
+        marks = consent_traits(asks, call.message_id, self._when(call))
+        linked = self.identity.link(call, ids, marks, guard)
+        if linked.tombstoned:
+            metrics.RECORDS_TOMBSTONED.inc()
+            if asks.unsubscribe:
+                metrics.OPT_OUTS.labels("person_deleted").inc()
+            return Result(outcome=Outcome.FILTERED)
+        person = linked.person
+        result = Result(released=self._released(linked.released, person))
         self._act(call, person, record, result, asks)
         if not result.actions:
             result.outcome = Outcome.FILTERED
@@ -231,12 +261,16 @@ class Processor:
         if person is None:
             result.failures.append(Failed([record], "consent and lists", MappingError(
                 "its consent and list changes name no one Klaviyo can know (no email, phone "
-                "or userId linked to the call)"
+                "or userId linked to the call, or to the anonymousId it names)"
             )))  # fmt: skip
+            if asks.unsubscribe:
+                metrics.OPT_OUTS.labels("dead_lettered").inc()
             return
-        current, overtaken = still_current(asks, person.traits, call.message_id)
+        current, overtaken = still_current(asks, person.traits, self._when(call))
         for channel in overtaken:
             metrics.CONSENT_OVERTAKEN.labels(channel).inc()
+        for _channel in set(asks.unsubscribe) - set(current.unsubscribe):
+            metrics.OPT_OUTS.labels("superseded").inc()
         profile = self.identity.profile(person)
         backfill = mapping.wants_backfill(record.headers)
         consented_at = mapping.event_time(call.timestamp) if backfill else None
@@ -249,6 +283,8 @@ class Processor:
 
         def refuse(label: str, why: str) -> None:
             result.failures.append(Failed([record], label, MappingError(f"{label}: {why}")))
+            if label.startswith("unsubscribe"):
+                metrics.OPT_OUTS.labels("dead_lettered").inc()
 
         def reachable(verb: str, channels: tuple[str, ...]) -> tuple[str, ...]:
             ready = tuple(c for c in channels if profile.get(CHANNEL_IDENTIFIER[c]))
@@ -290,11 +326,13 @@ class Processor:
             result.outcome = None  # it made items after all
 
     def _erase(self, call: Call, record: Record) -> Result:
-        """A delete call: its person is forgotten here (`stream.identity.erasure`) and each
-        identifier they had is deleted at Klaviyo (email and phone_number as such, external_id
-        through the profiles it finds). The user's transformations apply; HIPAA mode does not: an
-        erasure needs every identifier it names."""
-        if self.erasure is None:
+        """A delete call: the person it resolves to is forgotten here (`stream.identity.
+        erasure`) and deleted at Klaviyo by one request (by profile id where known, else by
+        their strongest deletable identifier), confirmed later by looking every one of their
+        identifiers up. The user's transformations apply; HIPAA mode does not: an erasure needs
+        every identifier it names."""
+        erasure = self.erasure
+        if erasure is None:
             raise MappingError("delete calls need the state store (no erasure configured)")
         call = dataclasses.replace(self.transformer, hipaa=None)(call)
         ids, dropped = identifiers_of(call, self.phone_region)
@@ -304,28 +342,28 @@ class Processor:
         named = graph_identifiers(ids)
         if not named:
             raise MappingError("a delete call names no email, phone, userId or anonymousId")
-        forgotten = self.erasure.forget(call, named)
-        result = Result()
+        record.stamp = erasure.mark
+        forgotten = erasure.forget(call, named, record)
         if forgotten.again and not forgotten.identifiers:
-            result.outcome = Outcome.ABSORBED  # done before: whoever holds them came after
+            return Result(outcome=Outcome.ABSORBED)  # done before: whoever holds them came after
+        deletable = [(DELETABLE[k], v) for k, v in forgotten.identifiers if k in DELETABLE]
+        lookups = sorted(deletable, key=lambda pair: DELETION_ORDER.index(pair[0]))
+        if not lookups:  # anonymous ids only: nothing Klaviyo can hold, forgotten here
+            erasure.settle(call.message_id)
+            return Result(outcome=Outcome.ABSORBED)
+        result = Result()
+        if self.client_mode:
+            why = "KLAVIYO_MODE=client cannot ask Klaviyo for a deletion (the private key can)"
+            result.failures.append(Failed([record], "deletion", MappingError(f"deletion: {why}")))
+            erasure.fail(call.message_id)
             return result
-        for kind, value in forgotten.identifiers:
-            attribute = DELETABLE.get(kind)
-            if attribute is None:
-                continue  # an anonymous id: Klaviyo deletes by none, forgotten here only
-            label = f"deletion {attribute}"
-            if self.client_mode:
-                why = "KLAVIYO_MODE=client cannot ask Klaviyo for a deletion (the private key can)"
-                result.failures.append(Failed([record], label, MappingError(f"{label}: {why}")))
-                continue
-            result.actions.append(Action(
-                "deletion", {attribute: value}, None, [record], person="erasure:" + call.message_id,
-                label=label, target=(attribute, value), erasure=call.message_id, fence=True,
-            ))  # fmt: skip
-            metrics.CONSENT_ACTIONS.labels("deletion").inc()
-        self.erasure.expect(call.message_id, len(result.actions), forgotten.identifiers)
-        if not result.actions:
-            result.outcome = Outcome.ABSORBED  # forgotten here; nothing Klaviyo could delete
+        profile = {attribute: value for attribute, value in reversed(lookups)}
+        result.actions.append(Action(
+            "deletion", profile, None, [record], person="erasure:" + call.message_id,
+            label="deletion", erasure=call.message_id, seq=forgotten.seq,
+            lookups=tuple(lookups), person_ids=forgotten.person_ids,
+        ))  # fmt: skip
+        metrics.CONSENT_ACTIONS.labels("deletion").inc()
         return result
 
     @staticmethod
@@ -350,7 +388,11 @@ class Processor:
         profile, key = self.identity.profile_with_key(person)
         return [self.released_item(h, profile, key) for h in released]
 
-    @staticmethod
-    def released_item(held: Held, profile: dict[str, str], key: str = "") -> Item:
-        """The item of a held call sent on `profile` (its person's, or its anonymous_id's)."""
-        return Item("events", profile, held.event, [held.record], key, label=RELEASED)
+    def released_item(self, held: Held, profile: dict[str, str], key: str = "") -> Item:
+        """The item of a held call sent on `profile` (its person's, or its anonymous_id's),
+        its record stamped as work begun now (`stream.identity.fence`)."""
+        record = held.record
+        if self.erasure is not None:
+            record.stamp = self.erasure.mark
+        record.called_at = event_seconds(held.event)
+        return Item("events", profile, held.event, [record], key, label=RELEASED)

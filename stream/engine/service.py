@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 from stream.completion.deadletter import DeadLetters
@@ -38,7 +39,8 @@ from stream.core.errors import (
 )
 from stream.core.retry import until_available
 from stream.core.settings import Settings, require_klaviyo_credentials
-from stream.delivery.batch import Batch
+from stream.delivery.actions import ActionBatch
+from stream.delivery.batch import Batch, Item
 from stream.delivery.deliver import Deliverer
 from stream.delivery.send import Sender
 from stream.engine.gate import Gate
@@ -49,7 +51,9 @@ from stream.engine.pipeline import (
     build_processor,
     identity_limits,
 )
-from stream.engine.process import Processor, Result
+from stream.engine.process import Result
+from stream.identity.erasure import profile_identifiers
+from stream.identity.fence import HEARTBEAT_SECONDS, Fence
 from stream.identity.resolver import Held
 from stream.intake.consume import KafkaConsumer, Partitions
 from stream.intake.decode import Decoder, Peeked, make_decoder
@@ -72,6 +76,7 @@ STATE = "state store"
 MAX_ROUTES = 10_000  # peeked (type, name, integrations) → routing answer, remembered
 MAX_ROUTE_KEY = 1024  # characters of name + integrations beyond which nothing is remembered
 _UNKNOWN = object()
+QUIET = ("deletion", "confirm")  # batches that never make a profile: not on the fence's wire
 T = TypeVar("T")
 
 
@@ -124,6 +129,14 @@ class Service:
         self._dedup = Deduplicator(self._store)
         self._transformer = transformer_from_settings(settings)  # rules and HIPAA, checked now
         self._processor = build_processor(settings, self._store, self._transformer)
+        erasure = self._processor.erasure
+        self._fence = None if erasure is None else Fence(
+            self._store, erasure,
+            request_timeout=settings.klaviyo_timeout_seconds,
+            liveness=settings.replica_liveness_seconds,
+        )  # fmt: skip
+        if self._fence is not None:
+            self._store.lease_owner = self._fence.replica  # released held calls follow us
         self._routes: dict[Peeked, str | None | bool] = {}
         self._stopping = asyncio.Event()
         self._shutdown_timeout = (
@@ -138,6 +151,7 @@ class Service:
         self._deliverer: Deliverer | None = None
         self._governor: Governor | None = None
         self._gate: Gate | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # records processed again
 
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -162,6 +176,7 @@ class Service:
                 client_mode=settings.klaviyo_mode == "client",
                 governor=governor,
                 same_person=self._processor.identity.same_person,
+                confirm_rounds=settings.deletion_confirm_rounds,
             )
             self._sender = Sender(
                 governor,
@@ -176,11 +191,16 @@ class Service:
             self._governor = governor
             metrics.RATE_SHARE.set(governor.share)
             self._actions_gate()
+            if self._processor.erasure is not None:
+                erasure = self._processor.erasure
+                await until_available(erasure.load, STATE, waiting=self.health.waiting)
             sweeper = asyncio.create_task(self._sweep())
+            heart = asyncio.create_task(self._heartbeat())
             try:
                 await self._fetch_loop(self._consumer, ledger, self._sender)
             finally:
                 sweeper.cancel()
+                heart.cancel()
                 await self._shutdown(self._consumer, ledger, self._sender)
                 self._store.close()
         self.result.dead_lettered = ledger.dead_lettered
@@ -209,6 +229,8 @@ class Service:
             self.health.broker_reachable = consumer.broker_reachable
             self.health.assigned_partitions = len(consumer.assigned)
             records = ledger.begin(messages, stamps)
+            if records and ledger.newly_assigned(records):
+                self._refresh_erasures()  # a new assignment's records meet today's deletions
             room = self._room()
             if room > 0 and not consumer.paused and not self._stopping.is_set():
                 fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
@@ -237,8 +259,9 @@ class Service:
 
     async def _handle(self, records: list[Record]) -> None:
         """decode → route → dedup (one store round trip per fetch) → process → send."""
-        ledger, sender, gate = self._ledger, self._sender, self._actions_gate()
+        ledger, sender = self._ledger, self._sender
         assert ledger is not None and sender is not None
+        self._actions_gate()
         decoder, processor = self._decoder, self._processor
         waiting = self.health.waiting
         await until_available(lambda: decoder.prepare(records), "schema registry", waiting=waiting)
@@ -303,26 +326,48 @@ class Service:
                 result = self._barrier(call, record)
             except Unavailable as exc:  # a dependency failed: wait it out, this failure first
                 result = await self._process(call, record, exc)
-            if result is None:
-                continue
-            for item in result.released:
-                ledger.adopt(item.records[0])
+            if result is not None:
+                self._dispatch(record, result)
+
+    def _dispatch(self, record: Record, result: Result) -> None:
+        """Hand a processed record's items to the send stage, its actions to the gate (all of
+        them to the gate's hold while a deletion it names is under way), its failures to the
+        ledger; then the record is processed."""
+        ledger, sender, gate = self._ledger, self._sender, self._actions_gate()
+        assert ledger is not None and sender is not None
+        for item in result.released:
+            ledger.adopt(item.records[0])
+            sender.add(item)
+        waits = result.after_erasures  # a deletion it names is in flight: all wait for it
+        for action in result.actions:  # before the record's items: list changes count them
+            record.open += 1
+            if not waits:
+                gate.put(action)
+        for item in result.items:
+            record.open += 1
+            if not waits:
                 sender.add(item)
-            waits = result.after_erasures  # a deletion it names is in flight: all wait for it
-            for action in result.actions:  # before the record's items: list changes count them
-                record.open += 1
-                if not waits:
-                    gate.put(action)
-            for item in result.items:
-                record.open += 1
-                if not waits:
-                    sender.add(item)
-            if waits:
-                gate.hold(waits, result.items, result.actions)
-            for failure in result.failures:  # a bad order line: a dead letter of its own
-                record.open += 1
-                ledger.fail([failure], failure.error, failure.error.stage)
-            ledger.processed(record, result.outcome)
+        if waits:
+            gate.hold(waits, result.items, result.actions)
+        for failure in result.failures:  # a bad order line: a dead letter of its own
+            record.open += 1
+            ledger.fail([failure], failure.error, failure.error.stage)
+        ledger.processed(record, result.outcome)
+
+    async def _again(self, record: Record) -> None:
+        """Process a record anew (it raced a deletion: see `_admit`); its token is open."""
+        decoder = self._decoder
+        try:
+            await until_available(
+                lambda: decoder.prepare([record]), "schema registry", waiting=self.health.waiting
+            )
+            call = decoder.decode(record.value, record.headers)
+        except RecordError as exc:
+            self._ledger.reject(record, exc, exc.stage)  # type: ignore[union-attr]
+            return
+        result = await self._process(call, record)
+        if result is not None:
+            self._dispatch(record, result)
 
     def _actions_gate(self) -> Gate:
         """Consent, list and deletion actions go to the send stage through this gate: in order
@@ -330,7 +375,10 @@ class Service:
         if self._gate is None:
             assert self._sender is not None and self._ledger is not None
             self._gate = Gate(
-                self._sender.add, self._ledger.earlier_finished, self._processor.erasure
+                self._sender.add,
+                erasure=self._processor.erasure,
+                fence=self._fence,
+                settle_seconds=self.settings.deletion_settle_seconds,
             )
         return self._gate
 
@@ -377,8 +425,16 @@ class Service:
         return None
 
     async def _deliver(self, batch: Batch) -> None:
-        """Send one batch (the send stage calls this) and give its outcomes to the ledger."""
+        """Send one batch (the send stage calls this, as it takes it) and give its outcomes to
+        the ledger. Work stamped before a deletion learnt of since is judged again first
+        (`_admit`); from then until answered the batch is on the wire (`Fence`)."""
         assert self._deliverer is not None and self._ledger is not None
+        admitted = await self._admit(batch)
+        if admitted is None:
+            return
+        batch = admitted
+        fence = self._fence
+        token = fence.sending() if fence is not None and batch.kind not in QUIET else None
         try:
             settlement = await self._deliverer.send(batch)
         except (FatalDeliveryError, ConfigError) as exc:
@@ -393,12 +449,55 @@ class Service:
                 await self._gate.answered(batch.items, batch.items)
             self._ledger.fail(batch.items, _internal(exc), "deliver")
             return
+        finally:
+            if token is not None and fence is not None:
+                fence.answered(token)
         if self._gate is not None:  # erasures settled before their records finish
             failed = [item for failure in settlement.failed for item in failure.items]
             await self._gate.answered(batch.items, failed)
         self._ledger.settle(settlement.delivered)
         for failure in settlement.failed:
             self._ledger.fail(failure.items, failure.error, failure.stage)
+
+    async def _admit(self, batch: Batch) -> Batch | None:
+        """The late check (`Erasure.late`): items whose records were judged before a deletion
+        of what they name that this replica has read since. Records older than it finish
+        filtered; newer ones are processed again once that erasure is done. The rest goes on
+        (None: nothing is left to send)."""
+        erasure = self._processor.erasure
+        if erasure is None or batch.kind in QUIET or not batch.items:
+            return batch
+        mark = erasure.mark
+        if min(r.stamp for item in batch.items for r in item.records) >= mark:
+            return batch  # the usual batch: nothing was deleted since its work began
+        assert self._ledger is not None
+        caught: list[Item] = []
+        for item in batch.items:
+            if all(r.stamp >= mark for r in item.records):
+                continue
+            judge = partial(erasure.late, item.records, profile_identifiers(item.profile))
+            verdict = await until_available(judge, STATE, waiting=self.health.waiting)
+            if verdict is None:
+                continue
+            caught.append(item)
+            for record in verdict.newer:  # it raced the deletion: processed again after it
+                record.open += 1
+                waits = tuple(verdict.waits)
+                self._actions_gate().hold_call(waits, partial(self._again_soon, record))
+        if not caught:
+            return batch
+        if self._gate is not None and isinstance(batch, ActionBatch):
+            await self._gate.answered(caught)
+        self._ledger.settle(caught, Outcome.FILTERED)
+        rest = [item for item in batch.items if item not in caught]
+        if not rest:
+            return None
+        return type(batch)(batch.kind, rest, reserved=batch.reserved)
+
+    def _again_soon(self, record: Record) -> None:
+        task = asyncio.get_running_loop().create_task(self._again(record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # rebalances (consume thread) --------------------------------------------------------------
 
@@ -446,6 +545,33 @@ class Service:
             metrics.DEPENDENCY_ERRORS.labels(STATE).inc()
             log.warning("held entries not deleted, retrying", extra={"error": str(exc)[:500]})
 
+    def _refresh_erasures(self) -> None:
+        """Read the group's new tombstones and PENDING erasures now (a store hiccup waits for
+        the heartbeat)."""
+        erasure = self._processor.erasure
+        if erasure is None:
+            return
+        try:
+            erasure.refresh()
+        except StateError as exc:
+            metrics.DEPENDENCY_ERRORS.labels(STATE).inc()
+            log.warning("tombstones not read, retrying", extra={"error": str(exc)[:500]})
+
+    async def _heartbeat(self) -> None:
+        """Every second: follow the group's deletions and publish this replica's mark
+        (`stream.identity.fence`), then let the gate send what became due."""
+        fence = self._fence
+        while fence is not None:
+            self._refresh_erasures()
+            try:
+                fence.heartbeat()
+            except StateError as exc:
+                metrics.DEPENDENCY_ERRORS.labels(STATE).inc()
+                log.warning("replica mark not published, retrying", extra={"error": str(exc)[:500]})
+            if self._gate is not None:
+                self._gate.poll()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
     async def _sweep(self) -> None:
         """Every few seconds, housekeeping that must never stop the service."""
         turn = 0
@@ -487,6 +613,8 @@ class Service:
         expired = guarded(lambda: self._expire(now)) or 0
         guarded(lambda: self._resend(self._store.reclaim_held(now), reclaimed=True))
         guarded(lambda: self._store.prune(now))
+        if self._processor.erasure is not None:
+            guarded(self._processor.erasure.purge)
         guarded(lambda: self._publish_state(with_stats))
         return expired
 
@@ -545,7 +673,7 @@ class Service:
             if reclaimed:
                 metrics.RECORDS_RELEASED.labels("reclaimed").inc()
             try:
-                item = Processor.released_item(held, profile, key)
+                item = self._processor.released_item(held, profile, key)
             except RecordError as exc:
                 ledger.adopt(held.record)
                 ledger.reject(held.record, exc, exc.stage)
@@ -579,6 +707,8 @@ class Service:
             await ledger.close(timeout=5)
         self._flush_dedup(due_only=False)
         self._settle_held()
+        if self._fence is not None:  # gone: deletions stop waiting for us, now
+            self._guarded(self._fence.retire)
         consumer.closing = True
         await consumer.commit()
         await consumer.close()

@@ -1,42 +1,74 @@
-"""Erasure: a `delete` call forgets its person here, and records older than it stay dropped.
+"""Erasure: a `delete` call forgets its person, and nothing older than it brings them back.
 
-`forget` erases the person in the state store (identity-graph nodes, traits, held calls) in one
-atomic step that also writes a tombstone per identifier (SHA-256 of `kind:value` and the
-deletion time, nothing else) and an erasure entry naming the identifiers removed, kept until
-Klaviyo accepted every deletion sent for them (`answered`): a crash in between reads the
-delete call again, and the entry (not the graph, which has forgotten) says what to delete; a
-dead-lettered deletion keeps it for the replay. A delete call read again once it is done
-(its tombstones say so) changes nothing: whoever holds its identifiers now came after it.
-The deletion time is the delete call's own time (capped like any call's, `stream.core.timing`).
+`forget` erases in the state store, in one atomic step, the person the delete call resolves to
+under the identity rules (`stream.state.rules.plan_erasure`: never the owner of a shared or
+moved identifier the call also names; those are counted and logged without their value),
+with tombstones for their identifiers (hash, time, mark, erasure, position) and an erasure entry
+(the identifiers, kept PENDING until Klaviyo has the deletion confirmed, FAILED and kept for a
+bounded time when its deletion was dead-lettered). The deletion's time is the earlier of the
+delete call's time and the moment it was read.
 
-`before_deletion` drops a call that names a tombstoned identifier and is older than that
-deletion (read again after a rebalance, replayed from the dead-letter topic): it would bring
-the person back. A newer call starts a new person. This process keeps the tombstones in
-memory and reads new ones from the store at most a second late (other replicas' deletions
-included); a deletion made here counts at once, and clears the identity caches.
+A call is then judged against the tombstones of what it names (`check`, `stream.identity.
+tombstones.older`): older than a deletion, it is dropped (a re-read, a replay, a late producer);
+newer, it is a new person, and while that deletion is still PENDING anywhere in the group the
+call waits for it (else it would land on the profile being deleted, or be deleted by its
+confirmation). The same rule guards the store's link (`guard`), so a replica that learns of a
+deletion late still cannot link an older call back into the graph, and the send stage's
+`late` check catches work begun before a deletion this replica learnt of since.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from stream.core.calls import Call
+from stream.core.calls import Call, Record
 from stream.core.identifiers import Identifiers
 from stream.core.timing import order_time
 from stream.identity.resolver import IdentityResolver, graph_identifiers
-from stream.state import Identifier, StateStore
-from stream.state.base import Forgotten, tombstone_hash
+from stream.identity.tombstones import Tombstones, older
+from stream.klaviyo.mapping import wants_backfill
+from stream.state import Identifier, Kind, StateStore
+from stream.state.base import Forgotten, Guard, Position, Tombstone, tombstone_hash
 from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 1.0  # how stale this process's view of other replicas' tombstones may be
+ERASURE_KEEP_SECONDS = 7 * 86400.0  # a failed erasure's identifiers kept for its replay
+KIND_OF_ATTRIBUTE: dict[str, Kind] = {
+    "email": "email", "phone_number": "phone", "external_id": "external_id",
+    "anonymous_id": "anonymous_id",
+}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Verdict:
+    """How a call stands against the deletions of what it names: `older` than one (drop it),
+    or newer and waiting for these PENDING erasures (`waits`)."""
+
+    older: bool = False
+    waits: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Caught:
+    """Work begun before a deletion this replica learnt of since: records older than it (to
+    drop) and newer ones (to process again once those erasures are done)."""
+
+    older: list[Record] = field(default_factory=list)
+    newer: list[Record] = field(default_factory=list)
+    waits: set[str] = field(default_factory=set)
+
+
+def position_of(record: Record) -> Position | None:
+    """Where a record sits in Kafka (a held call's: its original record's)."""
+    return (record.topic, record.partition, record.offset) if record.topic else None
 
 
 class Erasure:
-    """Deletions of this process and the tombstones of all of them."""
+    """Deletions and the group's tombstones, as this replica applies and follows them."""
 
     def __init__(
         self,
@@ -44,116 +76,137 @@ class Erasure:
         identity: IdentityResolver,
         *,
         max_skew: float = 600.0,
-        clock: Callable[[], float] = time.monotonic,
+        keep_failed: float = ERASURE_KEEP_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._identity = identity
         self._max_skew = max_skew
+        self._keep_failed = keep_failed
         self._clock = clock
-        self._tombstones: dict[str, float] = {}  # hash → latest deletion time
-        self._mark = 0
-        self._read_at = float("-inf")
-        self._open: dict[str, int] = {}  # erasure id → deletions not yet answered
-        self._failed: set[str] = set()  # erasures with a dead-lettered deletion
-        self._in_flight: dict[str, str] = {}  # hash of an identifier being deleted → erasure
+        self.tombstones = Tombstones(store)
+        self._open: set[str] = set()  # erasures PENDING in the group, as last read (and ours)
 
-    # tombstones -------------------------------------------------------------------------------
+    # following the group ------------------------------------------------------------------
 
-    def refresh(self, force: bool = False) -> None:
-        """Read the tombstones written since the last read (at most once a second unless
-        `force`); new ones clear the identity caches (a person they name may be cached)."""
-        now = self._clock()
-        if not force and now - self._read_at < REFRESH_SECONDS:
-            return
-        found, mark = self._store.tombstones(self._mark)
-        self._read_at, self._mark = now, mark
-        if found:
-            self._keep(found)
+    def load(self) -> None:
+        """At start: every tombstone into the filter, the PENDING erasures."""
+        self.tombstones.load()
+        self._open = self._store.open_erasures()
+
+    def refresh(self) -> None:
+        """Read new tombstones and the PENDING erasures (`StateError` when the store is down);
+        new tombstones clear the identity caches (a person they name may be cached)."""
+        if self.tombstones.refresh():
             self._identity.forget_cached()
+        self._open = self._store.open_erasures()
 
-    def _keep(self, found: Sequence[tuple[str, float]]) -> None:
-        for digest, deleted_at in found:
-            if deleted_at > self._tombstones.get(digest, float("-inf")):
-                self._tombstones[digest] = deleted_at
+    @property
+    def mark(self) -> int:
+        """The newest tombstone mark this replica has read: work begun now is judged against
+        every deletion up to it (a record's `stamp`)."""
+        return self.tombstones.mark
 
-    def before_deletion(self, call: Call, ids: Identifiers) -> bool:
-        """True (counted) when the call names a deleted identifier and is older than that
-        deletion: it is dropped, never sent, never linked."""
-        self.refresh()
-        if not self._tombstones:
-            return False
-        latest = max(
-            (self._tombstones.get(digest, float("-inf")) for digest in _hashes(call, ids)),
-            default=float("-inf"),
-        )
-        if latest == float("-inf"):
-            return False
-        if order_time(call, time.time(), self._max_skew) >= latest:
-            return False  # newer than the deletion: a new person
-        metrics.RECORDS_TOMBSTONED.inc()
-        return True
+    def is_open(self, erasure_id: str) -> bool:
+        return erasure_id in self._open
+
+    @property
+    def open(self) -> set[str]:
+        return set(self._open)
+
+    # judging calls ----------------------------------------------------------------------------
+
+    def called_at(self, call: Call) -> float:
+        """The call's time for ordering (capped at now plus the allowed skew)."""
+        return order_time(call, self._clock(), self._max_skew)
+
+    def check(self, call: Call, ids: Identifiers, record: Record) -> Verdict:
+        """Judge a call (its time checked) against the deletions of what it names."""
+        rows = self.tombstones.rows(_hashes(call, ids))
+        if not rows:
+            return Verdict()
+        when, where = self.called_at(call), position_of(record)
+        historical = wants_backfill(record.headers)
+        if any(older(tomb, when, where, historical) for tomb in rows.values()):
+            metrics.RECORDS_TOMBSTONED.inc()
+            return Verdict(older=True)
+        waits = {tomb.erasure for tomb in rows.values() if tomb.erasure in self._open}
+        return Verdict(waits=tuple(sorted(waits)))
+
+    def guard(self, call: Call, record: Record) -> Guard:
+        """The same judgement inside the store's link (see `StateStore.link`)."""
+        when, where = self.called_at(call), position_of(record)
+        historical = wants_backfill(record.headers)
+
+        def refuse(rows: Mapping[str, Tombstone]) -> bool:
+            return any(older(tomb, when, where, historical) for tomb in rows.values())
+
+        return refuse
+
+    def late(self, records: Sequence[Record], identifiers: Sequence[Identifier]) -> Caught | None:
+        """Work about to leave whose records were stamped before a deletion of one of these
+        identifiers: which of them are older than it (drop) and which newer (process again
+        after it); None when nothing was deleted since they were stamped."""
+        stamp = min(r.stamp for r in records)
+        if stamp >= self.mark or not identifiers:
+            return None
+        rows = self.tombstones.rows([tombstone_hash(ident) for ident in identifiers])
+        newer_rows = [tomb for tomb in rows.values() if tomb.seq > stamp]
+        if not newer_rows:
+            return None
+        caught = Caught()
+        for record in records:
+            where, historical = position_of(record), wants_backfill(record.headers)
+            if any(older(t, record.called_at, where, historical) for t in newer_rows):
+                caught.older.append(record)
+            else:
+                caught.newer.append(record)
+        caught.waits = {t.erasure for t in newer_rows if t.erasure in self._open}
+        metrics.RECORDS_TOMBSTONED.inc(len(caught.older))
+        return caught
 
     # deletions --------------------------------------------------------------------------------
 
-    def forget(self, call: Call, identifiers: Sequence[Identifier]) -> Forgotten:
-        """Forget whoever `identifiers` name, as of the delete call's time (see the module)."""
-        deleted_at = order_time(call, time.time(), self._max_skew)
-        forgotten = self._store.forget(identifiers, deleted_at, call.message_id)
-        self._keep([(tombstone_hash(ident), deleted_at) for ident in forgotten.identifiers])
+    def forget(self, call: Call, identifiers: Sequence[Identifier], record: Record) -> Forgotten:
+        """Erase the person the delete call resolves to, as of the deletion's time."""
+        read_at = self._clock()
+        deleted_at = min(order_time(call, read_at, self._max_skew), read_at)
+        where = position_of(record) if record.generation is not None else None
+        forgotten = self._store.forget(identifiers, deleted_at, call.message_id, where)
+        # read up to (and past) this deletion's own mark now: work begun from here on is
+        # judged against it and every one before it, so its stamp says so
+        self.tombstones.refresh()
         self._identity.forget_cached()
+        if forgotten.identifiers:
+            self._open.add(call.message_id)
         if not forgotten.again:
             metrics.FORGOTTEN.labels("persons").inc(forgotten.persons)
             metrics.FORGOTTEN.labels("identifiers").inc(len(forgotten.identifiers))
             metrics.FORGOTTEN.labels("held_calls").inc(forgotten.held)
+            if forgotten.others:
+                metrics.ERASURE_LEFT_WITH_OTHERS.inc(forgotten.others)
+                log.warning(
+                    "a delete call names identifiers that belong to someone else: left with"
+                    " them, not deleted at Klaviyo (the requester's data may be on that"
+                    " profile: the operator decides)",
+                    extra={"erasure": call.message_id, "identifiers": forgotten.others},
+                )
         return forgotten
 
-    def expect(
-        self, erasure_id: str, deletions: int, identifiers: Sequence[Identifier] = ()
-    ) -> None:
-        """`deletions` requests go to Klaviyo for this erasure (its `identifiers` are being
-        deleted until they are answered: `pending`); with none, it is done now."""
-        if deletions <= 0:
-            self._store.settle_erasure(erasure_id)
-            return
-        self._open[erasure_id] = self._open.get(erasure_id, 0) + deletions
-        for ident in identifiers:
-            self._in_flight[tombstone_hash(ident)] = erasure_id
-
-    def pending(self, call: Call, ids: Identifiers) -> tuple[str, ...]:
-        """Erasures of this process still in flight at Klaviyo that the call names: a call
-        newer than a deletion waits for it, or it would land on the profile being deleted."""
-        if not self._in_flight:
-            return ()
-        found = {self._in_flight.get(digest) for digest in _hashes(call, ids)}
-        return tuple(sorted(e for e in found if e is not None))
-
-    def answered(self, erasure_id: str, accepted: bool) -> tuple[bool, bool]:
-        """One deletion of the erasure was answered: (was it the last, may its entry go). The
-        entry goes (`settle`) when Klaviyo accepted them all; one dead-lettered keeps it, so a
-        replay of the delete call sends again every identifier it removed here."""
-        left = self._open.get(erasure_id)
-        if left is None:
-            return False, False
-        if not accepted:
-            self._failed.add(erasure_id)
-        if left > 1:
-            self._open[erasure_id] = left - 1
-            return False, False
-        del self._open[erasure_id]
-        for digest in [d for d, e in self._in_flight.items() if e == erasure_id]:
-            del self._in_flight[digest]
-        if erasure_id in self._failed:
-            self._failed.discard(erasure_id)
-            log.warning(
-                "a deletion was dead-lettered: the erasure entry stays until it is replayed",
-                extra={"erasure": erasure_id},
-            )
-            return True, False
-        return True, True
-
     def settle(self, erasure_id: str) -> None:
-        """Delete the erasure entry (a store write; `StateError` when the store is down)."""
+        """Klaviyo has the deletion, confirmed: the entry goes (a store write)."""
         self._store.settle_erasure(erasure_id)
+        self._open.discard(erasure_id)
+
+    def fail(self, erasure_id: str) -> None:
+        """Its deletion was dead-lettered: the entry stays (FAILED) for a replay, for at most
+        the keep time; calls newer than it no longer wait for it."""
+        self._store.fail_erasure(erasure_id)
+        self._open.discard(erasure_id)
+
+    def purge(self) -> int:
+        """Forget FAILED erasure entries older than the keep time (housekeeping)."""
+        return self._store.purge_erasures(self._clock() - self._keep_failed)
 
 
 def _hashes(call: Call, ids: Identifiers) -> list[str]:
@@ -162,3 +215,12 @@ def _hashes(call: Call, ids: Identifiers) -> list[str]:
     if call.previous_id:
         names.append(("anonymous_id", call.previous_id))
     return [tombstone_hash(name) for name in names]
+
+
+def profile_identifiers(profile: Mapping[str, object]) -> list[Identifier]:
+    """The identity-graph identifiers a Klaviyo profile object carries."""
+    return [
+        (kind, value)
+        for attribute, kind in KIND_OF_ATTRIBUTE.items()
+        if isinstance(value := profile.get(attribute), str) and value
+    ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from stream.core.calls import Call, Record
 from stream.core.identifiers import Identifiers
 from stream.core.timing import order_time
 from stream.state import HeldEntry, Identifier, Kind, Person, StateStore
+from stream.state.base import Guard
 from stream.telemetry import metrics
 
 EMAIL_FIRST = ("email", "phone_number", "external_id")
@@ -31,6 +32,7 @@ _KIND_OF_ATTRIBUTE: dict[str, Kind] = {
 }
 
 
+EVENT_CALLS = ("track", "page", "screen")
 MAX_CACHED_ID = 512  # characters; the caches are bounded in bytes as well as entries
 # traits the service keeps for itself in the graph (each channel's latest consent change):
 # stored and merged like any trait, never sent to Klaviyo as profile properties
@@ -89,6 +91,17 @@ class Held:
         return Held(raw["event"], raw["anonymous_id"], record)
 
 
+@dataclass(slots=True)
+class Linked:
+    """What a link did for one call: the person it is attributed to (None while anonymous),
+    the held events its identification released, or `tombstoned`: the call is older than a
+    deletion of what it names, and nothing was linked."""
+
+    person: Person | None
+    released: list[Held] = field(default_factory=list)
+    tombstoned: bool = False
+
+
 def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode()
 
@@ -115,20 +128,25 @@ class IdentityResolver:
         self._profiles: dict[str, tuple[Person, dict[str, str], str]] = {}
 
     def link(
-        self, call: Call, ids: Identifiers, traits: dict[str, Any] | None = None
-    ) -> tuple[Person | None, list[Held]]:
-        """Link what this call names by the identity rules (`stream.state.rules`); returns the
-        person the call is attributed to (None if still anonymous) and the held events its
-        identification released. The call's time orders identifiers and traits, capped at now
-        plus the allowed clock skew (`stream.core.timing`); it was checked before."""
-        if call.type == "track" or call.type == "page" or call.type == "screen":
+        self,
+        call: Call,
+        ids: Identifiers,
+        traits: dict[str, Any] | None = None,
+        guard: Guard | None = None,
+    ) -> Linked:
+        """Link what this call names by the identity rules (`stream.state.rules`). The call's
+        time orders identifiers and traits, capped at now plus the allowed clock skew
+        (`stream.core.timing`); it was checked before. A call with `traits` (an identify, or
+        consent marks) always goes to the store; an event of a person seen lately is answered
+        from the cache. `guard` is the store's check against deletions (`StateStore.link`)."""
+        if traits is None and call.type in EVENT_CALLS:
             known = self._known.get(ids)  # the usual event: these very identifiers, seen lately
             if (
                 known is not None
                 and known[1] >= time.monotonic()
                 and self._current.get(known[0].id) is known[0]
             ):
-                return known[0], []
+                return Linked(known[0])
         identifiers = graph_identifiers(ids)
         first: Identifier | None = None
         if call.type == "alias" and call.previous_id:
@@ -138,7 +156,7 @@ class IdentityResolver:
                 first = renamed  # a renamed user keeps their person
                 identifiers.append(renamed)
         if not identifiers:
-            return None, []
+            return Linked(None)
         if traits is None and call.type != "alias":
             known_person = self._cached(identifiers)
             if known_person is not None:
@@ -146,13 +164,15 @@ class IdentityResolver:
                     self._known.clear()
                 if _short(ids):
                     self._known[ids] = (known_person, time.monotonic() + self._cache_seconds)
-                return known_person, []
+                return Linked(known_person)
             if all(kind == "anonymous_id" for kind, _ in identifiers):
-                return None, []  # nothing to link: `hold` finds the person if there is one
+                return Linked(None)  # nothing to link: `hold` finds the person if there is one
         now = time.time()
         result = self._store.link(
-            identifiers, traits, order_time(call, now, self._max_skew), now, first
+            identifiers, traits, order_time(call, now, self._max_skew), now, first, guard
         )
+        if result.tombstoned:
+            return Linked(None, tombstoned=True)
         for kind in {kind for kind, _ in identifiers}:  # email|phone|external_id|anonymous_id
             metrics.IDENTITY_LINKS.labels(kind).inc()
         for kind, _value in result.refused:
@@ -161,7 +181,7 @@ class IdentityResolver:
             self._current.pop(other, None)  # folded or robbed of an identifier: stale now
         self._remember(result.person)
         released = [Held.decode(entry) for entry in result.released]
-        return (result.person if result.person.named else None), released
+        return Linked(result.person if result.person.named else None, released)
 
     def _cached(self, identifiers: list[Identifier]) -> Person | None:
         """The named person all these identifiers already belong to, if recently seen.

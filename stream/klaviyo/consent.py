@@ -12,7 +12,9 @@
   (≤ 100 emails);
 - lists `POST` / `DELETE /api/lists/{id}/relationships/profiles` (≤ 1,000 profile ids);
 - deletion `POST /api/data-privacy-deletion-jobs`: one identifier (email, phone_number or
-  profile id) per request;
+  profile id) per request; its confirmation looks the person's identifiers up
+  (`GET /api/profiles?filter=any(email,[…])`, up to 100 a request) and deletes again by id
+  whatever reappeared;
 - client mode `POST /client/subscriptions`: one profile, to a list.
 """
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
+
+from stream.klaviyo.client import PROFILES
 
 SUBSCRIBE = "/api/profile-subscription-bulk-create-jobs"
 UNSUBSCRIBE = "/api/profile-subscription-bulk-delete-jobs"
@@ -39,6 +43,7 @@ ENDPOINTS: dict[str, tuple[str, int]] = {
     "list_add": (LIST_ADD, 1000),
     "list_remove": (LIST_REMOVE, 1000),
     "deletion": (DELETION, 1),
+    "confirm": (PROFILES, 100),  # lookups by any(email, […]); what reappeared, deleted again
 }
 CHANNEL_IDENTIFIER = {"email": "email", "sms": "phone_number"}  # what each channel needs
 

@@ -36,6 +36,12 @@ def equals_filter(field: str, value: str) -> str:
     return "?filter=" + quote(f"equals({field},{filter_value(value)})", safe="")
 
 
+def any_filter(field: str, values: list[str]) -> str:
+    """`?filter=any(field,["a","b"])`, URI-encoded."""
+    listed = ",".join(filter_value(v) for v in values)
+    return "?filter=" + quote(f"any({field},[{listed}])", safe="")
+
+
 async def find_profile_id(
     request: Requester, attributes: dict[str, Any], not_id: str
 ) -> str | None:

@@ -118,8 +118,8 @@ def _action(action: Action, client_mode: bool) -> PlannedRequest:
     lookup = None
     if action.kind in ("list_add", "list_remove"):  # the person's profile
         lookup = {k: str(v) for k, v in action.profile.items() if k in MATCH_ORDER and v}
-    elif action.target is not None and action.target[0] == "external_id":  # whoever holds it
-        lookup = {"external_id": action.target[1]}
+    elif action.kind == "deletion" and action.lookups[0][0] == "external_id":  # whoever holds it
+        lookup = {"external_id": action.lookups[0][1]}
     return PlannedRequest(path, body, method, lookup)
 
 

@@ -18,9 +18,11 @@ per list and for suppression. Rules are read on the call as it arrives (before
 transformations), as routing is.
 
 Latest consent wins per channel, by call time: each change is marked in the person's traits in
-the identity graph (private keys, merged per key by the call's time like any trait). After the
-call is linked, a change whose mark is not this call's own was overtaken by a newer one (a
-reordered or replayed call) and is not sent.
+the identity graph (private keys, merged per key by the call's time like any trait), with that
+time. After the call is linked, a change whose mark there is newer than the call was
+superseded by a newer call (a reordered or replayed older one arriving late) and is not sent;
+whether a mark exists says nothing (a call answered by a cache, or one naming its person by a
+weak identifier, is judged the same way).
 """
 
 from __future__ import annotations
@@ -76,18 +78,25 @@ class Asks:
 NO_ASKS = Asks()
 
 
-def consent_traits(asks: Asks, message_id: str) -> dict[str, Any]:
-    """The marks this call writes in its person's traits: each changed key names the call."""
-    return {key: {"change": change, "call": message_id} for key, change in asks.marks().items()}
+def consent_traits(asks: Asks, message_id: str, called_at: float) -> dict[str, Any]:
+    """The marks this call writes in its person's traits: each changed key names the call and
+    its time."""
+    return {
+        key: {"change": change, "call": message_id, "at": called_at}
+        for key, change in asks.marks().items()
+    }
 
 
-def still_current(asks: Asks, traits: dict[str, Any], message_id: str) -> tuple[Asks, list[str]]:
-    """`asks` without the changes a newer call overtook (the person's mark there names another
-    call), and the overtaken keys' names ("email", "sms", "list") for counting."""
+def still_current(asks: Asks, traits: dict[str, Any], called_at: float) -> tuple[Asks, list[str]]:
+    """`asks` without the changes a newer call superseded (the person's mark there is newer
+    than this call), and the superseded keys' names ("email", "sms", "list") for counting."""
 
     def mine(key: str) -> bool:
         mark = traits.get(MARK + key)
-        return not isinstance(mark, dict) or mark.get("call") == message_id
+        if not isinstance(mark, dict):
+            return True
+        at = mark.get("at")  # absent in marks of an older release: they supersede nothing
+        return not isinstance(at, int | float) or at <= called_at
 
     overtaken = [key for key in (*asks.subscribe, *asks.unsubscribe) if not mine(key)]
     suppress = asks.suppress

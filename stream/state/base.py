@@ -285,6 +285,10 @@ class StateStore(Protocol):
         (hash, tombstone), and the mark to pass next time (the newest one read)."""
         ...
 
+    def tombstone_mark(self) -> int:
+        """The newest tombstone mark written (0: none)."""
+        ...
+
     def tombstone_rows(self, hashes: Sequence[str]) -> dict[str, Tombstone]:
         """The tombstones of these hashes (those that have one)."""
         ...

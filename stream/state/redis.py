@@ -929,6 +929,13 @@ class RedisStore:
         last = max((tomb.seq for tomb in rows.values()), default=int(after))
         return sorted(rows.items(), key=lambda row: row[1].seq), last
 
+    def tombstone_mark(self) -> int:
+        """See StateStore.tombstone_mark."""
+        try:
+            return int(self._r.get(self.prefix + "seq:tomb") or 0)
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
     def tombstone_rows(self, hashes: Sequence[str]) -> dict[str, Tombstone]:
         """See StateStore.tombstone_rows; one Lua script."""
         if not hashes:

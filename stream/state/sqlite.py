@@ -756,6 +756,10 @@ class SqliteStore:
         last = max((int(r[2]) for r in rows), default=int(after))
         return [(str(h), Tombstone.decode(float(at), int(s), x)) for h, at, s, x in rows], last
 
+    def tombstone_mark(self) -> int:
+        """See StateStore.tombstone_mark."""
+        return self._counter("tombstone")
+
     def tombstone_rows(self, hashes: Sequence[str]) -> dict[str, Tombstone]:
         """See StateStore.tombstone_rows."""
         if not hashes:

@@ -142,6 +142,44 @@ RECORDS_TOMBSTONED = Counter(
     "Records older than the deletion of a person they name: dropped, never sent.",
     registry=REGISTRY,
 )
+ERASURE_LEFT_WITH_OTHERS = Counter(
+    P + "erasure_identifiers_left_total",
+    "Identifiers a delete call named that belong to someone else: left with them, not deleted.",
+    registry=REGISTRY,
+)
+DELETIONS = Counter(
+    P + "deletions_total",
+    "Klaviyo deletions by step: sent, resent (a profile reappeared), confirmed, not_confirmed.",
+    ["result"],
+    registry=REGISTRY,
+)
+for _result in ("sent", "resent", "confirmed", "not_confirmed"):
+    DELETIONS.labels(_result)
+DELETIONS_WAITING = Gauge(
+    P + "deletions_waiting",
+    "Deletions waiting for older work of the group to be answered, or for their turn.",
+    registry=REGISTRY,
+)
+DELETION_OLDEST_WAIT = Gauge(
+    P + "deletion_oldest_wait_seconds",
+    "How long the oldest deletion waiting (or being confirmed) has been on its way.",
+    registry=REGISTRY,
+)
+OPT_OUTS = Counter(
+    P + "opt_outs_total",
+    "Unsubscribes by how they ended: sent, superseded (a newer call), dead_lettered,"
+    " person_deleted.",
+    ["ending"],
+    registry=REGISTRY,
+)
+for _ending in ("sent", "superseded", "dead_lettered", "person_deleted"):
+    OPT_OUTS.labels(_ending)
+STALE_SUBSCRIBES = Counter(
+    P + "stale_subscribes_skipped_total",
+    "Subscriptions not sent: Klaviyo holds a newer opt-out or suppression for the channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
 
 # batch → deliver
 REQUESTS = Counter(

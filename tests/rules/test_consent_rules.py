@@ -13,6 +13,7 @@ import pytest
 from stream.core.calls import normalize
 from stream.core.errors import ConsentConfigError
 from stream.rules.consent import (
+    MARK,
     Asks,
     ConsentRules,
     check_client_mode,
@@ -144,16 +145,27 @@ def test_client_mode_refuses_at_start_what_it_cannot_send(
     )  # fmt: skip
 
 
-def test_a_change_is_current_only_while_its_own_call_holds_the_mark() -> None:
+def test_a_change_is_superseded_only_by_a_newer_calls_mark() -> None:
     asks = Asks(subscribe=("email", "sms"), suppress=True, add=("A",), remove=("B",))
-    mine = consent_traits(asks, "m-1")
-    assert still_current(asks, mine, "m-1") == (asks, [])
-    newer = {**mine, **consent_traits(Asks(unsubscribe=("email",), remove=("A",)), "m-2")}
-    current, overtaken = still_current(asks, newer, "m-1")
+    mine = consent_traits(asks, "m-1", 100.0)
+    assert still_current(asks, mine, 100.0) == (asks, [])
+    newer = {**mine, **consent_traits(Asks(unsubscribe=("email",), remove=("A",)), "m-2", 200.0)}
+    current, overtaken = still_current(asks, newer, 100.0)
     # the email channel (subscription and suppression) and list A moved on; sms and B did not
     assert current == Asks(subscribe=("sms",), remove=("B",))
     assert sorted(overtaken) == ["email", "email", "list"]
-    assert still_current(asks, {}, "m-1") == (asks, [])  # nothing marked: nothing newer
+    assert still_current(asks, {}, 100.0) == (asks, [])  # nothing marked: nothing newer
+
+
+def test_case5_a_mark_of_another_older_call_is_no_reason_to_drop_a_change() -> None:
+    """The person's mark names another call (its subscribe, read within the identity cache's
+    lifetime, say): the later opt-out is still current; only a newer call's mark supersedes."""
+    subscribed = consent_traits(Asks(subscribe=("sms",)), "subscribe-call", 100.0)
+    opt_out = Asks(unsubscribe=("sms",))
+    assert still_current(opt_out, subscribed, 400.0) == (opt_out, [])
+    assert still_current(opt_out, subscribed, 50.0) == (Asks(), ["sms"])  # older than it
+    legacy = {MARK + "sms": {"change": "subscribed", "call": "older-release"}}  # no time
+    assert still_current(opt_out, legacy, 400.0) == (opt_out, [])
 
 
 def test_doctor_checks_the_consent_file_like_the_other_config_files(tmp_path: Path) -> None:
