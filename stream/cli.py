@@ -93,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="rate-limit windows × this factor (0.1 = 10× faster)",
     )
+    sandbox.add_argument(
+        "--job-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="apply event and profile jobs this long after the 202, as Klaviyo does "
+        "(default 0: before the answer)",
+    )
 
     tester = add(
         "test-event", help="run one JSON call through routing/transform/mapping and send it"
@@ -530,14 +538,17 @@ def _sandbox(args: argparse.Namespace) -> int:
     SandboxConfig, _thread = _sandbox_parts()
     from stream.local.sandbox import run
 
-    run(
-        SandboxConfig(
+    try:
+        config = SandboxConfig(
             host=args.host,
             port=args.port,
             rate_limits=not args.no_rate_limits,
             time_scale=args.time_scale,
+            job_delay_seconds=args.job_delay,
         )
-    )
+    except ValueError as exc:  # a flag out of range: one line, not a traceback
+        raise ConfigError(str(exc)) from None
+    run(config)
     return 0
 
 

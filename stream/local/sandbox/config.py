@@ -18,6 +18,8 @@ REVISIONS = (
 )
 DEFAULT_PUBLIC_KEY = "SBXPUB"
 OPT_IN_PROCESSES = ("single_opt_in", "double_opt_in")
+MAX_DELAY_SECONDS = 3600.0
+"""The longest merge, deletion or job delay the sandbox accepts."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,11 @@ class SandboxConfig:
 
     `merge_delay_seconds`: Klaviyo's profile-merge only queues a task; the sandbox applies it
     this long after the 201 (0: on the next turn of the event loop, still after the answer).
-    `deletion_delay_seconds` does the same for data-privacy deletion jobs. `lists` are the
+    `deletion_delay_seconds` does the same for data-privacy deletion jobs.
+    `job_delay_seconds`: Klaviyo answers event and profile jobs (events, bulk events, profile
+    bulk imports, subscription and suppression jobs, client profiles and subscriptions) with a
+    202 and applies them later; the sandbox validates them at once and applies them this long
+    after the answer, in the order accepted (0: before the answer). `lists` are the
     account's lists at start; `default_opt_in_process` is the account setting a subscription
     without a list follows (and a list created without one gets).
     """
@@ -57,6 +63,7 @@ class SandboxConfig:
     openapi_dir: Path = field(default=OPENAPI_DIR)
     merge_delay_seconds: float = 1.0
     deletion_delay_seconds: float = 1.0
+    job_delay_seconds: float = 0.0
     lists: tuple[SeedList, ...] = ()
     default_opt_in_process: str = "single_opt_in"
 
@@ -69,9 +76,9 @@ class SandboxConfig:
             raise ValueError("SandboxConfig.fault_rate must be within [0, 1]")
         if self.request_log_limit < 0:
             raise ValueError("SandboxConfig.request_log_limit must be >= 0")
-        for name in ("merge_delay_seconds", "deletion_delay_seconds"):
-            if not 0 <= getattr(self, name) <= 3600:
-                raise ValueError(f"SandboxConfig.{name} must be within [0, 3600]")
+        for name in ("merge_delay_seconds", "deletion_delay_seconds", "job_delay_seconds"):
+            if not 0 <= getattr(self, name) <= MAX_DELAY_SECONDS:
+                raise ValueError(f"SandboxConfig.{name} must be within [0, {MAX_DELAY_SECONDS:g}]")
         if self.default_opt_in_process not in OPT_IN_PROCESSES:
             raise ValueError(
                 f"SandboxConfig.default_opt_in_process must be one of {OPT_IN_PROCESSES}"

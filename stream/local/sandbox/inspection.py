@@ -1,8 +1,9 @@
 """The sandbox's own endpoints under /sandbox/ (no auth, no rate limit, not logged).
 
 They let tests and demos see what "Klaviyo" received and holds, reset it between tests, and
-turn fault injection up or down while the service runs. The GET endpoints answer JSON, or an
-HTML page of the same document when the `Accept` header prefers `text/html` (a browser).
+turn fault injection up or down and change the job delay while the service runs. The GET
+endpoints answer JSON, or an HTML page of the same document when the `Accept` header prefers
+`text/html` (a browser).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from . import pages
+from .config import MAX_DELAY_SECONDS
 from .consent import PENDING as CONSENT_PENDING
 from .resources import event_snapshot, list_snapshot, merge_snapshot, profile_snapshot
 from .stamps import iso
@@ -221,6 +223,9 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
             "consent_jobs": len(store.consent_jobs),
             "deleted_profiles": len(store.deleted),
             "pending_deletions": sum(t.status == PENDING for t in store.deletion_tasks),
+            "pending_jobs": len(sandbox.job_queue.pending),
+            "pending_job_kinds": sandbox.job_queue.kinds(),
+            "job_delay_seconds": sandbox.job_delay,
             "rate_limits_enforced": sandbox.config.rate_limits,
             "rate_limits": [
                 {
@@ -291,6 +296,52 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
             document["operations"] = sorted(faults.operations)
         return _json(document)
 
+    def jobs_document() -> dict[str, Any]:
+        queue = sandbox.job_queue
+        return {
+            "job_delay_seconds": sandbox.job_delay,
+            "pending": len(queue.pending),
+            "pending_kinds": queue.kinds(),
+            "queued": [
+                {
+                    "id": job.id,
+                    "kind": job.kind,
+                    "size": job.size,
+                    "accepted_at": job.accepted_at,
+                    "due_at": job.due_at,
+                }
+                for job in queue.pending
+            ],
+            "applied": dict(queue.applied),
+            "failed": list(queue.failed),
+        }
+
+    async def jobs(request: web.Request) -> web.Response:
+        """GET or POST /sandbox/jobs {"job_delay_seconds": 2.0, "flush": true}: the event and
+        profile jobs waiting to be applied (oldest first), how many of each kind were applied,
+        and the latest that failed when applied; POST sets the delay of jobs accepted from now
+        on, and `flush` applies every waiting job at once, in order."""
+        if request.method == "POST":
+            try:
+                body = orjson.loads(await request.read())
+                delay = body.get("job_delay_seconds", sandbox.job_delay)
+                flush = body.get("flush", False)
+            except (orjson.JSONDecodeError, AttributeError):
+                return _bad('body must be {"job_delay_seconds": <seconds>, "flush": <bool>}')
+            if (
+                isinstance(delay, bool)
+                or not isinstance(delay, int | float)
+                or not 0 <= delay <= MAX_DELAY_SECONDS
+            ):
+                return _bad(f"job_delay_seconds must be a number from 0 to {MAX_DELAY_SECONDS:g}")
+            if not isinstance(flush, bool):
+                return _bad("flush must be true or false")
+            sandbox.job_delay = float(delay)
+            if flush:
+                sandbox.job_queue.flush()
+            return _json(jobs_document())
+        return _answer(request, jobs_document(), pages.jobs_page)
+
     return [
         web.get("/sandbox", overview),
         web.get("/sandbox/", overview),
@@ -302,6 +353,8 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         web.get("/sandbox/lists", lists),
         web.get("/sandbox/deleted", deleted),
         web.get("/sandbox/consent-jobs", consent_jobs),
+        web.get("/sandbox/jobs", jobs),
+        web.post("/sandbox/jobs", jobs),
         web.post("/sandbox/confirm", confirm),
         web.get("/sandbox/stats", stats),
         web.get("/sandbox/requests", requests),
