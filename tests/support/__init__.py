@@ -65,6 +65,7 @@ def service_settings(bootstrap: str, topic: str, sandbox_url: str, **extra: Any)
         "batch_linger_ms": 50,
         "metrics_port": 0,
         "state_url": f"sqlite:///{tempfile.mkdtemp(prefix='state-')}/state.db",
+        "deletion_settle_seconds": 0.3,  # the sandbox applies what it took at once, by default
     }
     values.update(extra)
     return Settings(**values)
