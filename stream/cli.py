@@ -360,9 +360,10 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
                     reporter.cancel()
         finally:
             await observer.close()
-        print(
-            f"stopped: {result.consumed} records consumed, {result.dead_lettered} dead-lettered",
-            flush=True,
+        # a log record like every other line: stdout and stderr are one stream in a container
+        log.info(
+            "stopped",
+            extra={"consumed": result.consumed, "dead_lettered": result.dead_lettered},
         )
 
     try:

@@ -326,7 +326,7 @@ def test_stderr_is_json_only_while_librdkafka_reports_broker_errors(sandbox: Any
             if lines[-1]["logger"] == "stream.kafka" and lines[-1]["level"] == "ERROR":
                 break
         process.send_signal(signal.SIGTERM)
-        _out, rest = process.communicate(timeout=60)
+        out, rest = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
@@ -338,6 +338,10 @@ def test_stderr_is_json_only_while_librdkafka_reports_broker_errors(sandbox: Any
     assert {line["facility"] for line in kafka} >= {"FAIL"}
     assert {line["client"].split("-")[0] for line in kafka} >= {"rdkafka#consumer"}
     assert lines[0]["msg"] == "starting" and lines[0]["group"] == "group-analytics"
+    # the last line is a log record too (a container merges stdout into the same log stream)
+    assert out == "" and process.returncode == 0
+    assert lines[-1]["msg"] == "stopped" and lines[-1]["consumed"] == 0, lines[-1]
+    assert lines[-1]["dead_lettered"] == 0
 
 
 def test_a_redis_password_never_shows(
