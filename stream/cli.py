@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return _doctor(args.config)
     try:
         settings = load_settings(args.config)
-        _configure_logging(settings.log_level, settings.log_format)
+        used = _configure_logging(settings.log_level, settings.log_format)
+        settings = settings.model_copy(update={"log_format": used})  # `auto` resolved
         if args.command in ("run", "produce", "status", "dlq"):
             check_kafka_properties(settings)
         if args.command == "run":
@@ -198,10 +199,10 @@ def _redacted(exc: BaseException) -> str:
     return redact(str(exc))
 
 
-def _configure_logging(level: str, fmt: str = "json") -> None:
+def _configure_logging(level: str, fmt: str = "json") -> str:
     from stream.telemetry.logs import configure_logging
 
-    configure_logging(level, fmt=fmt)
+    return configure_logging(level, fmt=fmt)
 
 
 def _doctor(config: str | None) -> int:
@@ -245,19 +246,21 @@ def _status(settings: Settings, as_json: bool) -> int:
 
 
 def _startup_line(settings: Settings) -> None:
-    """One line: version, the effective settings (secrets masked), topics, group, state."""
+    """One line: version, topics, group, state and the effective settings (secrets masked).
+    On a terminal (console format) the settings, one long line, are logged apart at DEBUG."""
     from urllib.parse import urlsplit
 
-    log.info(
-        "starting",
-        extra={
-            "version": __version__,
-            "topics": list(settings.kafka_topics),
-            "group": settings.kafka_group_id,
-            "state_backend": urlsplit(str(settings.state_url)).scheme,
-            "settings": masked_settings(settings),
-        },
-    )
+    fields: dict[str, Any] = {
+        "version": __version__,
+        "topics": list(settings.kafka_topics),
+        "group": settings.kafka_group_id,
+        "state_backend": urlsplit(str(settings.state_url)).scheme,
+    }
+    if settings.log_format == "console":
+        log.info("starting", extra=fields)
+        log.debug("settings", extra={"settings": masked_settings(settings)})
+    else:
+        log.info("starting", extra={**fields, "settings": masked_settings(settings)})
 
 
 def _revision_check(settings: Settings) -> None:
