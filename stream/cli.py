@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="with --local: publish N sample calls after start",
+        help="publish about N sample calls after start; with --local the demo's: orders, "
+        "consent, lists, a merge and a deletion",
     )
 
     sandbox = add("sandbox", help="serve the Klaviyo sandbox API")
@@ -302,10 +303,11 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
     from stream.local.kafka import LocalKafka
 
     SandboxConfig, SandboxThread = _sandbox_parts()
+    from stream.local.demo import LISTS
 
     with (
         LocalKafka() as kafka,
-        SandboxThread(SandboxConfig()) as sandbox,
+        SandboxThread(SandboxConfig(lists=LISTS)) as sandbox,
         tempfile.TemporaryDirectory(prefix="klaviyo-stream-") as state,
     ):
         print(
@@ -349,18 +351,20 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
             service = Service(effective, health=health, decoder=make_decoder(effective))
             install_signal_handlers(service)
             log.info("metrics", extra={"port": observer.port})
-            if sample:
+            helpers = []
+            if sample and local:
+                helpers.append(asyncio.create_task(_publish_demo(effective, sample)))
+            elif sample:
                 loop = asyncio.get_running_loop()
                 count = await loop.run_in_executor(None, _publish_sample, effective, sample)
                 print(f"published {count} sample calls to {effective.kafka_topics[0]}", flush=True)
-            reporter = (
-                asyncio.create_task(_report_sandbox(effective.klaviyo_base_url)) if local else None
-            )
+            if local:
+                helpers.append(asyncio.create_task(_report_sandbox(effective.klaviyo_base_url)))
             try:
                 result = await service.run()
             finally:
-                if reporter is not None:
-                    reporter.cancel()
+                for helper in helpers:
+                    helper.cancel()
         finally:
             await observer.close()
         # a log record like every other line: stdout and stderr are one stream in a container
@@ -384,6 +388,22 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+async def _publish_demo(settings: Settings, count: int) -> None:
+    """`--local --sample N`: the demo's traffic, its later part once the sandbox is ready."""
+    from datetime import UTC, datetime, timedelta
+
+    from stream.local.demo import demo_calls, publish_demo
+    from stream.ops.produce import publish
+
+    topic = settings.kafka_topics[0]
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=count + 60)
+
+    def send(calls: list[dict[str, Any]]) -> int:
+        return publish(kafka_client_config(settings), topic, calls, _encoder(settings, topic))
+
+    await publish_demo(demo_calls(count, start=start), settings.klaviyo_base_url, send)
 
 
 def _publish_sample(settings: Settings, count: int) -> int:
