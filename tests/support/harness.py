@@ -221,8 +221,8 @@ async def assert_exactly_once(
     - on the right profile: the one holding the email its person identified with;
     - with its content: metric, properties, value and currency, time (to the second);
     - one profile per person (by external_id), none extra;
-    - unless `replays_allowed` (the crash window README names), Klaviyo refused no replay:
-      the service's own dedup caught every copy it could have caught.
+    - unless `replays_allowed` (the crash window docs/guarantees.md names), Klaviyo refused no
+      replay: the service's own dedup caught every copy it could have caught.
     Returns the unique_id counts."""
     expected = {c["messageId"]: c for c in calls if c["type"] in ("track", "page")}
     emails = {c["userId"]: c["traits"]["email"] for c in calls if c["type"] == "identify"}
