@@ -6,10 +6,13 @@ accounted exactly: `Batch.size == len(orjson.dumps(body))` of the bulk request d
 a batch never crosses Klaviyo's 5 MB limit. A `unique_id` already in the open batch is not added
 twice (one repeated unique_id fails a whole bulk request): the duplicate's records ride along.
 
-Profiles: one upsert per person in flight. A newer snapshot of a person replaces the one waiting
-in the open batch (the older one's records ride along on it), and a person whose upsert is in
-flight waits, parked, until that request has an answer: an older snapshot never lands after a
-newer one. A lane never decides *when* a batch leaves; the send stage (`stream.delivery.send`) does.
+Profiles: one upsert per Klaviyo identity in flight. An upsert is keyed by its person and by
+every identifier it sends (email, phone number, external id), so persons folded together, an
+identifier moved from one person to another, or a person forgotten and made anew still meet on
+the keys Klaviyo matches profiles on. A newer snapshot replaces the one waiting in the open batch
+that shares its keys (the older one's records ride along on it); one whose keys are in flight
+waits, parked, until that request has an answer: an older snapshot never lands after a newer
+one. A lane never decides *when* a batch leaves; the send stage (`stream.delivery.send`) does.
 """
 
 from __future__ import annotations
@@ -217,28 +220,36 @@ class Lane:
         self._open: Batch | None = None
         self._full: deque[Batch] = deque()
         self._unique: dict[tuple[str, str, str], Item] = {}  # the open batch's unique_ids
-        self._queued: dict[str, Batch] = {}  # persons with an upsert in a waiting batch
-        self._in_flight: set[str] = set()  # persons whose upsert is being sent
-        # their newer snapshots, waiting for the answer (in order: patches cannot be combined)
-        self._parked: dict[str, list[Item]] = {}
+        self._queued: dict[str, tuple[Batch, Item]] = {}  # upsert keys waiting in a batch
+        self._in_flight: dict[str, int] = {}  # upsert keys being sent (how many batches)
+        self._flying: dict[int, list[str]] = {}  # id(batch) -> the upsert keys it carries
+        self._parked: list[Item] = []  # upserts waiting for an answer, in arrival order
         self.items = 0  # items waiting in the open and full batches
 
     # adding -----------------------------------------------------------------------------------
 
     def add(self, item: Item) -> None:
         """Add one item to the open batch (closing it first when the item would not fit)."""
-        person = item.person
-        if person is not None:
-            if person in self._in_flight or person in self._parked:
+        if item.person is not None:
+            keys = upsert_keys(item)
+            if self._parked and _shares(keys, self._parked) or any(
+                k in self._in_flight for k in keys
+            ):
                 self._park(item)
                 return
-            queued = self._queued.get(person)
-            if queued is not None:
-                index = queued.persons[person]
-                old = queued.items[index]
-                fits = queued.size + item.size - old.size <= self._max_bytes
+            queued = {id(entry[1]): entry for k in keys if (entry := self._queued.get(k))}
+            if len(queued) > 1:  # it joins upserts waiting apart: it follows them
+                self._park(item)
+                return
+            if queued:
+                [(waiting, old)] = queued.values()
+                index = waiting.items.index(old)
+                fits = waiting.size + item.size - old.size <= self._max_bytes
                 if fits and old.meta is None and item.meta is None:
-                    queued.replace(index, _newer(old, item))
+                    new = _newer(old, item)
+                    waiting.replace(index, new)
+                    for key in (*upsert_keys(old), *keys):
+                        self._queued[key] = (waiting, new)
                 else:  # cannot be folded into that request: it follows it
                     self._park(item)
                 return
@@ -262,20 +273,25 @@ class Lane:
             batch = self._open = Batch(self.kind, opened=self._clock())
         batch.put(item)
         self.items += 1
-        if person is not None:
-            self._queued[person] = batch
+        if item.person is not None:
+            for key in upsert_keys(item):
+                self._queued[key] = (batch, item)
         if twin_key is not None:
             self._unique[twin_key] = item
         if len(batch.items) >= self._max_items:
             self._close()
 
     def _park(self, item: Item) -> None:
-        assert item.person is not None
-        parked = self._parked.setdefault(item.person, [])
-        if parked and parked[-1].meta is None and item.meta is None:
-            parked[-1] = _newer(parked[-1], item)
+        last = self._parked[-1] if self._parked else None
+        if (
+            last is not None
+            and last.meta is None
+            and item.meta is None
+            and set(upsert_keys(last)) >= set(upsert_keys(item))
+        ):
+            self._parked[-1] = _newer(last, item)  # the same identity again: one upsert
         else:
-            parked.append(item)
+            self._parked.append(item)
 
     def _close(self) -> None:
         batch = self._open
@@ -306,7 +322,7 @@ class Lane:
         return len(self._open) if self._open is not None else 0
 
     def take(self) -> Batch | None:
-        """The oldest full batch, else the open one (closed now); its persons are in flight."""
+        """The oldest full batch, else the open one (closed now); its upserts are in flight."""
         if self._full:
             batch = self._full.popleft()
         elif self._open is not None:
@@ -316,21 +332,28 @@ class Lane:
         else:
             return None
         self.items -= len(batch.items)
-        for person in batch.persons:
-            del self._queued[person]
-            self._in_flight.add(person)
+        if batch.persons:
+            flying = [key for item in batch.items for key in upsert_keys(item)]
+            for key in flying:
+                self._queued.pop(key, None)
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            self._flying[id(batch)] = flying
         return batch
 
     def done(self, batch: Batch) -> None:
-        """`batch` has its answer: its persons may be sent again; parked snapshots move on."""
-        for person in batch.persons:
-            self._in_flight.discard(person)
-            parked = self._parked.get(person)
-            if parked:
-                nxt = parked.pop(0)
-                if not parked:
-                    del self._parked[person]
-                self.add(nxt)
+        """`batch` has its answer: its keys may be sent again; parked upserts move on, in
+        order (one sharing a key with an earlier parked one keeps waiting behind it)."""
+        for key in self._flying.pop(id(batch), ()):
+            left = self._in_flight[key] - 1
+            if left:
+                self._in_flight[key] = left
+            else:
+                del self._in_flight[key]
+        if not self._parked:
+            return
+        parked, self._parked = self._parked, []
+        for item in parked:
+            self.add(item)  # parks again behind whatever still holds one of its keys
 
     def drain(self) -> list[Batch]:
         """Every waiting batch, oldest first (tests and the synchronous tools)."""
@@ -341,7 +364,26 @@ class Lane:
 
     @property
     def parked(self) -> int:
-        return sum(len(items) for items in self._parked.values())
+        return len(self._parked)
+
+
+IDENTITY_KEYS = ("email", "phone_number", "external_id")  # what Klaviyo matches a profile on
+
+
+def upsert_keys(item: Item) -> tuple[str, ...]:
+    """The keys one upsert is ordered by: its person, and each identifier it sends."""
+    keys = [f"person:{item.person}"]
+    profile = item.profile
+    for attribute in IDENTITY_KEYS:
+        value = profile.get(attribute)
+        if value:
+            keys.append(f"{attribute}:{value}")
+    return tuple(keys)
+
+
+def _shares(keys: tuple[str, ...], items: list[Item]) -> bool:
+    held = {key for item in items for key in upsert_keys(item)}
+    return any(key in held for key in keys)
 
 
 def _newer(old: Item, new: Item) -> Item:

@@ -93,3 +93,33 @@ def test_a_replaced_snapshot_in_a_full_batch_keeps_the_batch_within_its_limits()
     lane.add(profile("p1", 3, "pro"))  # replaces p1 inside the full batch
     [batch] = lane.drain()
     assert len(batch) == 2 and batch.items[0].profile["properties"]["plan"] == "pro"
+
+
+def test_case6_an_upsert_waits_for_the_in_flight_upsert_of_a_person_it_absorbed() -> None:
+    """P2 (email e2 only) has an upsert on the wire; a link folds P2 into P1, whose upsert now
+    carries e2: it waits for P2's answer (their person ids differ; the email does not). So does
+    one that took a phone from another person."""
+    lane = Lane("profiles", max_items=10)
+    p2 = Item("profiles", {"email": "e2@x.io"}, None, [Record("t", 0, 1)], person="P2")
+    lane.add(p2)
+    on_the_wire = lane.take()
+    assert on_the_wire is not None and on_the_wire.items == [p2]
+    p1 = Item("profiles", {"external_id": "u1", "email": "e2@x.io"}, None, [Record("t", 0, 2)],
+              person="P1")  # fmt: skip
+    lane.add(p1)
+    bob = Item("profiles", {"phone_number": "+14155550100"}, None, [Record("t", 0, 3)],
+               person="B")  # fmt: skip
+    lane.add(bob)
+    assert lane.parked == 1 and lane.items == 1  # P1 waits; Bob goes
+    bobs = lane.take()
+    assert bobs is not None and bobs.items == [bob]
+    ann = Item("profiles", {"email": "ann@x.io", "phone_number": "+14155550100"}, None,
+               [Record("t", 0, 4)], person="A")  # fmt: skip
+    lane.add(ann)  # the phone moved from Bob to Ann
+    assert lane.parked == 2 and lane.take() is None
+    lane.done(bobs)
+    after_bob = lane.take()
+    assert after_bob is not None and after_bob.items == [ann] and lane.parked == 1
+    lane.done(on_the_wire)
+    after_p2 = lane.take()
+    assert after_p2 is not None and after_p2.items == [p1] and lane.parked == 0
