@@ -135,6 +135,7 @@ class Deliverer:
         client_mode: bool = False,
         same_person: SamePerson | None = None,
         confirm_rounds: int = 3,
+        stale_subscribe_seconds: float = 3600.0,
     ) -> None:
         self._client = client
         self._same = same_person
@@ -143,8 +144,9 @@ class Deliverer:
         self._governor = governor or Governor()
         self._client_mode = client_mode  # public key: /client/ endpoints, one profile a request
         self.actions = ActionSender(
-            self.request, client_mode=client_mode, confirm_rounds=confirm_rounds
-        )
+            self.request, client_mode=client_mode, confirm_rounds=confirm_rounds,
+            stale_after=stale_subscribe_seconds,
+        )  # fmt: skip
 
     async def send(self, batch: Batch) -> Settlement:
         """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service)."""

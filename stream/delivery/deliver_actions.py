@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,10 +65,12 @@ class ActionSender:
         *,
         client_mode: bool = False,
         confirm_rounds: int = 3,
+        stale_after: float = 3600.0,
     ) -> None:
         self._request = request
         self._client_mode = client_mode
         self._confirm_rounds = confirm_rounds
+        self._stale_after = stale_after
         self.profile_ids: dict[str, str] = {}
 
     def learn(self, person: str | None, response: Response) -> None:
@@ -92,6 +96,11 @@ class ActionSender:
             )
             await self._entries("POST", endpoint, endpoint, actions, lambda _: body, done, fail)
         elif kind == "subscribe":
+            try:
+                actions = await self._not_stale(actions, endpoint, done)
+            except KlaviyoError as exc:
+                fail(list(actions), exc, "deliver")
+                return
             await self._entries("POST", endpoint, endpoint, actions, _subscribe, done, fail)
         elif kind == "unsubscribe":
             await self._entries("POST", endpoint, endpoint, actions, _unsubscribe, done, fail)
@@ -263,17 +272,78 @@ class ActionSender:
 
     async def _lookup_any(self, attribute: str, values: list[str]) -> list[tuple[str, str]]:
         """(profile id, the value it holds) of the profiles holding any of `values`."""
+        return [
+            (str(p["id"]), str((p.get("attributes") or {}).get(attribute)))
+            for p in await self._profiles_any(attribute, values)
+        ]
+
+    async def _profiles_any(
+        self, attribute: str, values: list[str], *extra: str
+    ) -> list[dict[str, Any]]:
+        """The profiles holding any of `values` (with `extra` additional fields), every page."""
         path = PROFILES + any_filter(attribute, values) + "&page[size]=100"
-        out: list[tuple[str, str]] = []
+        if extra:
+            path += "&additional-fields[profile]=" + ",".join(extra)
+        out: list[dict[str, Any]] = []
         while path:
             response = await self._request("GET", path, budget=PROFILES)
             body = response.body if isinstance(response.body, dict) else {}
-            for profile in body.get("data") or []:
-                if isinstance(profile, dict) and profile.get("id"):
-                    value = (profile.get("attributes") or {}).get(attribute)
-                    out.append((str(profile["id"]), str(value)))
+            out += [p for p in body.get("data") or [] if isinstance(p, dict) and p.get("id")]
             nxt = (body.get("links") or {}).get("next")
             path = _relative(nxt) if isinstance(nxt, str) and nxt else ""
+        return out
+
+    # stale subscriptions ---------------------------------------------------------------------
+
+    async def _not_stale(self, actions: list[Action], endpoint: str, done: Done) -> list[Action]:
+        """A subscription that is a historical import, or whose call is older than
+        `stale_after` when it leaves, may carry consent given before the person opted out at
+        Klaviyo (an unsubscribe link we never saw), and a subscription lifts that opt-out: the
+        profiles' consent is read first, and each channel Klaviyo holds a newer opt-out or
+        suppression for is left out (counted, logged without the address); an action left
+        with no channel is done."""
+        now = time.time()
+        stale = [a for a in actions if _called_at(a) and (
+            a.consented_at is not None or _called_at(a) < now - self._stale_after
+        )]  # fmt: skip
+        if not stale:
+            return actions
+        held: dict[tuple[str, str], dict[str, Any]] = {}
+        for attribute, channel in (("email", "email"), ("phone_number", "sms")):
+            values = sorted({str(a.profile[attribute]) for a in stale
+                             if channel in a.channels and a.profile.get(attribute)})  # fmt: skip
+            for start in range(0, len(values), LOOKUP_VALUES):
+                part = values[start : start + LOOKUP_VALUES]
+                for profile in await self._profiles_any(attribute, part, "subscriptions"):
+                    attributes = profile.get("attributes") or {}
+                    value = attributes.get(attribute)
+                    subscriptions = attributes.get("subscriptions") or {}
+                    held[(channel, str(value))] = subscriptions.get(channel) or {}
+        out: list[Action] = []
+        skipped: list[Item] = []
+        for action in actions:
+            if action not in stale:
+                out.append(action)
+                continue
+            keep = []
+            for channel in action.channels:
+                attribute = "email" if channel == "email" else "phone_number"
+                record = held.get((channel, str(action.profile.get(attribute))), {})
+                if _opted_out_since(record, _called_at(action)):
+                    metrics.STALE_SUBSCRIBES.labels(channel).inc()
+                    log.warning(
+                        "a subscription older than the person's opt-out at Klaviyo: not sent",
+                        extra={"channel": channel},
+                    )
+                else:
+                    keep.append(channel)
+            if keep:
+                action.channels = tuple(keep)
+                out.append(action)
+            else:
+                skipped.append(action)
+        if skipped:
+            done(list(skipped), endpoint)
         return out
 
 
@@ -289,6 +359,40 @@ def _subscribe(part: list[Action]) -> dict[str, Any]:
 def _unsubscribe(part: list[Action]) -> dict[str, Any]:
     return bodies.unsubscribe_body(
         [bodies.consent_entry(a.profile, a.channels, "UNSUBSCRIBED") for a in part]
+    )
+
+
+def _called_at(action: Action) -> float:
+    """The time of the call an action came from (0: unknown, never judged stale)."""
+    if action.consented_at is not None:
+        return _seconds(action.consented_at)
+    return action.records[0].called_at if action.records else 0.0
+
+
+def _seconds(text: Any) -> float:
+    """An ISO-8601 time Klaviyo gives as Unix seconds (0 when there is none)."""
+    if not isinstance(text, str) or not text:
+        return 0.0
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _opted_out_since(record: dict[str, Any], since: float) -> bool:
+    """Whether a profile's consent for one channel (Klaviyo's `subscriptions.<channel>`)
+    holds an opt-out or a suppression newer than `since`."""
+    marketing = record.get("marketing") or {}
+    if marketing.get("consent") == "UNSUBSCRIBED":
+        when = _seconds(marketing.get("consent_timestamp"))
+        if (when or _seconds(marketing.get("last_updated"))) > since:
+            return True
+    return any(
+        isinstance(s, dict) and _seconds(s.get("timestamp")) > since
+        for s in marketing.get("suppression") or ()
     )
 
 

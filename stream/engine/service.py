@@ -177,6 +177,7 @@ class Service:
                 governor=governor,
                 same_person=self._processor.identity.same_person,
                 confirm_rounds=settings.deletion_confirm_rounds,
+                stale_subscribe_seconds=settings.stale_subscribe_seconds,
             )
             self._sender = Sender(
                 governor,
