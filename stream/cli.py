@@ -535,6 +535,9 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace, selection: Any) ->
         to_topic=args.to_topic,
         dry_run=args.dry_run,
         progress=not args.no_progress,
+        encode=lambda call: _encoder(settings, args.to_topic or settings.kafka_topics[0]).encode(
+            call
+        ),
     )
     verb = "would replay" if args.dry_run else "replayed"
     print(f"{verb} {result.replayed} of {result.read} dead letters ({result.skipped} not chosen)")

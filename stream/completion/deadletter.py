@@ -1,7 +1,9 @@
 """Dead-letter topic: records we cannot deliver, with the reason, never silently lost.
 
 Each dead letter keeps the original key, value and headers and adds error-context headers in
-the style of Kafka Connect (`dlq.*`). `send` resolves only once the broker has the record, so
+the style of Kafka Connect (`dlq.*`); a deletion's names its erasure (`dlq.erasure`), so a
+replay can send it again from the erasure entry even when HIPAA mode wrote the dead letter
+without the identifiers. `send` resolves only once the broker has the record, so
 the ledger can move the offset past it safely, and raises `DeadLetterUnavailable` when the
 broker did not take it (the ledger tries again). Too large for the topic: written without the
 value, then also without the original headers. Messages never contain the API key: errors are
@@ -52,6 +54,8 @@ def error_headers(
     }
     if item:
         headers["item"] = item
+        if item.startswith("deletion") and source.message_id:  # `dlq replay` reopens it
+            headers["erasure"] = source.message_id
     if isinstance(error, KlaviyoError):
         if error.code:
             headers["klaviyo.code"] = error.code

@@ -87,6 +87,18 @@ class Deduplicator:
         for mid in message_ids:
             in_flight.pop(mid, None)
 
+    def refused(self, message_ids: Iterable[str]) -> None:
+        """Released held calls Klaviyo refused: remembered when they were held, forgotten now
+        (here and in the store) so that their replay is not dropped as a duplicate. Raises
+        `StateError` when the store cannot forget them."""
+        ids = set(message_ids)
+        if not ids:
+            return
+        self._delivered = [m for m in self._delivered if m not in ids]
+        for mid in ids:
+            self._in_flight.pop(mid, None)
+        self._store.unmark(sorted(ids))
+
     def flush_due(self) -> bool:
         """Whether the unwritten ids should be written now (by count or by age)."""
         return bool(self._delivered) and (

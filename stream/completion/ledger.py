@@ -364,9 +364,12 @@ class Ledger:
         dedup = self._dedup
         kept: list[str] = []
         forgotten: list[str] = []
+        refused: list[str] = []
         for r in records:
             if r.message_id is not None:
                 (kept if r.delivered and not r.failed else forgotten).append(r.message_id)
+                if r.failed and r.held_id is not None:  # remembered when it was held
+                    refused.append(r.message_id)
             if r.waiting:
                 copies.extend(r.waiting)
                 r.waiting = None
@@ -377,6 +380,8 @@ class Ledger:
             dedup.delivered(kept)
         if forgotten:
             dedup.abandoned(forgotten)
+        if refused:
+            self._unmark(refused)
         moved: dict[Generation, int] = {}
         with self._lock:
             for r in records:
@@ -401,6 +406,17 @@ class Ledger:
         for gen, next_offset in moved.items():
             if not gen.ended:
                 self._store_offset(gen.tp[0], gen.tp[1], next_offset)
+
+    def _unmark(self, message_ids: list[str]) -> None:
+        """Forget refused released calls in the dedup store, retried until the store answers
+        (their records are finished already: the write goes on in the background)."""
+
+        async def forget() -> None:
+            await until_available(lambda: self._dedup.refused(message_ids), "state store")
+
+        task = asyncio.get_running_loop().create_task(forget())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     # housekeeping ------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ def build_processor(
         settings.consent_custom_source,
         hold_redacted=settings.hipaa_mode and not settings.hipaa_dlq_keep_original,
         max_skew=settings.max_clock_skew_seconds,
+        anonymous_profiles=settings.expired_anonymous == "send",
     )
 
 

@@ -38,12 +38,13 @@ from stream.identity.resolver import Held, IdentityResolver, graph_identifiers
 from stream.klaviyo import mapping
 from stream.klaviyo.commerce import event_specs
 from stream.klaviyo.consent import CHANNEL_IDENTIFIER
+from stream.klaviyo.mapping import ANONYMOUS_EXTERNAL_ID, ERASURE_HEADER
 from stream.rules.consent import DEFAULT_SOURCE, Asks, ConsentRules, consent_traits, still_current
 from stream.rules.hipaa import redacted_copy
 from stream.rules.route import Router
 from stream.rules.transform import Transformer
 from stream.state import Person
-from stream.state.base import Guard
+from stream.state.base import Forgotten, Guard
 from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Processor:
     custom_source: str = DEFAULT_SOURCE  # `custom_source` of the consent records we make
     hold_redacted: bool = False  # HIPAA mode: a held call keeps the filtered call, not its record
     max_skew: float = 600.0  # how far ahead of its reading a call's time may order it
+    anonymous_profiles: bool = False  # EXPIRED_ANONYMOUS=send: anonymous persons' profiles exist
 
     def skip(self, call: Call) -> str | None:
         """Why this call is not for Klaviyo (a metric label), or None. Counted here."""
@@ -334,6 +336,15 @@ class Processor:
         erasure = self.erasure
         if erasure is None:
             raise MappingError("delete calls need the state store (no erasure configured)")
+        reopened = _erasure_named(record)
+        if reopened is not None:  # a replayed dead letter that kept no identifier
+            forgotten = erasure.reopen(reopened)
+            if forgotten is None:
+                raise MappingError(
+                    f"erasure {reopened} is no longer kept (ERASURE_KEEP_SECONDS): replay the"
+                    " delete call with its identifiers"
+                )
+            return self._deletion(call, record, forgotten, reopened)
         call = dataclasses.replace(self.transformer, hipaa=None)(call)
         ids, dropped = identifiers_of(call, self.phone_region)
         if dropped:
@@ -346,21 +357,35 @@ class Processor:
         forgotten = erasure.forget(call, named, record)
         if forgotten.again and not forgotten.identifiers:
             return Result(outcome=Outcome.ABSORBED)  # done before: whoever holds them came after
+        return self._deletion(call, record, forgotten, call.message_id)
+
+    def _deletion(
+        self, call: Call, record: Record, forgotten: Forgotten, erasure_id: str
+    ) -> Result:
+        """The one deletion of an erasure (none when Klaviyo can hold nothing of it)."""
+        erasure = self.erasure
+        assert erasure is not None
         deletable = [(DELETABLE[k], v) for k, v in forgotten.identifiers if k in DELETABLE]
+        if self.anonymous_profiles:  # the profiles its expired anonymous calls were sent on
+            deletable += [
+                ("external_id", ANONYMOUS_EXTERNAL_ID + v)
+                for k, v in forgotten.identifiers
+                if k == "anonymous_id"
+            ]
         lookups = sorted(deletable, key=lambda pair: DELETION_ORDER.index(pair[0]))
         if not lookups:  # anonymous ids only: nothing Klaviyo can hold, forgotten here
-            erasure.settle(call.message_id)
+            erasure.settle(erasure_id)
             return Result(outcome=Outcome.ABSORBED)
         result = Result()
         if self.client_mode:
             why = "KLAVIYO_MODE=client cannot ask Klaviyo for a deletion (the private key can)"
             result.failures.append(Failed([record], "deletion", MappingError(f"deletion: {why}")))
-            erasure.fail(call.message_id)
+            erasure.fail(erasure_id)
             return result
         profile = {attribute: value for attribute, value in reversed(lookups)}
         result.actions.append(Action(
-            "deletion", profile, None, [record], person="erasure:" + call.message_id,
-            label="deletion", erasure=call.message_id, seq=forgotten.seq,
+            "deletion", profile, None, [record], person="erasure:" + erasure_id,
+            label="deletion", erasure=erasure_id, seq=forgotten.seq,
             lookups=tuple(lookups), person_ids=forgotten.person_ids,
         ))  # fmt: skip
         metrics.CONSENT_ACTIONS.labels("deletion").inc()
@@ -396,3 +421,11 @@ class Processor:
             record.stamp = self.erasure.mark
         record.called_at = event_seconds(held.event)
         return Item("events", profile, held.event, [record], key, label=RELEASED)
+
+
+def _erasure_named(record: Record) -> str | None:
+    """The erasure a replayed delete call names (`ERASURE_HEADER`), if any."""
+    for key, value in record.headers or ():
+        if key == ERASURE_HEADER and value:
+            return value.decode() if isinstance(value, bytes) else value
+    return None

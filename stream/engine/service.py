@@ -58,6 +58,7 @@ from stream.identity.resolver import Held
 from stream.intake.consume import KafkaConsumer, Partitions
 from stream.intake.decode import Decoder, Peeked, make_decoder
 from stream.klaviyo.governor import Governor
+from stream.klaviyo.mapping import anonymous_profile
 from stream.rules.transform import transformer_from_settings
 from stream.state import HeldEntry, StateStore, open_store
 from stream.telemetry import metrics
@@ -670,7 +671,7 @@ class Service:
                 ledger.processed(held.record, Outcome.FILTERED)
                 continue
             else:
-                profile, key = {"anonymous_id": held.anonymous_id}, ""
+                profile, key = anonymous_profile(held.anonymous_id), ""
             if reclaimed:
                 metrics.RECORDS_RELEASED.labels("reclaimed").inc()
             try:

@@ -193,6 +193,14 @@ class Erasure:
                 )
         return forgotten
 
+    def reopen(self, erasure_id: str) -> Forgotten | None:
+        """A deletion sent again from its entry (a replayed dead letter without identifiers);
+        None when the entry is gone."""
+        forgotten = self._store.reopen_erasure(erasure_id)
+        if forgotten is not None:
+            self._open.add(erasure_id)
+        return forgotten
+
     def settle(self, erasure_id: str) -> None:
         """Klaviyo has the deletion, confirmed: the entry goes (a store write)."""
         self._store.settle_erasure(erasure_id)

@@ -261,6 +261,18 @@ def _metric(name: str) -> dict[str, Any]:
 
 
 BACKFILL_HEADER = "klaviyo-stream.backfill"
+# an anonymous person's profile (EXPIRED_ANONYMOUS=send) carries this external_id, so that a
+# deletion of the person it turns out to be can find it (Klaviyo looks nothing up by anonymous_id)
+ANONYMOUS_EXTERNAL_ID = "anonymous:"
+
+
+def anonymous_profile(anonymous_id: str) -> dict[str, str]:
+    """The profile an expired anonymous call is sent on: findable by its external_id."""
+    return {"anonymous_id": anonymous_id, "external_id": ANONYMOUS_EXTERNAL_ID + anonymous_id}
+
+
+# a delete call that names only an erasure: send it again from the entry kept (`dlq replay`)
+ERASURE_HEADER = "klaviyo-stream.erasure"
 
 
 def wants_backfill(headers: list[tuple[str, str | bytes | None]] | None) -> bool:

@@ -10,13 +10,18 @@ the last attempt), and republishes each one's original key, value and headers (w
 `klaviyo-stream.backfill: 1`, so its event is sent with `backfill: true`: recorded at Klaviyo
 without triggering flows, since customers must not get emails for something long past.
 A replayed event that did reach Klaviyo earlier is refused there by its `unique_id`.
+
+A deletion's dead letter written in HIPAA mode holds no identifier (its value is the redacted
+call): it is replayed as a delete call naming only its erasure (`ERASURE_HEADER`), which the
+service sends again from the erasure entry it kept (for `ERASURE_KEEP_SECONDS`), so no raw
+identifier ever goes back through the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +37,7 @@ from confluent_kafka import (
 
 from stream.completion.deadletter import HEADER_PREFIX
 from stream.core.errors import ConfigError, ReplayError
-from stream.klaviyo.mapping import BACKFILL_HEADER
+from stream.klaviyo.mapping import BACKFILL_HEADER, ERASURE_HEADER
 
 Headers = list[tuple[str, str | bytes | None]]
 REASON_HEADERS = ("stage", "error.class", "error.message", "klaviyo.code")
@@ -167,6 +172,7 @@ def replay(
     dry_run: bool = False,
     progress: bool = True,
     timeout: float = 60.0,
+    encode: Callable[[dict[str, Any]], bytes] | None = None,
 ) -> ReplayResult:
     """Replay the matching dead letters; returns once the broker acknowledged every one."""
     from tqdm import tqdm  # progress bar only where a person watches: the CLI
@@ -202,7 +208,14 @@ def replay(
             if producer is not None:
                 headers = [h for h in original if h[0] != BACKFILL_HEADER]
                 headers.append((BACKFILL_HEADER, b"1"))
-                _produce(producer, target, message, headers, on_delivery)
+                value = message.value()
+                erasure = dlq.get("erasure")
+                if erasure and "redacted" in dlq:  # no identifier in it: the entry has them
+                    if encode is None:
+                        raise ReplayError("a redacted deletion needs the encoder to replay")
+                    value = encode(erasure_call(erasure, dlq))
+                    headers.append((ERASURE_HEADER, erasure.encode()))
+                _produce(producer, target, message, value, headers, on_delivery)
     if producer is not None:
         remaining = producer.flush(timeout)
         if remaining or failures:
@@ -257,14 +270,25 @@ def _read(
                 del todo[partition]
 
 
+def erasure_call(erasure: str, dlq: dict[str, str]) -> dict[str, Any]:
+    """The delete call that asks the service to send an erasure again from its entry."""
+    when = datetime.fromtimestamp(float(dlq.get("first.attempt.time") or time.time()), UTC)
+    return {"type": "delete", "messageId": erasure, "timestamp": when.isoformat()}
+
+
 def _produce(
-    producer: Producer, topic: str, message: Message, headers: Headers, on_delivery: Any
+    producer: Producer,
+    topic: str,
+    message: Message,
+    value: bytes | None,
+    headers: Headers,
+    on_delivery: Any,
 ) -> None:
     while True:
         try:
             producer.produce(
                 topic,
-                value=message.value(),
+                value=value,
                 key=message.key(),
                 headers=headers,
                 on_delivery=on_delivery,

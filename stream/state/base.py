@@ -229,6 +229,11 @@ class StateStore(Protocol):
         """Remember `message_ids` as delivered at `now` for the dedup window."""
         ...
 
+    def unmark(self, message_ids: Sequence[str]) -> None:
+        """Forget these message ids as delivered (a released held call, remembered when it was
+        held, that Klaviyo then refused: its replay must not be dropped as a duplicate)."""
+        ...
+
     def prune(self, now: float) -> int:
         """Drop dedup keys older than the window; return how many were removed."""
         ...
@@ -262,6 +267,11 @@ class StateStore(Protocol):
 
     def settle_erasure(self, erasure_id: str) -> None:
         """Delete an erasure entry: Klaviyo has the deletion, confirmed."""
+        ...
+
+    def reopen_erasure(self, erasure_id: str) -> Forgotten | None:
+        """The erasure entry `erasure_id`, PENDING again (its deletion is sent again: a replay
+        of a dead letter that kept no identifier), or None when it is gone."""
         ...
 
     def fail_erasure(self, erasure_id: str) -> None:

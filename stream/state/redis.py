@@ -787,6 +787,15 @@ class RedisStore:
         except redis_lib.RedisError as exc:
             _fail(exc)
 
+    def unmark(self, message_ids: Sequence[str]) -> None:
+        """See StateStore.unmark."""
+        if not message_ids:
+            return
+        try:
+            self._r.delete(*[self.prefix + "d:" + m for m in message_ids])
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+
     def prune(self, now: float) -> int:
         """Nothing to do: Redis expires dedup keys itself (always 0)."""
         return 0
@@ -894,6 +903,21 @@ class RedisStore:
                 pipe.execute()
         except redis_lib.RedisError as exc:
             _fail(exc)
+
+    def reopen_erasure(self, erasure_id: str) -> Forgotten | None:
+        """See StateStore.reopen_erasure."""
+        p = self.prefix
+        try:
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.hget(p + "er", erasure_id)
+                pipe.sadd(p + "erp", erasure_id)
+                payload, _added = pipe.execute()
+            if payload is None:
+                self._r.srem(p + "erp", erasure_id)
+                return None
+        except redis_lib.RedisError as exc:
+            _fail(exc)
+        return Forgotten.decode(payload)
 
     def fail_erasure(self, erasure_id: str) -> None:
         """See StateStore.fail_erasure."""

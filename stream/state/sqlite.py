@@ -622,6 +622,14 @@ class SqliteStore:
             [(m, at) for m in message_ids],
         )
 
+    def unmark(self, message_ids: Sequence[str]) -> None:
+        """See StateStore.unmark."""
+        if message_ids:
+            self._run(
+                "BEGIN IMMEDIATE", _executemany, "DELETE FROM dedup WHERE message_id = ?",
+                [(m,) for m in message_ids],
+            )
+
     def prune(self, now: float) -> int:
         """See StateStore.prune; uses the index on `at`."""
         return self._run(
@@ -719,6 +727,10 @@ class SqliteStore:
     def settle_erasure(self, erasure_id: str) -> None:
         """See StateStore.settle_erasure."""
         self._run("BEGIN IMMEDIATE", _rowcount, "DELETE FROM erasures WHERE id = ?", (erasure_id,))
+
+    def reopen_erasure(self, erasure_id: str) -> Forgotten | None:
+        """See StateStore.reopen_erasure."""
+        return self._run("BEGIN IMMEDIATE", _reopen, erasure_id)
 
     def fail_erasure(self, erasure_id: str) -> None:
         """See StateStore.fail_erasure."""
@@ -838,6 +850,14 @@ def _tombstone_rows(db: sqlite3.Connection, hashes: list[str]) -> dict[str, Tomb
         ):
             out[str(h)] = Tombstone.decode(float(at), int(seq), extra)
     return out
+
+
+def _reopen(db: sqlite3.Connection, erasure_id: str) -> Forgotten | None:
+    row = db.execute("SELECT payload FROM erasures WHERE id = ?", (erasure_id,)).fetchone()
+    if row is None:
+        return None
+    db.execute("UPDATE erasures SET status = ? WHERE id = ?", (PENDING, erasure_id))
+    return Forgotten.decode(row[0])
 
 
 def _low_mark(db: sqlite3.Connection, now: float) -> int | None:
