@@ -7,10 +7,11 @@ before a deletion this replica learnt of since is judged again (`Erasure.late`);
 is *on the wire* from then until answered, under the mark current when it was taken. So what
 this replica can still send to Klaviyo that was begun before mark S is exactly what is on the
 wire under a mark below S, and it publishes, every heartbeat, the lowest of those marks (its
-own mark when nothing is out) with a time to live. A deletion of mark S leaves when every live
-replica's published mark is at least S. A replica that dies stops counting once its last
-heartbeat expires (its liveness plus the request timeout: what it had on the wire has landed or
-never will). Nothing here trusts a clock but the store's: no CreateTime, no committed offset, no
+own mark when nothing is out), alive for its liveness. A deletion of mark S leaves when every
+live replica's published mark is at least S. A replica that dies stops counting once its
+liveness has run out and then the request timeout too (what it had on the wire has landed or
+never will); the held calls it was sending are taken over as soon as its liveness runs out
+(sent twice at worst, which Klaviyo's `unique_id` absorbs). Nothing here trusts a clock but the store's: no CreateTime, no committed offset, no
 partition assignment is read, so a producer's skewed clock, a transactional topic's markers, an
 idle partition or a rebalance cannot open the fence early.
 
@@ -47,7 +48,8 @@ class Fence:
         self._store = store
         self._erasure = erasure
         self.replica = replica or uuid.uuid4().hex
-        self._ttl = liveness + request_timeout
+        self._liveness = liveness
+        self._grace = request_timeout
         self._tokens = itertools.count()
         self._wire: dict[int, int] = {}  # token -> the mark its batch was taken under
         self.low: int | None = None  # the group's lowest published mark, as last read
@@ -70,8 +72,8 @@ class Fence:
     def heartbeat(self) -> None:
         """Publish this replica's mark and read the group's lowest (`StateError` when the
         store is down: the fence stays shut meanwhile)."""
-        self._store.publish_mark(self.replica, self.own, self._ttl)
-        self.low = self._store.low_mark()
+        self._store.publish_mark(self.replica, self.own, self._liveness)
+        self.low = self._store.low_mark(self._grace)
 
     def retire(self) -> None:
         """This replica stops (cleanly, nothing of it on the wire): it counts no longer."""

@@ -314,9 +314,10 @@ class StateStore(Protocol):
         nothing it began before tombstone mark `mark` can still reach Klaviyo."""
         ...
 
-    def low_mark(self) -> int | None:
-        """The lowest mark of the live replicas (None when none is alive); expired ones are
-        forgotten."""
+    def low_mark(self, grace: float = 0.0) -> int | None:
+        """The lowest mark of the replicas alive within the last `grace` seconds (what a
+        replica that died had on the wire may land that long after), None when there is none;
+        older ones are forgotten."""
         ...
 
     def live_replicas(self) -> set[str]:

@@ -508,12 +508,17 @@ return 1
 """
 
 _REPLICAS = _NOW_MS + """
-local P = ARGV[1]
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'repz', '-inf', now_ms)) do
-  redis.call('ZREM', P .. 'repz', id)
-  redis.call('HDEL', P .. 'repm', id)
+local P, grace = ARGV[1], tonumber(ARGV[2])
+local ids
+if ARGV[3] == 'live' then
+  ids = redis.call('ZRANGEBYSCORE', P .. 'repz', '(' .. now_ms, '+inf')
+else  -- replicas gone for longer than the grace are forgotten
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'repz', '-inf', now_ms - grace)) do
+    redis.call('ZREM', P .. 'repz', id)
+    redis.call('HDEL', P .. 'repm', id)
+  end
+  ids = redis.call('ZRANGEBYSCORE', P .. 'repz', '(' .. (now_ms - grace), '+inf')
 end
-local ids = redis.call('ZRANGE', P .. 'repz', 0, -1)
 if #ids == 0 then return {''} end
 local low = nil
 for _, mark in ipairs(redis.call('HMGET', P .. 'repm', unpack(ids))) do
@@ -988,21 +993,22 @@ class RedisStore:
         except redis_lib.RedisError as exc:
             _fail(exc)
 
-    def _live(self) -> tuple[int | None, set[str]]:
+    def _replicas_now(self, grace: float, live: bool) -> tuple[int | None, set[str]]:
+        args = [self.prefix, str(int(grace * 1000)), "live" if live else ""]
         try:
-            reply = self._replicas(args=[self.prefix])
+            reply = self._replicas(args=args)
         except redis_lib.RedisError as exc:
             _fail(exc)
         low = reply[0].decode()
         return (int(low) if low else None), {r.decode() for r in reply[1:]}
 
-    def low_mark(self) -> int | None:
+    def low_mark(self, grace: float = 0.0) -> int | None:
         """See StateStore.low_mark; one Lua script."""
-        return self._live()[0]
+        return self._replicas_now(grace, live=False)[0]
 
     def live_replicas(self) -> set[str]:
         """See StateStore.live_replicas; one Lua script."""
-        return self._live()[1]
+        return self._replicas_now(0.0, live=True)[1]
 
     def close(self) -> None:
         """Close the connection pool; the data stays in Redis."""

@@ -798,9 +798,9 @@ class SqliteStore:
             (replica, int(mark), time.time() + float(ttl)),
         )
 
-    def low_mark(self) -> int | None:
+    def low_mark(self, grace: float = 0.0) -> int | None:
         """See StateStore.low_mark."""
-        row = self._run("BEGIN IMMEDIATE", _low_mark, time.time())
+        row = self._run("BEGIN IMMEDIATE", _low_mark, time.time() - float(grace))
         return None if row is None else int(row)
 
     def live_replicas(self) -> set[str]:

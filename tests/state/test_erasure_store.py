@@ -108,7 +108,12 @@ def test_the_low_mark_is_the_lowest_live_replicas_and_the_dead_stop_counting(
     store.publish_mark("b", 9, ttl=0.3)  # b finished what it had begun before mark 9
     assert store.low_mark() == 7
     poll_until(lambda: store.live_replicas() == {"a"}, timeout=10, what="b's mark to expire")
-    assert store.low_mark() == 7
+    assert store.low_mark(grace=60.0) == 7  # b, just dead, counts while its requests may land
+    store.publish_mark("c", 2, ttl=0.2)
+    poll_until(lambda: "c" not in store.live_replicas(), timeout=10, what="c to die")
+    assert store.low_mark(grace=60.0) == 2
+    assert store.low_mark() == 7  # with no grace, c no longer counts (and is forgotten)
+    assert store.low_mark(grace=60.0) == 7
 
 
 def test_a_lease_follows_its_owner_a_dead_owners_calls_are_taken_over_at_once(
