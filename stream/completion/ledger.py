@@ -60,6 +60,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # its message id was delivered before, or is in flight
     ABSORBED = "absorbed"  # it only fed the identity graph (alias, anonymous identify)
     DEAD_LETTERED = "dead_lettered"  # in the dead-letter topic with its reason
+    CANCELLED = "cancelled"  # its partition moved on (past the drain): its next owner sends it
 
 
 class DeadLetterWriter(Protocol):
@@ -89,7 +90,7 @@ class Item(Protocol):
 class Generation:
     """One partition's assignment: the offsets begun in it, in fetch order."""
 
-    __slots__ = ("tp", "order", "done", "ended", "moved_at", "assigned_at", "begun")
+    __slots__ = ("tp", "order", "done", "ended", "moved_at", "assigned_at", "begun", "quiet_until")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
@@ -99,6 +100,9 @@ class Generation:
         self.moved_at = time.monotonic()  # the offset last moved (or work began after idling)
         self.assigned_at = self.moved_at
         self.begun = False  # a record of it was begun
+        # until then its consent and deletion actions wait: the previous owner's requests
+        # (cut off at the drain bound) may still land until then (set by the service)
+        self.quiet_until = 0.0
 
     @property
     def unfinished(self) -> int:
@@ -213,14 +217,15 @@ class Ledger:
             self._pending += len(records)
         return records
 
-    def newly_assigned(self, records: Sequence[Record]) -> bool:
-        """Whether these (just begun) records are the first of an assignment (then marked
-        begun): what a new owner reads first is judged against the newest deletions."""
-        fresh = False
+    def newly_assigned(self, records: Sequence[Record]) -> list[Generation]:
+        """The generations these (just begun) records are the first of (then marked begun):
+        what a new owner reads first is judged against the newest deletions."""
+        fresh: list[Generation] = []
         for record in records:
             gen = record.generation
             if isinstance(gen, Generation) and not gen.begun:
-                gen.begun = fresh = True
+                gen.begun = True
+                fresh.append(gen)
         return fresh
 
     def adopt(self, record: Record) -> None:
@@ -443,3 +448,9 @@ class Ledger:
             _done, pending = await asyncio.wait(set(self._writes), timeout=timeout)
             for task in pending:
                 task.cancel()
+
+
+def ended(item: Item) -> bool:
+    """Whether every record of an item belongs to a partition generation that has ended (a
+    revoke past the drain bound): nothing more is attempted for it here."""
+    return all(isinstance(r.generation, Generation) and r.generation.ended for r in item.records)

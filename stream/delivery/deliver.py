@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from stream.completion.ledger import ended
 from stream.core.errors import (
     DuplicateProfile,
     FatalDeliveryError,
@@ -76,6 +77,12 @@ MERGE_ATTEMPTS = 3
 SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
 # The endpoint whose slot the batch being sent (in this task) holds already, until spent.
 _RESERVED: contextvars.ContextVar[str | None] = contextvars.ContextVar("reserved", default=None)
+# The batch being sent (in this task): a retry first asks whether its partitions moved on.
+_BATCH: contextvars.ContextVar[Batch | None] = contextvars.ContextVar("batch", default=None)
+
+
+class PartitionMoved(Exception):
+    """A retry met an item of a partition revoked past the drain bound (caught in `send`)."""
 _BULK_POINTER = re.compile(
     r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?"
 )
@@ -109,10 +116,12 @@ class Failure:
 
 @dataclass(slots=True)
 class Settlement:
-    """What became of a batch's items: each is in exactly one of the two lists."""
+    """What became of a batch's items: each is in exactly one of the three lists (`cancelled`:
+    its partition was revoked past the drain bound while it waited to be tried again)."""
 
     delivered: list[Item] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    cancelled: list[Item] = field(default_factory=list)
 
     def done(self, items: list[Item], endpoint: str) -> None:
         metrics.RECORDS_SENT.labels(endpoint).inc(len(items))
@@ -148,10 +157,15 @@ class Deliverer:
             stale_after=stale_subscribe_seconds,
         )  # fmt: skip
 
-    async def send(self, batch: Batch) -> Settlement:
-        """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service)."""
-        out = Settlement()
+    async def send(self, batch: Batch, out: Settlement | None = None) -> Settlement:
+        """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service).
+
+        A retry is never attempted for an item whose partition was revoked past the drain
+        bound meanwhile (`ended`): when one is met, the items not yet settled are sent anew
+        without those (cancelled: the partition's next owner reads them again)."""
+        out = out if out is not None else Settlement()
         reserved = _RESERVED.set(batch.reserved)
+        checking = _BATCH.set(batch)
         try:
             if isinstance(batch, ActionBatch):  # consent, lists, deletion
                 await self.actions.send(batch, out.done, out.fail)
@@ -161,8 +175,18 @@ class Deliverer:
                 await self._events(batch.items, out)
             else:
                 await self._profiles(batch.items, out)
+        except PartitionMoved:
+            settled = {id(i) for i in out.delivered} | {
+                id(i) for f in out.failed for i in f.items
+            }
+            rest = [item for item in batch.items if id(item) not in settled]
+            out.cancelled += [item for item in rest if ended(item)]
+            alive = [item for item in rest if not ended(item)]
+            if alive:
+                await self.send(type(batch)(batch.kind, alive), out)
         finally:
             _RESERVED.reset(reserved)
+            _BATCH.reset(checking)
         return out
 
     # client-side mode -------------------------------------------------------------------
@@ -373,6 +397,9 @@ class Deliverer:
             attempt += 1
             if self._retry.gives_up(attempt, started, delay):
                 raise error
+            moving = _BATCH.get()
+            if moving is not None and any(ended(item) for item in moving.items):
+                raise PartitionMoved  # no new attempt for work of a revoked partition
             metrics.RETRIES.labels(budget, type(error).__name__).inc()
             log.info("retrying", extra={"endpoint": budget, "error": str(error), "delay": delay})
             # after a 429 the governor holds the endpoint until Retry-After: no extra sleep

@@ -150,6 +150,14 @@ class Gate:
             if id(head) not in self._out and self._at_front(head):
                 self._try(head)
 
+    def dropped(self, items: Sequence[Item]) -> None:
+        """These were cancelled (their partition moved on): the next ones may go; their
+        erasures stay PENDING for the partition's next owner."""
+        for item in items:
+            if isinstance(item, Action):
+                self._done(item)
+        self.poll()
+
     # answers ---------------------------------------------------------------------------------
 
     async def answered(self, items: Sequence[Item], failed: Sequence[Item] = ()) -> None:
@@ -218,6 +226,10 @@ class Gate:
                     self._try(action)
         if self._held or self._calls:
             self._release()
+        now = self._clock()
+        metrics.ACTIONS_AWAITING_PREVIOUS_OWNER.set(sum(
+            1 for a in self._blocked.values() if a.kind != "confirm" and a.ready_at > now
+        ))  # fmt: skip
         if self._started:
             metrics.DELETIONS_WAITING.set(sum(
                 1 for q in self._queues.values() for a in q

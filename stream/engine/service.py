@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from stream.completion.deadletter import DeadLetters
 from stream.completion.dedup import Deduplicator
-from stream.completion.ledger import Ledger, Outcome
+from stream.completion.ledger import Generation, Ledger, Outcome, ended
 from stream.core.calls import Call, Record, routing_call
 from stream.core.errors import (
     ConfigError,
@@ -231,8 +231,10 @@ class Service:
             self.health.broker_reachable = consumer.broker_reachable
             self.health.assigned_partitions = len(consumer.assigned)
             records = ledger.begin(messages, stamps)
-            if records and ledger.newly_assigned(records):
+            fresh = ledger.newly_assigned(records) if records else []
+            if fresh:
                 self._refresh_erasures()  # a new assignment's records meet today's deletions
+                self._quiet(fresh)
             room = self._room()
             if room > 0 and not consumer.paused and not self._stopping.is_set():
                 fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
@@ -331,6 +333,17 @@ class Service:
             if result is not None:
                 self._dispatch(record, result)
 
+    def _quiet(self, generations: list[Generation]) -> None:
+        """A partition just given to this replica: if another replica was alive (it may have
+        owned it), its consent and deletion actions wait until that owner's last requests can
+        no longer land (cut off at the drain bound, on the wire for at most the timeout)."""
+        if self._fence is None or not self._fence.others:
+            return
+        settings = self.settings
+        wait = settings.revoke_drain_seconds + settings.klaviyo_timeout_seconds
+        for gen in generations:
+            gen.quiet_until = gen.assigned_at + wait
+
     def _dispatch(self, record: Record, result: Result) -> None:
         """Hand a processed record's items to the send stage, its actions to the gate (all of
         them to the gate's hold while a deletion it names is under way), its failures to the
@@ -341,8 +354,12 @@ class Service:
             ledger.adopt(item.records[0])
             sender.add(item)
         waits = result.after_erasures  # a deletion it names is in flight: all wait for it
+        gen = record.generation
+        quiet = gen.quiet_until if isinstance(gen, Generation) else 0.0
         for action in result.actions:  # before the record's items: list changes count them
             record.open += 1
+            if quiet > action.ready_at:
+                action.ready_at = quiet
             if not waits:
                 gate.put(action)
         for item in result.items:
@@ -454,9 +471,12 @@ class Service:
         finally:
             if token is not None and fence is not None:
                 fence.answered(token)
+        if settlement.cancelled:
+            self._cancel(settlement.cancelled)
         if self._gate is not None:  # erasures settled before their records finish
             failed = [item for failure in settlement.failed for item in failure.items]
-            await self._gate.answered(batch.items, failed)
+            cancelled = {id(item) for item in settlement.cancelled}
+            await self._gate.answered([i for i in batch.items if id(i) not in cancelled], failed)
         self._ledger.settle(settlement.delivered)
         for failure in settlement.failed:
             self._ledger.fail(failure.items, failure.error, failure.stage)
@@ -466,6 +486,13 @@ class Service:
         of what they name that this replica has read since. Records older than it finish
         filtered; newer ones are processed again once that erasure is done. The rest goes on
         (None: nothing is left to send)."""
+        gone = [item for item in batch.items if ended(item)]
+        if gone:  # its partition moved on past the drain bound: its next owner sends it
+            self._cancel(gone)
+            batch = type(batch)(batch.kind, [i for i in batch.items if i not in gone],
+                                reserved=batch.reserved)  # fmt: skip
+            if not batch.items:
+                return None
         erasure = self._processor.erasure
         if erasure is None or batch.kind in QUIET or not batch.items:
             return batch
@@ -495,6 +522,14 @@ class Service:
         if not rest:
             return None
         return type(batch)(batch.kind, rest, reserved=batch.reserved)
+
+    def _cancel(self, items: list[Item]) -> None:
+        """Items of a revoked partition: nothing more is attempted here (counted)."""
+        assert self._ledger is not None
+        metrics.ITEMS_CANCELLED.labels(items[0].kind).inc(len(items))
+        if self._gate is not None:
+            self._gate.dropped(items)
+        self._ledger.settle(items, Outcome.CANCELLED)
 
     def _again_soon(self, record: Record) -> None:
         task = asyncio.get_running_loop().create_task(self._again(record))

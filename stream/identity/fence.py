@@ -11,9 +11,11 @@ own mark when nothing is out), alive for its liveness. A deletion of mark S leav
 live replica's published mark is at least S. A replica that dies stops counting once its
 liveness has run out and then the request timeout too (what it had on the wire has landed or
 never will); the held calls it was sending are taken over as soon as its liveness runs out
-(sent twice at worst, which Klaviyo's `unique_id` absorbs). Nothing here trusts a clock but the store's: no CreateTime, no committed offset, no
-partition assignment is read, so a producer's skewed clock, a transactional topic's markers, an
-idle partition or a rebalance cannot open the fence early.
+(sent twice at worst, which Klaviyo's `unique_id` absorbs).
+
+Nothing here trusts a clock but the store's: no CreateTime, no committed offset, no partition
+assignment is read, so a producer's skewed clock, a transactional topic's markers, an idle
+partition or a rebalance cannot open the fence early.
 
 Deletions and confirmations themselves never make a profile: they are not counted as on the
 wire. The replica's id is also the owner of the held calls it releases: they follow its liveness
@@ -53,6 +55,7 @@ class Fence:
         self._tokens = itertools.count()
         self._wire: dict[int, int] = {}  # token -> the mark its batch was taken under
         self.low: int | None = None  # the group's lowest published mark, as last read
+        self.others = True  # another replica was alive at the last heartbeat (one may be)
 
     def sending(self) -> int:
         """A batch leaves now, under the current mark: a token for `answered`."""
@@ -74,6 +77,7 @@ class Fence:
         store is down: the fence stays shut meanwhile)."""
         self._store.publish_mark(self.replica, self.own, self._liveness)
         self.low = self._store.low_mark(self._grace)
+        self.others = bool(self._store.live_replicas() - {self.replica})
 
     def retire(self) -> None:
         """This replica stops (cleanly, nothing of it on the wire): it counts no longer."""

@@ -142,6 +142,19 @@ RECORDS_TOMBSTONED = Counter(
     "Records older than the deletion of a person they name: dropped, never sent.",
     registry=REGISTRY,
 )
+ITEMS_CANCELLED = Counter(
+    P + "items_cancelled_total",
+    "Items of a partition revoked past the drain bound: not attempted again (its next owner"
+    " reads them), by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+ACTIONS_AWAITING_PREVIOUS_OWNER = Gauge(
+    P + "actions_awaiting_previous_owner",
+    "Consent and deletion actions of a partition just assigned, waiting until the previous"
+    " owner's last requests can no longer land.",
+    registry=REGISTRY,
+)
 ERASURE_LEFT_WITH_OTHERS = Counter(
     P + "erasure_identifiers_left_total",
     "Identifiers a delete call named that belong to someone else: left with them, not deleted.",
