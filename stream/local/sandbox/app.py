@@ -150,10 +150,11 @@ def _drop(request: web.Request) -> web.Response:
 
 def _fault_response(kind: str) -> web.Response:
     status = int(kind)
-    code = {500: "error", 503: "service_unavailable", 429: "throttled"}[status]
+    code = {400: "invalid", 500: "error", 503: "service_unavailable", 429: "throttled"}[status]
     detail = (
         "Injected fault: "
         + {
+            400: "the request was refused.",
             500: "internal server error.",
             503: "service temporarily unavailable.",
             429: "request was throttled. Expected available in 1 second.",
@@ -173,6 +174,9 @@ def _guard(sandbox: Sandbox, op: Operation, handler: Handler, depth: int) -> Any
             if request.transport is None or request.transport.is_closing():
                 return _drop(request)  # its client died while it was held: never applied
         fault = sandbox.faults.draw()
+        failing = sandbox.faults.failing.get(op.operation_id)
+        if failing is not None:
+            fault = str(failing)
         if fault is not None:
             request[FAULT] = fault
             sandbox.stats.faults[fault] += 1

@@ -265,9 +265,10 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         return _json({"reset": True})
 
     async def faults(request: web.Request) -> web.Response:
-        """GET or POST /sandbox/faults {"fault_rate": 0.2, "hold": true, "operations": […]}:
-        read or set the fault share, and hold API requests unanswered (a slow Klaviyo; only
-        those of the given operation ids, when named) or let them go."""
+        """GET or POST /sandbox/faults {"fault_rate": 0.2, "hold": true, "operations": […],
+        "fail": {"<operation id>": 400}}: read or set the fault share, hold API requests
+        unanswered (a slow Klaviyo; only those of the given operation ids, when named) or let
+        them go, and make operations answer one status every time (`fail: {}` clears)."""
         faults = sandbox.faults
         if request.method == "POST":
             try:
@@ -275,6 +276,7 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
                 rate = body.get("fault_rate", faults.rate)
                 hold = body.get("hold", faults.released is not None)
                 operations = body.get("operations")
+                fail = body.get("fail", faults.failing)
             except (orjson.JSONDecodeError, AttributeError):
                 return _bad('body must be {"fault_rate": <0..1>, "hold": <bool>}')
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
@@ -286,14 +288,21 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
                 or not all(isinstance(o, str) and o in sandbox.operations for o in operations)
             ):
                 return _bad("operations must be a list of operation ids (bulk_subscribe_profiles…)")
+            if not isinstance(fail, dict) or not all(
+                o in sandbox.operations and s in (400, 429, 500, 503) for o, s in fail.items()
+            ):
+                return _bad("fail must map operation ids to 400, 429, 500 or 503")
             faults.rate = float(rate)
             faults.hold(hold, frozenset(operations) if operations else None)
+            faults.failing = dict(fail)
         held = faults.released is not None
         document: dict[str, Any] = {
             "fault_rate": faults.rate, "hold": held, "waiting": faults.waiting
         }  # fmt: skip
         if held and faults.operations is not None:
             document["operations"] = sorted(faults.operations)
+        if faults.failing:
+            document["fail"] = dict(faults.failing)
         return _json(document)
 
     def jobs_document() -> dict[str, Any]:

@@ -31,6 +31,7 @@ class FaultInjector:
     answer (the case only `unique_id` makes safe to retry). `hold` makes Klaviyo slow at will:
     while it is on, API requests wait unanswered (counted in `waiting`) until it is turned off;
     `operations` (operation ids) limits it to those endpoints, the others answer as usual.
+    `failing` makes chosen operations answer one status (400, 429, 500, 503) until cleared.
     """
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
@@ -39,6 +40,7 @@ class FaultInjector:
         self.released: asyncio.Event | None = None  # None: nothing held
         self.operations: frozenset[str] | None = None  # held operations (None: all of them)
         self.waiting = 0
+        self.failing: dict[str, int] = {}  # operation id -> the status it answers, every time
 
     def hold(self, on: bool, operations: frozenset[str] | None = None) -> None:
         """Start holding API requests (of `operations` only, when given), or let every held

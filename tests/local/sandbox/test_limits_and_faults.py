@@ -230,3 +230,26 @@ def test_list_creation_has_a_daily_limit_too() -> None:
     assert int(refused.headers()["Retry-After"]) > 3600
     now[0] = 86_400.0
     assert limiter.hit("create_list", quota).allowed
+
+
+async def test_chosen_operations_fail_with_one_status_until_cleared(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with SandboxServer(SandboxConfig(rate_limits=False)) as sandbox:
+        faults = f"{sandbox.url}/sandbox/faults"
+        deletion = {"data": {"type": "data-privacy-deletion-job", "attributes": {
+            "profile": {"data": {"type": "profile", "attributes": {"email": "a@x.io"}}}}}}
+        status, answer, _ = await post(http, faults, {"fail": {"request_profile_deletion": 400}})
+        assert status == 200 and answer["fail"] == {"request_profile_deletion": 400}
+        status, body, _ = await post(http, f"{sandbox.url}/api/data-privacy-deletion-jobs",
+                                     deletion)  # fmt: skip
+        assert status == 400 and body["errors"][0]["code"] == "invalid"
+        status, _, _ = await post(http, f"{sandbox.url}/api/events", event())  # others answer
+        assert status == 202
+        status, answer, _ = await post(http, faults, {"fail": {}})
+        assert "fail" not in answer
+        status, _, _ = await post(http, f"{sandbox.url}/api/data-privacy-deletion-jobs",
+                                  deletion)  # fmt: skip
+        assert status == 202
+        status, answer, _ = await post(http, faults, {"fail": {"nope": 400}})
+        assert status == 400
