@@ -231,10 +231,10 @@ class Gate:
             1 for a in self._blocked.values() if a.kind != "confirm" and a.ready_at > now
         ))  # fmt: skip
         if self._started:
-            metrics.DELETIONS_WAITING.set(sum(
-                1 for q in self._queues.values() for a in q
+            metrics.DELETIONS_WAITING.set(len({
+                id(a) for q in self._queues.values() for a in q
                 if a.kind == "deletion" and id(a) not in self._out
-            ))  # fmt: skip
+            }))  # fmt: skip
             metrics.DELETION_OLDEST_WAIT.set(self._clock() - min(self._started.values()))
         else:
             metrics.DELETIONS_WAITING.set(0)

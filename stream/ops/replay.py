@@ -273,7 +273,10 @@ def _read(
 def erasure_call(erasure: str, dlq: dict[str, str]) -> dict[str, Any]:
     """The delete call that asks the service to send an erasure again from its entry."""
     when = datetime.fromtimestamp(float(dlq.get("first.attempt.time") or time.time()), UTC)
-    return {"type": "delete", "messageId": erasure, "timestamp": when.isoformat()}
+    return {
+        "type": "delete", "messageId": erasure, "timestamp": when.isoformat(),
+        "traits": {"erasure": erasure},  # names no one: the entry does (ERASURE_HEADER)
+    }  # fmt: skip
 
 
 def _produce(
