@@ -4,6 +4,7 @@ service and the Klaviyo sandbox: the right person, once, in order, and nothing b
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -406,3 +407,185 @@ async def test_case10_a_refused_released_call_is_replayed_not_dropped_as_a_dupli
 
         await wait_until(delivered, timeout=60, what="the replayed event at Klaviyo")
     assert service.result.dead_lettered == 1
+
+
+def _owners(services: list[Any], topic: str) -> dict[int, Any]:
+    """Partition → the service that owns it now."""
+    return {
+        partition: service
+        for service in services
+        if service._consumer is not None
+        for (name, partition) in service._consumer.assigned
+        if name == topic
+    }
+
+
+async def test_case3_a_deletion_waits_for_older_work_on_every_partition_and_replica(
+    kafka_bootstrap: str, topic_factory: Any, sandbox: SandboxServer, clean_redis_url: str
+) -> None:
+    """Two replicas, three partitions; the person's older events (one partition written by a
+    transactional producer, then idle) are on the wire at two replicas when their delete call
+    comes, stamped by a producer whose clock is ten minutes behind; a third replica joins while
+    the deletion waits; the person comes back on another partition. The deletion leaves only
+    after every older event was answered, and the comeback only after the deletion: one new
+    profile, nothing of the old one."""
+    topic, url = topic_factory(partitions=3), sandbox.url
+
+    def settings() -> Any:
+        return service_settings(kafka_bootstrap, topic, url, state_url=clean_redis_url,
+                                revoke_drain_seconds=1.0, klaviyo_timeout_seconds=5.0)  # fmt: skip
+
+    done = confirmed()
+    async with running_service(settings()) as first, running_service(settings()) as second:
+        services = [first, second]
+
+        async def split() -> bool:
+            return all(s._consumer is not None and s._consumer.assigned for s in services)
+
+        await wait_until(split, timeout=60, what="both replicas with partitions")
+        publish_to(kafka_bootstrap, topic, [
+            (0, call("identify", 1, userId="u-p", traits={"email": "p@x.io"}), None),
+        ])
+
+        async def known() -> bool:
+            return len(await live_profiles(url, email="p@x.io")) == 1
+
+        await wait_until(known, timeout=60, what="the person's profile")
+        await faults(url, hold=True, operations=["create_event", "bulk_create_events"])
+        publish_to(kafka_bootstrap, topic, [
+            (1, call("track", 2, userId="u-p", event="Viewed", properties={"n": 1}), None),
+        ])
+        publish_to(kafka_bootstrap, topic, [
+            (2, call("track", 3, userId="u-p", event="Viewed", properties={"n": 2}), None),
+        ], transactional=True)  # fmt: skip
+        owners = _owners(services, topic)
+        senders = {id(owners[1]), id(owners[2])}
+
+        async def on_the_wire() -> bool:
+            return (await faults(url))["waiting"] >= len(senders)
+
+        await wait_until(on_the_wire, timeout=60, what="both older events on the wire")
+        behind = int((time.time() - 600) * 1000)
+        publish_to(kafka_bootstrap, topic, [(0, call("delete", 4, userId="u-p"), behind)])
+        store = open_store(clean_redis_url)
+        try:
+
+            async def forgotten() -> bool:
+                return bool(store.open_erasures())
+
+            await wait_until(forgotten, timeout=60, what="the person forgotten")
+            async with running_service(settings()) as third:  # a rebalance while it waits
+                services.append(third)
+
+                async def joined() -> bool:
+                    return third._consumer is not None and bool(third._consumer.assigned)
+
+                await wait_until(joined, timeout=60, what="the third replica's partitions")
+                assert not [r for r in await requests(url) if r["path"] == DELETION]
+                publish_to(kafka_bootstrap, topic, [
+                    (1, {**call("identify", 0, traits={"email": "p@x.io", "firstName": "Back"}),
+                         "timestamp": stamp(0)}, None),
+                ])  # fmt: skip
+                await faults(url, hold=False)
+
+                async def back() -> bool:
+                    found = await live_profiles(url, email="p@x.io")
+                    return confirmed() > done and len(found) == 1 and (
+                        found[0]["attributes"]["first_name"] == "Back"
+                    )
+
+                await wait_until(back, timeout=90, what="deleted, then back")
+        finally:
+            store.close()
+    [gone] = await deleted(url)
+    assert gone["identifiers"]["external_id"] == "u-p" and gone["events_deleted"] == 2
+    [comeback] = await live_profiles(url, email="p@x.io")
+    assert comeback["attributes"]["external_id"] is None and comeback["id"] != gone["id"]
+    assert (await sandbox_get(url, "/sandbox/events"))["events"] == []
+
+
+def _names(entry: dict[str, Any], email: str) -> bool:
+    return email in str(entry.get("body"))
+
+
+async def test_case7_a_revoked_partitions_requests_never_land_after_the_new_owners(
+    kafka_bootstrap: str, topic_factory: Any, sandbox: SandboxServer, clean_redis_url: str
+) -> None:
+    """A member has a subscription on the wire (Klaviyo slow, then answering 429) when its
+    partition moves to a member that joins: past the drain bound it attempts nothing more for
+    that partition (cancelled, counted), and the new owner holds the partition's consent and
+    deletion actions until the old owner's requests can no longer land. The person who moved
+    ends unsubscribed, then deleted; nothing of theirs lands after either."""
+    topic, url = topic_factory(partitions=2), sandbox.url
+
+    def settings() -> Any:
+        return service_settings(kafka_bootstrap, topic, url, state_url=clean_redis_url,
+                                revoke_drain_seconds=1.0, klaviyo_timeout_seconds=3.0)  # fmt: skip
+
+    people = {0: "x@x.io", 1: "y@x.io"}
+    done, cancelled = confirmed(), sample("klaviyo_stream_items_cancelled_total", kind="subscribe")
+    async with running_service(settings()) as first:
+        publish_to(kafka_bootstrap, topic, [
+            (p, call("identify", 1, userId=f"u-{p}", traits={"email": e}), None)
+            for p, e in people.items()
+        ])  # fmt: skip
+
+        async def known() -> bool:
+            return len(await live_profiles(url)) == 2
+
+        await wait_until(known, timeout=60, what="both profiles")
+        ids = {p["attributes"]["email"]: p["id"] for p in await live_profiles(url)}
+        await faults(url, hold=True, operations=["bulk_subscribe_profiles"])
+        publish_to(kafka_bootstrap, topic, [
+            (p, call(kind, n, userId=f"u-{p}", event="Consent", integrations=klaviyo(**ask)), None)
+            for p in people
+            for kind, n, ask in (("track", 10, {"subscribe": {"email": True}}),
+                                 ("track", 20, {"unsubscribe": ["email"]}))
+        ])  # fmt: skip
+
+        async def subscribing() -> bool:
+            return (await faults(url))["waiting"] >= 1
+
+        await wait_until(subscribing, timeout=60, what="the first member's subscription held")
+        async with running_service(settings()) as second:
+
+            async def moved() -> bool:
+                owners = _owners([first, second], topic)
+                return len(owners) == 2 and any(s is second for s in owners.values())
+
+            await wait_until(moved, timeout=60, what="a partition moved to the new member")
+            [moving] = [p for p, s in _owners([first, second], topic).items() if s is second]
+            await faults(url, fail={"bulk_subscribe_profiles": 429})
+            await faults(url, hold=False)
+
+            async def cut_off() -> bool:
+                left = sample("klaviyo_stream_items_cancelled_total", kind="subscribe")
+                return left > cancelled
+
+            await wait_until(cut_off, timeout=60, what="the old owner cancelling its retry")
+            awaiting = [0.0]
+
+            async def all_done() -> bool:
+                gate = second._gate  # the gauge is shared by both members in this process
+                if gate is not None:
+                    now = time.monotonic()
+                    quiet = [a for a in gate._blocked.values() if a.ready_at > now]
+                    awaiting[0] = max(awaiting[0], len(quiet))
+                return confirmed() - done >= 2
+
+            await faults(url, fail={})
+            publish_to(kafka_bootstrap, topic, [
+                (p, call("delete", 30, userId=f"u-{p}"), None) for p in people
+            ])
+            await wait_until(all_done, timeout=90, what="both persons deleted, confirmed")
+    assert awaiting[0] >= 1  # the new owner waited out the old owner's requests
+    assert await live_profiles(url) == []
+    log = [r for r in await requests(url) if isinstance(r["status"], int) and r["status"] < 300]
+    email = people[moving]
+    consent = [r["path"] for r in log if r["path"].startswith("/api/profile-subscription")
+               and _names(r, email)]  # fmt: skip
+    assert consent and consent[-1].endswith("bulk-delete-jobs")  # the opt-out is the last word
+    [deletion] = [n for n, r in enumerate(log)  # by the profile id learnt, or by the email
+                  if r["path"] == DELETION and (_names(r, ids[email]) or _names(r, email))]
+    assert not [r for r in log[deletion + 1 :] if r["method"] == "POST"
+                and r["path"] != DELETION and _names(r, email)]  # fmt: skip
