@@ -15,11 +15,12 @@ import aiohttp
 import pytest
 
 from stream.core.settings import kafka_client_config
-from stream.local.sandbox import SandboxConfig, SandboxServer
+from stream.local.sandbox import SandboxConfig, SandboxServer, SandboxThread
 from stream.ops.replay import ReplayFilter, replay
 from stream.state import open_store
 from tests.support import read_topic, running_service, sandbox_get, service_settings, wait_until
 from tests.support.consent import call, klaviyo, publish
+from tests.support.harness import ServiceProcess, committed_lag, service_env, state_dir
 from tests.support.lifecycle import (
     DELETION,
     ENCODER,
@@ -589,3 +590,65 @@ async def test_case7_a_revoked_partitions_requests_never_land_after_the_new_owne
                   if r["path"] == DELETION and (_names(r, ids[email]) or _names(r, email))]
     assert not [r for r in log[deletion + 1 :] if r["method"] == "POST"
                 and r["path"] != DELETION and _names(r, email)]  # fmt: skip
+
+
+async def test_case14_a_crash_costs_the_groups_recovery_not_the_held_call_lease(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, clean_redis_url: str
+) -> None:
+    """Two replicas on Redis (one a standby), Klaviyo failing a tenth of its answers: the
+    owner is SIGKILLed while held calls it released are on the wire. The standby takes the
+    partition over when the group notices (a short session timeout here) and the dead owner's
+    released calls as soon as its liveness runs out, not after the held-call lease (900 s, left
+    at its default): every event arrives, once."""
+    topic = topic_factory(partitions=1)
+    persons = [f"p{n}" for n in range(12)]
+    anonymous = [call("track", n, anonymousId=f"anon-{p}", event="Viewed", properties={"n": n})
+                 for n, p in enumerate(persons)]  # fmt: skip
+    publish(kafka_bootstrap, topic, anonymous)
+    config = SandboxConfig(rate_limits=False, fault_seed=14)
+    with SandboxThread(config) as sandbox:
+        url = sandbox.url
+
+        def replica(name: str) -> ServiceProcess:
+            env = service_env(kafka_bootstrap, topic, url, state_dir(), state_url=clean_redis_url,
+                              kafka_config_session_timeout_ms=6000)  # fmt: skip
+            return ServiceProcess(env, tmp_path / f"{name}.log")
+
+        owner, standby = replica("owner"), replica("standby")
+        owner.start()
+        try:
+
+            async def all_held() -> bool:
+                assert owner.alive, owner.log()[-3000:]
+                return committed_lag(kafka_bootstrap, f"group-{topic}", topic) == 0
+
+            await wait_until(all_held, timeout=60, what="the anonymous calls held")
+            standby.start()
+            await faults(url, hold=True, operations=["create_event", "bulk_create_events"])
+            publish(kafka_bootstrap, topic, [
+                call("identify", 100 + n, userId=p, anonymousId=f"anon-{p}",
+                     traits={"email": f"{p}@x.io"})
+                for n, p in enumerate(persons)
+            ])  # fmt: skip
+
+            async def released() -> bool:
+                assert owner.alive, owner.log()[-3000:]
+                return (await faults(url))["waiting"] >= 1
+
+            await wait_until(released, timeout=60, what="released calls on the wire")
+            owner.kill()  # SIGKILL: its leases stay in the store, owned by a dead replica
+            await faults(url, hold=False, fault_rate=0.1)
+
+            async def delivered() -> bool:
+                assert standby.alive, standby.log()[-3000:]
+                events = (await sandbox_get(url, "/sandbox/events"))["events"]
+                return {e["unique_id"] for e in events} == {c["messageId"] for c in anonymous}
+
+            await wait_until(delivered, timeout=120, what="every released call, lease or not")
+            await faults(url, fault_rate=0.0)
+            assert standby.terminate() == 0
+        finally:
+            owner.stop_quietly()
+            standby.stop_quietly()
+        events = (await sandbox_get(url, "/sandbox/events"))["events"]
+    assert len(events) == len(anonymous)  # once each (a replay refused by its unique_id)
