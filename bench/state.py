@@ -1,14 +1,17 @@
-"""State at scale: bytes per person (identity graph + traits) and per remembered messageId, in
-SQLite and in Redis, measured on stores filled the way the service fills them.
+"""State at scale: bytes per person (identity graph + traits), per remembered messageId and per
+tombstone, in SQLite and in Redis, measured on stores filled the way the service fills them, and
+the memory each replica's tombstone filter takes.
 
 Persons are linked as an identify call links them (email, external_id and an anonymous id, five
 traits); messageIds are random uuid4s marked delivered in flushes of 20,000. SQLite: the database
 file's pages after a WAL checkpoint, one database per kind. Redis: `used_memory` before and
 after, on a redis-server started for the run (no persistence). Then the memory an account of
 `--account-persons` people and `--events-per-week` events needs under the default 7-day dedup
-window.
+window. Tombstones are written as deletions write them (two identifiers a person, the erasure
+entry settled afterwards, as a confirmed deletion leaves it); the filter is the one a replica
+loads at start (`stream.identity.tombstones`).
 
-    python bench/state.py --persons 100000 --message-ids 1000000
+    python bench/state.py --persons 100000 --message-ids 1000000 --tombstones 200000
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import redis
 from common import machine
 
+from stream.identity.tombstones import Tombstones
 from stream.state import StateStore, open_store
 
 FLUSH = 20_000
@@ -53,6 +57,27 @@ def fill_ids(store: StateStore, count: int) -> None:
         store.mark_delivered(ids, now)
 
 
+def fill_tombstones(store: StateStore, count: int) -> None:
+    for n in range(count // 2):
+        erasure = f"erasure-{n}"
+        store.forget(
+            [("email", f"gone.{n}@example.com"), ("external_id", f"gone-{n}")],
+            1_790_000_000.0 + n, erasure, ("calls", n % 12, n),
+        )  # fmt: skip
+        store.settle_erasure(erasure)
+
+
+def filter_bytes(url: str) -> tuple[int, int]:
+    """(bytes of the filter a replica builds from the store's tombstones, how many it holds)."""
+    store = open_store(url)
+    try:
+        tombstones = Tombstones(store)
+        tombstones.load()
+        return tombstones.memory, tombstones.count
+    finally:
+        store.close()
+
+
 def sqlite_bytes(path: Path, fill: Callable[[StateStore], None]) -> int:
     store = open_store(f"sqlite:///{path}")
     empty = path.stat().st_size
@@ -66,7 +91,7 @@ def sqlite_bytes(path: Path, fill: Callable[[StateStore], None]) -> int:
     return int(pages * size - empty)
 
 
-def redis_bytes(url: str, fill: Callable[[StateStore], None]) -> int:
+def redis_bytes(url: str, fill: Callable[[StateStore], None], keep: bool = False) -> int:
     client = redis.Redis.from_url(url)
     client.flushall()
     before = int(client.info("memory")["used_memory"])
@@ -74,7 +99,8 @@ def redis_bytes(url: str, fill: Callable[[StateStore], None]) -> int:
     fill(store)
     store.close()
     after = int(client.info("memory")["used_memory"])
-    client.flushall()
+    if not keep:
+        client.flushall()
     return after - before
 
 
@@ -106,34 +132,48 @@ def main() -> None:
     p.add_argument("--message-ids", type=int, default=1_000_000)
     p.add_argument("--account-persons", type=float, default=10e6)
     p.add_argument("--events-per-week", type=float, default=100e6)
+    p.add_argument("--tombstones", type=int, default=200_000)
+    p.add_argument("--account-deletions", type=float, default=5e6, help="persons ever deleted")
     args = p.parse_args()
-    persons, ids = args.persons, args.message_ids
-    figures: dict[str, tuple[float, float]] = {}
+    persons, ids, tombs = args.persons, args.message_ids, args.tombstones
+    figures: dict[str, tuple[float, float, float]] = {}
+    filters: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         per_person = sqlite_bytes(Path(tmp) / "persons.db", lambda s: fill_persons(s, persons))
         per_id = sqlite_bytes(Path(tmp) / "ids.db", lambda s: fill_ids(s, ids))
-        figures["SQLite"] = (per_person / persons, per_id / ids)
+        per_tomb = sqlite_bytes(Path(tmp) / "tombs.db", lambda s: fill_tombstones(s, tombs))
+        figures["SQLite"] = (per_person / persons, per_id / ids, per_tomb / tombs)
+        memory, count = filter_bytes(f"sqlite:///{Path(tmp) / 'tombs.db'}")
+        filters["SQLite"] = memory / count
         print(f"SQLite filled in {time.perf_counter() - t0:.0f} s")
         proc, url = redis_server(tmp)
         try:
             t0 = time.perf_counter()
             per_person = redis_bytes(url, lambda s: fill_persons(s, persons))
             per_id = redis_bytes(url, lambda s: fill_ids(s, ids))
-            figures["Redis"] = (per_person / persons, per_id / ids)
-            print(f"Redis filled in {time.perf_counter() - t0:.0f} s")
+            per_tomb = redis_bytes(url, lambda s: fill_tombstones(s, tombs), keep=True)
+            figures["Redis"] = (per_person / persons, per_id / ids, per_tomb / tombs)
+            t1 = time.perf_counter()
+            memory, count = filter_bytes(url)
+            filters["Redis"] = memory / count
+            print(f"Redis filled in {t1 - t0:.0f} s; a replica loaded {count:,} tombstones"
+                  f" in {time.perf_counter() - t1:.1f} s")  # fmt: skip
         finally:
             proc.terminate()
             proc.wait(10)
     print(f"machine: {machine()}")
-    print(f"measured on {persons:,} persons and {ids:,} messageIds")
+    print(f"measured on {persons:,} persons, {ids:,} messageIds and {tombs:,} tombstones")
     window_ids = args.events_per_week  # the default dedup window is 7 days: one week of ids
-    for name, (person, message_id) in figures.items():
-        total = args.account_persons * person + window_ids * message_id
+    deleted = args.account_deletions * 2  # tombstones: two identifiers a deleted person
+    for name, (person, message_id, tomb) in figures.items():
+        total = args.account_persons * person + window_ids * message_id + deleted * tomb
         print(
-            f"{name:<7}: {person:7.0f} bytes per person, {message_id:5.0f} bytes per messageId; "
+            f"{name:<7}: {person:7.0f} bytes per person, {message_id:5.0f} bytes per messageId, "
+            f"{tomb:5.0f} bytes per tombstone ({filters[name]:.2f} in each replica's filter); "
             f"{args.account_persons / 1e6:g}M persons + {window_ids / 1e6:g}M ids in the window "
-            f"= {total / 2**30:.1f} GiB"
+            f"+ {deleted / 1e6:g}M tombstones = {total / 2**30:.1f} GiB"
+            f" (filter {deleted * filters[name] / 2**20:.0f} MiB a replica)"
         )
 
 
