@@ -16,6 +16,12 @@ ceiling, and the service's CPU share.
     python bench/latency.py                                  # 50 %, 95 %, 150 %: 3 min each
     python bench/latency.py --loads 0.5 --seconds 30         # quick check (≈ 1 min)
     python bench/latency.py --rate 300 --seconds 60          # a rate instead of a load
+    python bench/latency.py --loads 0.5 --deletes 0.5        # with erasures alongside
+
+With `--deletes R`, R erasures a second are published alongside (persons outside the events'
+pool: an identify, then its delete call five seconds later): printed, the time from each
+delete call's publishing to its deletion confirmed (`DELETION_SETTLE_SECONDS` after Klaviyo
+took it, default 60 s), and the events' latency beside it.
 """
 
 from __future__ import annotations
@@ -23,10 +29,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common import Broker, SandboxProcess, machine, parser
-from live import Acceptances, Calls, CpuSampler, ServiceProcess, SteadyPublisher, get_json
+from live import (
+    Acceptances,
+    Calls,
+    Confirmations,
+    CpuSampler,
+    DeletionPublisher,
+    ServiceProcess,
+    SteadyPublisher,
+    get_json,
+)
 from live import percentile as pct
 
 CEILING = 150 / 60 * 1000  # events/s: the bulk endpoint's steady limit × 1,000 events a request
@@ -48,6 +63,8 @@ class LoadFigures:
     cpu_share: float
     publisher_lag: float
     timeline: list[tuple[int, int, float, float]]  # (second, events, p50, p99) per 10 s
+    deletions: int = 0  # erasures published
+    confirmed: list[float] = field(default_factory=list)  # publish → confirmed, s, sorted
 
 
 def run_load(args: argparse.Namespace, rate: float) -> LoadFigures:
@@ -69,8 +86,15 @@ def run_load(args: argparse.Namespace, rate: float) -> LoadFigures:
                 seconds,
                 args.identify_share,
             )
+            deleter = (
+                DeletionPublisher(broker.bootstrap, topic, args.deletes, seconds)
+                if args.deletes else None
+            )  # fmt: skip
+            confirmations = Confirmations(f"sqlite:///{state}/state.db")
             with CpuSampler(service.pid) as cpu:
                 publisher.start()
+                if deleter is not None:
+                    deleter.start()
                 while publisher.running:
                     acceptances.poll()
                     time.sleep(1.0)
@@ -89,6 +113,14 @@ def run_load(args: argparse.Namespace, rate: float) -> LoadFigures:
                     elif time.monotonic() - last_change > 30:
                         break  # nothing more arrives
                     time.sleep(1.0)
+                if deleter is not None:  # every deletion confirmed (a settle time after it)
+                    deleter.join()
+                    settle = deadline + 180
+                    while time.monotonic() < settle:
+                        if confirmations.poll() >= len(deleter.published):
+                            break
+                        time.sleep(1.0)
+            confirmations.close()
             stats = get_json(f"{sandbox.url}/sandbox/stats")
     received = acceptances.received
     start = publisher.started
@@ -121,7 +153,14 @@ def run_load(args: argparse.Namespace, rate: float) -> LoadFigures:
     ours = [received[m] for m in published if m in received]
     begun, ended = min(ours, default=0.0), max(ours, default=0.0)
     answered = stats["requests"].get(BULK, {})
+    confirmed = sorted(
+        confirmations.confirmed[e] - at
+        for e, at in (deleter.published.items() if deleter is not None else ())
+        if e in confirmations.confirmed
+    )
     return LoadFigures(
+        deletions=len(deleter.published) if deleter is not None else 0,
+        confirmed=confirmed,
         rate=rate,
         published=len(published),
         identifies=publisher.identifies,
@@ -164,6 +203,13 @@ def report(f: LoadFigures, seconds: float, timeline: bool) -> None:
         f"{f.delivery_rate / CEILING:.3f} of the ceiling (first acceptance → last)"
     )
     print(f"service CPU            : {f.cpu_share * 100:.0f} % of one core (while publishing)")
+    if f.deletions:
+        c = f.confirmed
+        print(
+            f"deletions              : {f.deletions} published, {len(c)} confirmed; publish →"
+            f" confirmed p50 {pct(c, 0.5):.1f} s, p99 {pct(c, 0.99):.1f} s,"
+            f" max {c[-1] if c else float('nan'):.1f} s"
+        )
     if timeline:
         for second, count, p50, p99 in f.timeline:
             print(
@@ -179,6 +225,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=180.0, help="publishing time per load")
     p.add_argument("--identify-share", type=float, default=0.05, help="identifies among calls")
     p.add_argument("--timeline", action="store_true", help="p50 and p99 per 10 s of publishing")
+    p.add_argument("--deletes", type=float, default=0.0, help="erasures a second alongside")
     args = p.parse_args()
     rates = [args.rate] if args.rate else [float(x) * CEILING for x in args.loads.split(",")]
     print(f"machine: {machine()}")

@@ -109,15 +109,17 @@ class ServiceProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples on the service's /metrics."""
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples (with these labels) on the service's /metrics."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 (loopback)
             text = answer.read().decode()
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
             if line.startswith(name) and line[len(name)] in " {"
+            and all(w in line for w in wanted)
         )
 
     def __exit__(self, *exc: object) -> None:
@@ -343,3 +345,91 @@ def percentile(ordered: list[float], share: float) -> float:
         return float("nan")
     rank = max(0, min(len(ordered) - 1, int(round(share * len(ordered) + 0.5)) - 1))
     return ordered[rank]
+
+
+class DeletionPublisher:
+    """Publishes `rate` erasures a second on a thread, of persons outside the events' pool: an
+    identify of `gone-<n>` (so Klaviyo holds a profile), then `lead` seconds later its delete
+    call. `published[erasure id]` = when the delete call was produced (Unix s)."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, rate: float, seconds: float, lead: float = 5.0
+    ) -> None:
+        self._producer = producer(bootstrap)
+        self._topic = topic
+        self._rate = rate
+        self._seconds = seconds
+        self._lead = lead
+        self._encoder = Encoder()
+        self.published: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _send(self, call: dict[str, Any]) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic, self._encoder.encode(call), call["userId"].encode()
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.01)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        count = int(self._rate * self._seconds)
+        pending: list[tuple[float, str]] = []  # (when the delete is due, person)
+        made = 0
+        while made < count or pending:
+            now = time.monotonic() - t0
+            while made < count and made <= now * self._rate:
+                person = f"gone-{made}-{uuid.uuid4().hex[:6]}"
+                self._send({
+                    "type": "identify", "messageId": str(uuid.uuid4()), "userId": person,
+                    "timestamp": datetime.now().astimezone().isoformat(),
+                    "traits": {"email": f"{person}@example.com"},
+                })  # fmt: skip
+                pending.append((now + self._lead, person))
+                made += 1
+            while pending and pending[0][0] <= now:
+                _due, person = pending.pop(0)
+                erasure = str(uuid.uuid4())
+                self._send({
+                    "type": "delete", "messageId": erasure, "userId": person,
+                    "timestamp": datetime.now().astimezone().isoformat(),
+                })  # fmt: skip
+                self.published[erasure] = time.time()
+            self._producer.poll(0)
+            time.sleep(0.01)
+        if self._producer.flush(60):
+            raise RuntimeError("records left unpublished")
+
+
+class Confirmations:
+    """When each erasure was confirmed: it was applied (a tombstone names it) and its entry
+    is gone from the service's SQLite state (`confirmed[erasure id]` = first seen, Unix s)."""
+
+    def __init__(self, state_url: str) -> None:
+        from stream.state import open_store
+
+        self._store = open_store(state_url)
+        self._mark = 0
+        self._applied: set[str] = set()
+        self.confirmed: dict[str, float] = {}
+
+    def poll(self) -> int:
+        rows, self._mark = self._store.tombstones(self._mark)
+        self._applied.update(tomb.erasure for _, tomb in rows)
+        pending = self._store.open_erasures()
+        now = time.time()
+        for erasure in self._applied - pending - set(self.confirmed):
+            self.confirmed[erasure] = now
+        return len(self.confirmed)
+
+    def close(self) -> None:
+        self._store.close()
