@@ -448,12 +448,14 @@ class Service:
         the ledger. Work stamped before a deletion learnt of since is judged again first
         (`_admit`); from then until answered the batch is on the wire (`Fence`)."""
         assert self._deliverer is not None and self._ledger is not None
-        admitted = await self._admit(batch)
+        erasure = self._processor.erasure
+        mark = erasure.mark if erasure is not None else 0  # what `_admit` judges against
+        admitted = await self._admit(batch, mark)
         if admitted is None:
             return
         batch = admitted
         fence = self._fence
-        token = fence.sending() if fence is not None and batch.kind not in QUIET else None
+        token = fence.sending(mark) if fence is not None and batch.kind not in QUIET else None
         try:
             settlement = await self._deliverer.send(batch)
         except (FatalDeliveryError, ConfigError) as exc:
@@ -481,11 +483,11 @@ class Service:
         for failure in settlement.failed:
             self._ledger.fail(failure.items, failure.error, failure.stage)
 
-    async def _admit(self, batch: Batch) -> Batch | None:
+    async def _admit(self, batch: Batch, mark: int) -> Batch | None:
         """The late check (`Erasure.late`): items whose records were judged before a deletion
-        of what they name that this replica has read since. Records older than it finish
-        filtered; newer ones are processed again once that erasure is done. The rest goes on
-        (None: nothing is left to send)."""
+        of what they name, up to tombstone mark `mark`, that this replica has read since.
+        Records older than it finish filtered; newer ones are processed again once that erasure
+        is done. The rest goes on (None: nothing is left to send)."""
         gone = [item for item in batch.items if ended(item)]
         if gone:  # its partition moved on past the drain bound: its next owner sends it
             self._cancel(gone)
@@ -496,7 +498,6 @@ class Service:
         erasure = self._processor.erasure
         if erasure is None or batch.kind in QUIET or not batch.items:
             return batch
-        mark = erasure.mark
         if min(r.stamp for item in batch.items for r in item.records) >= mark:
             return batch  # the usual batch: nothing was deleted since its work began
         assert self._ledger is not None
@@ -504,7 +505,7 @@ class Service:
         for item in batch.items:
             if all(r.stamp >= mark for r in item.records):
                 continue
-            judge = partial(erasure.late, item.records, profile_identifiers(item.profile))
+            judge = partial(erasure.late, item.records, profile_identifiers(item.profile), mark)
             verdict = await until_available(judge, STATE, waiting=self.health.waiting)
             if verdict is None:
                 continue

@@ -31,7 +31,7 @@ from stream.identity.resolver import IdentityResolver, graph_identifiers
 from stream.identity.tombstones import Tombstones, older
 from stream.klaviyo.mapping import wants_backfill
 from stream.state import Identifier, Kind, StateStore
-from stream.state.base import Forgotten, Guard, Position, Tombstone, tombstone_hash
+from stream.state.base import Forgotten, Guard, Position, Tombstone
 from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Erasure:
 
     def check(self, call: Call, ids: Identifiers, record: Record) -> Verdict:
         """Judge a call (its time checked) against the deletions of what it names."""
-        rows = self.tombstones.rows(_hashes(call, ids))
+        rows = self.tombstones.of(_named(call, ids))
         if not rows:
             return Verdict()
         when, where = self.called_at(call), position_of(record)
@@ -143,15 +143,17 @@ class Erasure:
 
         return refuse
 
-    def late(self, records: Sequence[Record], identifiers: Sequence[Identifier]) -> Caught | None:
-        """Work about to leave whose records were stamped before a deletion of one of these
-        identifiers: which of them are older than it (drop) and which newer (process again
-        after it); None when nothing was deleted since they were stamped."""
+    def late(
+        self, records: Sequence[Record], identifiers: Sequence[Identifier], mark: int
+    ) -> Caught | None:
+        """Work about to leave whose records were stamped before a deletion (up to `mark`) of
+        one of these identifiers: which of them are older than it (drop) and which newer
+        (process again after it); None when nothing was deleted since they were stamped."""
         stamp = min(r.stamp for r in records)
-        if stamp >= self.mark or not identifiers:
+        if stamp >= mark or not identifiers:
             return None
-        rows = self.tombstones.rows([tombstone_hash(ident) for ident in identifiers])
-        newer_rows = [tomb for tomb in rows.values() if tomb.seq > stamp]
+        rows = self.tombstones.of(identifiers)
+        newer_rows = [tomb for tomb in rows.values() if stamp < tomb.seq <= mark]
         if not newer_rows:
             return None
         caught = Caught()
@@ -217,12 +219,12 @@ class Erasure:
         return self._store.purge_erasures(self._clock() - self._keep_failed)
 
 
-def _hashes(call: Call, ids: Identifiers) -> list[str]:
-    """Tombstone hashes of every identifier a call names (an alias's previous id too)."""
+def _named(call: Call, ids: Identifiers) -> list[Identifier]:
+    """Every identifier a call names (an alias's previous id too)."""
     names = graph_identifiers(ids)
     if call.previous_id:
         names.append(("anonymous_id", call.previous_id))
-    return [tombstone_hash(name) for name in names]
+    return names
 
 
 def profile_identifiers(profile: Mapping[str, object]) -> list[Identifier]:

@@ -57,10 +57,11 @@ class Fence:
         self.low: int | None = None  # the group's lowest published mark, as last read
         self.others = True  # another replica was alive at the last heartbeat (one may be)
 
-    def sending(self) -> int:
-        """A batch leaves now, under the current mark: a token for `answered`."""
+    def sending(self, mark: int) -> int:
+        """A batch leaves now, judged against every deletion up to `mark`: a token for
+        `answered`."""
         token = next(self._tokens)
-        self._wire[token] = self._erasure.mark
+        self._wire[token] = min(mark, self._erasure.mark)
         return token
 
     def answered(self, token: int) -> None:

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
-from stream.state import StateStore
-from stream.state.base import Position, Tombstone
+from stream.state import Identifier, StateStore
+from stream.state.base import Position, Tombstone, tombstone_hash
 
 BITS_PER_ITEM = 10  # about 1 % false positives with 7 probes
 PROBES = 7
+CLEAR_SIZE = 200_000  # identifiers known to have no tombstone (until the next one comes)
 FIRST_CAPACITY = 1 << 16
 CACHE_SIZE = 100_000  # rows kept (tombstones asked for lately, and the newest ones)
 PAGE = 10_000  # hashes or rows read per store round trip
@@ -32,7 +33,8 @@ PAGE = 10_000  # hashes or rows read per store round trip
 
 class BloomFilter:
     """A layered Bloom filter of SHA-256 hex digests: each layer holds up to its capacity, a
-    full one gets a successor twice its size. The digest's own bits are the probes."""
+    full one gets a successor twice its size. The digest's own bits are the probes (double
+    hashing of its first two 64-bit words)."""
 
     def __init__(self, capacity: int = FIRST_CAPACITY) -> None:
         self._layers: list[tuple[bytearray, int, int]] = []  # (bits, size in bits, capacity)
@@ -46,7 +48,11 @@ class BloomFilter:
 
     @staticmethod
     def _probes(digest: str, size: int) -> Iterable[int]:
-        return (int(digest[i * 8 : i * 8 + 8], 16) % size for i in range(PROBES))
+        first, step = int(digest[:16], 16), int(digest[16:32], 16) | 1
+        bit, stride = first % size, step % size
+        for _ in range(PROBES):
+            yield bit
+            bit = (bit + stride) % size
 
     def add(self, digest: str) -> None:
         bits, size, capacity = self._layers[-1]
@@ -58,8 +64,15 @@ class BloomFilter:
         self._count += 1
 
     def __contains__(self, digest: str) -> bool:
+        first, step = int(digest[:16], 16), int(digest[16:32], 16) | 1
         for bits, size, _capacity in self._layers:
-            if all(bits[bit >> 3] & (1 << (bit & 7)) for bit in self._probes(digest, size)):
+            bit = first % size
+            stride = step % size
+            for _ in range(PROBES):
+                if not bits[bit >> 3] & (1 << (bit & 7)):
+                    break
+                bit = (bit + stride) % size
+            else:
                 return True
         return False
 
@@ -93,6 +106,7 @@ class Tombstones:
         self._cache_size = cache_size
         self._filter = BloomFilter()
         self._rows: OrderedDict[str, Tombstone | None] = OrderedDict()  # None: none stored
+        self._clear: set[Identifier] = set()  # no tombstone, as of the last one learnt
         self.mark = 0  # the newest tombstone mark read
         self.count = 0  # tombstones entered into the filter
 
@@ -132,11 +146,31 @@ class Tombstones:
             self._filter.add(digest)
             self._remember(digest, tomb)
         self.count += len(rows)
+        if rows:
+            self._clear.clear()
+
+    def of(self, identifiers: Sequence[Identifier]) -> dict[str, Tombstone]:
+        """The tombstones of these identifiers (by hash): those known to have none since the
+        last tombstone was learnt cost a set lookup, the others a hash and `rows`."""
+        if not self.count:  # nobody was ever deleted: nothing to look at
+            return {}
+        clear = self._clear
+        unknown = [ident for ident in identifiers if ident not in clear]
+        if not unknown:
+            return {}
+        digests = {tombstone_hash(ident): ident for ident in unknown}
+        found = self.rows(list(digests))
+        if len(clear) > CLEAR_SIZE:
+            clear.clear()
+        clear.update(ident for digest, ident in digests.items() if digest not in found)
+        return found
 
     def rows(self, digests: Sequence[str]) -> dict[str, Tombstone]:
         """The tombstones of these hashes: the filter rules most out, the cache answers what
         it holds, one store round trip the rest (`StateError` when the store is down)."""
         out: dict[str, Tombstone] = {}
+        if not self.count:  # nobody was ever deleted: nothing to look at
+            return out
         missing: list[str] = []
         for digest in digests:
             if digest not in self._filter:

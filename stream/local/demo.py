@@ -68,6 +68,7 @@ class _Shopper:
     traits: dict[str, Any]
     email_subscribed: bool
     sms_subscribed: bool
+    keeps_sms: bool = False  # the story's SMS subscriber: never opts out of SMS
 
 
 def _shopper(rng: random.Random, index: int) -> _Shopper:
@@ -88,6 +89,7 @@ def _shopper(rng: random.Random, index: int) -> _Shopper:
         traits=traits,
         email_subscribed=index % 2 == 0,  # every other shopper takes the newsletter
         sms_subscribed=phone is not None and index % 4 == 0,
+        keeps_sms=index == 0,
     )
 
 
@@ -149,7 +151,7 @@ class _Calls:
         return self.make("track", who, event="Order Completed", properties=properties, **options)
 
     def opt_out(self, who: _Shopper) -> dict[str, Any]:
-        if who.sms_subscribed and self.rng.random() < 0.5:
+        if who.sms_subscribed and not who.keeps_sms and self.rng.random() < 0.5:
             who.sms_subscribed = False
             return self.make("track", who, event="SMS Opt Out", **_klaviyo(unsubscribe=["sms"]))
         who.email_subscribed = False

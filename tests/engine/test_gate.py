@@ -136,7 +136,7 @@ async def test_case3_a_deletion_waits_until_every_live_replica_published_its_mar
                                     "traits": {"email": "a@x.io"}})  # fmt: skip
         forgotten = erasure.forget(call, [("email", "a@x.io")], record())
         store.publish_mark("there", forgotten.seq - 1, ttl=60.0)  # it began work before
-        on_the_wire = fence.sending()  # and so did we: a batch taken under the mark before
+        on_the_wire = fence.sending(forgotten.seq - 1)  # and so did we, before it
         fence.heartbeat()
         deletion = deletion_of("d", forgotten.seq)
         gate.put(deletion)

@@ -114,3 +114,22 @@ def test_case11_a_future_stamped_delete_counts_from_the_moment_it_was_read(
         store.close()
 
 
+
+
+def test_an_identifier_known_clear_is_looked_at_again_once_a_tombstone_comes(
+    tmp_path: Path,
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        store.forget([("email", "first@x.io")], 1.0, "d-0")  # the filter is not empty
+        view = Tombstones(store)
+        view.load()
+        ann = ("email", "ann@x.io")
+        assert view.of([ann]) == {}  # clear, and remembered as clear
+        store.forget([ann], 5.0, "d-ann")  # another replica deletes her
+        assert view.of([ann]) == {}  # not read yet: at most a heartbeat late
+        view.refresh()
+        [tomb] = view.of([ann]).values()
+        assert tomb.erasure == "d-ann"
+    finally:
+        store.close()
