@@ -47,18 +47,18 @@ PROGRESS_EVERY = 5000  # lines between two progress-bar updates
 def to_avro_record(call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A Segment JSON call → (call type, Avro record with JSON-typed fields as text).
 
-    A `null` JSON field (some libraries write one) is written as an empty object."""
+    A missing or `null` JSON field (some libraries write one) is written as `{}`, not as the
+    schema's default (`{ }`, which the reader takes on a slower path)."""
     call_type = call.get("type")
     if call_type not in CALL_TYPES:
         raise RecordError(f"unknown call type {call_type!r} (expected one of {CALL_TYPES})")
     record = dict(call)
     for key in JSON_FIELDS:
-        if key in record:
-            value = record[key]
-            if value is None:
-                record[key] = "{}"
-            elif not isinstance(value, str):
-                record[key] = orjson.dumps(value).decode()
+        value = record.get(key)
+        if value is None:
+            record[key] = "{}"  # a field this call type does not have is not written
+        elif not isinstance(value, str):
+            record[key] = orjson.dumps(value).decode()
     return call_type, record
 
 
