@@ -8,6 +8,7 @@
     │   ├── ConsentConfigError       the consent rules file
     │   └── RevisionRefused          Klaviyo refused the pinned revision header (fatal at run time)
     ├── BrokerError                  the local Kafka launcher could not start or stop a broker
+    ├── LocalRegistryError           the local Schema Registry could not be fetched or started
     ├── ReplayError                  `dlq replay` could not read or republish
     ├── PublishError                 `produce`: the broker did not acknowledge every record
     ├── StatusError                  `status`: the broker could not be asked
@@ -77,6 +78,10 @@ class RevisionRefused(ConfigError):
 
 class BrokerError(StreamError):
     """The local Kafka broker could not be resolved, formatted, started or stopped."""
+
+
+class LocalRegistryError(StreamError):
+    """The local Schema Registry (Apicurio) could not be fetched, checked, started or stopped."""
 
 
 class ReplayError(StreamError):

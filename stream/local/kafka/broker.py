@@ -12,29 +12,24 @@ from __future__ import annotations
 
 import atexit
 import base64
-import fcntl
 import hashlib
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from stream.core.errors import BrokerError
+from stream.local.jvm import HOST, cache_root, file_lock, free_port, java, port_open, tail
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG_CONFIG = HERE / "log4j2.yaml"
-HOST = "127.0.0.1"
 _MARKER = ".resolved"
 _LOG_NAME = "broker.log"
 
@@ -50,21 +45,7 @@ def kafka_version() -> str:
 
 def cache_dir() -> Path:
     """Jar cache: `$KLAVIYO_STREAM_CACHE` or `~/.cache/klaviyo-stream`, then `kafka-<version>`."""
-    root = os.environ.get("KLAVIYO_STREAM_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "klaviyo-stream"
-    return base / f"kafka-{kafka_version()}"
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive fcntl lock on `path`, so concurrent resolvers take turns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return cache_root() / f"kafka-{kafka_version()}"
 
 
 def ensure_jars() -> Path:
@@ -79,7 +60,7 @@ def ensure_jars() -> Path:
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
     if marker.is_file() and marker.read_text().strip() == digest:
         return jars
-    with _file_lock(cache / ".lock"):
+    with file_lock(cache / ".lock"):
         if marker.is_file() and marker.read_text().strip() == digest:
             return jars  # another process resolved while we waited
         mvn = shutil.which("mvn")
@@ -98,28 +79,17 @@ def ensure_jars() -> Path:
         except subprocess.TimeoutExpired as exc:
             raise BrokerError("resolving Kafka jars with Maven timed out after 900 s") from exc
         if done.returncode != 0 or not any(jars.glob("kafka_2.13-*.jar")):
-            tail = _tail(done.stdout + done.stderr)
-            raise BrokerError(f"resolving Kafka jars failed (mvn exit {done.returncode}):\n{tail}")
+            last = tail(done.stdout + done.stderr)
+            raise BrokerError(f"resolving Kafka jars failed (mvn exit {done.returncode}):\n{last}")
         marker.write_text(digest + "\n")
     return jars
 
 
 def _java() -> str:
-    """Path of the `java` launcher: `$JAVA_HOME/bin/java` or the one on PATH."""
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").is_file():
-        return str(Path(home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
+    found = java()
+    if found is None:
         raise BrokerError("Java (`java`, 17 or newer) is not on PATH: Kafka 4.x needs it")
-    return java
-
-
-def _free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return found
 
 
 def _random_cluster_id() -> str:
@@ -131,10 +101,6 @@ def _random_cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not text.startswith("-"):
             return text
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 class LocalKafka:
@@ -228,11 +194,11 @@ class LocalKafka:
             return ""
         log = self._work_dir / _LOG_NAME
         text = log.read_text(errors="replace") if log.is_file() else ""
-        tail = _tail(text, lines)
+        last = tail(text, lines)
         errors = [line for line in text.splitlines() if " ERROR " in line]
-        if errors and errors[-1] not in tail:
-            return f"{errors[-1]}\n...\n{tail}"
-        return tail
+        if errors and errors[-1] not in last:
+            return f"{errors[-1]}\n...\n{last}"
+        return last
 
     def __enter__(self) -> LocalKafka:
         try:
@@ -262,9 +228,9 @@ class LocalKafka:
             old_port, old_cport = _recorded_ports(self._work_dir / "server.properties")
             self._port = self._port or old_port
             self._controller_port = self._controller_port or old_cport
-        self._port = self._port or _free_port()
+        self._port = self._port or free_port()
         while not self._controller_port or self._controller_port == self._port:
-            self._controller_port = _free_port()
+            self._controller_port = free_port()
         props = self._write_properties()
         classpath = f"{jars}/*"
         if not formatted:
@@ -315,8 +281,8 @@ class LocalKafka:
         cmd[1:3] = ["-Xmx256M", "-Xms64M"]  # the formatter needs no 1 GiB heap
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
-            tail = _tail(done.stdout + done.stderr)
-            raise BrokerError(f"formatting Kafka storage failed (exit {done.returncode}):\n{tail}")
+            last = tail(done.stdout + done.stderr)
+            raise BrokerError(f"formatting Kafka storage failed (exit {done.returncode}):\n{last}")
 
     def _launch(self, java: str, classpath: str, props: Path) -> None:
         assert self._work_dir is not None
@@ -355,7 +321,7 @@ class LocalKafka:
                 )
             if admin is None:
                 # Connect only once the port accepts, so librdkafka does not log refusals.
-                if _port_open(self._port):
+                if port_open(self._port):
                     admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
                 else:
                     time.sleep(0.1)
@@ -408,15 +374,6 @@ def _recorded_ports(props: Path) -> tuple[int, int]:
                 if name in found and ":" in address:
                     found[name] = int(address.rsplit(":", 1)[1])
     return found["PLAINTEXT"], found["CONTROLLER"]
-
-
-def _port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:port."""
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def run_foreground(port: int = 9092, work_dir: Path | None = None) -> None:
