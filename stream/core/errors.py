@@ -21,6 +21,7 @@
     │   ├── StateError               the state store (SQLite locked, Redis down)
     │   ├── RegistryUnavailable      the Schema Registry (transport error, 5xx)
     │   └── DeadLetterUnavailable    the dead-letter topic did not acknowledge a write
+    ├── Interrupted                  a stop (SIGTERM, SIGINT) cut a dependency wait short
     ├── FatalDeliveryError           delivery cannot go on for any record (the API key was refused)
     └── KlaviyoError                 Klaviyo answered with an error, or not at all
         ├── KlaviyoUnavailable       timeout or connection error                retriable
@@ -164,6 +165,11 @@ class RegistryUnavailable(Unavailable):
 
 class DeadLetterUnavailable(Unavailable):
     """The dead-letter topic did not acknowledge a write (broker down past the timeout)."""
+
+
+class Interrupted(StreamError):
+    """A stop (SIGTERM, SIGINT) came while waiting for a dependency: the work that waited is
+    left unfinished (its offsets never stored), and the next run reads it again."""
 
 
 class FatalDeliveryError(StreamError):
