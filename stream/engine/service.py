@@ -4,7 +4,8 @@ The loop fetches, decodes, routes, deduplicates and processes each record, and h
 to the send stage; the completion ledger (`stream.completion.ledger`) decides what finishing a
 record means. No exception from one record leaves the per-record stage: bad input and anything
 unexpected become a dead letter with the reason, and the loop goes on. A dependency that fails
-(state store, Schema Registry) makes the loop wait and try again; it neither stops nor loses.
+(state store, Schema Registry) makes the loop wait and try again; it neither stops nor loses,
+and a stop signal ends the wait (the records it held are read again by the next run).
 
 On SIGTERM/SIGINT: stop fetching, send what is batched, wait for in-flight requests (bounded by
 `shutdown_timeout`), commit, leave the group, exit 0. A refused API key or revision stops the
@@ -31,6 +32,7 @@ from stream.core.errors import (
     ConfigError,
     FatalDeliveryError,
     InternalError,
+    Interrupted,
     RecordError,
     StateError,
     StreamError,
@@ -213,7 +215,10 @@ class Service:
             if room > 0 and not consumer.paused and not self._stopping.is_set():
                 fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
             self._count(records)
-            await self._handle(records)
+            try:
+                await self._handle(records)
+            except Interrupted:
+                break  # stopped during a dependency wait: what it held is read again next run
             if self._gate is not None:
                 self._gate.poll()  # deletions whose earlier records finished meanwhile
             self._flush_dedup(due_only=True)
@@ -240,8 +245,10 @@ class Service:
         ledger, sender, gate = self._ledger, self._sender, self._actions_gate()
         assert ledger is not None and sender is not None
         decoder, processor = self._decoder, self._processor
-        waiting = self.health.waiting
-        await until_available(lambda: decoder.prepare(records), "schema registry", waiting=waiting)
+        waiting, stop = self.health.waiting, self._stopping
+        await until_available(
+            lambda: decoder.prepare(records), "schema registry", waiting=waiting, stop=stop
+        )
         routed: list[tuple[Call, Record]] = []
         types: Counter[str] = Counter()
         # With event definitions most records may be for others: route on a peek at the few
@@ -287,7 +294,7 @@ class Service:
         if filtered:
             ledger.settle(filtered, Outcome.FILTERED)
         fresh = await until_available(
-            lambda: self._dedup.fresh([r for _, r in routed]), STATE, waiting=waiting
+            lambda: self._dedup.fresh([r for _, r in routed]), STATE, waiting=waiting, stop=stop
         )
         for n, ((call, record), new) in enumerate(zip(routed, fresh, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
@@ -362,7 +369,9 @@ class Service:
                 raise first.pop()
             return self._barrier(call, record)
 
-        return await until_available(attempt, STATE, waiting=self.health.waiting)
+        return await until_available(
+            attempt, STATE, waiting=self.health.waiting, stop=self._stopping
+        )
 
     def _barrier(self, call: Call, record: Record) -> Result | None:
         assert self._ledger is not None
