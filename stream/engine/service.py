@@ -7,9 +7,10 @@ unexpected become a dead letter with the reason, and the loop goes on. A depende
 (state store, Schema Registry) makes the loop wait and try again; it neither stops nor loses,
 and a stop signal ends the wait (the records it held are read again by the next run).
 
-On SIGTERM/SIGINT: stop fetching, send what is batched, wait for in-flight requests (bounded by
-`shutdown_timeout`), commit, leave the group, exit 0. A refused API key or revision stops the
-service without committing past the records it could not send.
+On SIGTERM/SIGINT: stop fetching, send what is batched, wait for in-flight requests and
+dead-letter writes, commit, leave the group, exit 0: all of it within `shutdown_timeout`. A
+refused API key or revision stops the service without committing past the records it could
+not send.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ YIELD_EVERY = 100  # records processed between two turns of the event loop (gove
 SWEEP_SECONDS = 5.0
 STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
 SHARE_EVERY = 6  # KLAVIYO_RATE_SHARE=auto asks the group's size every 30 s
+SHUTDOWN_RESERVE_SECONDS = 5.0  # of the shutdown timeout, kept for the commit and the close
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 STATE = "state store"
 MAX_ROUTES = 10_000  # peeked (type, name, integrations) → routing answer, remembered
@@ -579,20 +581,28 @@ class Service:
     # shutdown ---------------------------------------------------------------------------------
 
     async def _shutdown(self, consumer: KafkaConsumer, ledger: Ledger, sender: Sender) -> None:
+        """Within `shutdown_timeout` in all: finish what is out (Klaviyo's answers, dead-letter
+        writes), keeping a few seconds of it for the commit and leaving the group."""
         self.health.stopping = True
+        deadline = time.monotonic() + self._shutdown_timeout
+        reserve = min(SHUTDOWN_RESERVE_SECONDS, self._shutdown_timeout / 2)
+
+        def left(keep: float = 0.0) -> float:
+            return max(0.0, deadline - keep - time.monotonic())
+
         if self._fatal is None:
-            await sender.close(timeout=self._shutdown_timeout)
-            await ledger.close(timeout=self._shutdown_timeout)
+            await sender.close(timeout=left(reserve))
+            await ledger.close(timeout=left(reserve))
         else:  # nothing more can be sent: what is out stays unfinished, read again later
             await sender.close(timeout=0)
-            await ledger.close(timeout=5)
+            await ledger.close(timeout=min(5, left(reserve)))
         self._flush_dedup(due_only=False)
         self._settle_held()
         consumer.closing = True
         await consumer.commit()
         await consumer.close()
         if self._dead_letters is not None:
-            self._dead_letters.close()
+            self._dead_letters.close(timeout=left())
 
 
 class _Finished:
