@@ -35,6 +35,7 @@ from tests.support.harness import (
 )
 from tests.support.redis import StoppableRedis
 from tests.support.registry import Registry
+from tests.support.sandbox import faults, waiting_requests
 
 ENCODER = Encoder()
 OUTAGE_SECONDS = 20  # the registry's outage in case 7
@@ -93,20 +94,6 @@ def produce(bootstrap: str, topic: str, calls: list[dict], partition: int = 0) -
     for call in calls:
         producer.produce(topic, ENCODER.encode(call), partition=partition)
     assert producer.flush(30) == 0
-
-
-async def faults(url: str, **body: Any) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{url}/sandbox/faults", json=body) as resp,
-    ):
-        resp.raise_for_status()
-        answer: dict[str, Any] = await resp.json()
-        return answer
-
-
-async def waiting_requests(url: str) -> int:
-    return int((await sandbox_get(url, "/sandbox/faults"))["waiting"])
 
 
 async def events_by_id(url: str) -> dict[str, list[dict[str, Any]]]:
