@@ -460,15 +460,11 @@ def _publish_sample(settings: Settings, count: int) -> int:
 
 
 def _encoder(settings: Settings, topic: str) -> Any:
-    from stream.core.settings import schema_registry_config
+    from stream.intake.registry import auth_setting, registry_client
     from stream.ops.produce import Encoder
 
-    config = schema_registry_config(settings)
-    if config is None:
-        return Encoder(topic=topic)
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    return Encoder(registry=SchemaRegistryClient.new_client(config), topic=topic)
+    client = registry_client(settings)
+    return Encoder(registry=client, topic=topic, setting=auth_setting(settings))
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
