@@ -17,26 +17,28 @@ NONE: `start()` sets BACKWARD, as a Confluent registry has it.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import hashlib
 import json
 import re
 import shutil
-import signal
-import subprocess
 import tarfile
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from stream.core.errors import LocalRegistryError
-from stream.local.jvm import HOST, cache_root, file_lock, java, tail
+from stream.local.jvm import (
+    HOST,
+    Announce,
+    JvmProcess,
+    cache_root,
+    file_lock,
+    java,
+    run_until_signal,
+)
 
 VERSION = "3.0.9"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
@@ -46,8 +48,6 @@ ROLES = ("sr-admin", "sr-developer", "sr-readonly")  # admin: config; developer:
 _MARKER = ".resolved"
 _LOG_NAME = "registry.log"
 _LISTENING = re.compile(r"Listening on: http://[\d.]+:(\d+)(?: and https://[\d.]+:(\d+))?")
-
-Announce = Callable[[str], None]
 
 
 def bundle_url() -> str:
@@ -134,7 +134,7 @@ def _java() -> str:
     return found
 
 
-class LocalRegistry:
+class LocalRegistry(JvmProcess):
     """One Apicurio Registry on 127.0.0.1, speaking Confluent's API at `url`.
 
     `port=0` picks a free port. `users` (name → (password, role or None)) turns on basic auth
@@ -143,6 +143,11 @@ class LocalRegistry:
     `persistent` keeps the storage in `work_dir` (H2 on disk), so that `restart()` (same
     ports) finds every schema again under its id. `compatibility` is set globally at start.
     """
+
+    error = LocalRegistryError
+    log_name = _LOG_NAME
+    temp_prefix = "localregistry-"
+    what = "the registry"
 
     def __init__(
         self,
@@ -155,8 +160,7 @@ class LocalRegistry:
         compatibility: str | None = "BACKWARD",
         jar: Path | None = None,
     ) -> None:
-        self._given_work_dir = work_dir
-        self._work_dir = work_dir
+        super().__init__(work_dir)
         self._port = port
         self._tls_port = 0
         self._users = dict(users or {})
@@ -164,8 +168,6 @@ class LocalRegistry:
         self._persistent = persistent
         self._compatibility = compatibility
         self._jar = jar
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -183,15 +185,6 @@ class LocalRegistry:
             raise LocalRegistryError("the registry serves no HTTPS (no `tls`), or is not started")
         return f"https://{HOST}:{self._tls_port}{API}"
 
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running registry JVM, if any."""
-        return self._proc.pid if self.is_running() and self._proc is not None else None
-
-    def is_running(self) -> bool:
-        """Whether the registry process is alive (it may still be starting)."""
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float = 120) -> str:
         """Fetch the bundle if needed, launch the JVM, wait until it listens, set the global
         compatibility. Returns `url`; raises LocalRegistryError (the process stopped) if it
@@ -201,10 +194,7 @@ class LocalRegistry:
                 return self.url
             jar = self._jar or ensure_bundle()
             launcher = _java()
-            fresh_temp = self._work_dir is None
-            if self._work_dir is None:
-                self._work_dir = Path(tempfile.mkdtemp(prefix="localregistry-"))
-            self._work_dir.mkdir(parents=True, exist_ok=True)
+            fresh_temp = self._make_work_dir()
         try:
             offset = self._launch(launcher, jar)
             self._wait_listening(offset, timeout)
@@ -216,13 +206,6 @@ class LocalRegistry:
                 self.stop()
             raise
         return self.url
-
-    def stop(self, timeout: float = 30) -> None:
-        """Stop the registry (SIGTERM, wait `timeout`, then SIGKILL); remove a temp work dir."""
-        self._stop_process(timeout)
-        if self._given_work_dir is None and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
-            self._work_dir = None
 
     def restart(self, timeout: float = 120) -> str:
         """Stop and start again on the same ports (and, when `persistent`, the same data)."""
@@ -252,29 +235,6 @@ class LocalRegistry:
         except (urllib.error.URLError, OSError) as exc:
             raise LocalRegistryError(f"{method} {path}: {exc}") from None
         return json.loads(text) if text else None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the registry's log (the JVM's stdout and stderr)."""
-        if self._work_dir is None:
-            return ""
-        log = self._work_dir / _LOG_NAME
-        return tail(log.read_text(errors="replace"), lines) if log.is_file() else ""
-
-    def __enter__(self) -> LocalRegistry:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -323,24 +283,13 @@ class LocalRegistry:
         config.parent.mkdir(exist_ok=True)
         config.touch(mode=0o600)
         config.write_text("".join(f"{k}={_escape(v)}\n" for k, v in self._properties().items()))
-        cmd = [
-            launcher, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            "-Djava.awt.headless=true", "-jar", str(jar),
-        ]  # fmt: skip
-        log_path = self._work_dir / _LOG_NAME
-        offset = log_path.stat().st_size if log_path.is_file() else 0
-        with self._lock, log_path.open("ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches us, and we stop the registry.
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=self._work_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+        with self._lock:
+            return self._spawn(
+                [
+                    launcher, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                    "-Djava.awt.headless=true", "-jar", str(jar),
+                ]  # fmt: skip
             )
-            atexit.register(self._kill_at_exit)
-        return offset
 
     def _wait_listening(self, offset: int, timeout: float) -> None:
         """Wait for Quarkus' `Listening on: http://…:PORT [and https://…:PORT]` line."""
@@ -355,44 +304,8 @@ class LocalRegistry:
                 self._port = int(found.group(1))
                 self._tls_port = int(found.group(2) or 0)
                 return
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise LocalRegistryError(
-                    f"the registry exited during start-up (exit {code}); log tail:\n"
-                    + self.log_tail()
-                )
-            if time.monotonic() > deadline:
-                raise LocalRegistryError(
-                    f"the registry did not listen within {timeout:.0f} s; log tail:\n"
-                    + self.log_tail()
-                )
+            self._check_alive(deadline, timeout)
             time.sleep(0.05)
-
-    def _stop_process(self, timeout: float) -> None:
-        with self._lock:
-            proc, self._proc = self._proc, None
-            atexit.unregister(self._kill_at_exit)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        else:
-            proc.wait()
-
-    def _kill_at_exit(self) -> None:
-        """Last resort if the interpreter exits with the registry up: do not orphan a JVM."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if self._given_work_dir is None and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
 
 
 def _escape(value: str) -> str:
@@ -402,24 +315,13 @@ def _escape(value: str) -> str:
 
 def run_foreground(port: int = 8081, announce: Announce = print) -> None:
     """Run a registry until SIGINT/SIGTERM: what `klaviyo-stream registry` does."""
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     registry = LocalRegistry(port=port)
-    try:
-        ensure_bundle(announce)
-        registry.start()
-        announce(f"Schema Registry (Apicurio Registry {VERSION}) ready at {registry.url}")
-        announce("compatibility BACKWARD; storage in memory, gone when it stops")
-        while not stop.wait(1.0):
-            if not registry.is_running():
-                raise LocalRegistryError(
-                    "the registry exited unexpectedly; log tail:\n" + registry.log_tail()
-                )
-    finally:
-        registry.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    ensure_bundle(announce)
+
+    def ready() -> str:
+        return (
+            f"Schema Registry (Apicurio Registry {VERSION}) ready at {registry.url}\n"
+            "compatibility BACKWARD; storage in memory, gone when it stops"
+        )
+
+    run_until_signal(registry, ready, announce)

@@ -10,22 +10,27 @@ the work tree; the broker runs as a plain `java` child process whose files all l
 
 from __future__ import annotations
 
-import atexit
 import base64
 import hashlib
 import shutil
-import signal
 import subprocess
-import tempfile
-import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from types import TracebackType
 
 from stream.core.errors import BrokerError
-from stream.local.jvm import HOST, cache_root, file_lock, free_port, java, port_open, tail
+from stream.local.jvm import (
+    HOST,
+    JvmProcess,
+    cache_root,
+    file_lock,
+    free_port,
+    java,
+    port_open,
+    run_until_signal,
+    tail,
+)
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -103,7 +108,7 @@ def _random_cluster_id() -> str:
             return text
 
 
-class LocalKafka:
+class LocalKafka(JvmProcess):
     """One local Kafka 4.x node (broker + KRaft controller) listening on 127.0.0.1.
 
     `port=0` picks free ports (client and controller). Data, config and the broker's log live in
@@ -111,16 +116,18 @@ class LocalKafka:
     keeps ports and data, so tests can bounce the broker mid-run.
     """
 
+    error = BrokerError
+    log_name = _LOG_NAME
+    temp_prefix = "localkafka-"
+    what = "Kafka broker"
+
     def __init__(
         self, work_dir: Path | None = None, port: int = 0, jars_dir: Path | None = None
     ) -> None:
-        self._given_work_dir = work_dir
-        self._work_dir: Path | None = work_dir
+        super().__init__(work_dir)
         self._port = port
         self._controller_port = 0
         self._jars_dir = jars_dir
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -130,20 +137,6 @@ class LocalKafka:
         if not self._port:
             raise BrokerError("the broker has not been started, so it has no port yet")
         return f"{HOST}:{self._port}"
-
-    @property
-    def work_dir(self) -> Path | None:
-        """Directory holding server.properties, the data (`data/`) and `broker.log`."""
-        return self._work_dir
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running broker JVM, if any."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    def is_running(self) -> bool:
-        """Whether the broker process is alive (it may still be starting)."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 120) -> str:
         """Format storage if needed, launch the JVM and wait until the broker answers metadata.
@@ -156,9 +149,7 @@ class LocalKafka:
                 return self.bootstrap_servers
             java = _java()
             jars = self._jars_dir or ensure_jars()
-            fresh_temp = self._work_dir is None
-            if self._work_dir is None:
-                self._work_dir = Path(tempfile.mkdtemp(prefix="localkafka-"))
+            fresh_temp = self._make_work_dir()
         try:
             with self._lock:
                 self._launch_broker(java, jars)
@@ -171,50 +162,12 @@ class LocalKafka:
             raise
         return self.bootstrap_servers
 
-    def stop(self, timeout: float = 30) -> None:
-        """Stop the broker (SIGTERM, wait `timeout`, then SIGKILL); remove a temp work dir."""
-        self._stop_process(timeout)
-        if self._given_work_dir is None and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
-            self._work_dir = None
-
     def restart(self, timeout: float = 120) -> str:
         """Stop and start again on the same ports and data directory."""
         if self._work_dir is None:
             raise BrokerError("restart() needs a broker that was started")
         self._stop_process(timeout=30)
         return self.start(timeout)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the broker's log (stdout and stderr of the JVM).
-
-        The last ERROR line comes first when it is further up, since a stack trace can bury it.
-        """
-        if self._work_dir is None:
-            return ""
-        log = self._work_dir / _LOG_NAME
-        text = log.read_text(errors="replace") if log.is_file() else ""
-        last = tail(text, lines)
-        errors = [line for line in text.splitlines() if " ERROR " in line]
-        if errors and errors[-1] not in last:
-            return f"{errors[-1]}\n...\n{last}"
-        return last
-
-    def __enter__(self) -> LocalKafka:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()  # __exit__ will not run: do not leave a temp dir behind
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -235,8 +188,7 @@ class LocalKafka:
         classpath = f"{jars}/*"
         if not formatted:
             self._format(java, classpath, props)
-        self._launch(java, classpath, props)
-        atexit.register(self._kill_at_exit)
+        self._spawn(self._java_cmd(java, classpath) + ["kafka.Kafka", str(props)])
 
     def _write_properties(self) -> Path:
         assert self._work_dir is not None
@@ -284,20 +236,6 @@ class LocalKafka:
             last = tail(done.stdout + done.stderr)
             raise BrokerError(f"formatting Kafka storage failed (exit {done.returncode}):\n{last}")
 
-    def _launch(self, java: str, classpath: str, props: Path) -> None:
-        assert self._work_dir is not None
-        cmd = self._java_cmd(java, classpath) + ["kafka.Kafka", str(props)]
-        with (self._work_dir / _LOG_NAME).open("ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches us, and we stop the broker in order.
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=self._work_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
     def _wait_ready(self, timeout: float) -> None:
         """Poll until the broker listens and answers a metadata request naming itself."""
         from confluent_kafka import KafkaException
@@ -306,19 +244,8 @@ class LocalKafka:
         deadline = time.monotonic() + timeout
         admin: AdminClient | None = None
         while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise BrokerError(
-                    f"Kafka broker exited during start-up (exit {code}); log tail:\n"
-                    + self.log_tail()
-                )
+            self._check_alive(deadline, timeout)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerError(
-                    f"Kafka broker did not answer within {timeout:.0f} s; log tail:\n"
-                    + self.log_tail()
-                )
             if admin is None:
                 # Connect only once the port accepts, so librdkafka does not log refusals.
                 if port_open(self._port):
@@ -333,34 +260,6 @@ class LocalKafka:
             if meta.brokers:
                 return
             time.sleep(0.1)
-
-    def _stop_process(self, timeout: float) -> None:
-        with self._lock:
-            proc, self._proc = self._proc, None
-            atexit.unregister(self._kill_at_exit)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired as exc:
-                    raise BrokerError(f"Kafka broker pid {proc.pid} survived SIGKILL") from exc
-        else:
-            proc.wait()
-
-    def _kill_at_exit(self) -> None:
-        """Last resort if the interpreter exits with the broker still up: do not orphan a JVM."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if self._given_work_dir is None and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
 
 
 def _recorded_ports(props: Path) -> tuple[int, int]:
@@ -381,22 +280,9 @@ def run_foreground(port: int = 9092, work_dir: Path | None = None) -> None:
 
     Prints `Kafka ready at 127.0.0.1:PORT` once clients can connect, then stops cleanly.
     """
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     kafka = LocalKafka(work_dir=work_dir, port=port)
-    try:
-        kafka.start()
-        print(f"Kafka ready at {kafka.bootstrap_servers}", flush=True)
-        while not stop.wait(1.0):
-            if not kafka.is_running():
-                raise BrokerError(
-                    "Kafka broker exited unexpectedly; log tail:\n" + kafka.log_tail()
-                )
-    finally:
-        kafka.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    def ready() -> str:
+        return f"Kafka ready at {kafka.bootstrap_servers}"
+
+    run_until_signal(kafka, ready, lambda line: print(line, flush=True))
