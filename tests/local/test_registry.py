@@ -25,11 +25,11 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 import stream.local.registry as local_registry
 from stream.core.errors import LocalRegistryError
 from stream.intake.avro import schemas_dir
+from stream.local.demo import demo_calls
 from stream.local.jvm import port_open
-from stream.local.sample import sample_calls
 from tests.support import free_port, poll_until
 from tests.support.cli import clean_env
-from tests.support.harness import expected_of
+from tests.support.harness import stopped_records
 from tests.support.registry import CLIENT_TIMEOUT, Registry
 
 JAR = f"apicurio-registry-app-{local_registry.VERSION}-runner.jar"
@@ -223,30 +223,30 @@ def test_klaviyo_stream_registry_serves_confluents_api_until_sigterm(tmp_path: P
 
 def test_run_local_registry_publishes_through_the_registry_and_delivers(tmp_path: Path) -> None:
     """The demo as a newcomer runs it: a broker, the sandbox and a registry of its own; the
-    sample calls are registered and published in Confluent's wire format, then delivered."""
+    demo's calls are registered and published in Confluent's wire format, then delivered."""
     log = tmp_path / "demo.log"
-    calls = list(sample_calls(200))
-    events, profiles = expected_of(calls)
-    proc = _started(["run", "--local", "--registry", "--sample", "200"], log, metrics_port="0")
+    demo = demo_calls(120)
+    proc = _started(["run", "--local", "--registry", "--sample", "120"], log, metrics_port="0")
     try:
-        poll_until(lambda: _said(log, r"sandbox: \d+ profiles, \d+ events") is not None
-                   or proc.poll() is not None, timeout=180, what="the sandbox's first report")
+        poll_until(lambda: _said(log, r"published \d+ more") is not None
+                   or proc.poll() is not None, timeout=180, what="the demo's second part")
         registry = _said(log, r"local Schema Registry \(Apicurio [\d.]+\) at (\S+)")
         sandbox = _said(log, r"Klaviyo sandbox at (\S+)")
         assert registry is not None and sandbox is not None, log.read_text()
 
-        def delivered() -> bool:
+        def deleted() -> bool:  # the demo's last call: its deletion reached Klaviyo
             with urllib.request.urlopen(sandbox.group(1) + "/sandbox/stats", timeout=5) as resp:
-                stats = json.loads(resp.read())
-            return stats["events"] >= len(events) and stats["profiles"] >= len(profiles)
+                return bool(json.loads(resp.read())["deleted_profiles"] == 1)
 
-        poll_until(delivered, timeout=120, what="every sample call delivered")
+        poll_until(deleted, timeout=120, what="the demo's deletion")
         with urllib.request.urlopen(registry.group(1) + "/subjects", timeout=5) as resp:
             subjects = json.loads(resp.read())
         assert "analytics-io.klaviyostream.calls.Track" in subjects, subjects
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
-        assert "stopped: 200 records consumed, 0 dead-lettered" in log.read_text()
+        [stopped] = stopped_records(log.read_text())
+        assert stopped["consumed"] == len(demo.first) + len(demo.later), stopped
+        assert stopped["dead_lettered"] == 0
     finally:
         if proc.poll() is None:
             proc.kill()
