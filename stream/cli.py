@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
         help="publish about N sample calls after start; with --local the demo's: orders, "
         "consent, lists, a merge and a deletion",
     )
+    run.add_argument(
+        "--registry",
+        action="store_true",
+        help="with --local: a local Schema Registry too; calls go through it (Confluent format)",
+    )
 
     sandbox = add("sandbox", help="serve the Klaviyo sandbox API")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -111,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
 
     kafka = add("kafka", help="run a local single-node Kafka broker (KRaft)")
     kafka.add_argument("--port", type=int, default=9092)
+
+    registry = add(
+        "registry", help="run a local Schema Registry (Apicurio, Confluent's API; in memory)"
+    )
+    registry.add_argument("--port", type=int, default=8081)
 
     produce = add("produce", help="publish Segment JSON calls as Avro records")
     source = produce.add_mutually_exclusive_group(required=True)
@@ -165,7 +175,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.registry and not args.local:
+        parser.error("--registry needs --local (set SCHEMA_REGISTRY_URL to use your own)")
     if args.command == "doctor":
         return _doctor(args.config)
     try:
@@ -175,13 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "produce", "status", "dlq"):
             check_kafka_properties(settings)
         if args.command == "run":
-            return _run(settings, args.local, args.sample)
+            return _run(settings, args.local, args.sample, args.registry)
         if args.command == "sandbox":
             return _sandbox(args)
         if args.command == "kafka":
             from stream.local.kafka import run_foreground
 
             run_foreground(args.port)
+            return 0
+        if args.command == "registry":
+            from stream.local import registry
+
+            registry.run_foreground(args.port, announce=lambda line: print(line, flush=True))
             return 0
         if args.command == "produce":
             return _produce(settings, args)
@@ -306,8 +324,8 @@ async def _report_sandbox(url: str, every: float = 2.0) -> None:
 
 
 @contextlib.contextmanager
-def _local_stack(settings: Settings) -> Iterator[Settings]:
-    """`--local`: a local broker and sandbox, and settings that point at them."""
+def _local_stack(settings: Settings, registry: bool = False) -> Iterator[Settings]:
+    """`--local`: a local broker and sandbox (and registry), and settings that point at them."""
     from stream.local.kafka import LocalKafka
 
     SandboxConfig, SandboxThread = _sandbox_parts()
@@ -317,6 +335,7 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
         LocalKafka() as kafka,
         SandboxThread(SandboxConfig(lists=LISTS)) as sandbox,
         tempfile.TemporaryDirectory(prefix="klaviyo-stream-") as state,
+        contextlib.ExitStack() as more,
     ):
         print(
             f"local Kafka at {kafka.bootstrap_servers}; Klaviyo sandbox at {sandbox.url}",
@@ -328,6 +347,8 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
             "klaviyo_base_url": sandbox.url,
             "klaviyo_api_key": SecretStr(SANDBOX_API_KEY),
         }
+        if registry:
+            update.update(_local_registry(more))
         if "state_url" not in settings.model_fields_set:
             # a fresh broker and sandbox get fresh state: yesterday's dedup window would drop
             # today's (deterministic) sample calls
@@ -335,7 +356,21 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update=update)
 
 
-def _run(settings: Settings, local: bool, sample: int) -> int:
+def _local_registry(stack: contextlib.ExitStack) -> dict[str, object]:
+    """`run --local --registry`: a local Apicurio registry (no auth) and the settings for it."""
+    from stream.local.registry import VERSION, LocalRegistry, ensure_bundle
+
+    ensure_bundle(lambda line: print(line, flush=True))
+    registry = stack.enter_context(LocalRegistry())
+    print(f"local Schema Registry (Apicurio {VERSION}) at {registry.url}", flush=True)
+    return {
+        "schema_registry_url": registry.url,
+        "schema_registry_basic_auth_user_info": None,
+        "schema_registry_bearer_token": None,
+    }
+
+
+def _run(settings: Settings, local: bool, sample: int, registry: bool = False) -> int:
     from stream.core.errors import FatalDeliveryError
     from stream.engine.service import Service, install_signal_handlers
     from stream.intake.decode import make_decoder
@@ -386,7 +421,7 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
             require_production_settings(settings)
             asyncio.run(serve(settings))
             return 0
-        with _local_stack(settings) as effective:
+        with _local_stack(settings, registry) as effective:
             asyncio.run(serve(effective))
         return 0
     except FatalDeliveryError as exc:
@@ -425,15 +460,11 @@ def _publish_sample(settings: Settings, count: int) -> int:
 
 
 def _encoder(settings: Settings, topic: str) -> Any:
-    from stream.core.settings import schema_registry_config
+    from stream.intake.registry import auth_setting, registry_client
     from stream.ops.produce import Encoder
 
-    config = schema_registry_config(settings)
-    if config is None:
-        return Encoder(topic=topic)
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    return Encoder(registry=SchemaRegistryClient.new_client(config), topic=topic)
+    client = registry_client(settings)
+    return Encoder(registry=client, topic=topic, setting=auth_setting(settings))
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Kafka broker and one real Redis per session, and helpers.
+"""Shared fixtures: one real Kafka broker, Redis and Schema Registry per session, and helpers.
 
 Hypothesis runs with a fixed seed and a bounded number of examples in CI (profile `ci`, the
 default); `HYPOTHESIS_PROFILE=long scripts/test tests/unit` searches much longer, locally.
@@ -8,7 +8,12 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.support.kafka", "tests.support.redis", "tests.support.logs"]
+pytest_plugins = [
+    "tests.support.kafka",
+    "tests.support.redis",
+    "tests.support.logs",
+    "tests.support.registry",
+]
 
 settings.register_profile(
     "ci",

@@ -84,7 +84,7 @@ class Call:
 
 
 def _json_object(raw: Any, key: str) -> dict[str, Any]:
-    if raw is None or raw == "" or raw == "{}" or raw == "null":  # the common empty cases
+    if raw is None or raw == "{}" or raw == "" or raw == "{ }" or raw == "null":  # empty: common
         return {}
     if isinstance(raw, dict):
         return raw
@@ -104,7 +104,7 @@ _INTEGRATIONS: dict[str, tuple[bool, KlaviyoOptions]] = {}  # the few spellings 
 
 def _integrations(raw: Any) -> tuple[bool, KlaviyoOptions]:
     """`integrations` → (for Klaviyo, options); memoized per text (options are immutable)."""
-    if raw is None or raw == "" or raw == "{}":
+    if raw is None or raw == "" or raw == "{}" or raw == "{ }":
         return True, NO_OPTIONS
     known = _INTEGRATIONS.get(raw) if isinstance(raw, str) else None
     if known is not None:

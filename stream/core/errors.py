@@ -8,6 +8,7 @@
     │   ├── ConsentConfigError       the consent rules file
     │   └── RevisionRefused          Klaviyo refused the pinned revision header (fatal at run time)
     ├── BrokerError                  the local Kafka launcher could not start or stop a broker
+    ├── LocalRegistryError           the local Schema Registry could not be fetched or started
     ├── ReplayError                  `dlq replay` could not read or republish
     ├── PublishError                 `produce`: the broker did not acknowledge every record
     ├── StatusError                  `status`: the broker could not be asked
@@ -20,6 +21,7 @@
     │   ├── StateError               the state store (SQLite locked, Redis down)
     │   ├── RegistryUnavailable      the Schema Registry (transport error, 5xx)
     │   └── DeadLetterUnavailable    the dead-letter topic did not acknowledge a write
+    ├── Interrupted                  a stop (SIGTERM, SIGINT) cut a dependency wait short
     ├── FatalDeliveryError           delivery cannot go on for any record (the API key was refused)
     └── KlaviyoError                 Klaviyo answered with an error, or not at all
         ├── KlaviyoUnavailable       timeout or connection error                retriable
@@ -78,6 +80,10 @@ class RevisionRefused(ConfigError):
 
 class BrokerError(StreamError):
     """The local Kafka broker could not be resolved, formatted, started or stopped."""
+
+
+class LocalRegistryError(StreamError):
+    """The local Schema Registry (Apicurio) could not be fetched, checked, started or stopped."""
 
 
 class ReplayError(StreamError):
@@ -160,6 +166,11 @@ class RegistryUnavailable(Unavailable):
 
 class DeadLetterUnavailable(Unavailable):
     """The dead-letter topic did not acknowledge a write (broker down past the timeout)."""
+
+
+class Interrupted(StreamError):
+    """A stop (SIGTERM, SIGINT) came while waiting for a dependency: the work that waited is
+    left unfinished (its offsets never stored), and the next run reads it again."""
 
 
 class FatalDeliveryError(StreamError):

@@ -5,7 +5,8 @@ Exponential backoff with jitter, as Klaviyo's own SDK does: 0.5 s × 1.5ⁿ ± 5
 at 30 s. A `Retry-After` from Klaviyo replaces the computed wait. Klaviyo requests give up after
 12 attempts or 300 s (then a dead letter); dependencies that say nothing about a record (state
 store, registry, dead-letter topic) are retried for as long as it takes: the service waits, it
-neither stops nor loses.
+neither stops nor loses; a stop (SIGTERM, SIGINT) ends such a wait (`Interrupted`), leaving
+what waited unfinished for the next run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from stream.core.errors import RateLimited, StreamError, Unavailable
+from stream.core.errors import Interrupted, RateLimited, StreamError, Unavailable
 from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ async def until_available(
     what: str,
     policy: RetryPolicy = ...,
     waiting: Waiting | None = ...,
+    stop: asyncio.Event | None = ...,
 ) -> T: ...
 
 
@@ -72,6 +74,7 @@ async def until_available(
     what: str,
     policy: RetryPolicy = ...,
     waiting: Waiting | None = ...,
+    stop: asyncio.Event | None = ...,
 ) -> T: ...
 
 
@@ -80,6 +83,7 @@ async def until_available(
     what: str,
     policy: RetryPolicy = DEFAULT,
     waiting: Waiting | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Any:
     """Run `action()` (awaiting it if it is a coroutine) until it does not raise `Unavailable`;
     wait with backoff in between.
@@ -89,7 +93,8 @@ async def until_available(
     (`klaviyo_stream_dependency_errors_total{dependency=what}`); a non-retriable `Unavailable`
     is retried too, at the longest wait (it may be a full disk an operator frees), so nothing
     is lost and the stalled partition shows in its metrics. `waiting` (the service's health)
-    hears what is waited for while it lasts.
+    hears what is waited for while it lasts. Once `stop` is set, a failure is not waited on:
+    `Interrupted` is raised (at once, or as soon as `stop` is set during the wait).
     """
     attempt = 0
     while True:
@@ -106,11 +111,25 @@ async def until_available(
             metrics.DEPENDENCY_ERRORS.labels(what).inc()
             delay = policy.delay(attempt if exc.retriable else 99)
             attempt += 1
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"stopped while waiting for the {what}") from None
             log.warning(
                 "dependency unavailable, waiting",
                 extra={"dependency": what, "error": _text(exc), "delay": round(delay, 2)},
             )
-            await asyncio.sleep(delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            elif await _set_within(stop, delay):
+                raise Interrupted(f"stopped while waiting for the {what}") from None
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` is set within `seconds`."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _text(exc: StreamError) -> str:

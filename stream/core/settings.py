@@ -573,11 +573,23 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+REGISTRY_TIMEOUT_SECONDS = 10  # per request; a registry that does not answer is an outage
+REGISTRY_CLIENT_RETRIES = 1  # the client's own retries (the service waits out the rest)
+
+
 def schema_registry_config(settings: Settings) -> dict[str, Any] | None:
-    """confluent-kafka's SchemaRegistryClient configuration (None without a registry)."""
+    """confluent-kafka's SchemaRegistryClient configuration (None without a registry), with a
+    request timeout and few retries of its own: its retries sleep on a thread no stop can cut
+    short, while the service's own wait (`until_available`) hears SIGTERM."""
     if not settings.schema_registry_url:
         return None
-    conf: dict[str, Any] = {"url": str(settings.schema_registry_url)}
+    conf: dict[str, Any] = {
+        "url": str(settings.schema_registry_url),
+        "timeout": REGISTRY_TIMEOUT_SECONDS,
+        "max.retries": REGISTRY_CLIENT_RETRIES,
+        "retries.wait.ms": 500,
+        "retries.max.wait.ms": 2000,
+    }
     if settings.schema_registry_basic_auth_user_info is not None:
         info = settings.schema_registry_basic_auth_user_info.get_secret_value()
         conf["basic.auth.user.info"] = info

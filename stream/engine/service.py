@@ -4,11 +4,13 @@ The loop fetches, decodes, routes, deduplicates and processes each record, and h
 to the send stage; the completion ledger (`stream.completion.ledger`) decides what finishing a
 record means. No exception from one record leaves the per-record stage: bad input and anything
 unexpected become a dead letter with the reason, and the loop goes on. A dependency that fails
-(state store, Schema Registry) makes the loop wait and try again; it neither stops nor loses.
+(state store, Schema Registry) makes the loop wait and try again; it neither stops nor loses,
+and a stop signal ends the wait (the records it held are read again by the next run).
 
-On SIGTERM/SIGINT: stop fetching, send what is batched, wait for in-flight requests (bounded by
-`shutdown_timeout`), commit, leave the group, exit 0. A refused API key or revision stops the
-service without committing past the records it could not send.
+On SIGTERM/SIGINT: stop fetching, send what is batched, wait for in-flight requests and
+dead-letter writes, commit, leave the group, exit 0: all of it within `shutdown_timeout`. A
+refused API key or revision stops the service without committing past the records it could
+not send.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from stream.core.errors import (
     ConfigError,
     FatalDeliveryError,
     InternalError,
+    Interrupted,
     RecordError,
     StateError,
     StreamError,
@@ -72,6 +75,7 @@ YIELD_EVERY = 100  # records processed between two turns of the event loop (gove
 SWEEP_SECONDS = 5.0
 STATS_EVERY = 12  # state-store sizes once a minute: counting Redis keys scans them
 SHARE_EVERY = 6  # KLAVIYO_RATE_SHARE=auto asks the group's size every 30 s
+SHUTDOWN_RESERVE_SECONDS = 5.0  # of the shutdown timeout, kept for the commit and the close
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 STATE = "state store"
 MAX_ROUTES = 10_000  # peeked (type, name, integrations) → routing answer, remembered
@@ -239,7 +243,10 @@ class Service:
             if room > 0 and not consumer.paused and not self._stopping.is_set():
                 fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
             self._count(records)
-            await self._handle(records)
+            try:
+                await self._handle(records)
+            except Interrupted:
+                break  # stopped during a dependency wait: what it held is read again next run
             if self._gate is not None:
                 self._gate.poll()  # deletions whose earlier records finished meanwhile
             self._flush_dedup(due_only=True)
@@ -267,8 +274,10 @@ class Service:
         assert ledger is not None and sender is not None
         self._actions_gate()
         decoder, processor = self._decoder, self._processor
-        waiting = self.health.waiting
-        await until_available(lambda: decoder.prepare(records), "schema registry", waiting=waiting)
+        waiting, stop = self.health.waiting, self._stopping
+        await until_available(
+            lambda: decoder.prepare(records), "schema registry", waiting=waiting, stop=stop
+        )
         routed: list[tuple[Call, Record]] = []
         types: Counter[str] = Counter()
         # With event definitions most records may be for others: route on a peek at the few
@@ -314,7 +323,7 @@ class Service:
         if filtered:
             ledger.settle(filtered, Outcome.FILTERED)
         fresh = await until_available(
-            lambda: self._dedup.fresh([r for _, r in routed]), STATE, waiting=waiting
+            lambda: self._dedup.fresh([r for _, r in routed]), STATE, waiting=waiting, stop=stop
         )
         for n, ((call, record), new) in enumerate(zip(routed, fresh, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
@@ -429,7 +438,9 @@ class Service:
                 raise first.pop()
             return self._barrier(call, record)
 
-        return await until_available(attempt, STATE, waiting=self.health.waiting)
+        return await until_available(
+            attempt, STATE, waiting=self.health.waiting, stop=self._stopping
+        )
 
     def _barrier(self, call: Call, record: Record) -> Result | None:
         assert self._ledger is not None
@@ -736,13 +747,21 @@ class Service:
     # shutdown ---------------------------------------------------------------------------------
 
     async def _shutdown(self, consumer: KafkaConsumer, ledger: Ledger, sender: Sender) -> None:
+        """Within `shutdown_timeout` in all: finish what is out (Klaviyo's answers, dead-letter
+        writes), keeping a few seconds of it for the commit and leaving the group."""
         self.health.stopping = True
+        deadline = time.monotonic() + self._shutdown_timeout
+        reserve = min(SHUTDOWN_RESERVE_SECONDS, self._shutdown_timeout / 2)
+
+        def left(keep: float = 0.0) -> float:
+            return max(0.0, deadline - keep - time.monotonic())
+
         if self._fatal is None:
-            await sender.close(timeout=self._shutdown_timeout)
-            await ledger.close(timeout=self._shutdown_timeout)
+            await sender.close(timeout=left(reserve))
+            await ledger.close(timeout=left(reserve))
         else:  # nothing more can be sent: what is out stays unfinished, read again later
             await sender.close(timeout=0)
-            await ledger.close(timeout=5)
+            await ledger.close(timeout=min(5, left(reserve)))
         self._flush_dedup(due_only=False)
         self._settle_held()
         if self._fence is not None:  # gone: deletions stop waiting for us, now
@@ -751,7 +770,7 @@ class Service:
         await consumer.commit()
         await consumer.close()
         if self._dead_letters is not None:
-            self._dead_letters.close()
+            self._dead_letters.close(timeout=left())
 
 
 class _Finished:

@@ -6,16 +6,19 @@ Schemaless fastavro reads keep the hot path lean; resolution against the current
 only for records written with an older version.
 
 With a Schema Registry, `prepare(records)` fetches the writer schemas a fetch needs before any of
-it is decoded, off the event loop. Only an id the registry says does not exist (404) makes a
-dead letter; a registry that does not answer (transport error, 5xx) raises
-`RegistryUnavailable` and the service waits and asks again; refused credentials (401/403) are a
-`ConfigError`.
+it is decoded, off the event loop (its first call checks that the registry takes our
+credentials: a wrong password stops `run` at start). What the registry's answers mean is
+`stream.intake.registry.classify`'s: refused credentials (401/403) are a `ConfigError`; no
+answer, 408, 429 or 5xx raise `RegistryUnavailable` and the service waits and asks again; any
+other answer about one id (404 unknown, 400/422 a schema it will not serve) is a dead letter
+for that id's records, naming what the registry said.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from fastavro import schemaless_reader
 
 from stream.core.calls import CALL_TYPES, Call, Record, normalize
-from stream.core.errors import ConfigError, DecodeError, RegistryUnavailable
+from stream.core.errors import DecodeError
 from stream.intake.avro import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
@@ -32,9 +35,12 @@ from stream.intake.avro import (
     WriterSchema,
     load_schemas,
 )
+from stream.intake.registry import auth_setting, classify, registry_client, said, status_of
 
 if TYPE_CHECKING:
     from stream.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 VALUE_SCHEMA_ID_HEADER = "__value_schema_id"  # confluent-kafka's header for a schema GUID
 UNKNOWN_ID_SECONDS = 60.0  # an id the registry said does not exist is asked again after this
@@ -274,9 +280,18 @@ class RegistryDecoder:
     4-byte id, or magic byte 1 and a 16-byte GUID (the newer id format).
     """
 
-    def __init__(self, registry: Any, schemas: SchemaSet | None = None) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        schemas: SchemaSet | None = None,
+        *,
+        setting: str = "SCHEMA_REGISTRY_URL",
+        check_access: bool = False,
+    ) -> None:
         self._registry = registry
         self._schemas = schemas or load_schemas()
+        self._setting = setting  # the setting a refusal names (the credentials given)
+        self._access_checked = not check_access
         self._by_id: dict[int | str, WriterSchema] = {}
         self._plans: dict[int | str, Plan] = {}
         self._strings: dict[int | str, Strings] = {}
@@ -284,6 +299,8 @@ class RegistryDecoder:
 
     async def prepare(self, records: Sequence[Record]) -> None:
         """Fetch the writer schemas of these records that are not known yet (in a thread)."""
+        if not self._access_checked:
+            await asyncio.to_thread(self._check_access)
         now = time.monotonic()
         wanted: set[int | str] = set()
         for record in records:
@@ -298,34 +315,45 @@ class RegistryDecoder:
         for schema_id in sorted(wanted, key=str):
             await asyncio.to_thread(self._fetch, schema_id)
 
+    def close(self) -> None:
+        """Close the registry client's connections."""
+        close = getattr(self._registry, "close", None)
+        if close is not None:
+            close()
+
+    def _check_access(self) -> None:
+        """One light request (`GET /schemas/types`) before the first fetch: credentials the
+        registry refuses stop the service at start, not at the first record."""
+        try:
+            self._registry.get_schema_types()
+        except Exception as exc:
+            problem = classify(exc, self._setting)
+            if problem is not None:
+                raise problem from None
+            # any other answer (a registry without that endpoint): the first fetch will tell
+        self._access_checked = True
+
     def _fetch(self, schema_id: int | str) -> None:
         """Ask the registry for one writer schema and remember the answer (or its absence)."""
         import orjson
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
             if isinstance(schema_id, int):
                 registered = self._registry.get_schema(schema_id)
             else:
                 registered = self._registry.get_schema_by_guid(schema_id)
-        except SchemaRegistryError as exc:
-            status = exc.http_status_code
+        except Exception as exc:  # an answer, or none (refused, reset, timed out; TLS)
+            problem = classify(exc, self._setting)
+            if problem is not None:
+                raise problem from None
+            status, words = status_of(exc), said(exc) or "no reason given"
             if status == 404:
-                reason = f"unknown schema id {schema_id}: {exc}"
-                self._unknown[schema_id] = (time.monotonic() + UNKNOWN_ID_SECONDS, reason)
-                return
-            if status in (401, 403):
-                raise ConfigError(
-                    f"SCHEMA_REGISTRY_URL: the registry refused our credentials ({status})"
-                ) from None
-            raise RegistryUnavailable(f"Schema Registry answered {status}") from None
-        except Exception as exc:  # transport: refused, reset, timed out; or TLS refused
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
-                raise ConfigError(
-                    "SCHEMA_REGISTRY_SSL_CA_LOCATION: the registry's certificate is not trusted"
-                    " (CERTIFICATE_VERIFY_FAILED)"
-                ) from None
-            raise RegistryUnavailable(f"Schema Registry: {type(exc).__name__}") from None
+                reason = f"unknown schema id {schema_id}: {words}"
+            else:
+                reason = f"schema id {schema_id}: the Schema Registry answered {status}: {words}"
+            log.warning("schema id refused", extra={"schema_id": schema_id, "error": reason})
+            self._unknown[schema_id] = (time.monotonic() + UNKNOWN_ID_SECONDS, reason)
+            return
         resolved = self._schemas.resolve(orjson.loads(registered.schema_str))
         if resolved is None:
             reason = f"schema id {schema_id} is not one of our calls ({'/'.join(CALL_TYPES)})"
@@ -407,15 +435,16 @@ def _has_schema_header(headers: Headers) -> bool:
 
 def make_decoder(source: Settings | str | None) -> Decoder:
     """The decoder the settings ask for: local schemas, or the Schema Registry built from the
-    settings (its auth and TLS included). A bare URL (the older call) means no auth."""
+    settings (its auth, TLS and timeout included; its access checked before the first fetch).
+    A bare URL (tests: `mock://…`) means no auth and no check."""
     if isinstance(source, str) or source is None:
-        config = {"url": str(source)} if source else None
-    else:
-        from stream.core.settings import schema_registry_config
+        if not source:
+            return LocalDecoder()
+        from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        config = schema_registry_config(source)
-    if config is None:
+        return RegistryDecoder(SchemaRegistryClient.new_client({"url": source}))
+    client = registry_client(source)
+    if client is None:
         return LocalDecoder()
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    return RegistryDecoder(SchemaRegistryClient.new_client(config))
+    mock = str(source.schema_registry_url).startswith("mock://")
+    return RegistryDecoder(client, setting=auth_setting(source), check_access=not mock)

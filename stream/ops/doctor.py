@@ -3,7 +3,8 @@
 Checks the settings' files, the passthrough properties and the pinned revision, then each
 dependency for real: Kafka (reachable; each topic exists, its partitions; the dead-letter topic
 exists, has leaders and this principal may WRITE to it, as the broker's authorizer answers),
-the Schema Registry (when set), the state store (SQLite path writable / Redis answers, its
+the Schema Registry (when set: reachable, credentials accepted, each topic's subjects and the
+compatibility they need), the state store (SQLite path writable / Redis answers, its
 version) and Klaviyo (an authenticated `GET /api/profiles?page[size]=1`: the key is accepted;
 a 403 names the scope Klaviyo says is missing). Every line goes through `logs.redact`, and
 URLs are shown masked: no secret is printed.
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from stream.core.errors import StreamError
+from stream.core.errors import ConfigError, StreamError
 from stream.core.settings import (
     Settings,
     check_kafka_properties,
@@ -31,11 +32,13 @@ from stream.core.settings import (
     require_klaviyo_credentials,
     revision_retirement,
     revision_warning,
-    schema_registry_config,
 )
+from stream.intake.registry import auth_setting, classify, registry_client, said
 from stream.telemetry.logs import redact
 
 OK, FAIL = "✓", "✗"
+# compatibility levels under which every registered version can be read by the newest
+COMPATIBLE = frozenset({"BACKWARD", "BACKWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"})
 # what the service does with a private key (events, profiles, bulk-import jobs, merges)
 NEEDED_SCOPES = ("events:write", "profiles:read", "profiles:write")
 _SCOPE = re.compile(r"\b[a-z][a-z-]*:(?:read|write|full)\b")
@@ -63,7 +66,7 @@ def run_checks(settings: Settings, timeout: float = 10.0) -> Iterator[Check]:
     yield _revision(settings)
     yield from _kafka(settings, timeout)
     if settings.schema_registry_url:
-        yield _registry(settings)
+        yield from _registry(settings)
     yield _state(settings)
     yield _klaviyo(settings, timeout)
 
@@ -197,22 +200,72 @@ def _kafka(settings: Settings, timeout: float) -> Iterator[Check]:
         yield Check(name, True, f"writable, {len(described.partitions)} partitions")
 
 
-def _registry(settings: Settings) -> Check:
+def _registry(settings: Settings) -> Iterator[Check]:
+    """Reachable and our credentials accepted; then, per topic, our subjects and the
+    compatibility they have: one that lets a producer register a schema older records cannot
+    be read with (NONE, FORWARD) fails."""
     url = mask_url(str(settings.schema_registry_url))
+    setting = auth_setting(settings)
+    client = registry_client(settings)
+    try:
+        client.get_schema_types()
+    except Exception as exc:
+        problem = classify(exc, setting)
+        if isinstance(problem, ConfigError):
+            yield Check("schema registry", False, f"{url}: {problem}", f"correct {setting}")
+            client.close()
+            return
+        if problem is not None:
+            yield Check("schema registry", False, f"{url} not reachable: {problem}",
+                        "check SCHEMA_REGISTRY_URL, the network and the CA file")
+            client.close()
+            return
+    yield Check("schema registry", True, f"{url} answers, credentials accepted")
+    try:
+        yield from _subjects(client, settings, url)
+    finally:
+        client.close()
 
-    def ask() -> Check:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        config = schema_registry_config(settings)
-        assert config is not None
-        subjects = SchemaRegistryClient.new_client(config).get_subjects()
-        return Check("schema registry", True, f"{url} answers, {len(subjects)} subjects")
+def _subjects(client: Any, settings: Settings, url: str) -> Iterator[Check]:
+    from stream.intake.avro import NAMESPACE
 
-    return _guard(
-        "schema registry",
-        "check SCHEMA_REGISTRY_URL, its credentials and CA file",
-        ask,
-    )
+    def level(subject: str | None) -> str:
+        path = "config" if subject is None else f"config/{quote(subject, safe='')}"
+        # the effective level (Apicurio answers NONE for a subject without a level of its own)
+        answer = client._rest_client.get(path, {"defaultToGlobal": "true"})
+        return str(answer.get("compatibilityLevel") or answer.get("compatibility"))
+
+    fix = f'set BACKWARD: PUT {url}/config/SUBJECT {{"compatibility": "BACKWARD"}}'
+    try:
+        subjects = client.get_subjects()
+        default = level(None)
+    except Exception as exc:
+        yield Check("schema registry subjects", False, f"cannot be listed: {said(exc) or exc}",
+                    "give the principal read access to subjects and config")
+        return
+    for topic in settings.kafka_topics:
+        ours = sorted(s for s in subjects if s.startswith(f"{topic}-{NAMESPACE}.")
+                      or s == f"{topic}-value")  # fmt: skip
+        name = f"subjects of {topic}"
+        if not ours:
+            yield Check(name, default in COMPATIBLE,
+                        f"none yet (producers register them; `klaviyo-stream produce` does), "
+                        f"and new subjects get {default} compatibility",
+                        fix.replace("/SUBJECT", ""))  # fmt: skip
+            continue
+        try:
+            levels = {s: level(s) for s in ours}
+        except Exception as exc:
+            yield Check(name, False, f"{len(ours)} present, compatibility not readable: "
+                        f"{said(exc) or exc}", "give the principal read access to config")
+            continue
+        weak = sorted(s for s, found in levels.items() if found not in COMPATIBLE)
+        shown = ", ".join(f"{s.rsplit('.', 1)[-1]} {levels[s]}" for s in ours)
+        detail = f"{len(ours)} present: {shown}"
+        if weak:
+            detail += f"; {', '.join(weak)} would take a schema older records cannot be read with"
+        yield Check(name, not weak, detail, fix)
 
 
 def _state(settings: Settings) -> Check:

@@ -1,9 +1,12 @@
 """`klaviyo-stream produce`: publish Segment JSON calls to Kafka as Avro records.
 
 Records are written in the encoding `run` reads by default: Avro single-object encoding with
-the local schemas, or Confluent wire format when `SCHEMA_REGISTRY_URL` is set (schemas are
-registered under `<topic>-<RecordName>` subjects, TopicRecordNameStrategy, since one topic
-holds several call types). The key is the person's userId, else anonymousId.
+the local schemas, or Confluent wire format when `SCHEMA_REGISTRY_URL` is set. In registry
+mode every call type's schema is registered before anything is published, under its
+`<topic>-<RecordName>` subject (TopicRecordNameStrategy, since one topic holds several call
+types): a schema the registry refuses (409: incompatible) stops the run with the registry's
+words and nothing published. A principal that may read but not register (403) looks the
+schemas up instead. The key is the person's userId, else anonymousId.
 
 From a JSON-lines file (`publish_file`), a call without `messageId` or `timestamp` gets them
 the way the analytics libraries fill them (a uuid4; now, in UTC), and is counted; a line that
@@ -26,7 +29,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from stream.core.calls import CALL_TYPES, normalize
+from stream.core.calls import CALL_TYPES, CallType, normalize
 from stream.core.errors import PublishError, RecordError, StreamError
 from stream.intake.avro import (
     CONFLUENT_MAGIC,
@@ -37,6 +40,7 @@ from stream.intake.avro import (
     load_schemas,
     single_object_fingerprint,
 )
+from stream.intake.registry import classify, said, status_of
 from stream.klaviyo.mapping import BACKFILL_HEADER
 
 JSON_FIELDS = ("traits", "properties", "context", "integrations")
@@ -47,18 +51,18 @@ PROGRESS_EVERY = 5000  # lines between two progress-bar updates
 def to_avro_record(call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A Segment JSON call → (call type, Avro record with JSON-typed fields as text).
 
-    A `null` JSON field (some libraries write one) is written as an empty object."""
+    A missing or `null` JSON field (some libraries write one) is written as `{}`, not as the
+    schema's default (`{ }`, which the reader takes on a slower path)."""
     call_type = call.get("type")
     if call_type not in CALL_TYPES:
         raise RecordError(f"unknown call type {call_type!r} (expected one of {CALL_TYPES})")
     record = dict(call)
     for key in JSON_FIELDS:
-        if key in record:
-            value = record[key]
-            if value is None:
-                record[key] = "{}"
-            elif not isinstance(value, str):
-                record[key] = orjson.dumps(value).decode()
+        value = record.get(key)
+        if value is None:
+            record[key] = "{}"  # a field this call type does not have is not written
+        elif not isinstance(value, str):
+            record[key] = orjson.dumps(value).decode()
     return call_type, record
 
 
@@ -75,32 +79,90 @@ def fill_missing(call: dict[str, Any]) -> tuple[str, ...]:
     return tuple(filled)
 
 
+class _NotRegistered(PublishError):
+    """A schema this principal may not register (403) is not registered yet."""
+
+
+def subject_name(topic: str, call_type: str) -> str:
+    """`<topic>-io.klaviyostream.calls.<Type>`: the TopicRecordNameStrategy subject."""
+    return f"{topic}-{NAMESPACE}.{call_type.capitalize()}"
+
+
 class Encoder:
-    """Encodes calls in the configured wire format."""
+    """Encodes calls in the configured wire format. With a registry, `register()` registers
+    (or looks up) every call type's schema first; `setting` is what a refusal names."""
 
     def __init__(
-        self, schemas: SchemaSet | None = None, registry: Any = None, topic: str = ""
+        self,
+        schemas: SchemaSet | None = None,
+        registry: Any = None,
+        topic: str = "",
+        setting: str = "SCHEMA_REGISTRY_URL",
     ) -> None:
         self._schemas = schemas or load_schemas()
         self._registry = registry
         self._topic = topic
+        self._setting = setting
         self._headers: dict[str, bytes] = {}  # call type → magic bytes + schema fingerprint/id
+        self._missing: dict[str, _NotRegistered] = {}  # looked up, not found: refused when used
+
+    def register(self) -> None:
+        """Registry mode: every call type's schema registered (or looked up) now, so that one
+        the registry refuses stops a run before it publishes anything."""
+        if self._registry is None:
+            return
+        for call_type in CALL_TYPES:
+            if call_type in self._schemas.current:
+                try:
+                    self._header(call_type)
+                except _NotRegistered as missing:  # a call type this run may never publish
+                    self._missing[call_type] = missing
 
     def _header(self, call_type: str) -> bytes:
         header = self._headers.get(call_type)
         if header is None:
+            refused = self._missing.get(call_type)
+            if refused is not None:
+                raise refused
             schema = self._schemas.current[call_type]  # type: ignore[index]
             if self._registry is None:
                 header = SINGLE_OBJECT_MAGIC + single_object_fingerprint(schema)
             else:
-                from confluent_kafka.schema_registry import Schema
-
-                subject = f"{self._topic}-{NAMESPACE}.{call_type.capitalize()}"
-                raw = Schema(self._schemas.raw[call_type], "AVRO")  # type: ignore[index]
-                schema_id = self._registry.register_schema(subject, raw)
+                schema_id = self._schema_id(call_type)  # type: ignore[arg-type]
                 header = bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big")
             self._headers[call_type] = header
         return header
+
+    def _schema_id(self, call_type: CallType) -> int:
+        """Register the schema under its subject; one who may not (403) looks it up."""
+        from confluent_kafka.schema_registry import Schema
+
+        subject = subject_name(self._topic, call_type)
+        schema = Schema(self._schemas.raw[call_type], "AVRO")
+        try:
+            return int(self._registry.register_schema(subject, schema))
+        except Exception as exc:
+            if status_of(exc) != 403:
+                raise self._refusal(call_type, subject, exc) from None
+        try:
+            return int(self._registry.lookup_schema(subject, schema).schema_id)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                raise _NotRegistered(
+                    f"the {call_type} schema is not registered under {subject}, and "
+                    f"{self._setting} may not register it (403): register it, or publish "
+                    "with a principal that may"
+                ) from None
+            raise self._refusal(call_type, subject, exc) from None
+
+    def _refusal(self, call_type: str, subject: str, exc: Exception) -> StreamError:
+        problem = classify(exc, self._setting)
+        if problem is not None:
+            return problem
+        return PublishError(
+            f"the Schema Registry refused the {call_type} schema under {subject} "
+            f"({status_of(exc)}: {said(exc) or 'no reason given'}); nothing was published"
+        )
 
     def encode(self, call: dict[str, Any]) -> bytes:
         """One call → record value bytes (the schema fingerprint or id is computed once)."""
@@ -195,6 +257,7 @@ def publish(
     """Produce every call and wait until the broker has them all; returns the count.
 
     A call that cannot be encoded raises after what was sent before it is flushed."""
+    encoder.register()
     with Publisher(producer_config, topic, backfill=backfill) as publisher:
         for call in calls:
             publisher.send(encoder.encode(call), key_of(call))
@@ -255,6 +318,7 @@ def publish_file(
     """Publish a JSON-lines file of calls; bad lines are reported (`on_refused(number,
     reason)`) and skipped, or with `strict` stop the run. What was sent is always flushed."""
     report = FileReport()
+    encoder.register()
     bar = _progress_bar(path) if progress else None
     with Publisher(producer_config, topic, backfill=backfill) as publisher:
         read = 0

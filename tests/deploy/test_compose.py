@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from stream.core.settings import SANDBOX_API_KEY, known_environment_variable, load_settings
+from stream.local.registry import API
+from stream.local.registry import VERSION as APICURIO
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -24,6 +26,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 EXPECTED_SERVICES = {
     "kafka",
     "schema-registry",
+    "schema-registry-init",
     "redis",
     "consumer",
     "sandbox",
@@ -91,7 +94,8 @@ def test_every_image_is_pinned_to_a_version(services: dict[str, dict[str, Any]])
 
 def test_third_party_images_are_the_agreed_ones(services: dict[str, dict[str, Any]]) -> None:
     assert services["kafka"]["image"].startswith("apache/kafka:4.")
-    assert services["schema-registry"]["image"].startswith("confluentinc/cp-schema-registry:")
+    # the registry the tests run, at the same version
+    assert services["schema-registry"]["image"] == f"apicurio/apicurio-registry:{APICURIO}"
     assert services["redis"]["image"].startswith("redis:")
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
     assert services["grafana"]["image"].startswith("grafana/grafana:")
@@ -169,6 +173,24 @@ def test_consumer_runs_three_replicas_of_one_group(services: dict[str, dict[str,
     assert env["METRICS_PORT"] == "9400"
     assert list(consumer.get("command", ["run"])) == ["run"]
     assert {"kafka-init", "redis", "sandbox"} <= set(consumer["depends_on"])
+
+
+def test_the_app_reads_and_publishes_through_the_registry(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Confluent's API where Apicurio serves it (the container's port, /apis/ccompat/v7), for
+    the consumer and the producer; both start once its compatibility is set (BACKWARD)."""
+    registry = services["schema-registry"]
+    assert any(str(p).endswith(":8080") for p in registry["ports"])
+    for name in ("consumer", "producer"):
+        assert _env(services[name])["SCHEMA_REGISTRY_URL"] == f"http://schema-registry:8080{API}"
+        waits = services[name]["depends_on"]["schema-registry-init"]
+        assert waits == {"condition": "service_completed_successfully"}
+    init = services["schema-registry-init"]
+    assert init["depends_on"]["schema-registry"] == {"condition": "service_healthy"}
+    script = " ".join(init["command"])
+    assert f"schema-registry:8080{API}/config" in script and '"BACKWARD"' in script
+    assert _env(registry)["APICURIO_STORAGE_KIND"] == "kafkasql"  # schemas survive a restart
 
 
 def test_sandbox_and_producer_commands(services: dict[str, dict[str, Any]]) -> None:

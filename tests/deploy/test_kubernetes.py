@@ -117,6 +117,17 @@ def test_secrets_come_from_the_secret() -> None:
         assert name not in RESOURCES["ConfigMap"]["data"]
 
 
+def test_registry_credentials_come_from_the_secret_when_it_has_them() -> None:
+    ref = env_values()["SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"]["valueFrom"]["secretKeyRef"]
+    assert ref == {
+        "name": RESOURCES["Secret"]["metadata"]["name"],
+        "key": "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "optional": True,  # no registry, or one without auth: the pod still starts
+    }
+    configmap = (DEPLOY / "configmap.yaml").read_text()
+    assert "# SCHEMA_REGISTRY_URL:" in configmap and "/apis/ccompat/v7" in configmap
+
+
 def test_probes_resources_and_shutdown() -> None:
     box = container()
     port_names = {p["name"] for p in box["ports"]}

@@ -1,14 +1,13 @@
-"""Schema Registry: ids in record headers and the GUID format, and a client built from the
-settings with basic or bearer auth over verified TLS."""
+"""Schema Registry: ids in record headers and the GUID format; a client built from the settings
+(basic auth over verified TLS against the real registry, bearer tokens and mutual TLS against
+the stand-in); what the registry's answers mean: a setting's fault, an outage, or one id's."""
 
 from __future__ import annotations
 
 import base64
 import json
-import ssl
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,20 @@ from confluent_kafka.schema_registry import (
     header_schema_id_serializer,
 )
 from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from pydantic import SecretStr
 
-from stream.core.errors import ConfigError, DecodeError
+from stream.core.calls import Record
+from stream.core.errors import ConfigError, DecodeError, RegistryUnavailable
 from stream.core.settings import Settings
 from stream.intake.avro import encode_confluent, load_schemas
 from stream.intake.decode import LocalDecoder, RegistryDecoder, make_decoder
+from stream.intake.registry import classify
+from stream.local.registry import API
 from stream.ops.produce import to_avro_record
+from tests.support import free_port
+from tests.support.registry import Registry
+from tests.support.registry_standin import RegistryStandIn
 from tests.support.tls import self_signed
 
 ORDER = {
@@ -38,8 +44,16 @@ ORDER = {
     "event": "Ordered Product",
     "properties": {"revenue": 12.5, "items": [{"sku": "A"}]},
 }
-PASSWORD = "registry-Pa55"
 TOKEN = "bearer-t0ken"
+
+
+def http_json(method: str, url: str, body: object, user_info: str) -> Any:
+    """One JSON request with basic auth (Apicurio's own API, for what ccompat cannot do)."""
+    request = urllib.request.Request(url, json.dumps(body).encode(), method=method)
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", "Basic " + base64.b64encode(user_info.encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
 
 
 def _serializer(registry: Any, header_ids: bool) -> AvroSerializer:
@@ -82,99 +96,148 @@ def test_guid_prefix_format_decodes() -> None:
         decoder.decode(b"\x07\x00\x00\x00\x01abc")
 
 
-class _Registry(BaseHTTPRequestHandler):
-    """The two Schema Registry REST calls the decoder makes, behind an Authorization check."""
-
-    expected = ""
-    schema = ""
-    seen: list[dict[str, str]] = []
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        type(self).seen.append(dict(self.headers))
-        if self.headers.get("Authorization") != self.expected:
-            self._send(401, {"error_code": 40101, "message": "Unauthorized"})
-        elif self.path.startswith("/schemas/ids/1"):
-            self._send(200, {"schema": self.schema})
-        else:
-            self._send(404, {"error_code": 40403, "message": "Schema not found"})
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
+def _record(schema_id: int = 1) -> bytes:
+    return encode_confluent(schema_id, load_schemas().current["track"], to_avro_record(ORDER)[1])
 
 
-@pytest.fixture
-def https_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A TLS registry endpoint on loopback with a self-signed certificate; (url, CA file)."""
-    context: ssl.SSLContext = self_signed(tmp_path)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    _Registry.schema = load_schemas().raw["track"]
-    _Registry.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", tmp_path / "cert.pem"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _record() -> bytes:
-    return encode_confluent(1, load_schemas().current["track"], to_avro_record(ORDER)[1])
-
-
-@pytest.mark.parametrize("auth", ["basic", "bearer"])
-def test_registry_client_from_settings_authenticates_over_verified_tls(
-    https_registry: tuple[str, Path], auth: str
-) -> None:
-    url, ca = https_registry
-    if auth == "basic":
-        _Registry.expected = "Basic " + base64.b64encode(f"reader:{PASSWORD}".encode()).decode()
-        creds: dict[str, Any] = {
-            "schema_registry_basic_auth_user_info": SecretStr(f"reader:{PASSWORD}")
-        }
-    else:
-        _Registry.expected = f"Bearer {TOKEN}"
-        creds = {
-            "schema_registry_bearer_token": SecretStr(TOKEN),
-            "schema_registry_bearer_logical_cluster": "lsrc-1",
-        }
-    settings = Settings(schema_registry_url=url, schema_registry_ssl_ca_location=str(ca), **creds)
-    assert make_decoder(settings).decode(_record()).message_id == "m-guid"
-    if auth == "bearer":
-        assert _Registry.seen[-1].get("target-sr-cluster") == "lsrc-1"
-
-
-def test_registry_refusals_are_configuration_errors_without_the_credentials(
-    https_registry: tuple[str, Path],
-) -> None:
-    url, ca = https_registry
-    _Registry.expected = "Basic " + base64.b64encode(f"reader:{PASSWORD}".encode()).decode()
-    wrong = Settings(
+def _bearer(url: str, **tls: str) -> Settings:
+    return Settings(
         schema_registry_url=url,
-        schema_registry_ssl_ca_location=str(ca),
-        schema_registry_basic_auth_user_info=SecretStr("reader:not-the-password"),
+        schema_registry_bearer_token=SecretStr(TOKEN),
+        schema_registry_bearer_logical_cluster="lsrc-1",
+        **tls,
     )
-    with pytest.raises(ConfigError, match="refused our credentials") as refused:
-        make_decoder(wrong).decode(_record())
-    assert "not-the-password" not in str(refused.value)
-    untrusted = Settings(  # no CA file: the self-signed certificate is not trusted
-        schema_registry_url=url,
-        schema_registry_basic_auth_user_info=SecretStr(f"reader:{PASSWORD}"),
+
+
+# bearer tokens and mutual TLS: the stand-in (Apicurio takes tokens only from an OIDC provider)
+
+
+def test_a_bearer_token_over_verified_tls(tmp_path: Path) -> None:
+    with RegistryStandIn(tmp_path, f"Bearer {TOKEN}") as standin:
+        settings = _bearer(standin.url, schema_registry_ssl_ca_location=str(standin.ca))
+        with closing(make_decoder(settings)) as decoder:
+            assert decoder.decode(_record()).message_id == "m-guid"
+    assert standin.seen[-1].get("target-sr-cluster") == "lsrc-1"
+
+
+def test_an_untrusted_certificate_stops_before_the_token_is_sent(tmp_path: Path) -> None:
+    with (
+        RegistryStandIn(tmp_path, f"Bearer {TOKEN}") as standin,
+        pytest.raises(ConfigError, match="CERTIFICATE_VERIFY_FAILED") as refused,
+        closing(make_decoder(_bearer(standin.url))) as decoder,  # no CA file: not trusted
+    ):
+        decoder.decode(_record())
+    assert TOKEN not in str(refused.value)
+    assert standin.seen == [], "a request crossed a connection whose certificate was not trusted"
+
+
+def test_mutual_tls_with_the_client_certificate_and_refused_without(tmp_path: Path) -> None:
+    client = tmp_path / "client"
+    client.mkdir()
+    self_signed(client)  # the client's certificate, trusted by the registry as its own CA
+    with RegistryStandIn(tmp_path, f"Bearer {TOKEN}", client_ca=client / "cert.pem") as standin:
+        tls = {"schema_registry_ssl_ca_location": str(standin.ca)}
+        mutual = {
+            "schema_registry_ssl_certificate_location": str(client / "cert.pem"),
+            "schema_registry_ssl_key_location": str(client / "key.pem"),
+        }
+        with closing(make_decoder(_bearer(standin.url, **tls, **mutual))) as decoder:
+            assert decoder.decode(_record()).message_id == "m-guid"
+        with (
+            closing(make_decoder(_bearer(standin.url, **tls))) as decoder,
+            pytest.raises(ConfigError, match="SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION"),
+        ):
+            decoder.decode(_record())
+
+
+# the real registry: basic auth, HTTPS, and what its answers mean
+
+
+def _registered(registry: Registry) -> int:
+    with registry.client("writer") as client:
+        return int(client.register_schema("decode-t-track", Schema(load_schemas().raw["track"])))
+
+
+def test_basic_auth_over_verified_tls(registry: Registry) -> None:
+    schema_id = _registered(registry)
+    settings = Settings(
+        schema_registry_url=registry.server.tls_url,
+        schema_registry_ssl_ca_location=str(registry.ca),
+        schema_registry_basic_auth_user_info=SecretStr(registry.user_info("reader")),
     )
-    with pytest.raises(ConfigError, match="CERTIFICATE_VERIFY_FAILED"):
-        make_decoder(untrusted).decode(_record())
-    # the right credentials never crossed the connection whose certificate was not trusted
-    sent = [h.get("Authorization") for h in _Registry.seen]
-    assert sent and _Registry.expected not in sent
+    with closing(make_decoder(settings)) as decoder:
+        assert decoder.decode(_record(schema_id)).message_id == "m-guid"
+
+
+@pytest.mark.parametrize(
+    ("user", "setting", "status"),
+    [
+        ("wrong", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "401"),
+        ("missing", "SCHEMA_REGISTRY_URL", "401"),
+        ("nobody", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "403"),
+    ],
+)
+async def test_credentials_the_registry_refuses_are_one_configuration_error_at_start(
+    registry: Registry, user: str, setting: str, status: str
+) -> None:
+    """Checked by the first `prepare` (before any record): `run` stops at start, exit 2."""
+    info = {
+        "wrong": "reader:" + registry.passwords["reader"] + "-not",
+        "nobody": registry.user_info("nobody"),
+    }.get(user)
+    settings = Settings(
+        schema_registry_url=registry.url,
+        schema_registry_basic_auth_user_info=SecretStr(info) if info else None,
+    )
+    with closing(make_decoder(settings)) as decoder, pytest.raises(ConfigError) as refused:
+        await decoder.prepare([])
+    message = str(refused.value)
+    assert message.startswith(f"{setting}: ") and f"({status})" in message, message
+    assert "\n" not in message and not any(p in message for p in registry.passwords.values())
+
+
+async def test_answers_about_one_id_are_dead_letter_reasons_with_the_registrys_words(
+    registry: Registry,
+) -> None:
+    """404 (an id the registry does not know) and 400 (a schema it will not serve: one with a
+    "{}" string default, registered through Apicurio's own API) are about that id only."""
+    earlier = load_schemas().raw["track"].replace('"{ }"', '"{}"')
+    native = registry.url.removesuffix(API) + "/apis/registry/v3/groups/default/artifacts"
+    body = {"artifactId": "decode-unreadable", "artifactType": "AVRO",
+            "firstVersion": {"content": {"content": earlier, "contentType": "application/json"}}}
+    created = http_json("POST", native, body, registry.user_info("writer"))
+    unreadable = int(created["version"]["contentId"])
+    values = [_record(987_654), _record(unreadable)]
+    with closing(make_decoder(Settings(**registry.settings()))) as decoder:  # type: ignore[arg-type]
+        await decoder.prepare([Record("t", 0, n, value=v) for n, v in enumerate(values)])
+        with pytest.raises(DecodeError, match="unknown schema id 987654: No content with ID"):
+            decoder.decode(values[0])
+        with pytest.raises(DecodeError) as refused:
+            decoder.decode(values[1])
+    assert str(refused.value) == (
+        f"schema id {unreadable}: the Schema Registry answered 400: "
+        "Failed to discover artifact type from content."
+    )
+
+
+async def test_a_registry_that_does_not_answer_is_an_outage() -> None:
+    settings = Settings(schema_registry_url=f"http://127.0.0.1:{free_port()}")
+    with closing(make_decoder(settings)) as decoder, pytest.raises(RegistryUnavailable):
+        await decoder.prepare([Record("t", 0, 0, value=_record())])
+
+
+@pytest.mark.parametrize(
+    ("status", "meaning"),
+    [(401, ConfigError), (403, ConfigError), (302, ConfigError),
+     (408, RegistryUnavailable), (429, RegistryUnavailable), (500, RegistryUnavailable),
+     (503, RegistryUnavailable), (400, None), (404, None), (409, None), (422, None)],
+)  # fmt: skip
+def test_what_each_answer_means(status: int, meaning: type | None) -> None:
+    """The classification (5xx and 429 cannot be had from the real registry on demand)."""
+    problem = classify(SchemaRegistryError(status, -1, "said"), "SCHEMA_REGISTRY_URL")
+    assert (type(problem) if problem is not None else None) is meaning
+    if problem is not None:
+        assert f"{status}: said" in str(problem)
 
 
 def test_make_decoder_without_a_registry_is_local() -> None:

@@ -9,6 +9,7 @@ while it was held is never applied, as with a real outage.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -33,8 +34,11 @@ from tests.support.harness import (
     topic_size,
 )
 from tests.support.redis import StoppableRedis
+from tests.support.registry import Registry
+from tests.support.sandbox import faults, waiting_requests
 
 ENCODER = Encoder()
+OUTAGE_SECONDS = 20  # the registry's outage in case 7
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -71,26 +75,25 @@ def identify(n: int, user: str, anonymous: str | None = None, **traits: Any) -> 
     return call
 
 
+def page(n: int, user: str) -> dict:
+    return {"type": "page", "messageId": f"p-{n}-{uuid.uuid4()}", "timestamp": at(n),
+            "userId": user, "name": "Home", "properties": {"n": n}}  # fmt: skip
+
+
+def publish_values(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Publish encoded record values to partition 0, in order, and wait for the broker's acks."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for value in values:
+        producer.produce(topic, value, partition=0)
+    assert producer.flush(30) == 0
+
+
 def produce(bootstrap: str, topic: str, calls: list[dict], partition: int = 0) -> None:
     """Publish `calls` to one partition, in order, and wait for the broker's acks."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for call in calls:
         producer.produce(topic, ENCODER.encode(call), partition=partition)
     assert producer.flush(30) == 0
-
-
-async def faults(url: str, **body: Any) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{url}/sandbox/faults", json=body) as resp,
-    ):
-        resp.raise_for_status()
-        answer: dict[str, Any] = await resp.json()
-        return answer
-
-
-async def waiting_requests(url: str) -> int:
-    return int((await sandbox_get(url, "/sandbox/faults"))["waiting"])
 
 
 async def events_by_id(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -457,48 +460,57 @@ async def test_case6_a_state_store_outage_waits_shows_a_stalled_partition_and_lo
 
 
 async def test_case7_a_schema_registry_outage_is_waited_out_only_an_unknown_id_is_a_dead_letter(
-    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, registry: Registry
 ) -> None:
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    from tests.support.registry_standin import RegistryStandIn
-
+    """The real registry (Apicurio) stopped for 20 s mid-stream, while records arrive whose
+    schema the service has not fetched yet: it waits (nothing dead-lettered), then delivers
+    them all once the registry is back. A record naming an id the registry does not know is
+    the one dead letter, with the registry's words."""
     topic = topic_factory(partitions=1)
-    calls = [identify(1, "fay")] + [track(n, user="fay") for n in range(2, 6)]
-    with RegistryStandIn() as registry, SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
-        with SchemaRegistryClient({"url": registry.url}) as client:
-            encoder = Encoder(registry=client, topic=topic)
-            values = [encoder.encode(call) for call in calls]
-        producer = Producer({"bootstrap.servers": kafka_bootstrap})
-        for value in values:
-            producer.produce(topic, value, partition=0)
-        unknown = b"\x00" + (999).to_bytes(4, "big") + b"\x02"
-        producer.produce(topic, unknown, partition=0)
-        assert producer.flush(30) == 0
-        registry.outage = True
-        asked = registry.requests
+    before = [identify(1, "fay")] + [track(n, user="fay") for n in range(2, 6)]
+    during = [page(n, user="fay") for n in range(10, 15)]  # the page schema: not fetched yet
+    with registry.client("writer") as client:
+        encoder = Encoder(registry=client, topic=topic)
+        early, late = [encoder.encode(c) for c in before], [encoder.encode(c) for c in during]
+    unknown = b"\x00" + (987_654_321).to_bytes(4, "big") + b"\x02"
+    publish_values(kafka_bootstrap, topic, early)
+    port = free_port()
+    with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
         env = service_env(
-            kafka_bootstrap, topic, sandbox.url, state_dir(), schema_registry_url=registry.url
+            kafka_bootstrap, topic, sandbox.url, state_dir(), metrics_port=port,
+            **registry.settings(),
         )
         service = ServiceProcess(env, tmp_path / "service.log")
         service.start()
         try:
+            await wait_until(finished(service, kafka_bootstrap, topic), timeout=60, what="before")
+            stopped = time.monotonic()
+            registry.server.stop()
+            publish_values(kafka_bootstrap, topic, [*late, unknown])
 
             async def waiting_it_out() -> bool:
                 assert service.alive, service.log()[-3000:]
-                return registry.requests >= asked + 12  # several full tries of the client
+                errors = await metric(port, "klaviyo_stream_dependency_errors_total",
+                                      dependency="schema registry")
+                return errors >= 3
 
-            await wait_until(waiting_it_out, timeout=60, what="the service asking again")
+            await wait_until(waiting_it_out, timeout=30, what="the service asking again")
+            await asyncio.sleep(max(0.0, stopped + OUTAGE_SECONDS - time.monotonic()))  # the outage
             assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0, "an outage made dead letters"
-            registry.outage = False
+            assert int((await stats(sandbox.url))["events"]) == 4  # the tracks before it only
+            registry.server.start()
             await wait_until(finished(service, kafka_bootstrap, topic), timeout=90, what="all")
             assert service.terminate() == 0
         finally:
             service.stop_quietly()
+            registry.ensure_running()
         stored = await events_by_id(sandbox.url)
-    assert set(stored) == {c["messageId"] for c in calls if c["type"] == "track"}
+    expected = {c["messageId"] for c in before + during if c["type"] in ("track", "page")}
+    assert set(stored) == expected and all(len(v) == 1 for v in stored.values())
     [letter] = read_topic(kafka_bootstrap, f"{topic}-dlq", 1)
-    assert b"unknown schema id 999" in dict(letter.headers())["dlq.error.message"]
+    assert dict(letter.headers())["dlq.error.message"] == (
+        b"unknown schema id 987654321: No content with ID '987654321' was found."
+    )
 
 
 # 8 ----------------------------------------------------------------------------------------------

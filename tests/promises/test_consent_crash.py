@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from stream.local.sandbox import SandboxConfig, SandboxThread, SeedList
 from tests.support import sandbox_get, wait_until
 from tests.support.consent import SUBSCRIBE, call, consent_jobs, klaviyo, members, publish
@@ -24,16 +22,7 @@ from tests.support.harness import (
     state_dir,
     topic_size,
 )
-
-
-async def faults(url: str, **body: Any) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{url}/sandbox/faults", json=body) as resp,
-    ):
-        resp.raise_for_status()
-        answer: dict[str, Any] = await resp.json()
-        return answer
+from tests.support.sandbox import faults
 
 
 async def test_a_crash_between_upsert_and_subscribe_loses_nothing_and_sends_nothing_twice(

@@ -1,4 +1,5 @@
-"""Crashes: SIGKILL at random points of a 100,000-record run, and SIGTERM mid-run.
+"""Crashes: SIGKILL at random points of a 100,000-record run (and of a 20,000-record one through
+the real Schema Registry), and SIGTERM mid-run.
 
 The service runs as a real process against the real broker and the sandbox. After every
 kill it is restarted at once; at the end every event is stored exactly once at the sandbox
@@ -13,6 +14,8 @@ import random
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxThread
@@ -29,28 +32,47 @@ from tests.support.harness import (
     topic_size,
     with_duplicates,
 )
+from tests.support.registry import Registry
 
 RECORDS = 100_000
 PERSONS = 2_000
 KILLS = 6
+REGISTRY_RECORDS = 20_000  # once more through the real registry: its own part, at less cost
+REGISTRY_KILLS = 3
 
 
+@pytest.mark.parametrize(
+    ("encoding", "records", "kills"),
+    [("local", RECORDS, KILLS), ("registry", REGISTRY_RECORDS, REGISTRY_KILLS)],
+)
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
-    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, request: pytest.FixtureRequest,
+    encoding: str, records: int, kills: int,
 ) -> None:
+    """In both encodings: with the real Schema Registry (Apicurio), each restarted process
+    fetches the writer schemas again."""
     seed = random.randrange(1_000_000)
     print(f"seed {seed}")
     rng = random.Random(seed)
     topic = topic_factory(partitions=4)
-    calls = with_duplicates(list(sample_calls(RECORDS, seed=seed, persons=PERSONS)))
-    publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
+    calls = with_duplicates(list(sample_calls(records, seed=seed, persons=PERSONS)))
+    extra: dict[str, str] = {}
+    if encoding == "registry":
+        registry: Registry = request.getfixturevalue("registry")
+        extra = registry.settings("reader")
+        with registry.client("writer") as client:
+            encoder = Encoder(registry=client, topic=topic)
+            publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, encoder)
+    else:
+        publish({"bootstrap.servers": kafka_bootstrap}, topic, calls, Encoder())
     events, _profiles = expected_of(calls)
     # kill points: random numbers of delivered events, spread over the whole run
-    points = sorted(rng.sample(range(len(events) // 20, len(events) * 19 // 20), KILLS))
+    points = sorted(rng.sample(range(len(events) // 20, len(events) * 19 // 20), kills))
     started = time.monotonic()
     with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
         env = service_env(
-            kafka_bootstrap, topic, sandbox.url, state_dir(), kafka_group_instance_id="crashy"
+            kafka_bootstrap, topic, sandbox.url, state_dir(), kafka_group_instance_id="crashy",
+            **extra,
         )
         service = ServiceProcess(env, tmp_path / "service.log")
         try:
@@ -80,8 +102,11 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         await assert_exactly_once(sandbox.url, calls, replays_allowed=True)  # the crash window
         final = await stats(sandbox.url)
     assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
+    if encoding == "registry":  # the registry's password never in what the service logged
+        assert extra["schema_registry_basic_auth_user_info"].split(":", 1)[1] not in service.log()
     print(
-        f"{RECORDS} records, {KILLS} SIGKILLs at {points} events, {service.starts} starts, "
+        f"{records} records ({encoding}), {kills} SIGKILLs at {points} events, "
+        f"{service.starts} starts, "
         f"{final['refused_duplicates']} replays refused by unique_id, "
         f"{time.monotonic() - started:.0f} s"
     )

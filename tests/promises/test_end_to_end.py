@@ -1,22 +1,24 @@
 """The walking skeleton through real parts: a real broker, the real service, the sandbox.
 
 10,000 mixed identify/track/page calls on a 3-partition topic must arrive exactly once, on the
-right profile, with the right mapping, in both encodings users have.
+right profile, with the right mapping, in both encodings users have (Confluent's through the real
+Schema Registry).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import closing
 from typing import Any
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
-
-from stream.intake.decode import RegistryDecoder
+from stream.core.settings import Settings
+from stream.intake.decode import RegistryDecoder, make_decoder
 from stream.klaviyo.mapping import event_time
 from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxServer
 from stream.ops.produce import Encoder, publish
 from tests.support import running_service, sandbox_get, service_settings, wait_until
+from tests.support.registry import Registry
 
 RECORDS = 10_000
 
@@ -80,10 +82,14 @@ async def test_ten_thousand_mixed_calls_arrive_exactly_once_local_encoding(
 
 
 async def test_ten_thousand_mixed_calls_arrive_exactly_once_schema_registry(
-    kafka_bootstrap: str, topic_factory: Any
+    kafka_bootstrap: str, topic_factory: Any, registry: Registry
 ) -> None:
-    registry = SchemaRegistryClient.new_client({"url": "mock://end-to-end"})
+    """Through the real registry (Apicurio): our schemas registered by `publish` (produce's)
+    through the Confluent API, the service reading as a principal that may only read."""
     topic = topic_factory(partitions=3)
-    await deliver_and_check(
-        kafka_bootstrap, topic, Encoder(registry=registry, topic=topic), RegistryDecoder(registry)
-    )
+    decoder = make_decoder(Settings(**registry.settings("reader")))  # type: ignore[arg-type]
+    assert isinstance(decoder, RegistryDecoder)
+    with registry.client("writer") as client, closing(decoder):
+        await deliver_and_check(
+            kafka_bootstrap, topic, Encoder(registry=client, topic=topic), decoder
+        )

@@ -87,8 +87,13 @@ class ServiceProcess:
 
     def terminate(self, timeout: float = 90.0) -> int:
         """SIGTERM and wait for the exit code (graceful shutdown)."""
+        return self.signal(signal.SIGTERM, timeout)
+
+    def signal(self, sig: int, timeout: float) -> int:
+        """Send `sig` (SIGTERM, SIGINT) and wait for the exit code; `subprocess.TimeoutExpired`
+        when the process is still running after `timeout` seconds."""
         assert self._process is not None
-        self._process.send_signal(signal.SIGTERM)
+        self._process.send_signal(sig)
         return self._process.wait(timeout=timeout)
 
     def wait(self, timeout: float) -> int:

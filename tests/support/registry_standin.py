@@ -1,94 +1,82 @@
-"""A small HTTP stand-in of the Confluent Schema Registry's REST API, for registry tests.
+"""A small HTTP stand-in of the Schema Registry's REST API, kept ONLY for what the real registry
+the tests run (Apicurio Registry, `tests/support/registry.py`) cannot do on this machine:
 
-No real Schema Registry can be installed on these machines (Confluent's is not on Maven
-Central, Karapace is not on PyPI). This serves what confluent-kafka's `SchemaRegistryClient`
-calls for our records — register a schema under a subject, fetch a schema by id — and can be
-told to answer 503 (an outage) or be stopped (connection refused). An id never registered
-answers 404 with the registry's error code 40403.
+- bearer tokens: Apicurio takes them only from an OpenID Connect provider, and none runs here;
+- mutual TLS: a registry that asks for the client's certificate.
+
+Everything else (basic auth, HTTPS, unknown ids, refusals, outages) is tested against the real
+registry. This serves the calls the decoder makes (`GET /schemas/types`, `GET /schemas/ids/1`)
+over TLS, behind an `Authorization` check, and records the headers it was sent.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import ssl
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from stream.intake.avro import load_schemas
 
 JSON = "application/vnd.schemaregistry.v1+json"
 
 
 class RegistryStandIn:
-    """`with RegistryStandIn() as registry:` … `registry.url`, `registry.outage = True`."""
+    """`with RegistryStandIn(tmp_path, authorization="Bearer …") as registry:` … `registry.url`
+    (HTTPS; `registry.ca` verifies it). `client_ca`: a CA file the client's certificate must
+    be signed by (mutual TLS). Schema id 1 is our current `track` schema."""
 
-    def __init__(self) -> None:
-        self.outage = False
-        self.schemas: dict[int, str] = {}
-        self.requests = 0
-        self._by_text: dict[str, int] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+    def __init__(
+        self, directory: Path, authorization: str, client_ca: Path | None = None
+    ) -> None:
+        from tests.support.tls import self_signed
+
+        context = self_signed(directory)
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(client_ca)
+        self.ca = directory / "cert.pem"
+        self.seen: list[dict[str, str]] = []
+        handler = type("Handler", (_Handler,), {"standin": self, "expected": authorization})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> RegistryStandIn:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
 
-    def stop(self) -> None:
-        """Stop listening: clients now meet a refused connection."""
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-            self._runner = None
 
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/subjects/{subject}/versions", self._register)
-        app.router.add_get("/schemas/ids/{id}", self._schema)
-        app.router.add_get("/subjects", self._subjects)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+class _Handler(BaseHTTPRequestHandler):
+    standin: RegistryStandIn
+    expected: str
 
-    def _refuse(self) -> web.Response | None:
-        self.requests += 1
-        if self.outage:
-            return web.json_response(
-                {"error_code": 50301, "message": "stand-in outage"}, status=503, content_type=JSON
-            )
-        return None
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.standin.seen.append(dict(self.headers))
+        if self.headers.get("Authorization") != self.expected:
+            self._send(401, {"error_code": 40101, "message": "Unauthorized"})
+        elif self.path.startswith("/schemas/types"):
+            self._send(200, ["AVRO"])
+        elif self.path.startswith("/schemas/ids/1"):
+            self._send(200, {"schema": load_schemas().raw["track"]})
+        else:
+            self._send(404, {"error_code": 40403, "message": "Schema not found"})
 
-    async def _register(self, request: web.Request) -> web.Response:
-        refused = self._refuse()
-        if refused is not None:
-            return refused
-        text = (await request.json())["schema"]
-        schema_id = self._by_text.get(text)
-        if schema_id is None:
-            schema_id = self._by_text[text] = len(self.schemas) + 1
-            self.schemas[schema_id] = text
-        return web.json_response({"id": schema_id}, content_type=JSON)
+    def _send(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", JSON)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-    async def _schema(self, request: web.Request) -> web.Response:
-        refused = self._refuse()
-        if refused is not None:
-            return refused
-        text = self.schemas.get(int(request.match_info["id"]))
-        if text is None:
-            body = {"error_code": 40403, "message": "Schema not found"}
-            return web.json_response(body, status=404, content_type=JSON)
-        return web.json_response({"schema": text}, content_type=JSON)
-
-    async def _subjects(self, request: web.Request) -> web.Response:
-        refused = self._refuse()
-        return refused or web.json_response([], content_type=JSON)
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""

@@ -8,6 +8,28 @@ from typing import Any
 import aiohttp
 import orjson
 
+
+async def faults(url: str, **body: Any) -> dict[str, Any]:
+    """POST /sandbox/faults (`hold=True`: Klaviyo answers nothing until `hold=False`)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/sandbox/faults", json=body) as resp,
+    ):
+        resp.raise_for_status()
+        answer: dict[str, Any] = await resp.json()
+        return answer
+
+
+async def waiting_requests(url: str) -> int:
+    """Requests the sandbox holds unanswered right now."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/sandbox/faults") as resp,
+    ):
+        resp.raise_for_status()
+        return int((await resp.json())["waiting"])
+
+
 API_KEY = "pk_sandbox_0000000000000000000000000000"
 REVISION = "2026-07-15"
 HEADERS = {

@@ -10,31 +10,31 @@ the work tree; the broker runs as a plain `java` child process whose files all l
 
 from __future__ import annotations
 
-import atexit
 import base64
-import fcntl
 import hashlib
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 from stream.core.errors import BrokerError
+from stream.local.jvm import (
+    HOST,
+    JvmProcess,
+    cache_root,
+    file_lock,
+    free_port,
+    java,
+    port_open,
+    run_until_signal,
+    tail,
+)
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG_CONFIG = HERE / "log4j2.yaml"
-HOST = "127.0.0.1"
 _MARKER = ".resolved"
 _LOG_NAME = "broker.log"
 
@@ -50,21 +50,7 @@ def kafka_version() -> str:
 
 def cache_dir() -> Path:
     """Jar cache: `$KLAVIYO_STREAM_CACHE` or `~/.cache/klaviyo-stream`, then `kafka-<version>`."""
-    root = os.environ.get("KLAVIYO_STREAM_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "klaviyo-stream"
-    return base / f"kafka-{kafka_version()}"
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive fcntl lock on `path`, so concurrent resolvers take turns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return cache_root() / f"kafka-{kafka_version()}"
 
 
 def ensure_jars() -> Path:
@@ -79,7 +65,7 @@ def ensure_jars() -> Path:
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
     if marker.is_file() and marker.read_text().strip() == digest:
         return jars
-    with _file_lock(cache / ".lock"):
+    with file_lock(cache / ".lock"):
         if marker.is_file() and marker.read_text().strip() == digest:
             return jars  # another process resolved while we waited
         mvn = shutil.which("mvn")
@@ -98,28 +84,17 @@ def ensure_jars() -> Path:
         except subprocess.TimeoutExpired as exc:
             raise BrokerError("resolving Kafka jars with Maven timed out after 900 s") from exc
         if done.returncode != 0 or not any(jars.glob("kafka_2.13-*.jar")):
-            tail = _tail(done.stdout + done.stderr)
-            raise BrokerError(f"resolving Kafka jars failed (mvn exit {done.returncode}):\n{tail}")
+            last = tail(done.stdout + done.stderr)
+            raise BrokerError(f"resolving Kafka jars failed (mvn exit {done.returncode}):\n{last}")
         marker.write_text(digest + "\n")
     return jars
 
 
 def _java() -> str:
-    """Path of the `java` launcher: `$JAVA_HOME/bin/java` or the one on PATH."""
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").is_file():
-        return str(Path(home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
+    found = java()
+    if found is None:
         raise BrokerError("Java (`java`, 17 or newer) is not on PATH: Kafka 4.x needs it")
-    return java
-
-
-def _free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return found
 
 
 def _random_cluster_id() -> str:
@@ -133,11 +108,7 @@ def _random_cluster_id() -> str:
             return text
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-class LocalKafka:
+class LocalKafka(JvmProcess):
     """One local Kafka 4.x node (broker + KRaft controller) listening on 127.0.0.1.
 
     `port=0` picks free ports (client and controller). Data, config and the broker's log live in
@@ -145,16 +116,18 @@ class LocalKafka:
     keeps ports and data, so tests can bounce the broker mid-run.
     """
 
+    error = BrokerError
+    log_name = _LOG_NAME
+    temp_prefix = "localkafka-"
+    what = "Kafka broker"
+
     def __init__(
         self, work_dir: Path | None = None, port: int = 0, jars_dir: Path | None = None
     ) -> None:
-        self._given_work_dir = work_dir
-        self._work_dir: Path | None = work_dir
+        super().__init__(work_dir)
         self._port = port
         self._controller_port = 0
         self._jars_dir = jars_dir
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -164,20 +137,6 @@ class LocalKafka:
         if not self._port:
             raise BrokerError("the broker has not been started, so it has no port yet")
         return f"{HOST}:{self._port}"
-
-    @property
-    def work_dir(self) -> Path | None:
-        """Directory holding server.properties, the data (`data/`) and `broker.log`."""
-        return self._work_dir
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running broker JVM, if any."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    def is_running(self) -> bool:
-        """Whether the broker process is alive (it may still be starting)."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 120) -> str:
         """Format storage if needed, launch the JVM and wait until the broker answers metadata.
@@ -190,9 +149,7 @@ class LocalKafka:
                 return self.bootstrap_servers
             java = _java()
             jars = self._jars_dir or ensure_jars()
-            fresh_temp = self._work_dir is None
-            if self._work_dir is None:
-                self._work_dir = Path(tempfile.mkdtemp(prefix="localkafka-"))
+            fresh_temp = self._make_work_dir()
         try:
             with self._lock:
                 self._launch_broker(java, jars)
@@ -205,50 +162,12 @@ class LocalKafka:
             raise
         return self.bootstrap_servers
 
-    def stop(self, timeout: float = 30) -> None:
-        """Stop the broker (SIGTERM, wait `timeout`, then SIGKILL); remove a temp work dir."""
-        self._stop_process(timeout)
-        if self._given_work_dir is None and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
-            self._work_dir = None
-
     def restart(self, timeout: float = 120) -> str:
         """Stop and start again on the same ports and data directory."""
         if self._work_dir is None:
             raise BrokerError("restart() needs a broker that was started")
         self._stop_process(timeout=30)
         return self.start(timeout)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the broker's log (stdout and stderr of the JVM).
-
-        The last ERROR line comes first when it is further up, since a stack trace can bury it.
-        """
-        if self._work_dir is None:
-            return ""
-        log = self._work_dir / _LOG_NAME
-        text = log.read_text(errors="replace") if log.is_file() else ""
-        tail = _tail(text, lines)
-        errors = [line for line in text.splitlines() if " ERROR " in line]
-        if errors and errors[-1] not in tail:
-            return f"{errors[-1]}\n...\n{tail}"
-        return tail
-
-    def __enter__(self) -> LocalKafka:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()  # __exit__ will not run: do not leave a temp dir behind
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -262,15 +181,14 @@ class LocalKafka:
             old_port, old_cport = _recorded_ports(self._work_dir / "server.properties")
             self._port = self._port or old_port
             self._controller_port = self._controller_port or old_cport
-        self._port = self._port or _free_port()
+        self._port = self._port or free_port()
         while not self._controller_port or self._controller_port == self._port:
-            self._controller_port = _free_port()
+            self._controller_port = free_port()
         props = self._write_properties()
         classpath = f"{jars}/*"
         if not formatted:
             self._format(java, classpath, props)
-        self._launch(java, classpath, props)
-        atexit.register(self._kill_at_exit)
+        self._spawn(self._java_cmd(java, classpath) + ["kafka.Kafka", str(props)])
 
     def _write_properties(self) -> Path:
         assert self._work_dir is not None
@@ -315,22 +233,8 @@ class LocalKafka:
         cmd[1:3] = ["-Xmx256M", "-Xms64M"]  # the formatter needs no 1 GiB heap
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
-            tail = _tail(done.stdout + done.stderr)
-            raise BrokerError(f"formatting Kafka storage failed (exit {done.returncode}):\n{tail}")
-
-    def _launch(self, java: str, classpath: str, props: Path) -> None:
-        assert self._work_dir is not None
-        cmd = self._java_cmd(java, classpath) + ["kafka.Kafka", str(props)]
-        with (self._work_dir / _LOG_NAME).open("ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches us, and we stop the broker in order.
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=self._work_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            last = tail(done.stdout + done.stderr)
+            raise BrokerError(f"formatting Kafka storage failed (exit {done.returncode}):\n{last}")
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll until the broker listens and answers a metadata request naming itself."""
@@ -340,22 +244,11 @@ class LocalKafka:
         deadline = time.monotonic() + timeout
         admin: AdminClient | None = None
         while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise BrokerError(
-                    f"Kafka broker exited during start-up (exit {code}); log tail:\n"
-                    + self.log_tail()
-                )
+            self._check_alive(deadline, timeout)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerError(
-                    f"Kafka broker did not answer within {timeout:.0f} s; log tail:\n"
-                    + self.log_tail()
-                )
             if admin is None:
                 # Connect only once the port accepts, so librdkafka does not log refusals.
-                if _port_open(self._port):
+                if port_open(self._port):
                     admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
                 else:
                     time.sleep(0.1)
@@ -367,34 +260,6 @@ class LocalKafka:
             if meta.brokers:
                 return
             time.sleep(0.1)
-
-    def _stop_process(self, timeout: float) -> None:
-        with self._lock:
-            proc, self._proc = self._proc, None
-            atexit.unregister(self._kill_at_exit)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired as exc:
-                    raise BrokerError(f"Kafka broker pid {proc.pid} survived SIGKILL") from exc
-        else:
-            proc.wait()
-
-    def _kill_at_exit(self) -> None:
-        """Last resort if the interpreter exits with the broker still up: do not orphan a JVM."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if self._given_work_dir is None and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
 
 
 def _recorded_ports(props: Path) -> tuple[int, int]:
@@ -410,36 +275,14 @@ def _recorded_ports(props: Path) -> tuple[int, int]:
     return found["PLAINTEXT"], found["CONTROLLER"]
 
 
-def _port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:port."""
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def run_foreground(port: int = 9092, work_dir: Path | None = None) -> None:
     """Run a broker until SIGINT/SIGTERM: what `klaviyo-stream kafka` does.
 
     Prints `Kafka ready at 127.0.0.1:PORT` once clients can connect, then stops cleanly.
     """
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     kafka = LocalKafka(work_dir=work_dir, port=port)
-    try:
-        kafka.start()
-        print(f"Kafka ready at {kafka.bootstrap_servers}", flush=True)
-        while not stop.wait(1.0):
-            if not kafka.is_running():
-                raise BrokerError(
-                    "Kafka broker exited unexpectedly; log tail:\n" + kafka.log_tail()
-                )
-    finally:
-        kafka.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    def ready() -> str:
+        return f"Kafka ready at {kafka.bootstrap_servers}"
+
+    run_until_signal(kafka, ready, lambda line: print(line, flush=True))
