@@ -29,6 +29,7 @@ the ledger settles it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import deque
@@ -57,8 +58,10 @@ class Gate:
         fence: Fence | None = None,
         settle_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self._send = send
+        self._stop = stop
         self._erasure = erasure
         self._fence = fence
         self._settle = settle_seconds
@@ -188,9 +191,9 @@ class Gate:
         erasure = self._erasure
         if erasure is not None:  # before the ledger finishes the delete call's record
             for erasure_id in done:
-                await until_available(partial(erasure.settle, erasure_id), STATE)
+                await until_available(partial(erasure.settle, erasure_id), STATE, stop=self._stop)
             for erasure_id in gone:
-                await until_available(partial(erasure.fail, erasure_id), STATE)
+                await until_available(partial(erasure.fail, erasure_id), STATE, stop=self._stop)
         for erasure_id in [*done, *gone]:
             self._started.pop(erasure_id, None)
         self.poll()

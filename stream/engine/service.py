@@ -199,7 +199,9 @@ class Service:
             self._actions_gate()
             if self._processor.erasure is not None:
                 erasure = self._processor.erasure
-                await until_available(erasure.load, STATE, waiting=self.health.waiting)
+                await until_available(
+                    erasure.load, STATE, waiting=self.health.waiting, stop=self._stopping
+                )
             sweeper = asyncio.create_task(self._sweep())
             heart = asyncio.create_task(self._heartbeat())
             try:
@@ -387,13 +389,16 @@ class Service:
         decoder = self._decoder
         try:
             await until_available(
-                lambda: decoder.prepare([record]), "schema registry", waiting=self.health.waiting
-            )
+                lambda: decoder.prepare([record]), "schema registry",
+                waiting=self.health.waiting, stop=self._stopping,
+            )  # fmt: skip
             call = decoder.decode(record.value, record.headers)
+            result = await self._process(call, record)
         except RecordError as exc:
             self._ledger.reject(record, exc, exc.stage)  # type: ignore[union-attr]
             return
-        result = await self._process(call, record)
+        except Interrupted:
+            return  # stopping: the record stays unfinished, read again by the next owner
         if result is not None:
             self._dispatch(record, result)
 
@@ -407,6 +412,7 @@ class Service:
                 erasure=self._processor.erasure,
                 fence=self._fence,
                 settle_seconds=self.settings.deletion_settle_seconds,
+                stop=self._stopping,
             )
         return self._gate
 
@@ -461,7 +467,10 @@ class Service:
         assert self._deliverer is not None and self._ledger is not None
         erasure = self._processor.erasure
         mark = erasure.mark if erasure is not None else 0  # what `_admit` judges against
-        admitted = await self._admit(batch, mark)
+        try:
+            admitted = await self._admit(batch, mark)
+        except Interrupted:
+            return  # stopping with the state store down: its records stay unfinished
         if admitted is None:
             return
         batch = admitted
@@ -489,7 +498,12 @@ class Service:
         if self._gate is not None:  # erasures settled before their records finish
             failed = [item for failure in settlement.failed for item in failure.items]
             cancelled = {id(item) for item in settlement.cancelled}
-            await self._gate.answered([i for i in batch.items if id(i) not in cancelled], failed)
+            try:
+                await self._gate.answered(
+                    [i for i in batch.items if id(i) not in cancelled], failed
+                )
+            except Interrupted:
+                return  # stopping with the state store down: its records stay unfinished
         self._ledger.settle(settlement.delivered)
         for failure in settlement.failed:
             self._ledger.fail(failure.items, failure.error, failure.stage)
@@ -517,7 +531,9 @@ class Service:
             if all(r.stamp >= mark for r in item.records):
                 continue
             judge = partial(erasure.late, item.records, profile_identifiers(item.profile), mark)
-            verdict = await until_available(judge, STATE, waiting=self.health.waiting)
+            verdict = await until_available(
+                judge, STATE, waiting=self.health.waiting, stop=self._stopping
+            )
             if verdict is None:
                 continue
             caught.append(item)
