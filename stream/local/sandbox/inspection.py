@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from . import pages
+from .catalog_page import catalog_page
 from .consent import PENDING as CONSENT_PENDING
 from .resources import event_snapshot, list_snapshot, merge_snapshot, profile_snapshot
 from .stamps import iso
@@ -220,6 +221,8 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
             "lists": len(store.lists),
             "consent_jobs": len(store.consent_jobs),
             "deleted_profiles": len(store.deleted),
+            "catalog_items": len(sandbox.catalog.resources["item"]),
+            "catalog_jobs_in_progress": sandbox.catalog.in_progress,
             "pending_deletions": sum(t.status == PENDING for t in store.deletion_tasks),
             "rate_limits_enforced": sandbox.config.rate_limits,
             "rate_limits": [
@@ -291,6 +294,30 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
             document["operations"] = sorted(faults.operations)
         return _json(document)
 
+    async def catalog(request: web.Request) -> web.Response:
+        """GET /sandbox/catalog: items, variants, categories, job counts (and the most ever in
+        progress at once), back-in-stock subscriptions and mapped metrics."""
+        return _answer(request, sandbox.catalog.snapshot(), catalog_page)
+
+    async def catalog_jobs(request: web.Request) -> web.Response:
+        """GET /sandbox/catalog/jobs: every catalog bulk job, oldest first, with the ids its
+        request named and what it did."""
+        jobs = [sandbox.catalog.job_snapshot(job) for job in sandbox.catalog.jobs.values()]
+        return _json({"jobs": jobs})
+
+    async def catalog_faults(request: web.Request) -> web.Response:
+        """POST /sandbox/catalog/faults {"fail": [{"id": "SKU-1", "detail": "…", "times": 1}]}:
+        the next jobs naming a resource fail it with that detail (a per-resource job error)."""
+        try:
+            asked = orjson.loads(await request.read())
+            failures = [(str(f["id"]), str(f["detail"]), int(f.get("times", 1)))
+                        for f in asked["fail"]]  # fmt: skip
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return _bad('body must be {"fail": [{"id": "...", "detail": "...", "times": 1}]}')
+        for resource_id, detail, times in failures:
+            sandbox.catalog.fail(resource_id, detail, times)
+        return _json({"failing": {k: len(v) for k, v in sandbox.catalog.failures.items()}})
+
     return [
         web.get("/sandbox", overview),
         web.get("/sandbox/", overview),
@@ -302,6 +329,9 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         web.get("/sandbox/lists", lists),
         web.get("/sandbox/deleted", deleted),
         web.get("/sandbox/consent-jobs", consent_jobs),
+        web.get("/sandbox/catalog", catalog),
+        web.get("/sandbox/catalog/jobs", catalog_jobs),
+        web.post("/sandbox/catalog/faults", catalog_faults),
         web.post("/sandbox/confirm", confirm),
         web.get("/sandbox/stats", stats),
         web.get("/sandbox/requests", requests),

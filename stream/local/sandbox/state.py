@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from .catalog import Catalog
 from .config import SandboxConfig
 from .consent import MailingList
 from .ratelimit import RateLimiter
@@ -123,6 +124,7 @@ class Sandbox:
         self.stats = Stats()
         self.log = RequestLog(config.request_log_limit)
         self.scheduler = Scheduler()
+        self.catalog = Catalog(config.catalog_jobs_cap)  # items, variants, categories, jobs
         self._seed_lists()
 
     def _seed_lists(self) -> None:
@@ -153,6 +155,7 @@ class Sandbox:
         dropped."""
         self.scheduler.cancel_all()
         self.store.reset()
+        self.catalog = Catalog(self.config.catalog_jobs_cap)
         self._seed_lists()
         self.limiter.reset()
         self.faults.hold(False)
