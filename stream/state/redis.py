@@ -18,6 +18,7 @@ Layout under `prefix` (default "ks:"):
     tomb / tombz        hash tombstone hash -> deleted_at; zset tombstone hash -> write mark
     seq:tomb            counter of tombstone write marks
     er                  hash erasure id -> the identifiers removed (until Klaviyo has them)
+    cat / catp / catjobs  the catalog's resources, job pointers and jobs (`catalog_redis`)
     layout              the layout version (absent: v1)
 Scripts compute key names at run time, so Redis Cluster is not supported (one primary only).
 """
@@ -45,6 +46,7 @@ from stream.state.base import (
     check_identifiers,
     tombstone_hash,
 )
+from stream.state.catalog_redis import RedisCatalog
 from stream.state.rules import DEFAULT_LIMITS, Limits, ordered_identifiers, plan_link
 
 _RELEASE = """
@@ -396,7 +398,8 @@ return out
 """
 
 
-LAYOUT_VERSION = 2  # v2: leased held entries (hl), person versions (ver), tombstones, erasures
+LAYOUT_VERSION = 3  # v2: leased held entries (hl), person versions (ver), tombstones, erasures
+# v3: the catalog's keys (cat, catp, catjobs): new keys, nothing to migrate
 LINK_ATTEMPTS = 20  # plans of one link met concurrent changes this often: a retriable error
 # after a conflict, wait a little (1 ms doubling, at most 50 ms, jittered) so that replicas
 # planning over the same persons stop colliding in step
@@ -413,8 +416,9 @@ def _num(ts: float) -> str:
     return repr(float(ts))
 
 
-class RedisStore:
-    """State in one Redis database, shared by all consumer processes that use the same URL."""
+class RedisStore(RedisCatalog):
+    """State in one Redis database, shared by all consumer processes that use the same URL.
+    The catalog's keys and methods are `RedisCatalog`'s."""
 
     def __init__(
         self,

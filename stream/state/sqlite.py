@@ -37,6 +37,7 @@ from stream.state.base import (
     check_identifiers,
     tombstone_hash,
 )
+from stream.state.catalog_sqlite import CATALOG_SCHEMA, SqliteCatalog
 from stream.state.rules import DEFAULT_LIMITS, Limits, Plan, ordered_identifiers, plan_link
 
 _CHUNK = 500  # bound on SQL variables per statement
@@ -98,9 +99,11 @@ INSERT OR IGNORE INTO counters VALUES ('tombstone', 0);
 """
 # Layout versions (PRAGMA user_version) and the steps that bring an older file up to date.
 # v1: leased held rows; tombstones and erasures (new tables, created by the schema).
-LAYOUT_VERSION = 1
+# v2: the catalog's tables (`catalog_sqlite.CATALOG_SCHEMA`, created by the schema).
+LAYOUT_VERSION = 2
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE held ADD COLUMN lease_until REAL;",  # releases stay until finished
+    2: "SELECT 1;",  # the catalog tables are new: the schema creates them
 }
 _LAYOUT_INDEXES = """
 CREATE INDEX IF NOT EXISTS held_lease ON held (lease_until) WHERE lease_until IS NOT NULL;
@@ -178,8 +181,9 @@ def _upsert(db: sqlite3.Connection, sql: str, width: int, params: list[Any]) -> 
         db.execute(text, part)
 
 
-class SqliteStore:
-    """State in one SQLite file (or `:memory:`); thread-safe through one lock, one connection."""
+class SqliteStore(SqliteCatalog):
+    """State in one SQLite file (or `:memory:`); thread-safe through one lock, one connection.
+    The catalog's tables and methods are `SqliteCatalog`'s."""
 
     def __init__(
         self,
@@ -236,7 +240,7 @@ class SqliteStore:
             if existed:
                 for step in range(version + 1, LAYOUT_VERSION + 1):
                     db.execute(_MIGRATIONS[step])
-            for statement in (_SCHEMA + _LAYOUT_INDEXES).split(";"):
+            for statement in (_SCHEMA + _LAYOUT_INDEXES + CATALOG_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
