@@ -60,6 +60,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # its message id was delivered before, or is in flight
     ABSORBED = "absorbed"  # it only fed the identity graph (alias, anonymous identify)
     DEAD_LETTERED = "dead_lettered"  # in the dead-letter topic with its reason
+    SUPERSEDED = "superseded"  # a newer version of its catalog resource took its place
 
 
 class DeadLetterWriter(Protocol):
