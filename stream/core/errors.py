@@ -6,6 +6,7 @@
     │   ├── TransformConfigError     the transformations file
     │   ├── HipaaConfigError         the HIPAA allow-lists
     │   ├── ConsentConfigError       the consent rules file
+    │   ├── CatalogConfigError       the catalog column mapping (Debezium) file
     │   └── RevisionRefused          Klaviyo refused the pinned revision header (fatal at run time)
     ├── BrokerError                  the local Kafka launcher could not start or stop a broker
     ├── ReplayError                  `dlq replay` could not read or republish
@@ -26,11 +27,13 @@
         ├── KlaviyoServerError       5xx                                        retriable
         ├── RateLimited              429, carries retry_after seconds           retriable
         ├── ImportJobUnknown         a bulk import job's outcome cannot be read
+        ├── CatalogJobUnknown        a catalog bulk job's outcome cannot be read    retriable
         └── KlaviyoClientError       4xx: the request itself is wrong          not retriable
             ├── Unauthorized         401/403: the API key                       fatal
             ├── DuplicateProfile     409: carries duplicate_profile_id          healed by a merge
             ├── InvalidRequest       400: carries the JSON pointers of the bad fields
-            └── ImportRecordFailed   one profile of a bulk import job failed
+            ├── ImportRecordFailed   one profile of a bulk import job failed
+            └── CatalogResourceFailed  one resource of a catalog bulk job failed
 
 `retriable` says whether trying the same thing again can succeed. Messages never carry a
 secret: Klaviyo errors are built from Klaviyo's answer, never from the request headers.
@@ -68,6 +71,10 @@ class HipaaConfigError(ConfigError):
 
 class ConsentConfigError(ConfigError):
     """The consent rules file is invalid, or asks what the connection mode cannot do."""
+
+
+class CatalogConfigError(ConfigError):
+    """The catalog column mapping file (`CATALOG_MAPPING_FILE`) is invalid."""
 
 
 class RevisionRefused(ConfigError):
@@ -234,6 +241,13 @@ class ImportJobUnknown(KlaviyoError):
     ended without completing): none of its records can be called delivered."""
 
 
+class CatalogJobUnknown(KlaviyoError):
+    """A catalog bulk job's outcome cannot be read (it is gone, cancelled, or answered without
+    an id): its resources are sent again, which the create/update recovery makes safe."""
+
+    retriable = True
+
+
 class KlaviyoClientError(KlaviyoError):
     """4xx: sending the same request again cannot succeed."""
 
@@ -257,3 +271,7 @@ class DuplicateProfile(KlaviyoClientError):
 
 class ImportRecordFailed(KlaviyoClientError):
     """A bulk import job accepted the request but failed this profile (`/import-errors`)."""
+
+
+class CatalogResourceFailed(KlaviyoClientError):
+    """A catalog bulk job completed but failed this resource: Klaviyo's per-resource error."""

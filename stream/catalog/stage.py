@@ -1,0 +1,618 @@
+"""The catalog stage: catalog records in, Klaviyo bulk jobs out, outcomes to the ledger.
+
+Guarantees, in order of the path a record takes:
+
+- Latest wins. Per resource (`item:<id>`…) one version waits to be sent; a newer one read
+  meanwhile takes its place (the older record finishes `superseded`), and a version no newer
+  than what Klaviyo accepted (the state store says) changes nothing. One job per resource is in
+  flight at a time, so an older version can never land after a newer one.
+- Create or update from what the store knows Klaviyo accepted: a resource it has is updated,
+  any other is created, a deletion of one already deleted is done at once. A job's
+  per-resource error is checked against a read-back: a create refused because the resource
+  exists becomes an update, an update refused because it does not becomes a create, a delete
+  of what is gone is done; any other error is a dead letter with Klaviyo's words.
+- Order between kinds: a variant's create waits for its item's create when that item is on its
+  way here, an item's for its categories', at most `CATALOG_DEPENDENCY_WAIT_SECONDS`.
+- Jobs: up to 100 resources (5 MB) per job per kind and action; a waiting resource goes within
+  `CATALOG_LINGER_MS` when there is room: at most `CATALOG_MAX_JOBS_IN_PROGRESS` × the rate
+  share jobs in progress. A job's id is in the state store from its 202 until it is over, so a
+  crash picks it up: a re-read record whose resource a stored job holds waits for that job
+  (polled by whoever reads it) before anything else is sent for it.
+- A record is finished (its offset may move) when its version is accepted, superseded, or
+  dead-lettered. Records in the stage are bounded by `CATALOG_MAX_PENDING_RECORDS` (the
+  service pauses catalog partitions only), never counted against `MAX_PENDING_RECORDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stream.catalog import jobs
+from stream.catalog.decode import CatalogDecoder
+from stream.catalog.records import Resource
+from stream.completion.ledger import Ledger, Outcome
+from stream.core.calls import Record
+from stream.core.errors import (
+    CatalogJobUnknown,
+    CatalogResourceFailed,
+    ConfigError,
+    FatalDeliveryError,
+    InternalError,
+    InvalidRequest,
+    KlaviyoError,
+    RecordError,
+)
+from stream.core.retry import Waiting, until_available
+from stream.klaviyo.catalog import MAX_JOB_BYTES, MAX_PER_JOB, Action, Kind, entry
+from stream.klaviyo.client import Requester
+from stream.state.catalog import CatalogJob, CatalogState, CatalogStore, Version
+from stream.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+STATE = "state store"
+ORDER: tuple[Kind, ...] = ("category", "item", "variant")  # what others may wait for first
+ACTION_ORDER: tuple[Action, ...] = ("delete", "create", "update")
+DONE = {"create": "created", "update": "updated", "delete": "deleted"}  # outcome per action
+MAX_ATTEMPTS = 4  # sends of one version (recoveries, unknown jobs) before it is a dead letter
+POLL_FIRST = 1.0  # seconds before a job's first status GET while nothing is learnt yet
+POLL_MAX = 30.0  # the longest wait between two status GETs of one job
+RESEND_AFTER = 5.0  # a job refused for a reason that may pass (Klaviyo down): sent again after
+MAX_JOB_SECONDS = 1800.0  # a job not complete by then is taken as lost: its versions go again
+_ENVELOPE = len(orjson.dumps(entry("item", "create", "x")))  # a small entry, for byte counts
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One version of one resource on its way to Klaviyo: the ledger's item."""
+
+    resource: Resource
+    version: Version
+    records: list[Record]
+    since: float  # monotonic time it began waiting
+    attempts: int = 0
+    action: Action | None = None
+    encoded: bytes = b""
+    error: KlaviyoError | None = None  # the last refusal, for the dead letter
+
+    @property
+    def label(self) -> str:
+        return f"catalog {self.resource.kind} {self.resource.id}"
+
+
+@dataclass(slots=True)
+class Slot:
+    """What the stage knows of one resource: Klaviyo's accepted state (from the store), the
+    version waiting, the version in a job of ours, a stored job of someone else's."""
+
+    state: CatalogState
+    waiting: Entry | None = None
+    sent: Entry | None = None
+    adopted: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.sent is not None or self.adopted is not None
+
+
+@dataclass(slots=True)
+class _Job:
+    kind: Kind
+    action: Action
+    entries: list[Entry] = field(default_factory=list)
+    size: int = 0
+
+
+def applied(version: Version, accepted: Version | None) -> bool:
+    """Whether Klaviyo has `version` already (or a newer one of its partition)."""
+    return (
+        accepted is not None
+        and (version[0], version[1]) == (accepted[0], accepted[1])
+        and version[2] <= accepted[2]
+    )
+
+
+class CatalogStage:
+    """Catalog records → jobs → outcomes; `start()`, `accept(records)`, `close(timeout)`."""
+
+    def __init__(
+        self,
+        store: CatalogStore,
+        request: Requester,
+        ledger: Ledger,
+        decoder: CatalogDecoder,
+        *,
+        max_pending: int = 20_000,
+        linger_seconds: float = 1.0,
+        max_jobs: Callable[[], int] = lambda: 500,
+        dependency_wait: float = 60.0,
+        time_scale: float = 1.0,
+        fatal: Callable[[BaseException], None] = lambda exc: None,
+        waiting: Waiting | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._request = request
+        self._ledger = ledger
+        self._decoder = decoder
+        self.max_pending = max_pending
+        self._linger = linger_seconds
+        self._max_jobs = max_jobs
+        self._dependency_wait = dependency_wait
+        self._scale = time_scale
+        self._fatal = fatal
+        self._waiting = waiting
+        self._clock = clock
+        self._slots: dict[str, Slot] = {}
+        self._ready: dict[str, None] = {}  # keys whose waiting version may be sent, oldest first
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pump: asyncio.Task[None] | None = None
+        self._following: set[str] = set()  # stored jobs being followed
+        self._hurry = False
+        self._closing = False
+        self._expected = POLL_FIRST * time_scale  # learnt job duration (moving average)
+        self.pending = 0  # records in the stage, not yet handed back to the ledger
+        self.jobs_in_progress = 0
+
+    # the service's calls ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the pump (on the running loop)."""
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def accept(self, records: Sequence[Record]) -> None:
+        """Take the catalog records of one fetch: decode, compare, queue."""
+        await until_available(lambda: self._decoder.prepare(records), "schema registry",
+                              waiting=self._waiting)  # fmt: skip
+        decoded: list[tuple[Resource, Record]] = []
+        for record in records:
+            try:
+                decoded.append((self._decoder.decode(record), record))
+            except RecordError as exc:
+                self._ledger.reject(record, exc, exc.stage)
+            except Exception as exc:  # the per-record barrier: a record built to hurt
+                reason = InternalError(f"unexpected {type(exc).__name__}: {str(exc)[:1500]}")
+                self._ledger.reject(record, reason, "decode")
+        unknown = list({r.key: None for r, _ in decoded if r.key not in self._slots})
+        if unknown:
+            states = await until_available(
+                lambda: self._store.catalog_states(unknown), STATE, waiting=self._waiting
+            )
+            for key in unknown:
+                self._slots[key] = Slot(states.get(key, CatalogState()))
+        now = self._clock()
+        adopt: dict[str, None] = {}
+        for resource, record in decoded:
+            job_id = self._take(resource, record, now)
+            if job_id is not None:
+                adopt[job_id] = None
+        for job_id in adopt:
+            await self._adopt(job_id)
+        self._publish()
+        self._wake.set()
+
+    def hurry(self) -> None:
+        """Send what waits now, without lingering (a revoke, shutdown)."""
+        self._hurry = True
+        self._wake.set()
+
+    async def close(self, timeout: float) -> None:
+        """Send nothing more; wait (at most `timeout` s) for the jobs in flight to finish.
+        What is left stays unfinished: its jobs are in the state store for the next start."""
+        self._closing = True
+        self._wake.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in [*self._tasks, *([self._pump] if self._pump else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *([self._pump] if self._pump else []),
+                             return_exceptions=True)  # fmt: skip
+
+    # records → waiting versions ----------------------------------------------------------------
+
+    def _take(self, resource: Resource, record: Record, now: float) -> str | None:
+        """Queue one version; the id of a stored job to follow first, if its resource is in
+        one (a crash left it, or another replica sent it)."""
+        version: Version = (record.topic, record.partition, record.offset)
+        slot = self._slots[resource.key]
+        kind = resource.kind
+        if applied(version, slot.state.version):
+            self._count(kind, "unchanged")
+            self._ledger.processed(record, Outcome.DELIVERED)
+            return None
+        waiting = slot.waiting
+        if waiting is not None and applied(version, waiting.version):
+            self._count(kind, "superseded")
+            self._ledger.processed(record, Outcome.SUPERSEDED)
+            return None
+        if waiting is not None:  # the newer version takes its place
+            self._finish(waiting, "superseded")
+            self._ledger.settle([waiting], Outcome.SUPERSEDED)
+        record.open += 1
+        self.pending += 1
+        slot.waiting = Entry(resource, version, [record], now)
+        self._ledger.processed(record)
+        stored = slot.state.job
+        if stored is not None and slot.adopted is None and slot.sent is None:
+            slot.adopted = stored  # busy until that job is over
+            return stored
+        if not slot.busy:
+            self._ready[resource.key] = None
+        return None
+
+    async def _adopt(self, job_id: str) -> None:
+        """A stored job (sent before a crash, or by another replica) holds these resources:
+        follow it to its end before anything else is sent for them."""
+        if job_id in self._following:
+            return  # its end frees every slot adopted by it
+        job = await until_available(lambda: self._store.catalog_job(job_id), STATE,
+                                    waiting=self._waiting)  # fmt: skip
+        held = [key for key, slot in self._slots.items() if slot.adopted == job_id]
+        if job is None:  # over meanwhile: what it did is in the store now
+            states = await until_available(lambda: self._store.catalog_states(held), STATE,
+                                           waiting=self._waiting)  # fmt: skip
+            for key in held:
+                slot = self._slots[key]
+                found = states.get(key, CatalogState())
+                slot.state = CatalogState(found.exists, found.version, None)
+                slot.adopted = None
+                self._release_slot(key)
+            return
+        for key, _version in job.members:
+            member = self._slots.get(key)
+            if member is not None and member.sent is None:
+                member.adopted = job_id
+                self._ready.pop(key, None)
+        self._following.add(job_id)
+        self._spawn(self._follow(job))
+
+    # the pump: waiting versions → jobs --------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            if not self._closing:
+                self._plan()
+            wait = self._linger if self._ready else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _plan(self) -> None:
+        """Build the jobs that may go now, while there is room for them."""
+        now = self._clock()
+        hurry, self._hurry = self._hurry, False
+        groups: dict[tuple[Kind, Action], list[Entry]] = {}
+        for key in list(self._ready):
+            slot = self._slots[key]
+            current = slot.waiting
+            if current is None or slot.busy:
+                self._ready.pop(key, None)
+                continue
+            if self._waits(current, now):
+                continue
+            action = self._action(current, slot)
+            if action is None:  # a deletion of what is gone already
+                self._ready.pop(key, None)
+                slot.waiting = None
+                self._finish(current, "gone")
+                self._ledger.settle([current])
+                self._forget(key)
+                continue
+            groups.setdefault((current.resource.kind, action), []).append(current)
+        for kind in ORDER:
+            for action in ACTION_ORDER:
+                group = groups.get((kind, action))
+                if not group:
+                    continue
+                oldest = min(e.since for e in group)
+                full = len(group) >= MAX_PER_JOB
+                if not (full or hurry or self._closing or now - oldest >= self._linger):
+                    continue
+                for job in self._chunks(kind, action, group):
+                    if self.jobs_in_progress >= max(1, self._max_jobs()):
+                        return
+                    self._send(job)
+
+    def _waits(self, current: Entry, now: float) -> bool:
+        """A create that should follow its item's (a variant) or categories' (an item) create,
+        still on its way here, within the dependency bound."""
+        if now - current.since >= self._dependency_wait:
+            return False
+        resource = current.resource
+        needed = [f"item:{resource.item_id}"] if resource.kind == "variant" else []
+        needed += [f"category:{c}" for c in resource.categories]
+        for key in needed:
+            other = self._slots.get(key)
+            if other is not None and other.state.exists is not True and (
+                other.waiting is not None or other.busy
+            ):
+                return True
+        return False
+
+    @staticmethod
+    def _action(current: Entry, slot: Slot) -> Action | None:
+        if current.resource.deleted:
+            return None if slot.state.exists is False else "delete"
+        return "update" if slot.state.exists else "create"
+
+    def _chunks(self, kind: Kind, action: Action, group: list[Entry]) -> list[_Job]:
+        """Jobs of at most 100 entries and 5 MB, each entry encoded once."""
+        out = [_Job(kind, action)]
+        for current in group:
+            if current.action != action or not current.encoded:
+                current.action = action
+                resource = current.resource
+                current.encoded = orjson.dumps(
+                    entry(kind, action, resource.id, resource.fields, resource.item_id,
+                          resource.categories)  # fmt: skip
+                )
+            cost = len(current.encoded) + 1
+            job = out[-1]
+            if len(job.entries) >= MAX_PER_JOB or job.size + cost + _ENVELOPE > MAX_JOB_BYTES:
+                job = _Job(kind, action)
+                out.append(job)
+            job.entries.append(current)
+            job.size += cost
+        return out
+
+    def _send(self, job: _Job) -> None:
+        for current in job.entries:
+            key = current.resource.key
+            slot = self._slots[key]
+            slot.waiting, slot.sent = None, current
+            self._ready.pop(key, None)
+        self.jobs_in_progress += 1
+        self._publish()
+        self._spawn(self._job(job))
+
+    # one job: send, follow, settle -----------------------------------------------------------
+
+    async def _job(self, job: _Job) -> None:
+        try:
+            await self._attempt(job)
+        except (FatalDeliveryError, ConfigError) as exc:
+            self._fatal(exc)  # its entries stay unfinished: read again once fixed
+        finally:
+            self.jobs_in_progress -= 1
+            self._publish()
+            self._wake.set()
+
+    async def _attempt(self, job: _Job) -> None:
+        kind, action = job.kind, job.action
+        try:
+            encoded = [e.encoded for e in job.entries]
+            job_id = await jobs.submit(self._request, kind, action, encoded)
+        except InvalidRequest as exc:  # refused at once: the entries it names, else halves
+            await self._refused(job, exc)
+            return
+        except KlaviyoError as exc:
+            self._again(job.entries, exc, delay=True)
+            return
+        started = self._clock()
+        members = tuple((e.resource.key, e.version) for e in job.entries)
+        stored = CatalogJob(job_id, kind, action, members, time.time())
+        await until_available(lambda: self._store.catalog_job_started(stored), STATE,
+                              waiting=self._waiting)  # fmt: skip
+        try:
+            failed = await self._outcome(kind, action, job_id, len(job.entries))
+        except KlaviyoError as exc:  # the job's outcome is unknowable: send them again
+            await self._over(job_id, [])
+            self._again(job.entries, exc)
+            return
+        took = self._clock() - started
+        metrics.CATALOG_JOB_SECONDS.labels(kind, action).observe(took)
+        self._expected = 0.8 * self._expected + 0.2 * took
+        await self._settle(job, job_id, failed)
+
+    async def _refused(self, job: _Job, exc: InvalidRequest) -> None:
+        """A 400 for the whole request: fail the entries its pointers name and send the others
+        again; without a usable pointer, send each half on its own until the bad one is alone."""
+        named = jobs.indices(exc.pointers, job.kind, len(job.entries))
+        if named:
+            bad = [e for i, e in enumerate(job.entries) if i in named]
+            self._dead(bad, exc)
+            self._again([e for i, e in enumerate(job.entries) if i not in named], exc)
+            return
+        if len(job.entries) == 1:
+            self._dead(job.entries, exc)
+            return
+        half = len(job.entries) // 2
+        for part in (job.entries[:half], job.entries[half:]):
+            await self._attempt(_Job(job.kind, job.action, part))
+
+    async def _outcome(
+        self, kind: Kind, action: Action, job_id: str, size: int
+    ) -> dict[int, CatalogResourceFailed]:
+        """Poll a job until it is complete: a first look once a typical job would be done,
+        then less and less often."""
+        delay = max(self._expected, 0.05 * self._scale)
+        deadline = self._clock() + MAX_JOB_SECONDS * self._scale
+        while True:
+            await asyncio.sleep(delay)
+            found = await jobs.status(self._request, kind, action, job_id, size)
+            if found.finished:
+                return found.failed
+            if self._clock() > deadline:
+                raise CatalogJobUnknown(f"catalog job {job_id} not complete in time")
+            delay = min(delay * 1.5, POLL_MAX * self._scale)
+
+    async def _settle(
+        self, job: _Job, job_id: str, failed: dict[int, CatalogResourceFailed]
+    ) -> None:
+        """Per entry: accepted, sent again as the other action, gone, or a dead letter."""
+        kind, action = job.kind, job.action
+        done = [e for i, e in enumerate(job.entries) if i not in failed]
+        refused = [(e, failed[i]) for i, e in enumerate(job.entries) if i in failed]
+        present: set[str] = set()
+        if refused:
+            ids = [e.resource.id for e, _ in refused]
+            try:
+                present = await jobs.existing(self._request, kind, ids)
+            except KlaviyoError as exc:  # cannot tell: try them again as they were
+                await self._over(job_id, [(e.resource.key, action != "delete", e.version)
+                                          for e in done])  # fmt: skip
+                self._accepted(done, action)
+                self._again([e for e, _ in refused], exc)
+                return
+        gone, again, dead = [], [], []
+        for current, error in refused:
+            there = current.resource.id in present
+            current.error = error
+            if action == "delete" and not there:
+                gone.append(current)
+            elif (action == "create") == there:  # refused for what it was: the other action
+                metrics.CATALOG_RECOVERED.labels(kind, action).inc()
+                again.append(current)
+            else:
+                dead.append(current)
+        accepted = [(e.resource.key, action != "delete", e.version) for e in done]
+        accepted += [(e.resource.key, False, e.version) for e in gone]
+        await self._over(job_id, accepted)
+        self._accepted(done, action)
+        self._accepted(gone, "gone")
+        for current in again:
+            slot = self._slots[current.resource.key]
+            slot.state = CatalogState(action == "create", slot.state.version, None)
+        self._again(again, None)
+        self._dead(dead, None)
+
+    async def _over(self, job_id: str, accepted: list[tuple[str, bool, Version]]) -> None:
+        await until_available(lambda: self._store.catalog_job_finished(job_id, accepted), STATE,
+                              waiting=self._waiting)  # fmt: skip
+
+    def _accepted(self, entries: list[Entry], action: str) -> None:
+        """Klaviyo has these versions: the slots learn it, the records finish delivered."""
+        if not entries:
+            return
+        outcome = DONE.get(action, action)
+        for current in entries:
+            key = current.resource.key
+            slot = self._slots[key]
+            slot.sent = None
+            slot.state = CatalogState(not current.resource.deleted, current.version, None)
+            self._finish(current, outcome)
+            self._release_slot(key)
+        self._ledger.settle(entries)
+
+    def _again(self, entries: list[Entry], error: KlaviyoError | None, delay: bool = False) -> None:
+        """Send these versions again (unless a newer one waits); a dead letter after too many."""
+        dead = []
+        for current in entries:
+            current.attempts += 1
+            current.error = error or current.error
+            key = current.resource.key
+            slot = self._slots[key]
+            slot.sent = None
+            if slot.waiting is not None:  # a newer version came meanwhile: it goes instead
+                self._finish(current, "superseded")
+                self._ledger.settle([current], Outcome.SUPERSEDED)
+            elif current.attempts >= MAX_ATTEMPTS:
+                dead.append(current)
+                continue
+            else:
+                slot.waiting = current
+                if delay:
+                    current.since = self._clock() + RESEND_AFTER * self._scale - self._linger
+            self._release_slot(key)
+        self._dead(dead, error)
+
+    def _dead(self, entries: list[Entry], error: KlaviyoError | None) -> None:
+        for current in entries:
+            reason = current.error or error or KlaviyoError("catalog job failed")
+            self._finish(current, "dead_lettered")
+            self._ledger.fail([current], reason, "catalog")
+            slot = self._slots[current.resource.key]
+            if slot.sent is current:
+                slot.sent = None
+            self._release_slot(current.resource.key)
+
+    def _release_slot(self, key: str) -> None:
+        """The resource has nothing in flight now: its waiting version may go, or it is
+        forgotten (the store keeps its state)."""
+        slot = self._slots.get(key)
+        if slot is None or slot.busy:
+            return
+        current = slot.waiting
+        if current is not None and applied(current.version, slot.state.version):
+            slot.waiting = None  # a stored job it waited for carried this very version
+            self._finish(current, "unchanged")
+            self._ledger.settle([current])
+            current = None
+        if current is not None:
+            self._ready[key] = None
+        else:
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        slot = self._slots.get(key)
+        if slot is not None and slot.waiting is None and not slot.busy:
+            del self._slots[key]
+
+    # stored jobs of others --------------------------------------------------------------------
+
+    async def _follow(self, job: CatalogJob) -> None:
+        """Poll a stored job to its end; record what it did; free its members."""
+        kind: Kind = job.kind  # type: ignore[assignment]
+        action: Action = job.action  # type: ignore[assignment]
+        self.jobs_in_progress += 1
+        self._publish()
+        accepted: list[tuple[str, bool, Version]] = []
+        try:
+            try:
+                failed = await self._outcome(kind, action, job.id, len(job.members))
+                members = enumerate(job.members)
+                accepted = [(k, action != "delete", v) for i, (k, v) in members if i not in failed]
+            except KlaviyoError:
+                pass  # nothing learnt: its members are sent again as the store says
+            await self._over(job.id, accepted)
+        except (FatalDeliveryError, ConfigError) as exc:
+            self._fatal(exc)
+            return
+        finally:
+            self._following.discard(job.id)
+            self.jobs_in_progress -= 1
+            self._publish()
+            self._wake.set()
+        done = {key: version for key, _, version in accepted}
+        for key, slot in list(self._slots.items()):
+            if slot.adopted != job.id:
+                continue
+            slot.adopted = None
+            state = slot.state
+            if key in done:
+                state = CatalogState(action != "delete", done[key], None)
+            slot.state = CatalogState(state.exists, state.version, None)
+            self._release_slot(key)
+
+    # bookkeeping ------------------------------------------------------------------------------
+
+    def _finish(self, current: Entry, outcome: str) -> None:
+        self.pending -= len(current.records)
+        self._count(current.resource.kind, outcome)
+
+    @staticmethod
+    def _count(kind: str, outcome: str) -> None:
+        metrics.CATALOG_RESOURCES.labels(kind, outcome).inc()
+
+    def _publish(self) -> None:
+        metrics.CATALOG_PENDING_RECORDS.set(self.pending)
+        metrics.CATALOG_JOBS.set(self.jobs_in_progress)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("catalog job task failed", exc_info=task.exception())
