@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     produce = add("produce", help="publish Segment JSON calls as Avro records")
     source = produce.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="JSON-lines file of calls")
+    source.add_argument("--input", help="JSON-lines file of calls (and catalog records)")
     source.add_argument("--sample", type=int, metavar="N", help="generate N realistic calls")
     produce.add_argument("--topic", help="topic (default: the first of KAFKA_TOPICS)")
     produce.add_argument(
@@ -438,7 +438,10 @@ def _produce_file(settings: Settings, args: argparse.Namespace, topic: str) -> i
         progress=not args.no_progress and sys.stderr.isatty(),
         backfill=args.backfill,
     )
-    print(f"published {report.published} calls to {topic}")
+    calls = report.published - report.catalog
+    print(f"published {calls} calls to {topic}")
+    if report.catalog:
+        print(f"published {report.catalog} catalog records to {topic} (keyed <kind>:<id>)")
     if report.filled:
         filled = " and ".join(f"{name} in {n}" for name, n in sorted(report.filled.items()))
         print(f"filled {filled} call(s) as the analytics libraries do (uuid4; now, UTC)")

@@ -38,6 +38,7 @@ from stream.intake.avro import (
     single_object_fingerprint,
 )
 from stream.klaviyo.mapping import BACKFILL_HEADER
+from stream.ops.produce_catalog import CatalogEncoder, is_catalog
 
 JSON_FIELDS = ("traits", "properties", "context", "integrations")
 POLL_EVERY = 1000  # records between two polls of the producer (delivery reports, errors)
@@ -85,6 +86,7 @@ class Encoder:
         self._registry = registry
         self._topic = topic
         self._headers: dict[str, bytes] = {}  # call type → magic bytes + schema fingerprint/id
+        self.catalog = CatalogEncoder(registry, topic)  # catalog lines (`produce_catalog`)
 
     def _header(self, call_type: str) -> bytes:
         header = self._headers.get(call_type)
@@ -147,8 +149,9 @@ class Publisher:
         if err is not None:
             self.errors.append(str(err))
 
-    def send(self, value: bytes, key: bytes | None) -> None:
-        """Hand one record to librdkafka (waiting for room when its queue is full)."""
+    def send(self, value: bytes | None, key: bytes | None) -> None:
+        """Hand one record to librdkafka (waiting for room when its queue is full); a None
+        value is a tombstone (a catalog resource deleted)."""
         produce = self._producer.produce
         while True:
             try:
@@ -209,6 +212,7 @@ class FileReport:
     """What `publish_file` did: counts, refused lines by number, the line `strict` stopped at."""
 
     published: int = 0
+    catalog: int = 0  # of which catalog records (tombstones included)
     refused: list[tuple[int, str]] = field(default_factory=list)
     filled: Counter[str] = field(default_factory=Counter)
     stopped_at: int | None = None
@@ -264,6 +268,11 @@ def publish_file(
                 if bar is not None and number % PROGRESS_EVERY == 0:
                     bar.update(read - bar.n)
                 try:
+                    catalog = _catalog_line(line, encoder)
+                    if catalog is not None:
+                        publisher.send(catalog[1], catalog[0])
+                        report.catalog += 1
+                        continue
                     call, filled = parse_call(line)
                     value = encoder.encode(call)
                 except (StreamError, ValueError, TypeError, OverflowError) as exc:
@@ -288,6 +297,19 @@ def publish_file(
                 bar.close()
     report.published = publisher.sent
     return report
+
+
+def _catalog_line(line: bytes, encoder: Encoder) -> tuple[bytes, bytes | None] | None:
+    """(key, value) of a catalog line (`stream.ops.produce_catalog`); None for a call."""
+    if b'"catalog_' not in line:
+        return None
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # parse_call says what is wrong with it
+    if not isinstance(parsed, dict) or not is_catalog(parsed):
+        return None
+    return encoder.catalog.encode(parsed)
 
 
 def _reason(exc: Exception) -> str:
