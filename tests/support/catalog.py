@@ -77,3 +77,63 @@ async def catalog(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
 def by_id(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Sandbox catalog resources keyed by their external id."""
     return {r["id"].removeprefix(PREFIX): r for r in resources}
+
+
+def publish_catalog(bootstrap: str, topic: str, lines: list[dict[str, Any]]) -> None:
+    """Publish catalog lines (as `produce --input` would) and wait for the broker's ack."""
+    from stream.ops.produce import Publisher
+    from stream.ops.produce_catalog import CatalogEncoder
+
+    encoder = CatalogEncoder()
+    with Publisher({"bootstrap.servers": bootstrap}, topic) as publisher:
+        for line in lines:
+            key, value = encoder.encode(line)
+            publisher.send(value, key)
+
+
+def latest(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """`kind:id` → the last line of each resource (None once deleted): what the catalog must
+    end as."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for line in lines:
+        key = f"{line['type'].removeprefix('catalog_')}:{line['id']}"
+        out[key] = None if line.get("deleted") else line
+    return out
+
+
+def mismatches(snapshot: dict[str, Any], expected: dict[str, dict[str, Any] | None]) -> list[str]:
+    """How the sandbox's catalog differs from the topic's latest values (empty: equal)."""
+    held = {
+        f"{kind}:{r['id'].removeprefix(PREFIX)}": r
+        for kind, plural in (("item", "items"), ("variant", "variants"),
+                             ("category", "categories"))  # fmt: skip
+        for r in snapshot[plural]
+    }
+    problems = []
+    for key, line in expected.items():
+        found = held.get(key)
+        if line is None:
+            if found is not None:
+                problems.append(f"{key} should be deleted")
+            continue
+        if found is None:
+            problems.append(f"{key} missing")
+            continue
+        for name, value in line.items():
+            if name in ("type", "id"):
+                continue
+            got = found.get("item" if name == "item_id" else name)
+            if name == "item_id":
+                value = PREFIX + value
+            if name == "categories":
+                value = [PREFIX + c for c in value]
+            if got != value:
+                problems.append(f"{key}.{name}: {got!r} != {value!r}")
+    extra = set(held) - set(expected)
+    problems += [f"{key} not in the topic" for key in sorted(extra)]
+    return problems
+
+
+async def jobs(http: aiohttp.ClientSession, base: str) -> list[dict[str, Any]]:
+    """GET /sandbox/catalog/jobs."""
+    return list((await inspect(http, base, "catalog/jobs"))["jobs"])
