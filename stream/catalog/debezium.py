@@ -127,7 +127,10 @@ def _convert(field: str, value: Any) -> Any:
             try:
                 number = float(value)
             except ValueError:
-                raise MappingError(f"{field} is not a number: {value[:40]!r}") from None
+                raise MappingError(
+                    f"{field} is not a number ({value[:40]!r}): a decimal in Debezium's precise"
+                    " mode? set decimal.handling.mode to double or string"
+                ) from None
             return int(number) if field == "inventory_policy" else number
     if field in _BOOLEANS and isinstance(value, int) and not isinstance(value, bool):
         return bool(value)

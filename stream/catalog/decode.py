@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -30,6 +31,7 @@ from stream.intake.avro import (
     schemas_dir,
     single_object_fingerprint,
 )
+from stream.intake.decode import UNKNOWN_ID_SECONDS
 
 CATALOG_NAMESPACE = "io.klaviyostream.catalog"
 
@@ -55,6 +57,7 @@ class CatalogDecoder:
             for name, schema in catalog_schemas().items()
         }
         self._by_id: dict[int, dict[str, Any]] = {}
+        self._missing: dict[int, float] = {}  # ids the registry does not know, until when
 
     async def prepare(self, records: Sequence[Record]) -> None:
         """Fetch the writer schemas of Confluent-framed records not known yet."""
@@ -66,6 +69,8 @@ class CatalogDecoder:
             if r.value and r.value[:1] == bytes([CONFLUENT_MAGIC]) and len(r.value) >= 5
         } - set(self._by_id)
         for schema_id in sorted(wanted):
+            if self._missing.get(schema_id, 0) > time.monotonic():
+                continue
             await asyncio.to_thread(self._fetch, schema_id)
 
     def _fetch(self, schema_id: int) -> None:
@@ -74,8 +79,9 @@ class CatalogDecoder:
         try:
             registered = self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                return  # decode says so, record by record
+            if exc.http_status_code == 404:  # decode says so; asked again after a while
+                self._missing[schema_id] = time.monotonic() + UNKNOWN_ID_SECONDS
+                return
             raise RegistryUnavailable(f"Schema Registry answered {exc.http_status_code}") from None
         except Exception as exc:  # transport
             raise RegistryUnavailable(f"Schema Registry: {type(exc).__name__}") from None
@@ -115,9 +121,12 @@ class CatalogDecoder:
                 raise DecodeError(
                     "record is in Confluent wire format but SCHEMA_REGISTRY_URL is not set"
                 )
-            schema = self._by_id.get(int.from_bytes(value[1:5], "big"))
+            schema_id = int.from_bytes(value[1:5], "big")
+            if schema_id not in self._by_id and self._missing.get(schema_id, 0) < time.monotonic():
+                self._fetch(schema_id)  # not prepared (a tool decoding one record): now
+            schema = self._by_id.get(schema_id)
             if schema is None:
-                raise DecodeError(f"unknown schema id {int.from_bytes(value[1:5], 'big')}")
+                raise DecodeError(f"unknown schema id {schema_id}")
             return str(schema.get("name", "")).rsplit(".", 1)[-1], _read(value, 5, schema)
         try:
             body = orjson.loads(value)

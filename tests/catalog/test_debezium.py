@@ -1,0 +1,86 @@
+"""Debezium change events through the column mapping: each op, Debezium's encodings, and a
+mapping file that names what a catalog resource cannot hold is refused at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.catalog.debezium import load_mapping
+from stream.catalog.decode import CatalogDecoder
+from stream.catalog.records import Resource
+from stream.core.calls import Record
+from stream.core.errors import CatalogConfigError, DecodeError, MappingError
+
+MAPPING = """
+topics:
+  shop.public.variants:
+    kind: variant
+    id: variant_id
+    fields:
+      item_id: product_id
+      sku: sku
+      title: title
+      url: "https://shop.example/v/{sku}"
+      price: price
+      inventory_quantity: stock
+"""
+ROW = {"variant_id": 5, "product_id": 7, "sku": "MUG-L", "title": "Mug L", "price": "9.50",
+       "stock": 0}  # fmt: skip
+
+
+@pytest.fixture
+def decoder(tmp_path: Path) -> CatalogDecoder:
+    path = tmp_path / "mapping.yaml"
+    path.write_text(MAPPING)
+    return CatalogDecoder(mapping=load_mapping(str(path)))
+
+
+def event(op: str, before: Any = None, after: Any = None, key: Any = None) -> Record:
+    value = orjson.dumps({"before": before, "after": after, "op": op})
+    return Record("shop.public.variants", 0, 1, orjson.dumps(key or {"variant_id": 5}), value)
+
+
+def test_each_op_becomes_a_version_or_a_deletion(decoder: CatalogDecoder) -> None:
+    for op in ("r", "c", "u"):
+        found = decoder.decode(event(op, after=ROW))
+        assert found.key == "variant:5" and found.item_id == "7" and found.fields is not None
+        assert found.fields["price"] == 9.5
+        assert found.fields["url"] == "https://shop.example/v/MUG-L"
+    assert decoder.decode(event("d", before=ROW)) == Resource("variant", "5", None)
+    tombstone = Record("shop.public.variants", 0, 2, b'{"payload": {"variant_id": 5}}', None)
+    assert decoder.decode(tombstone) == Resource("variant", "5", None)
+
+
+def test_debeziums_encodings_that_cannot_be_read_say_how_to_fix_them(
+    decoder: CatalogDecoder,
+) -> None:
+    with pytest.raises(DecodeError, match="not c, u, r or d"):
+        decoder.decode(event("t", after=ROW))
+    with pytest.raises(MappingError, match="id column 'variant_id' is null"):
+        decoder.decode(event("c", after={**ROW, "variant_id": None}))
+    with pytest.raises(MappingError, match="decimal.handling.mode to double or string"):
+        decoder.decode(event("c", after={**ROW, "price": "A7Y="}))  # precise: base64 bytes
+    with pytest.raises(MappingError, match="price is required"):
+        decoder.decode(event("c", after={**ROW, "price": None}))
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("topics: {t: {kind: product, id: x}}", "kind must be item, variant or category"),
+        ("topics: {t: {kind: item, fields: {title: name}}}", "id must name the id column"),
+        ("topics: {t: {kind: item, id: x, fields: {colour: c}}}", "unknown field.*colour"),
+        ("nothing: here", "expected `topics:`"),
+    ],
+)
+def test_a_mapping_that_cannot_work_is_refused_at_start(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    path = tmp_path / "mapping.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogConfigError, match=reason):
+        load_mapping(str(path))
