@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -35,10 +36,12 @@ _POINTER = re.compile(r"^/data/attributes/(items|variants|categories)/data/(\d+)
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A job's answer: finished or not, and (when complete) why each failed entry failed."""
+    """A job's answer: finished or not, (when complete) why each failed entry failed, and how
+    long Klaviyo took (`completed_at - created_at`, when it says)."""
 
     finished: bool
     failed: dict[int, CatalogResourceFailed]
+    seconds: float | None = None
 
 
 async def submit(request: Requester, kind: Kind, action: Action, entries: list[bytes]) -> str:
@@ -73,7 +76,8 @@ async def status(request: Requester, kind: Kind, action: Action, job_id: str, si
         return Status(False, {})
     if state != "complete":
         raise CatalogJobUnknown(f"catalog job {job_id} ended {state!r}")
-    return Status(True, place(attributes.get("errors") or [], kind, size, job_id))
+    failed = place(attributes.get("errors") or [], kind, size, job_id)
+    return Status(True, failed, _took(attributes))
 
 
 def place(
@@ -118,6 +122,15 @@ async def existing(request: Requester, kind: Kind, resource_ids: list[str]) -> s
         external_id(str(r["id"])) for r in data or [] if isinstance(r, dict) and "id" in r
     }
     return found & set(resource_ids)
+
+
+def _took(attributes: dict[str, Any]) -> float | None:
+    try:
+        created = datetime.fromisoformat(str(attributes["created_at"]))
+        completed = datetime.fromisoformat(str(attributes["completed_at"]))
+    except (KeyError, ValueError):
+        return None
+    return max((completed - created).total_seconds(), 0.0)
 
 
 def _attributes(body: Any) -> dict[str, Any]:

@@ -30,13 +30,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from stream.catalog import jobs
 from stream.catalog.decode import CatalogDecoder
+from stream.catalog.entries import Entry, Job, Slot, applied, chunks
 from stream.catalog.records import Resource
 from stream.completion.ledger import Ledger, Outcome
 from stream.core.calls import Record
@@ -51,7 +49,7 @@ from stream.core.errors import (
     RecordError,
 )
 from stream.core.retry import Waiting, until_available
-from stream.klaviyo.catalog import MAX_JOB_BYTES, MAX_PER_JOB, Action, Kind, entry
+from stream.klaviyo.catalog import MAX_JOB_BYTES, MAX_PER_JOB, Action, Kind, job_endpoint
 from stream.klaviyo.client import Requester
 from stream.state.catalog import CatalogJob, CatalogState, CatalogStore, Version
 from stream.telemetry import metrics
@@ -67,57 +65,6 @@ POLL_FIRST = 1.0  # seconds before a job's first status GET while nothing is lea
 POLL_MAX = 30.0  # the longest wait between two status GETs of one job
 RESEND_AFTER = 5.0  # a job refused for a reason that may pass (Klaviyo down): sent again after
 MAX_JOB_SECONDS = 1800.0  # a job not complete by then is taken as lost: its versions go again
-_ENVELOPE = len(orjson.dumps(entry("item", "create", "x")))  # a small entry, for byte counts
-
-
-@dataclass(slots=True, eq=False)
-class Entry:
-    """One version of one resource on its way to Klaviyo: the ledger's item."""
-
-    resource: Resource
-    version: Version
-    records: list[Record]
-    since: float  # monotonic time it began waiting
-    attempts: int = 0
-    action: Action | None = None
-    encoded: bytes = b""
-    error: KlaviyoError | None = None  # the last refusal, for the dead letter
-
-    @property
-    def label(self) -> str:
-        return f"catalog {self.resource.kind} {self.resource.id}"
-
-
-@dataclass(slots=True)
-class Slot:
-    """What the stage knows of one resource: Klaviyo's accepted state (from the store), the
-    version waiting, the version in a job of ours, a stored job of someone else's."""
-
-    state: CatalogState
-    waiting: Entry | None = None
-    sent: Entry | None = None
-    adopted: str | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self.sent is not None or self.adopted is not None
-
-
-@dataclass(slots=True)
-class _Job:
-    kind: Kind
-    action: Action
-    entries: list[Entry] = field(default_factory=list)
-    size: int = 0
-
-
-def applied(version: Version, accepted: Version | None) -> bool:
-    """Whether Klaviyo has `version` already (or a newer one of its partition)."""
-    return (
-        accepted is not None
-        and (version[0], version[1]) == (accepted[0], accepted[1])
-        and version[2] <= accepted[2]
-    )
 
 
 class CatalogStage:
@@ -135,6 +82,7 @@ class CatalogStage:
         max_jobs: Callable[[], int] = lambda: 500,
         dependency_wait: float = 60.0,
         time_scale: float = 1.0,
+        pace: Callable[[str], float] = lambda endpoint: 0.0,
         fatal: Callable[[BaseException], None] = lambda exc: None,
         waiting: Waiting | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -148,6 +96,7 @@ class CatalogStage:
         self._max_jobs = max_jobs
         self._dependency_wait = dependency_wait
         self._scale = time_scale
+        self._pace = pace  # seconds until the governor has a slot for an endpoint
         self._fatal = fatal
         self._waiting = waiting
         self._clock = clock
@@ -280,14 +229,13 @@ class CatalogStage:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            if not self._closing:
-                self._plan()
-            wait = self._linger if self._ready else None
+            wait = None if self._closing else self._plan()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    def _plan(self) -> None:
-        """Build the jobs that may go now, while there is room for them."""
+    def _plan(self) -> float | None:
+        """Build the jobs that may go now, while there is room for them and a send slot (the
+        others keep filling meanwhile); how long until it is worth looking again."""
         now = self._clock()
         hurry, self._hurry = self._hurry, False
         groups: dict[tuple[Kind, Action], list[Entry]] = {}
@@ -308,19 +256,24 @@ class CatalogStage:
                 self._forget(key)
                 continue
             groups.setdefault((current.resource.kind, action), []).append(current)
+        again = self._linger if self._ready else None
         for kind in ORDER:
             for action in ACTION_ORDER:
                 group = groups.get((kind, action))
                 if not group:
                     continue
-                oldest = min(e.since for e in group)
-                full = len(group) >= MAX_PER_JOB
-                if not (full or hurry or self._closing or now - oldest >= self._linger):
-                    continue
-                for job in self._chunks(kind, action, group):
+                due = hurry or now - min(e.since for e in group) >= self._linger
+                for job in chunks(kind, action, group):
+                    if not due and len(job.entries) < MAX_PER_JOB and job.size < MAX_JOB_BYTES // 2:
+                        break  # the last, partial job keeps filling until the linger is over
                     if self.jobs_in_progress >= max(1, self._max_jobs()):
-                        return
+                        return again
+                    wait = self._pace(job_endpoint(kind, action))
+                    if wait > 0:  # no send slot yet: the group keeps filling meanwhile
+                        again = min(again or wait, wait)
+                        break
                     self._send(job)
+        return again
 
     def _waits(self, current: Entry, now: float) -> bool:
         """A create that should follow its item's (a variant) or categories' (an item) create,
@@ -344,27 +297,7 @@ class CatalogStage:
             return None if slot.state.exists is False else "delete"
         return "update" if slot.state.exists else "create"
 
-    def _chunks(self, kind: Kind, action: Action, group: list[Entry]) -> list[_Job]:
-        """Jobs of at most 100 entries and 5 MB, each entry encoded once."""
-        out = [_Job(kind, action)]
-        for current in group:
-            if current.action != action or not current.encoded:
-                current.action = action
-                resource = current.resource
-                current.encoded = orjson.dumps(
-                    entry(kind, action, resource.id, resource.fields, resource.item_id,
-                          resource.categories)  # fmt: skip
-                )
-            cost = len(current.encoded) + 1
-            job = out[-1]
-            if len(job.entries) >= MAX_PER_JOB or job.size + cost + _ENVELOPE > MAX_JOB_BYTES:
-                job = _Job(kind, action)
-                out.append(job)
-            job.entries.append(current)
-            job.size += cost
-        return out
-
-    def _send(self, job: _Job) -> None:
+    def _send(self, job: Job) -> None:
         for current in job.entries:
             key = current.resource.key
             slot = self._slots[key]
@@ -376,7 +309,7 @@ class CatalogStage:
 
     # one job: send, follow, settle -----------------------------------------------------------
 
-    async def _job(self, job: _Job) -> None:
+    async def _job(self, job: Job) -> None:
         try:
             await self._attempt(job)
         except (FatalDeliveryError, ConfigError) as exc:
@@ -386,7 +319,7 @@ class CatalogStage:
             self._publish()
             self._wake.set()
 
-    async def _attempt(self, job: _Job) -> None:
+    async def _attempt(self, job: Job) -> None:
         kind, action = job.kind, job.action
         try:
             encoded = [e.encoded for e in job.entries]
@@ -408,12 +341,10 @@ class CatalogStage:
             await self._over(job_id, [])
             self._again(job.entries, exc)
             return
-        took = self._clock() - started
-        metrics.CATALOG_JOB_SECONDS.labels(kind, action).observe(took)
-        self._expected = 0.8 * self._expected + 0.2 * took
+        metrics.CATALOG_JOB_SECONDS.labels(kind, action).observe(self._clock() - started)
         await self._settle(job, job_id, failed)
 
-    async def _refused(self, job: _Job, exc: InvalidRequest) -> None:
+    async def _refused(self, job: Job, exc: InvalidRequest) -> None:
         """A 400 for the whole request: fail the entries its pointers name and send the others
         again; without a usable pointer, send each half on its own until the bad one is alone."""
         named = jobs.indices(exc.pointers, job.kind, len(job.entries))
@@ -427,26 +358,28 @@ class CatalogStage:
             return
         half = len(job.entries) // 2
         for part in (job.entries[:half], job.entries[half:]):
-            await self._attempt(_Job(job.kind, job.action, part))
+            await self._attempt(Job(job.kind, job.action, part))
 
     async def _outcome(
         self, kind: Kind, action: Action, job_id: str, size: int
     ) -> dict[int, CatalogResourceFailed]:
         """Poll a job until it is complete: a first look once a typical job would be done,
         then less and less often."""
-        delay = max(self._expected, 0.05 * self._scale)
+        delay = max(self._expected * 1.1, 0.05 * self._scale)
         deadline = self._clock() + MAX_JOB_SECONDS * self._scale
         while True:
             await asyncio.sleep(delay)
             found = await jobs.status(self._request, kind, action, job_id, size)
             if found.finished:
+                if found.seconds is not None:  # what Klaviyo took: when to look next time
+                    self._expected = 0.8 * self._expected + 0.2 * found.seconds
                 return found.failed
             if self._clock() > deadline:
                 raise CatalogJobUnknown(f"catalog job {job_id} not complete in time")
             delay = min(delay * 1.5, POLL_MAX * self._scale)
 
     async def _settle(
-        self, job: _Job, job_id: str, failed: dict[int, CatalogResourceFailed]
+        self, job: Job, job_id: str, failed: dict[int, CatalogResourceFailed]
     ) -> None:
         """Per entry: accepted, sent again as the other action, gone, or a dead letter."""
         kind, action = job.kind, job.action

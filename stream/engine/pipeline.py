@@ -143,6 +143,7 @@ def build_catalog(
         max_jobs=lambda: max(1, int(most * governor.share)),
         dependency_wait=settings.catalog_dependency_wait_seconds,
         time_scale=settings.klaviyo_rate_time_scale,
+        pace=governor.delay,
         fatal=fatal,
         waiting=waiting,
     )
