@@ -58,6 +58,17 @@ class Job:
     size: int = 0
 
 
+class Finished:
+    """A record that ends in the stage without a job (already applied, or superseded on
+    arrival), handed to the ledger like an item."""
+
+    __slots__ = ("records",)
+    label = None
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+
 def applied(version: Version, accepted: Version | None) -> bool:
     """Whether Klaviyo has `version` already (or a newer one of its partition)."""
     return (

@@ -12,7 +12,7 @@ than 0, 1 or 2, custom metadata over 100 KB) is a `MappingError`: a dead letter 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -70,11 +70,10 @@ class Resource:
     fields: dict[str, Any] | None
     item_id: str | None = None  # a variant's item
     categories: tuple[str, ...] = ()  # an item's categories
+    key: str = field(init=False, compare=False)  # `item:<id>`: the state store's key
 
-    @property
-    def key(self) -> str:
-        """`item:<id>`: the state store's key, and the Kafka key it should be published with."""
-        return f"{self.kind}:{self.id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.kind}:{self.id}")
 
     @property
     def deleted(self) -> bool:

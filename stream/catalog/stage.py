@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,9 +35,9 @@ from typing import Any
 
 from stream.catalog import jobs
 from stream.catalog.decode import CatalogDecoder
-from stream.catalog.entries import Entry, Job, Slot, applied, chunks
+from stream.catalog.entries import Entry, Finished, Job, Slot, applied, chunks
 from stream.catalog.records import Resource
-from stream.completion.ledger import Ledger, Outcome
+from stream.completion.ledger import Item, Ledger, Outcome
 from stream.core.calls import Record
 from stream.core.errors import (
     CatalogJobUnknown,
@@ -64,7 +65,14 @@ MAX_ATTEMPTS = 4  # sends of one version (recoveries, unknown jobs) before it is
 POLL_FIRST = 1.0  # seconds before a job's first status GET while nothing is learnt yet
 POLL_MAX = 30.0  # the longest wait between two status GETs of one job
 RESEND_AFTER = 5.0  # a job refused for a reason that may pass (Klaviyo down): sent again after
+SETTLE_EVERY = 0.2  # seconds finished versions wait to be handed to the ledger together
 MAX_JOB_SECONDS = 1800.0  # a job not complete by then is taken as lost: its versions go again
+
+
+@functools.cache
+def _counter(kind: str, outcome: str) -> Any:
+    """The catalog_resources_total child of (kind, outcome), looked up once."""
+    return metrics.CATALOG_RESOURCES.labels(kind, outcome)
 
 
 class CatalogStage:
@@ -106,6 +114,8 @@ class CatalogStage:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
         self._following: set[str] = set()  # stored jobs being followed
+        self._finished: dict[Outcome, list[Item]] = {}  # finished, to hand to the ledger together
+        self._settling: asyncio.TimerHandle | None = None
         self._hurry = False
         self._closing = False
         self._expected = POLL_FIRST * time_scale  # learnt job duration (moving average)
@@ -165,6 +175,9 @@ class CatalogStage:
             task.cancel()
         await asyncio.gather(*self._tasks, *([self._pump] if self._pump else []),
                              return_exceptions=True)  # fmt: skip
+        if self._settling is not None:
+            self._settling.cancel()
+        self._settle_now()
 
     # records → waiting versions ----------------------------------------------------------------
 
@@ -176,16 +189,16 @@ class CatalogStage:
         kind = resource.kind
         if applied(version, slot.state.version):
             self._count(kind, "unchanged")
-            self._ledger.processed(record, Outcome.DELIVERED)
+            self._settle_later([Finished([record])])
             return None
         waiting = slot.waiting
         if waiting is not None and applied(version, waiting.version):
             self._count(kind, "superseded")
-            self._ledger.processed(record, Outcome.SUPERSEDED)
+            self._settle_later([Finished([record])], Outcome.SUPERSEDED)
             return None
         if waiting is not None:  # the newer version takes its place
             self._finish(waiting, "superseded")
-            self._ledger.settle([waiting], Outcome.SUPERSEDED)
+            self._settle_later([waiting], Outcome.SUPERSEDED)
         record.open += 1
         self.pending += 1
         slot.waiting = Entry(resource, version, [record], now)
@@ -252,7 +265,7 @@ class CatalogStage:
                 self._ready.pop(key, None)
                 slot.waiting = None
                 self._finish(current, "gone")
-                self._ledger.settle([current])
+                self._settle_later([current])
                 self._forget(key)
                 continue
             groups.setdefault((current.resource.kind, action), []).append(current)
@@ -434,7 +447,7 @@ class CatalogStage:
             slot.state = CatalogState(not current.resource.deleted, current.version, None)
             self._finish(current, outcome)
             self._release_slot(key)
-        self._ledger.settle(entries)
+        self._settle_later(entries)
 
     def _again(self, entries: list[Entry], error: KlaviyoError | None, delay: bool = False) -> None:
         """Send these versions again (unless a newer one waits); a dead letter after too many."""
@@ -447,7 +460,7 @@ class CatalogStage:
             slot.sent = None
             if slot.waiting is not None:  # a newer version came meanwhile: it goes instead
                 self._finish(current, "superseded")
-                self._ledger.settle([current], Outcome.SUPERSEDED)
+                self._settle_later([current], Outcome.SUPERSEDED)
             elif current.attempts >= MAX_ATTEMPTS:
                 dead.append(current)
                 continue
@@ -478,7 +491,7 @@ class CatalogStage:
         if current is not None and applied(current.version, slot.state.version):
             slot.waiting = None  # a stored job it waited for carried this very version
             self._finish(current, "unchanged")
-            self._ledger.settle([current])
+            self._settle_later([current])
             current = None
         if current is not None:
             self._ready[key] = None
@@ -528,13 +541,26 @@ class CatalogStage:
 
     # bookkeeping ------------------------------------------------------------------------------
 
+    def _settle_later(self, items: Sequence[Item], outcome: Outcome = Outcome.DELIVERED) -> None:
+        """Hand finished items to the ledger together, every SETTLE_EVERY seconds: each hand-over
+        may store an offset, and librdkafka's offset store waits while a fetch is running."""
+        self._finished.setdefault(outcome, []).extend(items)
+        if self._settling is None:
+            self._settling = asyncio.get_running_loop().call_later(SETTLE_EVERY, self._settle_now)
+
+    def _settle_now(self) -> None:
+        self._settling = None
+        done, self._finished = self._finished, {}
+        for outcome, items in done.items():
+            self._ledger.settle(items, outcome)
+
     def _finish(self, current: Entry, outcome: str) -> None:
         self.pending -= len(current.records)
         self._count(current.resource.kind, outcome)
 
     @staticmethod
     def _count(kind: str, outcome: str) -> None:
-        metrics.CATALOG_RESOURCES.labels(kind, outcome).inc()
+        _counter(kind, outcome).inc()
 
     def _publish(self) -> None:
         metrics.CATALOG_PENDING_RECORDS.set(self.pending)

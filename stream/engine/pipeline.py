@@ -18,12 +18,13 @@ from stream.completion.deadletter import DeadLetters
 from stream.completion.ledger import Ledger
 from stream.core.retry import Waiting
 from stream.core.settings import Settings, kafka_client_config, schema_registry_config
+from stream.delivery.deliver import Deliverer
 from stream.engine.process import Processor
 from stream.identity.erasure import Erasure
 from stream.identity.resolver import IdentityResolver
 from stream.intake.decode import Decoder
 from stream.klaviyo.catalog import MAX_JOBS_IN_PROGRESS
-from stream.klaviyo.client import KlaviyoClient, Requester
+from stream.klaviyo.client import KlaviyoClient
 from stream.klaviyo.governor import Governor
 from stream.rules.consent import ConsentRules, check_client_mode, load_consent_rules
 from stream.rules.hipaa import dead_letter_redactor
@@ -113,7 +114,7 @@ def build_dead_letters(
 def build_catalog(
     settings: Settings,
     store: StateStore,
-    request: Requester,
+    client: KlaviyoClient,
     ledger: Ledger,
     governor: Governor,
     *,
@@ -121,8 +122,9 @@ def build_catalog(
     waiting: Waiting | None = None,
 ) -> CatalogStage | None:
     """The catalog stage for `CATALOG_TOPICS` (None without any): its decoder (the registry
-    and the Debezium column mapping from the settings), its bounds, and its share of the
-    account's 500 jobs in progress (the governor's share, which `auto` keeps current)."""
+    and the Debezium column mapping from the settings), its bounds, its share of the account's
+    500 jobs in progress (the governor's share, which `auto` keeps current), and requests paced
+    by the one governor but in flight under a bound of their own (never taking the events')."""
     if not settings.catalog_topics:
         return None
     registry = None
@@ -133,9 +135,10 @@ def build_catalog(
         registry = SchemaRegistryClient.new_client(config)
     decoder = CatalogDecoder(registry, load_mapping(settings.catalog_mapping_file))
     most = min(settings.catalog_max_jobs_in_progress, MAX_JOBS_IN_PROGRESS)
+    request = Deliverer(client, max_in_flight=settings.klaviyo_max_in_flight, governor=governor)
     return CatalogStage(
         store,
-        request,
+        request.request,
         ledger,
         decoder,
         max_pending=settings.catalog_max_pending_records,

@@ -178,7 +178,7 @@ class Service:
             self._sender.start()
             self._governor = governor
             self._catalog = build_catalog(
-                settings, self._store, self._deliverer.request, ledger, governor,
+                settings, self._store, client, ledger, governor,
                 fatal=self._stop_fatal, waiting=self.health.waiting,
             )  # fmt: skip
             if self._catalog is not None:
