@@ -185,6 +185,7 @@ class SandboxProcess:
     rate_limits: bool = True
     time_scale: float = 1.0
     validate: bool = False
+    extra: tuple[str, ...] = ()  # more arguments of sandbox_process.py
     url: str = ""
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -204,6 +205,7 @@ class SandboxProcess:
             cmd.append("--no-rate-limits")
         if not self.validate:
             cmd.append("--no-validation")
+        cmd.extend(self.extra)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, env=env)
         assert self._proc.stdout is not None
