@@ -13,13 +13,17 @@
 - lists `POST` / `DELETE /api/lists/{id}/relationships/profiles` (≤ 1,000 profile ids);
 - deletion `POST /api/data-privacy-deletion-jobs`: one identifier (email, phone_number or
   profile id) per request;
-- client mode `POST /client/subscriptions`: one profile, to a list.
+- client mode `POST /client/subscriptions`: one profile, to a list;
+- back in stock `POST /api/back-in-stock-subscriptions` (`/client/…` in client mode): one
+  profile and one catalog variant a request (its body: `stream.klaviyo.catalog`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
+
+from stream.klaviyo.catalog import BACK_IN_STOCK, CLIENT_BACK_IN_STOCK
 
 SUBSCRIBE = "/api/profile-subscription-bulk-create-jobs"
 UNSUBSCRIBE = "/api/profile-subscription-bulk-delete-jobs"
@@ -39,6 +43,7 @@ ENDPOINTS: dict[str, tuple[str, int]] = {
     "list_add": (LIST_ADD, 1000),
     "list_remove": (LIST_REMOVE, 1000),
     "deletion": (DELETION, 1),
+    "back_in_stock": (BACK_IN_STOCK, 1),
 }
 CHANNEL_IDENTIFIER = {"email": "email", "sms": "phone_number"}  # what each channel needs
 
@@ -47,6 +52,8 @@ def endpoint_of(kind: str, client_mode: bool = False) -> str:
     """The budget a request of action `kind` counts against."""
     if client_mode and kind == "subscribe":
         return CLIENT_SUBSCRIPTIONS
+    if client_mode and kind == "back_in_stock":
+        return CLIENT_BACK_IN_STOCK
     return ENDPOINTS[kind][0]
 
 
