@@ -18,7 +18,8 @@ from stream.delivery.batch import Batch, Item, Kind, Lane
 from stream.klaviyo.consent import ENDPOINTS, most_per_request
 
 ACTION_KINDS: tuple[Kind, ...] = (
-    "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion"
+    "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion",
+    "back_in_stock",
 )  # fmt: skip
 
 
@@ -33,9 +34,11 @@ class Action(Item):
     or left; `consented_at`: a backfill subscription's consent time (historical import);
     `source`: its `custom_source`; `target`: a deletion's one identifier (`email`,
     `phone_number`, or `external_id`, which is looked up as profile ids); `erasure`: the
-    erasure a deletion belongs to. `after`: items of its own record Klaviyo must answer first
-    (a list change needs the profile they make); `fence`: wait until every earlier record of
-    its partition is finished (a deletion: nothing older of the person lands after it).
+    erasure a deletion belongs to; `variant`: the catalog variant of a back-in-stock
+    subscription (`channels` its channels, EMAIL/SMS/WHATSAPP). `after`: items of its own
+    record Klaviyo must answer first (a list change needs the profile they make); `fence`: wait
+    until every earlier record of its partition is finished (a deletion: nothing older of the
+    person lands after it).
     """
 
     channels: tuple[str, ...] = ()
@@ -44,6 +47,7 @@ class Action(Item):
     source: str = ""
     target: tuple[str, str] | None = None
     erasure: str | None = None
+    variant: str | None = None  # a back-in-stock subscription's catalog variant
     after: int = 0
     fence: bool = False
 
