@@ -30,6 +30,7 @@ from stream.core.retry import DEFAULT, RetryPolicy
 from stream.delivery.actions import Action, ActionBatch
 from stream.delivery.batch import Item
 from stream.klaviyo import consent as bodies
+from stream.klaviyo.catalog import back_in_stock_body
 from stream.klaviyo.client import PROFILE_IMPORT, PROFILES, Requester, Response
 from stream.klaviyo.mapping import profile_import_body
 from stream.klaviyo.merge import MATCH_ORDER, equals_filter
@@ -98,6 +99,8 @@ class ActionSender:
             await self._entries("POST", endpoint, endpoint, actions, suppression, done, fail)
         elif kind == "list_add" or kind == "list_remove":
             await self._lists(kind, endpoint, actions, done, fail)
+        elif kind == "back_in_stock":  # one subscription a request
+            await self._entries("POST", endpoint, endpoint, actions, _stock, done, fail)
         else:
             for action in actions:
                 await self._delete(endpoint, action, done, fail)
@@ -242,6 +245,12 @@ def _unsubscribe(part: list[Action]) -> dict[str, Any]:
     )
 
 
+def _stock(part: list[Action]) -> dict[str, Any]:
+    [action] = part
+    assert action.variant is not None
+    return back_in_stock_body(action.profile, action.variant, action.channels)
+
+
 def _named(
     exc: KlaviyoClientError, actions: Sequence[Action], pointer: re.Pattern[str]
 ) -> list[Action]:
@@ -280,6 +289,8 @@ def single_request(
     if kind == "suppress" or kind == "unsuppress":
         body = bodies.suppression_body([action.profile["email"]], kind == "unsuppress")
         return "POST", bodies.endpoint_of(kind), body
+    if kind == "back_in_stock":
+        return "POST", bodies.endpoint_of(kind, client_mode), _stock([action])
     if kind == "list_add" or kind == "list_remove":
         assert action.list_id is not None
         method = "POST" if kind == "list_add" else "DELETE"
