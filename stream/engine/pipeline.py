@@ -55,6 +55,7 @@ def build_processor(
         settings.klaviyo_mode == "client",
         settings.consent_custom_source,
         hold_redacted=settings.hipaa_mode and not settings.hipaa_dlq_keep_original,
+        back_in_stock_event=settings.back_in_stock_event,
     )
 
 
