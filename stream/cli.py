@@ -27,6 +27,7 @@ from stream.core.settings import (
     kafka_client_config,
     load_settings,
     masked_settings,
+    require_klaviyo_credentials,
     require_production_settings,
     revision_retirement,
     revision_warning,
@@ -120,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
 
     add("doctor", help="check the settings and every dependency for real; exit 1 on a failure")
 
+    metrics = add(
+        "setup-metrics", help="point Klaviyo's mapped metrics (revenue, …) at the metrics we send"
+    )
+    metrics.add_argument("--dry-run", action="store_true", help="say what would change")
+
     status = add("status", help="the consumer group as Kafka sees it: members, offsets, lag")
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
 
@@ -181,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_tester(settings, args.file, dry_run=args.dry_run))
         if args.command == "status":
             return _status(settings, args.json)
+        if args.command == "setup-metrics":
+            return asyncio.run(_setup_metrics(settings, args.dry_run))
         if args.command == "dlq":
             return _dlq(settings, args)
     except ConfigError as exc:
@@ -225,6 +233,18 @@ def _doctor(config: str | None) -> int:
     _text, code = report(checks)
     print(_text.rsplit("\n", 1)[-1])
     return code
+
+
+async def _setup_metrics(settings: Settings, dry_run: bool) -> int:
+    """`setup-metrics`: the seven mapped metrics pointed at ours (`stream.ops.revenue`)."""
+    from stream.engine.pipeline import build_client
+    from stream.ops.revenue import client_request, setup
+
+    require_klaviyo_credentials(settings)
+    if settings.klaviyo_mode == "client":
+        raise ConfigError("KLAVIYO_MODE: setup-metrics needs the private key (server mode)")
+    async with build_client(settings) as client:
+        return await setup(client_request(client), dry_run, lambda line: print(line, flush=True))
 
 
 def _status(settings: Settings, as_json: bool) -> int:
