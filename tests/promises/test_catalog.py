@@ -12,6 +12,7 @@ import orjson
 from confluent_kafka import Producer
 
 from stream.local.sandbox import SandboxConfig, SandboxServer
+from stream.ops.produce import Encoder, publish
 from tests.support import running_service, sandbox_get, service_settings, wait_until
 from tests.support.catalog import (
     PREFIX,
@@ -249,3 +250,39 @@ async def test_debezium_change_events_of_a_products_table_through_the_column_map
     refused = [(j["action"], j["requested"]) for j in history if j["failed"]]
     assert refused == [("delete", [PREFIX + "8"])], history
     assert topic_size(kafka_bootstrap, f"{events}-dlq") == 0
+
+
+async def test_catalog_work_neither_exceeds_its_job_share_nor_holds_events_back(
+    kafka_bootstrap: str, topic_factory: Any
+) -> None:
+    """Klaviyo holds every catalog request (a slow Klaviyo): the events behind a small
+    MAX_PENDING_RECORDS still all arrive; once it answers, at most the job share is ever in
+    progress (2 jobs × share 1/2 = 1 here), never refused over the cap."""
+    events, products = topics(kafka_bootstrap, topic_factory)
+    calls = [{"type": "track", "messageId": f"e-{i}", "timestamp": "2026-03-01T10:00:00Z",
+              "userId": f"u-{i % 7}", "event": "Viewed", "properties": {"i": i}}
+             for i in range(300)]  # fmt: skip
+    publish_catalog(kafka_bootstrap, products, items(*(f"H{i}" for i in range(500))))
+    async with SandboxServer(SANDBOX) as sandbox, aiohttp.ClientSession() as http:
+        held = ["bulk_create_catalog_items"]
+        async with http.post(f"{sandbox.url}/sandbox/faults",
+                             json={"hold": True, "operations": held}) as resp:  # fmt: skip
+            assert resp.status == 200
+        settings = settings_for(kafka_bootstrap, events, products, sandbox.url).model_copy(
+            update={"max_pending_records": 100, "catalog_max_jobs_in_progress": 2,
+                    "klaviyo_rate_share": 0.5}
+        )  # fmt: skip
+        async with running_service(settings):
+            publish({"bootstrap.servers": kafka_bootstrap}, events, calls, Encoder())
+
+            async def delivered() -> bool:
+                return len((await sandbox_get(sandbox.url, "/sandbox/events"))["events"]) == 300
+
+            await wait_until(delivered, timeout=60, what="every event past the held catalog")
+            assert (await catalog(http, sandbox.url))["items"] == [], "the catalog was held"
+            async with http.post(f"{sandbox.url}/sandbox/faults", json={"hold": False}):
+                pass
+            await settled(http, sandbox.url, kafka_bootstrap, f"group-{events}", products,
+                          latest(items(*(f"H{i}" for i in range(500)))))  # fmt: skip
+        snapshot = await catalog(http, sandbox.url)
+    assert snapshot["most_in_progress"] == 1 and snapshot["refused_over_cap"] == 0
