@@ -6,9 +6,10 @@ traits); messageIds are random uuid4s marked delivered in flushes of 20,000. SQL
 file's pages after a WAL checkpoint, one database per kind. Redis: `used_memory` before and
 after, on a redis-server started for the run (no persistence). Then the memory an account of
 `--account-persons` people and `--events-per-week` events needs under the default 7-day dedup
-window.
+window. `--catalog-resources N`: bytes per catalog resource (what Klaviyo accepted of it: its
+key, version and whether it exists), written as finished jobs of 100 write them.
 
-    python bench/state.py --persons 100000 --message-ids 1000000
+    python bench/state.py --persons 100000 --message-ids 1000000 --catalog-resources 200000
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def fill_ids(store: StateStore, count: int) -> None:
     for start in range(0, count, FLUSH):
         ids = [str(uuid.uuid4()) for _ in range(min(FLUSH, count - start))]
         store.mark_delivered(ids, now)
+
+
+def fill_catalog(store: StateStore, count: int) -> None:
+    for start in range(0, count, 100):
+        accepted = [(f"item:P{n:07d}", True, ("shop.products", n % 6, 1_000_000 + n))
+                    for n in range(start, min(start + 100, count))]  # fmt: skip
+        store.catalog_job_finished(f"job-{start}", accepted)
 
 
 def sqlite_bytes(path: Path, fill: Callable[[StateStore], None]) -> int:
@@ -106,6 +114,7 @@ def main() -> None:
     p.add_argument("--message-ids", type=int, default=1_000_000)
     p.add_argument("--account-persons", type=float, default=10e6)
     p.add_argument("--events-per-week", type=float, default=100e6)
+    p.add_argument("--catalog-resources", type=int, default=0)
     args = p.parse_args()
     persons, ids = args.persons, args.message_ids
     figures: dict[str, tuple[float, float]] = {}
@@ -115,6 +124,11 @@ def main() -> None:
         per_id = sqlite_bytes(Path(tmp) / "ids.db", lambda s: fill_ids(s, ids))
         figures["SQLite"] = (per_person / persons, per_id / ids)
         print(f"SQLite filled in {time.perf_counter() - t0:.0f} s")
+        resources = args.catalog_resources
+        per_resource: dict[str, float] = {}
+        if resources:
+            path = Path(tmp) / "catalog.db"
+            per_resource["SQLite"] = sqlite_bytes(path, lambda s: fill_catalog(s, resources))
         proc, url = redis_server(tmp)
         try:
             t0 = time.perf_counter()
@@ -122,6 +136,8 @@ def main() -> None:
             per_id = redis_bytes(url, lambda s: fill_ids(s, ids))
             figures["Redis"] = (per_person / persons, per_id / ids)
             print(f"Redis filled in {time.perf_counter() - t0:.0f} s")
+            if resources:
+                per_resource["Redis"] = redis_bytes(url, lambda s: fill_catalog(s, resources))
         finally:
             proc.terminate()
             proc.wait(10)
@@ -135,6 +151,10 @@ def main() -> None:
             f"{args.account_persons / 1e6:g}M persons + {window_ids / 1e6:g}M ids in the window "
             f"= {total / 2**30:.1f} GiB"
         )
+    for name, size in per_resource.items():
+        each = size / args.catalog_resources
+        print(f"{name:<7}: {each:5.0f} bytes per catalog resource "
+              f"(1M products with 3 variants each: {each * 4e6 / 2**20:.0f} MiB)")  # fmt: skip
 
 
 if __name__ == "__main__":
