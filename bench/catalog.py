@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import Broker, SandboxProcess, machine, parser, settings
-from confluent_kafka import Producer
+from common import Broker, SandboxProcess, machine, parser, produce, settings
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.engine.service import Service
@@ -41,29 +40,17 @@ TEMPLATE = "P0000000"  # ids are 8 characters: a record is the template with its
 
 def publish_products(bootstrap: str, topic: str, count: int) -> float:
     """`count` catalog items `P0000000`…, keyed `item:<id>`; seconds taken."""
-    started = time.perf_counter()
     key, value = CatalogEncoder().encode(
         {"type": "catalog_item", "id": TEMPLATE, "title": f"Product {TEMPLATE}",
          "url": f"https://shop.example/p/{TEMPLATE}", "price": 19.5,
          "description": "A product of the benchmark catalog."}  # fmt: skip
     )
     assert value is not None
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
-         "compression.type": "lz4", "queue.buffering.max.messages": 500_000}
-    )  # fmt: skip
     marker = TEMPLATE.encode()
-    for n in range(count):
-        ident = f"P{n:07d}".encode()
-        while True:
-            try:
-                producer.produce(topic, value.replace(marker, ident), key.replace(marker, ident))
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(120):
-        raise RuntimeError("records left unpublished")
-    return time.perf_counter() - started
+    idents = (f"P{n:07d}".encode() for n in range(count))
+    return produce(
+        bootstrap, topic, ((key.replace(marker, i), value.replace(marker, i)) for i in idents)
+    )
 
 
 def compacted_topic(bootstrap: str, name: str, partitions: int = 4) -> str:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,13 @@ def publish(
     bootstrap: str, topic: str, count: int, tracks_only: bool = False, sequential_ids: bool = False
 ) -> float:
     """Produce `count` records; returns seconds taken."""
+    return produce(
+        bootstrap, topic, records(count, tracks_only=tracks_only, sequential_ids=sequential_ids)
+    )
+
+
+def produce(bootstrap: str, topic: str, pairs: Iterable[tuple[bytes, bytes]]) -> float:
+    """Produce (key, value) pairs as fast as librdkafka takes them; returns seconds taken."""
     started = time.perf_counter()
     producer = Producer(
         {
@@ -134,7 +141,7 @@ def publish(
             "queue.buffering.max.messages": 500_000,
         }
     )
-    for key, value in records(count, tracks_only=tracks_only, sequential_ids=sequential_ids):
+    for key, value in pairs:
         while True:
             try:
                 producer.produce(topic, value=value, key=key)

@@ -25,6 +25,7 @@ from .catalog import (
 )
 from .errors import ApiError, ErrorItem, invalid, pointer_of
 from .filters import Condition, FilterSyntaxError, parse_filter
+from .profile_api import _page as page_of
 from .profile_api import page_links
 from .state import Sandbox
 from .validation import Path
@@ -174,13 +175,9 @@ def get_resources(kind: str) -> Handler:
     oldest first, 100 a page by default."""
 
     async def handle(request: web.Request, sandbox: Sandbox, body: Any) -> web.StreamResponse:
-        raw_size = request.query.get("page[size]", "100")
-        if not raw_size.isdigit() or not 1 <= int(raw_size) <= 100:
-            raise invalid("page[size] must be an integer from 1 to 100.", parameter="page[size]")
-        cursor = request.query.get("page[cursor]", "0")
-        if not cursor.isdigit():
-            raise invalid("Invalid page cursor.", parameter="page[cursor]")
-        offset, size = int(cursor), int(raw_size)
+        offset, size = page_of(request)
+        if "page[size]" not in request.query:
+            size = 100  # the catalog's default page (profiles': 20)
         catalog: Catalog = sandbox.catalog
         found = list(catalog.resources[kind].values())
         text = request.query.get("filter")
