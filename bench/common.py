@@ -231,7 +231,11 @@ class SandboxProcess:
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
             self._proc.terminate()
-            self._proc.wait(10)
+            try:
+                self._proc.wait(30)  # a sandbox holding a million catalog items takes a while
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
 
 
 # the service ----------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class CatalogStage(JobRunning):
         ledger: Ledger,
         decoder: CatalogDecoder,
         *,
-        max_pending: int = 20_000,
+        max_pending: int = 50_000,
         linger_seconds: float = 1.0,
         max_jobs: Callable[[], int] = lambda: 500,
         dependency_wait: float = 60.0,

@@ -225,7 +225,7 @@ class Settings(BaseSettings):
     # its item's create (an item for its categories'); a Debezium column mapping file
     catalog_topics: CommaList = ()
     catalog_mapping_file: str | None = None
-    catalog_max_pending_records: int = Field(default=20_000, ge=1)
+    catalog_max_pending_records: int = Field(default=50_000, ge=1)  # 500 jobs × 100
     catalog_linger_ms: int = Field(default=1000, ge=0)
     catalog_max_jobs_in_progress: int = Field(default=500, ge=1, le=500)
     catalog_dependency_wait_seconds: float = Field(default=60.0, ge=0)
