@@ -23,6 +23,7 @@ from stream.intake.avro import load_schemas
 from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from stream.ops.produce import Encoder
+from stream.state.redis import LAYOUT_VERSION as REDIS_LAYOUT
 from tests.support import wait_until
 from tests.support.harness import (
     ServiceProcess,
@@ -111,4 +112,4 @@ async def test_old_and_new_replicas_share_a_group_and_a_store_during_the_rollout
         await assert_exactly_once(sandbox.url, calls)
     assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
     with redis.Redis.from_url(clean_redis_url) as r:
-        assert r.get("ks:layout") == b"2"
+        assert r.get("ks:layout") == str(REDIS_LAYOUT).encode()
