@@ -184,6 +184,12 @@ class CatalogStage(JobRunning):
             self._settle_later([Finished([record])])
             return None
         waiting = slot.waiting
+        if waiting is not None and version == waiting.version:  # read again (a rebalance)
+            record.open += 1  # it finishes with that version, never before it
+            self.pending += 1
+            waiting.records.append(record)
+            self._ledger.processed(record)
+            return None
         if waiting is not None and applied(version, waiting.version):
             self._count(kind, "superseded")
             self._settle_later([Finished([record])], Outcome.SUPERSEDED)
