@@ -84,3 +84,33 @@ def test_a_mapping_that_cannot_work_is_refused_at_start(
     path.write_text(text)
     with pytest.raises(CatalogConfigError, match=reason):
         load_mapping(str(path))
+
+
+def test_an_avro_change_event_through_the_registry(tmp_path: Path) -> None:
+    """Debezium's Avro converter: the envelope's schema from the Schema Registry."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from fastavro import parse_schema
+
+    from stream.intake.avro import encode_confluent
+
+    row = {"type": "record", "name": "Value", "fields": [
+        {"name": "variant_id", "type": "long"}, {"name": "product_id", "type": "long"},
+        {"name": "sku", "type": "string"}, {"name": "title", "type": "string"},
+        {"name": "price", "type": "double"}, {"name": "stock", "type": "int"}]}
+    envelope = {"type": "record", "name": "Envelope", "namespace": "shop.public.variants",
+                "fields": [{"name": "before", "type": ["null", row], "default": None},
+                           {"name": "after", "type": ["null", "Value"], "default": None},
+                           {"name": "op", "type": "string"}]}  # fmt: skip
+    registry = SchemaRegistryClient.new_client({"url": "mock://debezium"})
+    raw = Schema(orjson.dumps(envelope).decode(), "AVRO")
+    schema_id = registry.register_schema("shop.public.variants-value", raw)
+    after = {"variant_id": 5, "product_id": 7, "sku": "MUG-L", "title": "Mug L", "price": 9.5,
+             "stock": 2}  # fmt: skip
+    value = encode_confluent(schema_id, parse_schema(envelope),
+                             {"before": None, "after": after, "op": "c"})  # fmt: skip
+    path = tmp_path / "mapping.yaml"
+    path.write_text(MAPPING)
+    decoder = CatalogDecoder(registry, load_mapping(str(path)))
+    found = decoder.decode(Record("shop.public.variants", 0, 1, None, value))
+    assert found.key == "variant:5" and found.fields is not None
+    assert found.fields["inventory_quantity"] == 2 and found.item_id == "7"
