@@ -257,7 +257,7 @@ def _status(settings: Settings, as_json: bool) -> int:
     status = group_status(
         kafka_client_config(settings),
         settings.kafka_group_id,
-        settings.kafka_topics,
+        (*settings.kafka_topics, *settings.catalog_topics),
         settings.dlq_topic,
     )
     print(json.dumps(status.to_json(), indent=2) if as_json else format_status(status))
@@ -273,6 +273,7 @@ def _startup_line(settings: Settings) -> None:
         extra={
             "version": __version__,
             "topics": list(settings.kafka_topics),
+            "catalog_topics": list(settings.catalog_topics),
             "group": settings.kafka_group_id,
             "state_backend": urlsplit(str(settings.state_url)).scheme,
             "settings": masked_settings(settings),
