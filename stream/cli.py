@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="with --local: publish N sample calls after start",
+        help="publish about N sample calls after start; with --local the demo's: orders, "
+        "consent, lists, a merge and a deletion",
     )
 
     sandbox = add("sandbox", help="serve the Klaviyo sandbox API")
@@ -93,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="rate-limit windows × this factor (0.1 = 10× faster)",
+    )
+    sandbox.add_argument(
+        "--job-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="apply event and profile jobs this long after the 202, as Klaviyo does "
+        "(default 0: before the answer)",
     )
 
     tester = add(
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return _doctor(args.config)
     try:
         settings = load_settings(args.config)
-        _configure_logging(settings.log_level, settings.log_format)
+        used = _configure_logging(settings.log_level, settings.log_format)
+        settings = settings.model_copy(update={"log_format": used})  # `auto` resolved
         if args.command in ("run", "produce", "status", "dlq"):
             check_kafka_properties(settings)
         if args.command == "run":
@@ -206,10 +216,10 @@ def _redacted(exc: BaseException) -> str:
     return redact(str(exc))
 
 
-def _configure_logging(level: str, fmt: str = "json") -> None:
+def _configure_logging(level: str, fmt: str = "json") -> str:
     from stream.telemetry.logs import configure_logging
 
-    configure_logging(level, fmt=fmt)
+    return configure_logging(level, fmt=fmt)
 
 
 def _doctor(config: str | None) -> int:
@@ -265,20 +275,22 @@ def _status(settings: Settings, as_json: bool) -> int:
 
 
 def _startup_line(settings: Settings) -> None:
-    """One line: version, the effective settings (secrets masked), topics, group, state."""
+    """One line: version, topics, group, state and the effective settings (secrets masked).
+    On a terminal (console format) the settings, one long line, are logged apart at DEBUG."""
     from urllib.parse import urlsplit
 
-    log.info(
-        "starting",
-        extra={
-            "version": __version__,
-            "topics": list(settings.kafka_topics),
-            "catalog_topics": list(settings.catalog_topics),
-            "group": settings.kafka_group_id,
-            "state_backend": urlsplit(str(settings.state_url)).scheme,
-            "settings": masked_settings(settings),
-        },
-    )
+    fields: dict[str, Any] = {
+        "version": __version__,
+        "topics": list(settings.kafka_topics),
+        "catalog_topics": list(settings.catalog_topics),
+        "group": settings.kafka_group_id,
+        "state_backend": urlsplit(str(settings.state_url)).scheme,
+    }
+    if settings.log_format == "console":
+        log.info("starting", extra=fields)
+        log.debug("settings", extra={"settings": masked_settings(settings)})
+    else:
+        log.info("starting", extra={**fields, "settings": masked_settings(settings)})
 
 
 def _revision_check(settings: Settings) -> None:
@@ -320,10 +332,11 @@ def _local_stack(settings: Settings) -> Iterator[Settings]:
     from stream.local.kafka import LocalKafka
 
     SandboxConfig, SandboxThread = _sandbox_parts()
+    from stream.local.demo import LISTS
 
     with (
         LocalKafka() as kafka,
-        SandboxThread(SandboxConfig()) as sandbox,
+        SandboxThread(SandboxConfig(lists=LISTS)) as sandbox,
         tempfile.TemporaryDirectory(prefix="klaviyo-stream-") as state,
     ):
         print(
@@ -367,23 +380,26 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
             service = Service(effective, health=health, decoder=make_decoder(effective))
             install_signal_handlers(service)
             log.info("metrics", extra={"port": observer.port})
-            if sample:
+            helpers = []
+            if sample and local:
+                helpers.append(asyncio.create_task(_publish_demo(effective, sample)))
+            elif sample:
                 loop = asyncio.get_running_loop()
                 count = await loop.run_in_executor(None, _publish_sample, effective, sample)
                 print(f"published {count} sample calls to {effective.kafka_topics[0]}", flush=True)
-            reporter = (
-                asyncio.create_task(_report_sandbox(effective.klaviyo_base_url)) if local else None
-            )
+            if local:
+                helpers.append(asyncio.create_task(_report_sandbox(effective.klaviyo_base_url)))
             try:
                 result = await service.run()
             finally:
-                if reporter is not None:
-                    reporter.cancel()
+                for helper in helpers:
+                    helper.cancel()
         finally:
             await observer.close()
-        print(
-            f"stopped: {result.consumed} records consumed, {result.dead_lettered} dead-lettered",
-            flush=True,
+        # a log record like every other line: stdout and stderr are one stream in a container
+        log.info(
+            "stopped",
+            extra={"consumed": result.consumed, "dead_lettered": result.dead_lettered},
         )
 
     try:
@@ -401,6 +417,22 @@ def _run(settings: Settings, local: bool, sample: int) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+async def _publish_demo(settings: Settings, count: int) -> None:
+    """`--local --sample N`: the demo's traffic, its later part once the sandbox is ready."""
+    from datetime import UTC, datetime, timedelta
+
+    from stream.local.demo import demo_calls, publish_demo
+    from stream.ops.produce import publish
+
+    topic = settings.kafka_topics[0]
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=count + 60)
+
+    def send(calls: list[dict[str, Any]]) -> int:
+        return publish(kafka_client_config(settings), topic, calls, _encoder(settings, topic))
+
+    await publish_demo(demo_calls(count, start=start), settings.klaviyo_base_url, send)
 
 
 def _publish_sample(settings: Settings, count: int) -> int:
@@ -554,14 +586,17 @@ def _sandbox(args: argparse.Namespace) -> int:
     SandboxConfig, _thread = _sandbox_parts()
     from stream.local.sandbox import run
 
-    run(
-        SandboxConfig(
+    try:
+        config = SandboxConfig(
             host=args.host,
             port=args.port,
             rate_limits=not args.no_rate_limits,
             time_scale=args.time_scale,
+            job_delay_seconds=args.job_delay,
         )
-    )
+    except ValueError as exc:  # a flag out of range: one line, not a traceback
+        raise ConfigError(str(exc)) from None
+    run(config)
     return 0
 
 

@@ -186,7 +186,8 @@ class Settings(BaseSettings):
     # standbys; a rolling update must not wait for a partition that cannot come)
     ready_without_partitions: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"  # console: for a person at a terminal
+    # auto: console when stderr is a terminal (a person), json otherwise (a log pipeline)
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     # Rate-limit governor: replicas split the account's quota (4 replicas → 0.25 each);
     # the time scale matches a sandbox started with --time-scale (1 against Klaviyo)

@@ -7,7 +7,8 @@ rewrites anything that looks like a Klaviyo private key (`pk_` + 20 or more alph
 the message, its arguments, the extra fields and the traceback: defence in depth, so a secret
 that slips into a log call never reaches the output.
 
-`LOG_FORMAT=console` writes the same records as aligned text for a person at a terminal.
+`LOG_FORMAT=console` writes the same records as aligned text for a person at a terminal;
+`auto` (the default) does so when the output is a terminal, and writes JSON otherwise.
 librdkafka's own lines arrive through `KafkaLogAdapter` (the `logger` of every client) and are
 formatted like any other line, with their facility and client name as fields.
 """
@@ -155,16 +156,21 @@ class KafkaLogAdapter:
         return f"KafkaLogAdapter({self.logger.name})"
 
 
-def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "json") -> None:
+def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "json") -> str:
     """Install the JSON (or console) handler on the root logger (replacing an earlier one;
-    idempotent)."""
+    idempotent). `fmt="auto"` picks console when `stream` is a terminal; returns the format
+    used, `json` or `console`."""
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
         old.close()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    output = stream if stream is not None else sys.stderr
+    if fmt == "auto":
+        fmt = "console" if output.isatty() else "json"
+    handler = logging.StreamHandler(output)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(RedactingFilter())
     handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    return "console" if fmt == "console" else "json"

@@ -1,8 +1,9 @@
 """Per-call profile patches as the mapping writes them, applied by the Klaviyo sandbox.
 
 The service wires `mapping.profile_meta` into its upserts in the pipeline core; this test shows
-the bodies it will send do what README promises once they reach Klaviyo (the sandbox follows
-Klaviyo's `meta.patch_properties` rules and validates bodies against the official OpenAPI).
+the bodies it will send do what docs/what-is-sent.md promises once they reach Klaviyo (the
+sandbox follows Klaviyo's `meta.patch_properties` rules and validates bodies against the
+official OpenAPI).
 """
 
 from __future__ import annotations

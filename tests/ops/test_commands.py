@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -326,7 +328,7 @@ def test_stderr_is_json_only_while_librdkafka_reports_broker_errors(sandbox: Any
             if lines[-1]["logger"] == "stream.kafka" and lines[-1]["level"] == "ERROR":
                 break
         process.send_signal(signal.SIGTERM)
-        _out, rest = process.communicate(timeout=60)
+        out, rest = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
@@ -338,6 +340,62 @@ def test_stderr_is_json_only_while_librdkafka_reports_broker_errors(sandbox: Any
     assert {line["facility"] for line in kafka} >= {"FAIL"}
     assert {line["client"].split("-")[0] for line in kafka} >= {"rdkafka#consumer"}
     assert lines[0]["msg"] == "starting" and lines[0]["group"] == "group-analytics"
+    # the last line is a log record too (a container merges stdout into the same log stream)
+    assert out == "" and process.returncode == 0
+    assert lines[-1]["msg"] == "stopped" and lines[-1]["consumed"] == 0, lines[-1]
+    assert lines[-1]["dead_lettered"] == 0
+
+
+def _read_terminal(terminal: int, until: str, deadline: float) -> str:
+    """What a pseudo-terminal showed, until `until` appears, the other end closes, or time is up."""
+    seen = ""
+    while until not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk.decode(errors="replace")
+    return seen
+
+
+def test_on_a_terminal_run_logs_text_without_the_settings_dump(sandbox: Any) -> None:
+    """LOG_FORMAT unset and stderr a terminal (`scripts/demo`): readable lines, the long
+    settings line only at DEBUG, the exit counts as a line like the others."""
+    dead = "127.0.0.1:9"  # nothing listens: the service starts and waits for the broker
+    for level in ("INFO", "DEBUG"):
+        env = env_for(dead, "analytics", sandbox.url, state_url="sqlite:///:memory:",
+                      log_level=level)
+        terminal, terminal_end = os.openpty()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream", "run"], env=env, stdout=subprocess.PIPE,
+            stderr=terminal_end, stdin=subprocess.DEVNULL, text=True,
+        )
+        os.close(terminal_end)
+        try:
+            shown = _read_terminal(terminal, " metrics ", time.monotonic() + 60)
+            process.send_signal(signal.SIGTERM)
+            out, _ = process.communicate(timeout=60)
+            shown += _read_terminal(terminal, "stopped", time.monotonic() + 30)
+        finally:
+            os.close(terminal)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        lines = [line for line in shown.splitlines() if line.strip()]
+        assert out == "" and process.returncode == 0, shown
+        assert not any(line.startswith("{") for line in lines), shown
+        [starting] = [line for line in lines if " stream: starting " in line]
+        assert "group=group-analytics" in starting and "settings=" not in starting
+        dumps = [line for line in lines if " stream: settings settings={" in line]
+        assert len(dumps) == (level == "DEBUG"), shown
+        assert all('"klaviyo_api_key": "**********"' in d for d in dumps)
+        assert SANDBOX_API_KEY not in shown
+        assert any(" stream: stopped consumed=0 dead_lettered=0" in line for line in lines)
 
 
 def test_a_redis_password_never_shows(

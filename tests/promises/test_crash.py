@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -130,9 +129,7 @@ async def test_sigterm_finishes_in_flight_work_and_commits_it(
             second.stop_quietly()
         await assert_exactly_once(sandbox.url, calls)
         final = await stats(sandbox.url)
-    consumed = [
-        int(re.findall(r"stopped: (\d+) records consumed", p.log())[-1]) for p in (first, second)
-    ]
+    consumed = [p.stopped()[-1]["consumed"] for p in (first, second)]
     assert at_stop["events"] < len(events), "the first run finished everything: no test"
     assert sum(consumed) == len(calls), consumed
     assert final["refused_duplicates"] == 0

@@ -68,5 +68,5 @@ async def test_case9_the_fault_checks_catch_a_wrong_profile_wrong_content_and_a_
         with pytest.raises(AssertionError) as failed:
             await assert_exactly_once(sandbox.url, CALLS)
         assert caught in str(failed.value) or caught in repr(failed.value.args)
-        if replay:  # the crash window README names may see replays: allowed there
+        if replay:  # the crash window docs/guarantees.md names may see replays: allowed there
             await assert_exactly_once(sandbox.url, CALLS, replays_allowed=True)

@@ -38,7 +38,8 @@ LOAD_SECONDS = 40.0  # records keep arriving while members join and leave
 async def test_consumer_joining_and_leaving_under_load(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, clean_redis_url: str
 ) -> None:
-    """Members of one group share one state store (Redis), as README says a group must."""
+    """Members of one group share one state store (Redis), as docs/operations.md says a group
+    must."""
     topic = topic_factory(partitions=6)
     calls = with_duplicates(list(sample_calls(RECORDS, seed=31, persons=PERSONS)))
     events, _profiles = expected_of(calls)

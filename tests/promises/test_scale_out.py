@@ -23,6 +23,7 @@ from stream.local.sandbox import SandboxConfig, SandboxThread
 from stream.local.scenario import build_scenario
 from stream.ops.produce import Encoder, publish
 from tests.support import sandbox_get, wait_until
+from tests.support.harness import stopped_records
 
 CONSUMERS = 3
 
@@ -105,8 +106,7 @@ async def test_three_consumers_keep_one_profile_per_person_and_each_event_once(
     assert truth.released <= set(counts)
     assert not truth.never_identified & set(counts)
     # no record was given up on (a failed heal would have dead-lettered an upsert)
-    stops = [line for log in logs for line in log.read_text().splitlines()
-             if line.startswith("stopped:")]
-    assert len(stops) == CONSUMERS and all(s.endswith(" 0 dead-lettered") for s in stops), stops
+    stops = [stop for log in logs for stop in stopped_records(log.read_text())]
+    assert len(stops) == CONSUMERS and all(s["dead_lettered"] == 0 for s in stops), stops
     with redis.Redis.from_url(clean_redis_url) as client:
         assert client.dbsize() > 0  # the shared identity graph lives in Redis

@@ -1,5 +1,6 @@
 """Calls written by the real Segment and RudderStack Python libraries, published with `produce`
-through the real broker (both wire formats), decoded into `Call`s and mapped as README says."""
+through the real broker (both wire formats), decoded into `Call`s and mapped as
+docs/what-is-sent.md says."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ dead-letter topic, all through the real broker.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -101,6 +102,17 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stopped(self) -> list[dict[str, Any]]:
+        """The `stopped` log record of each graceful exit so far, in order."""
+        return stopped_records(self.log())
+
+
+def stopped_records(log: str) -> list[dict[str, Any]]:
+    """The `"msg": "stopped"` JSON lines of a service log (counts of consumed and dead-lettered
+    records a run ends with), parsed."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")
+            and '"msg": "stopped"' in line]
 
 
 def state_dir() -> Path:
@@ -209,8 +221,8 @@ async def assert_exactly_once(
     - on the right profile: the one holding the email its person identified with;
     - with its content: metric, properties, value and currency, time (to the second);
     - one profile per person (by external_id), none extra;
-    - unless `replays_allowed` (the crash window README names), Klaviyo refused no replay:
-      the service's own dedup caught every copy it could have caught.
+    - unless `replays_allowed` (the crash window docs/guarantees.md names), Klaviyo refused no
+      replay: the service's own dedup caught every copy it could have caught.
     Returns the unique_id counts."""
     expected = {c["messageId"]: c for c in calls if c["type"] in ("track", "page")}
     emails = {c["userId"]: c["traits"]["email"] for c in calls if c["type"] == "identify"}

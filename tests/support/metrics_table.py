@@ -1,7 +1,8 @@
-"""The README's metrics table, generated from the metrics registry (a helper, not a test).
+"""The metrics table of docs/operations.md, generated from the metrics registry (a helper,
+not a test).
 
-`python -m tests.support.metrics_table` prints it; test_readme.py fails when the README's copy
-differs, so the table can never miss a metric, a label or a changed meaning.
+`python -m tests.support.metrics_table` prints it; test_operations_page.py fails when the page's
+copy differs, so the table can never miss a metric, a label or a changed meaning.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from datetime import datetime
 
 import pytest
@@ -81,3 +82,23 @@ def test_secrets_never_reach_the_output(log_output: io.StringIO) -> None:
     assert KEY not in text
     assert text.count(REDACTED) >= 4
     assert len(lines(log_output)) == 3
+
+
+def test_auto_format_is_console_on_a_terminal_and_json_elsewhere(
+    log_output: io.StringIO,
+) -> None:
+    """LOG_FORMAT unset (`auto`): a person at a terminal reads text, a pipe gets JSON lines."""
+    terminal, terminal_end = os.openpty()  # a real pseudo-terminal, as a shell gives
+    pipe_read, pipe_write = os.pipe()
+    with open(terminal_end, "w") as tty, open(pipe_write, "w") as piped:
+        assert configure_logging("INFO", stream=tty, fmt="auto") == "console"
+        logging.getLogger("stream.x").info("to a person", extra={"topic": "t"})
+        tty.flush()
+        shown = os.read(terminal, 4096).decode()
+        assert configure_logging("INFO", stream=piped, fmt="auto") == "json"
+        logging.getLogger("stream.x").info("to a pipeline", extra={"topic": "t"})
+    with open(pipe_read) as read_end:
+        piped_lines = read_end.read().splitlines()
+    os.close(terminal)
+    assert "INFO    stream.x: to a person topic=t" in shown and "{" not in shown
+    assert [json.loads(line)["msg"] for line in piped_lines] == ["to a pipeline"]

@@ -10,6 +10,13 @@ channel, suppressions and lists, deletes profiles on data-privacy requests, and 
 faults. `/sandbox/*` endpoints expose what it received and holds, as JSON or, for a browser,
 as HTML pages (`<url>/sandbox/`).
 
+Event and profile jobs (events, bulk events, profile bulk imports, subscription and
+suppression jobs, client profiles and subscriptions) are validated when they arrive and
+applied `SandboxConfig.job_delay_seconds` after the 202, in the order accepted, as Klaviyo
+applies them after answering; the default 0 applies them before the answer. `GET
+/sandbox/jobs` shows what waits; `POST /sandbox/jobs {"job_delay_seconds": 2, "flush": true}`
+changes the delay at run time or applies every waiting job now.
+
     async with SandboxServer(SandboxConfig()) as sb:   # on the current loop
         ...sb.url, sb.store
     with SandboxThread(SandboxConfig()) as sb:         # on its own thread

@@ -3,12 +3,15 @@
 Each runs after `app.guard` has authenticated the caller, spent rate-limit quota and checked
 the body against the operation's OpenAPI schema; here come Klaviyo's further checks and the
 effect on the store. Every handler is synchronous between awaits, so a request is atomic.
+Event and client profile requests are jobs (`Sandbox.accept`): checked now, applied now or
+after `job_delay_seconds`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -108,8 +111,15 @@ async def create_client_profile(
     """POST /client/profiles: find the profile like an event would, update it; 202."""
     found = check_profile(body["data"], ("data",), anonymous_ok=True)
     raise_errors(with_long_strings(request, [found] if found else [], body, 0)[:1])
+    store = sandbox.store
+    who = [EventGroup(body["data"], [])]
     try:
-        sandbox.store.event_profile(body["data"])
+        sandbox.accept(
+            "client_profile",
+            1,
+            partial(store.event_profile, body["data"]),
+            partial(store.check_events, who),
+        )
     except ProfileNotFound as exc:
         raise not_found(exc, "/data/id") from exc
     return accepted()
@@ -120,8 +130,12 @@ async def create_event(request: web.Request, sandbox: Sandbox, body: Any) -> web
     now = datetime.now(UTC)
     raise_errors(with_long_strings(request, check_single_event(body, now), body, 0)[:1])
     attrs = body["data"]["attributes"]
+    groups = [EventGroup(attrs["profile"]["data"], [attrs])]
+    store = sandbox.store
     try:
-        sandbox.store.add_events([EventGroup(attrs["profile"]["data"], [attrs])], now)
+        sandbox.accept(
+            "events", 1, partial(store.add_events, groups, now), partial(store.check_events, groups)
+        )
     except ProfileNotFound as exc:
         raise not_found(exc, "/data/attributes/profile/data/id") from exc
     return accepted()
@@ -170,7 +184,8 @@ def _dig(body: Any, path: Path) -> Any:
 
 
 def _store_bulk(sandbox: Sandbox, entries: list[tuple[Path, dict[str, Any]]]) -> None:
-    """Record bulk entries, turning an in-request unique_id repeat into a 400 for that event."""
+    """Accept bulk entries as one job, turning an in-request unique_id repeat into a 400 for
+    that event."""
     groups = [
         EventGroup(
             attrs["profile"]["data"],
@@ -179,8 +194,15 @@ def _store_bulk(sandbox: Sandbox, entries: list[tuple[Path, dict[str, Any]]]) ->
         )
         for attrs in (entry["attributes"] for _, entry in entries)
     ]
+    store = sandbox.store
+    size = sum(len(group.events) for group in groups)
     try:
-        sandbox.store.add_events(groups, datetime.now(UTC))
+        sandbox.accept(
+            "events",
+            size,
+            partial(store.add_events, groups, datetime.now(UTC)),
+            partial(store.check_events, groups),
+        )
     except DuplicateUniqueId as exc:
         path = entries[exc.entry][0]
         where = (*path, "attributes", "events", "data", exc.event, "attributes", "unique_id")

@@ -18,6 +18,8 @@ REVISIONS = (
 )
 DEFAULT_PUBLIC_KEY = "SBXPUB"
 OPT_IN_PROCESSES = ("single_opt_in", "double_opt_in")
+MAX_DELAY_SECONDS = 3600.0
+"""The longest merge, deletion or job delay the sandbox accepts."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class SandboxConfig:
     `merge_delay_seconds`: Klaviyo's profile-merge only queues a task; the sandbox applies it
     this long after the 201 (0: on the next turn of the event loop, still after the answer).
     `deletion_delay_seconds` does the same for data-privacy deletion jobs.
+    `job_delay_seconds`: Klaviyo answers event and profile jobs (events, bulk events, profile
+    bulk imports, subscription and suppression jobs, client profiles and subscriptions) with a
+    202 and applies them later; the sandbox validates them at once and applies them this long
+    after the answer, in the order accepted (0: before the answer).
     `catalog_job_seconds` (+ `catalog_job_seconds_per_resource` per resource), times
     `time_scale`: how long a catalog bulk job takes from 202 to complete; at most
     `catalog_jobs_cap` of them are in progress at once (Klaviyo: 500). `lists` are the
@@ -63,6 +69,7 @@ class SandboxConfig:
     catalog_job_seconds: float = 2.0
     catalog_job_seconds_per_resource: float = 0.01
     catalog_jobs_cap: int = 500
+    job_delay_seconds: float = 0.0
     lists: tuple[SeedList, ...] = ()
     default_opt_in_process: str = "single_opt_in"
 
@@ -77,11 +84,11 @@ class SandboxConfig:
             raise ValueError("SandboxConfig.request_log_limit must be >= 0")
         if self.catalog_jobs_cap < 1:
             raise ValueError("SandboxConfig.catalog_jobs_cap must be >= 1")
-        names = ("merge_delay_seconds", "deletion_delay_seconds", "catalog_job_seconds",
-                 "catalog_job_seconds_per_resource")  # fmt: skip
+        names = ("merge_delay_seconds", "deletion_delay_seconds", "job_delay_seconds",
+                 "catalog_job_seconds", "catalog_job_seconds_per_resource")  # fmt: skip
         for name in names:
-            if not 0 <= getattr(self, name) <= 3600:
-                raise ValueError(f"SandboxConfig.{name} must be within [0, 3600]")
+            if not 0 <= getattr(self, name) <= MAX_DELAY_SECONDS:
+                raise ValueError(f"SandboxConfig.{name} must be within [0, {MAX_DELAY_SECONDS:g}]")
         if self.default_opt_in_process not in OPT_IN_PROCESSES:
             raise ValueError(
                 f"SandboxConfig.default_opt_in_process must be one of {OPT_IN_PROCESSES}"

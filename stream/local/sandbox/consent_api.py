@@ -2,13 +2,14 @@
 the client-side subscription.
 
 Each validates the whole request first (one 400 listing every bad profile, pointers to the
-field), then applies it: a bad request changes nothing. What the requests do is in
-`subscriptions`; who a request means is matched (or created) by its identifiers here.
+field), then accepts it as a job (`Sandbox.accept`, applied now or `job_delay_seconds`
+later): a bad request changes nothing. What a job does when it runs is in `consent_jobs`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -23,11 +24,19 @@ from .api import (
     with_long_strings,
 )
 from .consent import PHONE_CHANNELS, MailingList, channel_of
+from .consent_jobs import (
+    check_client_subscription,
+    run_client_subscription,
+    run_subscribe,
+    run_suppression,
+    run_unsubscribe,
+    topics_of,
+)
 from .errors import ApiError, ErrorItem, invalid, pointer_of
-from .profiles import Profile, ProfileConflict, ProfileNotFound
+from .profiles import Profile, ProfileNotFound
 from .stamps import iso
 from .state import Sandbox
-from .subscriptions import new_job, subscribe, suppress, unsubscribe, unsuppress
+from .subscriptions import new_job
 from .validation import Path, parse_time, valid_e164, valid_email
 
 MAX_SUBSCRIBE = 1_000
@@ -35,16 +44,6 @@ MAX_UNSUBSCRIBE = 100
 MAX_SUPPRESS = 100
 ROOT: Path = ("data", "attributes", "profiles", "data")
 _PHONE_FORMAT = "Invalid phone number format (Example of a valid format: +13239169023)."
-
-
-def topics_of(subscriptions: dict[str, Any]) -> dict[str, Any]:
-    """{"email.marketing": consented_at or None, …} for every consent named in `subscriptions`."""
-    found: dict[str, Any] = {}
-    for channel, kinds in subscriptions.items():
-        for kind, record in (kinds or {}).items():
-            if isinstance(record, dict) and "consent" in record:
-                found[f"{channel}.{kind}"] = record.get("consented_at")
-    return found
 
 
 def related_list(sandbox: Sandbox, data: dict[str, Any], status: int = 404) -> MailingList | None:
@@ -136,22 +135,6 @@ def _invalid(path: Path, detail: str) -> ErrorItem:
     return ErrorItem(400, "invalid", detail, pointer=pointer_of(path))
 
 
-def _identifiers(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {k: attrs[k] for k in ("email", "phone_number") if isinstance(attrs.get(k), str)}
-
-
-def _profile_for(sandbox: Sandbox, entry: dict[str, Any]) -> Profile:
-    """The profile a consent entry means (by id, else its identifiers), created if new.
-
-    Raises ProfileConflict when its email and phone belong to two different profiles.
-    """
-    data: dict[str, Any] = {"attributes": _identifiers(entry["attributes"])}
-    if entry.get("id"):
-        data["id"] = entry["id"]
-    profile, _ = sandbox.store.upsert_profile(data)
-    return profile
-
-
 def _too_many(count: int, limit: int) -> None:
     if count > limit:
         raise invalid(f"At most {limit} profiles per request; got {count}.", pointer_of(ROOT))
@@ -170,33 +153,23 @@ async def bulk_subscribe_profiles(
     now = datetime.now(UTC)
     entries = [(ROOT + (i,), entry) for i, entry in enumerate(profiles)]
     bulk_errors(request, entries, lambda ok: _check_subscribe(sandbox, ok, historical, now), body)
-    stamp = iso(now)
     job = new_job(
         "subscribe",
         len(profiles),
-        stamp,
+        iso(now),
         list_id=mailing_list.id if mailing_list else None,
         historical=historical,
     )
-    double_default = sandbox.config.default_opt_in_process == "double_opt_in"
-    for index, entry in enumerate(profiles):
-        try:
-            profile = _profile_for(sandbox, entry)
-        except ProfileConflict as exc:
-            job.record(index, None, f"skipped: {exc.field_name} belongs to another profile")
-            continue
-        result = subscribe(
-            profile,
-            topics_of(entry["attributes"]["subscriptions"]),
-            mailing_list=mailing_list,
-            historical=historical,
-            double_opt_in_default=double_default,
-            method="API",
-            custom_source=attrs.get("custom_source"),
-            now=stamp,
-        )
-        job.record(index, profile.id, result)
-    sandbox.store.consent_jobs.append(job)
+    run = partial(
+        run_subscribe,
+        sandbox.store,
+        job,
+        profiles,
+        mailing_list=mailing_list,
+        double_opt_in_default=sandbox.config.default_opt_in_process == "double_opt_in",
+        custom_source=attrs.get("custom_source"),
+    )
+    sandbox.accept("subscribe", len(profiles), run)
     return accepted()
 
 
@@ -230,28 +203,14 @@ async def bulk_unsubscribe_profiles(
     mailing_list = related_list(sandbox, data)
     entries = [(ROOT + (i,), entry) for i, entry in enumerate(profiles)]
     bulk_errors(request, entries, _check_unsubscribe, body)
-    stamp = iso(datetime.now(UTC))
     job = new_job(
-        "unsubscribe", len(profiles), stamp, list_id=mailing_list.id if mailing_list else None
+        "unsubscribe",
+        len(profiles),
+        iso(datetime.now(UTC)),
+        list_id=mailing_list.id if mailing_list else None,
     )
-    store = sandbox.store
-    for index, entry in enumerate(profiles):
-        attrs = entry["attributes"]
-        topics = list(topics_of(attrs["subscriptions"]))
-        targets: list[tuple[Profile | None, list[str]]]
-        try:
-            targets = [(_profile_for(sandbox, entry), topics)]
-        except ProfileConflict:  # email and phone on two profiles: each channel on its owner
-            targets = []
-            for key, channels in (("email", {"email"}), ("phone_number", PHONE_CHANNELS)):
-                mine = [t for t in topics if channel_of(t) in channels]
-                if mine and isinstance(attrs.get(key), str):
-                    owner = store.owner(key, attrs[key])
-                    targets.append((store.profiles[owner] if owner else None, mine))
-        for profile, mine in targets:
-            if profile is not None:
-                job.record(index, profile.id, unsubscribe(profile, mine, mailing_list, stamp))
-    store.consent_jobs.append(job)
+    run = partial(run_unsubscribe, sandbox.store, job, profiles, mailing_list)
+    sandbox.accept("unsubscribe", len(profiles), run)
     return accepted()
 
 
@@ -329,7 +288,7 @@ async def _suppression(
     store = sandbox.store
     stamp = iso(datetime.now(UTC))
     if mailing_list is not None:
-        targets: list[Profile | str] = [store.profiles[p] for p in mailing_list.members]
+        targets = list(mailing_list.members)  # profile ids, looked up again when the job runs
     else:
         entries_data = data["attributes"]["profiles"]["data"]
         _too_many(len(entries_data), MAX_SUPPRESS)
@@ -343,25 +302,8 @@ async def _suppression(
         stamp,
         list_id=mailing_list.id if mailing_list else None,
     )
-    for index, target in enumerate(targets):
-        if isinstance(target, str):
-            owner = store.owner("email", target)
-            if owner is None and lift:
-                job.record(index, None, "skipped: no profile has this email")
-                continue
-            if owner is None:  # Klaviyo creates the profile so the suppression sticks
-                profile, _ = store.upsert_profile({"attributes": {"email": target}})
-            else:
-                profile = store.profiles[owner]
-        else:
-            profile = target
-        if lift:
-            lifted = unsuppress(profile)
-            job.record(index, profile.id, "unsuppressed" if lifted else "skipped: not suppressed")
-        else:
-            suppress(profile, stamp)
-            job.record(index, profile.id, "suppressed")
-    store.consent_jobs.append(job)
+    run = partial(run_suppression, store, job, targets, by_id=mailing_list is not None)
+    sandbox.accept(job.kind, len(targets), run)
     lists = [mailing_list.id] if mailing_list else []
     return _suppression_job(request, kind, job.id, stamp, len(targets), lists)
 
@@ -412,24 +354,26 @@ async def create_client_subscription(
     )
     raise_errors(with_long_strings(request, [found] if found else [], body, 0)[:1])
     mailing_list = related_list(sandbox, data, status=400)
-    try:
-        profile = sandbox.store.event_profile(who)
-    except ProfileNotFound as exc:
-        raise not_found(exc, "/data/attributes/profile/data/id") from exc
-    stamp = iso(datetime.now(UTC))
-    result = subscribe(
-        profile,
+    job = new_job(
+        "client_subscription",
+        1,
+        iso(datetime.now(UTC)),
+        list_id=mailing_list.id if mailing_list else None,
+    )
+    run = partial(
+        run_client_subscription,
+        sandbox.store,
+        job,
+        who,
         topics,
         mailing_list=mailing_list,
-        historical=False,
         double_opt_in_default=sandbox.config.default_opt_in_process == "double_opt_in",
-        method="client_subscription",
         custom_source=data["attributes"].get("custom_source"),
-        now=stamp,
     )
-    job = new_job(
-        "client_subscription", 1, stamp, list_id=mailing_list.id if mailing_list else None
-    )
-    job.record(0, profile.id, result)
-    sandbox.store.consent_jobs.append(job)
+    try:
+        sandbox.accept(
+            "client_subscription", 1, run, partial(check_client_subscription, sandbox.store, who)
+        )
+    except ProfileNotFound as exc:
+        raise not_found(exc, "/data/attributes/profile/data/id") from exc
     return accepted()

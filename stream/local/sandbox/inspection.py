@@ -1,8 +1,9 @@
 """The sandbox's own endpoints under /sandbox/ (no auth, no rate limit, not logged).
 
 They let tests and demos see what "Klaviyo" received and holds, reset it between tests, and
-turn fault injection up or down while the service runs. The GET endpoints answer JSON, or an
-HTML page of the same document when the `Accept` header prefers `text/html` (a browser).
+turn fault injection up or down and change the job delay while the service runs. The GET
+endpoints answer JSON, or an HTML page of the same document when the `Accept` header prefers
+`text/html` (a browser).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from . import pages
 from .catalog_page import catalog_page
+from .config import MAX_DELAY_SECONDS
 from .consent import PENDING as CONSENT_PENDING
 from .resources import event_snapshot, list_snapshot, merge_snapshot, profile_snapshot
 from .stamps import iso
@@ -224,6 +226,9 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
             "catalog_items": len(sandbox.catalog.resources["item"]),
             "catalog_jobs_in_progress": sandbox.catalog.in_progress,
             "pending_deletions": sum(t.status == PENDING for t in store.deletion_tasks),
+            "pending_jobs": len(sandbox.job_queue.pending),
+            "pending_job_kinds": sandbox.job_queue.kinds(),
+            "job_delay_seconds": sandbox.job_delay,
             "rate_limits_enforced": sandbox.config.rate_limits,
             "rate_limits": [
                 {
@@ -317,6 +322,51 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         for resource_id, detail, times in failures:
             sandbox.catalog.fail(resource_id, detail, times)
         return _json({"failing": {k: len(v) for k, v in sandbox.catalog.failures.items()}})
+    def jobs_document() -> dict[str, Any]:
+        queue = sandbox.job_queue
+        return {
+            "job_delay_seconds": sandbox.job_delay,
+            "pending": len(queue.pending),
+            "pending_kinds": queue.kinds(),
+            "queued": [
+                {
+                    "id": job.id,
+                    "kind": job.kind,
+                    "size": job.size,
+                    "accepted_at": job.accepted_at,
+                    "due_at": job.due_at,
+                }
+                for job in queue.pending
+            ],
+            "applied": dict(queue.applied),
+            "failed": list(queue.failed),
+        }
+
+    async def jobs(request: web.Request) -> web.Response:
+        """GET or POST /sandbox/jobs {"job_delay_seconds": 2.0, "flush": true}: the event and
+        profile jobs waiting to be applied (oldest first), how many of each kind were applied,
+        and the latest that failed when applied; POST sets the delay of jobs accepted from now
+        on, and `flush` applies every waiting job at once, in order."""
+        if request.method == "POST":
+            try:
+                body = orjson.loads(await request.read())
+                delay = body.get("job_delay_seconds", sandbox.job_delay)
+                flush = body.get("flush", False)
+            except (orjson.JSONDecodeError, AttributeError):
+                return _bad('body must be {"job_delay_seconds": <seconds>, "flush": <bool>}')
+            if (
+                isinstance(delay, bool)
+                or not isinstance(delay, int | float)
+                or not 0 <= delay <= MAX_DELAY_SECONDS
+            ):
+                return _bad(f"job_delay_seconds must be a number from 0 to {MAX_DELAY_SECONDS:g}")
+            if not isinstance(flush, bool):
+                return _bad("flush must be true or false")
+            sandbox.job_delay = float(delay)
+            if flush:
+                sandbox.job_queue.flush()
+            return _json(jobs_document())
+        return _answer(request, jobs_document(), pages.jobs_page)
 
     return [
         web.get("/sandbox", overview),
@@ -332,6 +382,8 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         web.get("/sandbox/catalog", catalog),
         web.get("/sandbox/catalog/jobs", catalog_jobs),
         web.post("/sandbox/catalog/faults", catalog_faults),
+        web.get("/sandbox/jobs", jobs),
+        web.post("/sandbox/jobs", jobs),
         web.post("/sandbox/confirm", confirm),
         web.get("/sandbox/stats", stats),
         web.get("/sandbox/requests", requests),

@@ -21,6 +21,7 @@ NAV = (
     ("/sandbox/merges", "Merges"),
     ("/sandbox/lists", "Lists"),
     ("/sandbox/consent-jobs", "Consent jobs"),
+    ("/sandbox/jobs", "Queued jobs"),
     ("/sandbox/deleted", "Deleted"),
     ("/sandbox/catalog", "Catalog"),
     ("/sandbox/stats", "Requests & limits"),
@@ -141,12 +142,15 @@ def overview_page(stats: dict[str, Any]) -> str:
             ("Import jobs", stats["import_jobs"], None),
             ("Catalog items", stats["catalog_items"], "/sandbox/catalog"),
             ("Catalog jobs in progress", stats["catalog_jobs_in_progress"], "/sandbox/catalog"),
+            ("Jobs waiting", stats["pending_jobs"], "/sandbox/jobs"),
         ]
     )
     note = para(
         "Fault rate: ",
         stats["fault_rate"],
-        ". Every page is also JSON: ask with Accept: application/json.",
+        "; jobs applied ",
+        stats["job_delay_seconds"],
+        " s after they are accepted. Every page is also JSON: ask with Accept: application/json.",
     )
     return page("Klaviyo sandbox", "/sandbox/", tiles, note)
 
@@ -369,6 +373,34 @@ def consent_jobs_page(document: dict[str, Any]) -> str:
     headers = ["requested", "kind", "list", "historical", "entry", "profile", "result"]
     return page(
         "Consent jobs", "/sandbox/consent-jobs", table(headers, rows, "no consent requests")
+    )
+
+
+def jobs_page(document: dict[str, Any]) -> str:
+    """GET /sandbox/jobs: event and profile jobs waiting to be applied, and failed ones."""
+    queued = table(
+        ["accepted", "kind", "size", "due"],
+        [[j["accepted_at"], j["kind"], j["size"], j["due_at"]] for j in document["queued"]],
+        "nothing waiting",
+    )
+    failed = table(
+        ["accepted", "kind", "failed", "reason"],
+        [[f["accepted_at"], f["kind"], f["failed_at"], f["reason"]] for f in document["failed"]],
+        "none failed",
+    )
+    applied = ", ".join(f"{kind}: {n}" for kind, n in sorted(document["applied"].items()))
+    return page(
+        "Queued jobs",
+        "/sandbox/jobs",
+        para(
+            "Applied ",
+            document["job_delay_seconds"],
+            " s after they are accepted, in order. Applied so far: ",
+            applied or "none",
+        ),
+        queued,
+        heading("Failed when applied"),
+        failed,
     )
 
 

@@ -1,8 +1,13 @@
-"""Handlers of Klaviyo's profile endpoints: upsert, bulk import jobs, merge, GET /api/profiles."""
+"""Handlers of Klaviyo's profile endpoints: upsert, bulk import jobs, merge, GET /api/profiles.
+
+The upsert answers with the profile, so it is applied at once; a bulk import is a job
+(`Sandbox.accept`), applied now or after `job_delay_seconds`.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -54,9 +59,11 @@ async def create_or_update_profile(
 async def bulk_import_profiles(
     request: web.Request, sandbox: Sandbox, body: Any
 ) -> web.StreamResponse:
-    """POST /api/profile-bulk-import-jobs: validate all, then run the job; 202 with the job.
+    """POST /api/profile-bulk-import-jobs: validate all, then queue the job; 202 with the job.
 
-    Profiles the job imports join the related lists (which must exist); no consent changes.
+    The job reads `queued` until it runs (now, or `job_delay_seconds` later), then `complete`
+    with its counts and import errors. Profiles it imports join the related lists (which must
+    exist); no consent changes.
     """
     root: Path = ("data", "attributes", "profiles", "data")
     profiles = body["data"]["attributes"]["profiles"]["data"]
@@ -71,7 +78,9 @@ async def bulk_import_profiles(
             pointer = f"/data/relationships/lists/data/{index}/id"
             item = ErrorItem(404, "not_found", f"List {list_id} does not exist.", pointer=pointer)
             raise ApiError(404, [item])
-    job = sandbox.store.run_import(profiles, list_ids)
+    store = sandbox.store
+    job = store.new_import(len(profiles), list_ids)
+    sandbox.accept("profile_import", len(profiles), partial(store.run_import, job, profiles))
     return json_response({"data": job_resource(job, base_url(request), as_created=True)}, 202)
 
 

@@ -53,7 +53,8 @@ class SandboxServer:
         return self.url
 
     async def stop(self) -> None:
-        """Stop serving and close every connection; queued merges are dropped."""
+        """Stop serving and close every connection; queued merges, deletions and jobs are
+        dropped."""
         self.sandbox.scheduler.cancel_all()
         if self._runner is not None:
             runner, self._runner = self._runner, None

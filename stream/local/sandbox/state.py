@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -17,7 +18,7 @@ from .ratelimit import RateLimiter
 from .spec import Operation, load_operations
 from .stamps import iso
 from .store import Store
-from .tasks import DeletionTask, MergeTask, Scheduler
+from .tasks import DeletionTask, JobQueue, MergeTask, QueuedJob, Scheduler
 
 FAULT_KINDS = ("500", "503", "429", "drop", "drop_after")
 _FAULT_WEIGHTS = (1.0, 1.0, 1.0, 0.5, 0.5)
@@ -113,7 +114,10 @@ class RequestLog:
 
 class Sandbox:
     """The running sandbox: config, OpenAPI operations, store, limiter, faults, stats, log,
-    and the scheduler of its asynchronous tasks (merges, deletions)."""
+    and the scheduler of its asynchronous work (merges, deletions, event and profile jobs).
+
+    `job_delay` starts as `config.job_delay_seconds`; POST /sandbox/jobs changes it at run
+    time (jobs already waiting keep their time)."""
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
@@ -125,6 +129,8 @@ class Sandbox:
         self.log = RequestLog(config.request_log_limit)
         self.scheduler = Scheduler()
         self.catalog = Catalog(config.catalog_jobs_cap)  # items, variants, categories, jobs
+        self.job_queue = JobQueue(self.scheduler)
+        self.job_delay = config.job_delay_seconds
         self._seed_lists()
 
     def _seed_lists(self) -> None:
@@ -150,10 +156,23 @@ class Sandbox:
         self.scheduler.later(delay, partial(self.store.apply_deletion, task))
         return task
 
+    def accept(
+        self,
+        kind: str,
+        size: int,
+        apply: Callable[[], object],
+        check: Callable[[], object] | None = None,
+    ) -> QueuedJob | None:
+        """An accepted event or profile job: applied now, or after `job_delay` (see
+        `JobQueue.submit`; `check` raises what `apply` would, without writing)."""
+        return self.job_queue.submit(kind, size, apply, self.job_delay, check)
+
     def reset(self) -> None:
-        """Back to the state right after start-up (fault rate, seeded lists); queued tasks
-        dropped."""
+        """Back to the state right after start-up (fault rate, job delay, seeded lists); queued
+        tasks and jobs dropped."""
         self.scheduler.cancel_all()
+        self.job_queue.clear()
+        self.job_delay = self.config.job_delay_seconds
         self.store.reset()
         self.catalog = Catalog(self.config.catalog_jobs_cap)
         self._seed_lists()

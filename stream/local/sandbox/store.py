@@ -135,14 +135,10 @@ class Store(ProfileBook):
             aliases.setdefault(k, key)
         return key
 
-    def add_events(self, entries: list[EventGroup], received: datetime) -> tuple[int, int]:
-        """Record (profile, events) entries atomically; returns (stored, refused duplicates).
-
-        Raises DuplicateUniqueId (nothing stored) when an explicit unique_id repeats for one
-        profile and metric inside this request, and ProfileNotFound for an unknown bare id.
-        An event whose key (unique_id, else its time to the second) was already recorded for
-        that profile and metric is silently refused.
-        """
+    def check_events(self, entries: list[EventGroup]) -> None:
+        """What `add_events` would refuse, without writing: DuplicateUniqueId when an explicit
+        unique_id repeats for one profile and metric inside one request, ProfileNotFound for
+        an unknown bare profile id."""
         aliases: dict[tuple[str, str], str] = {}
         seen: set[tuple[str, str, str]] = set()
         for i, (profile_data, events, _) in enumerate(entries):
@@ -159,6 +155,15 @@ class Store(ProfileBook):
                 if key in seen:
                     raise DuplicateUniqueId(i, j, unique_id)
                 seen.add(key)
+
+    def add_events(self, entries: list[EventGroup], received: datetime) -> tuple[int, int]:
+        """Record (profile, events) entries atomically; returns (stored, refused duplicates).
+
+        Raises what `check_events` raises, with nothing stored. An event whose key
+        (unique_id, else its time to the second) was already recorded for that profile and
+        metric is silently refused.
+        """
+        self.check_events(entries)
         stored = refused = 0
         received_iso = iso(received)
         for profile_data, events, backfill in entries:
@@ -345,19 +350,23 @@ class Store(ProfileBook):
 
     # bulk import jobs ----------------------------------------------------------------------
 
-    def run_import(self, profiles: list[dict[str, Any]], list_ids: list[str]) -> ImportJob:
-        """Create a job and process every profile now; failures are recorded per record, and
-        the imported profiles join the lists `list_ids` (known lists: the handler checks)."""
+    def new_import(self, total: int, list_ids: list[str]) -> ImportJob:
+        """A queued profile bulk import job of `total` profiles; `run_import` processes it."""
         now = datetime.now(UTC)
         job = ImportJob(
             id=new_id(),
             created_at=iso(now),
-            total_count=len(profiles),
+            total_count=total,
             list_ids=list_ids,
             expires_at=iso(now + timedelta(days=7)),
         )
         self.jobs[job.id] = job
-        job.started_at = iso(now)
+        return job
+
+    def run_import(self, job: ImportJob, profiles: list[dict[str, Any]]) -> None:
+        """Process every profile of a queued job now; failures are recorded per record, and
+        the imported profiles join the job's lists (lists are never deleted, so they exist)."""
+        job.started_at = iso(datetime.now(UTC))
         imported: set[str] = set()
         for index, data in enumerate(profiles):
             try:
@@ -382,11 +391,10 @@ class Store(ProfileBook):
                     job.profile_ids.append(profile.id)
         job.status = "complete"
         job.completed_at = iso(datetime.now(UTC))
-        for list_id in list_ids:
+        for list_id in job.list_ids:
             members = self.lists[list_id].members
             for profile_id in job.profile_ids:
                 members.setdefault(profile_id, job.completed_at)
-        return job
 
     @staticmethod
     def _import_error(
