@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,13 @@ def publish(
     bootstrap: str, topic: str, count: int, tracks_only: bool = False, sequential_ids: bool = False
 ) -> float:
     """Produce `count` records; returns seconds taken."""
+    return produce(
+        bootstrap, topic, records(count, tracks_only=tracks_only, sequential_ids=sequential_ids)
+    )
+
+
+def produce(bootstrap: str, topic: str, pairs: Iterable[tuple[bytes, bytes]]) -> float:
+    """Produce (key, value) pairs as fast as librdkafka takes them; returns seconds taken."""
     started = time.perf_counter()
     producer = Producer(
         {
@@ -134,7 +141,7 @@ def publish(
             "queue.buffering.max.messages": 500_000,
         }
     )
-    for key, value in records(count, tracks_only=tracks_only, sequential_ids=sequential_ids):
+    for key, value in pairs:
         while True:
             try:
                 producer.produce(topic, value=value, key=key)
@@ -185,6 +192,7 @@ class SandboxProcess:
     rate_limits: bool = True
     time_scale: float = 1.0
     validate: bool = False
+    extra: tuple[str, ...] = ()  # more arguments of sandbox_process.py
     url: str = ""
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -204,6 +212,7 @@ class SandboxProcess:
             cmd.append("--no-rate-limits")
         if not self.validate:
             cmd.append("--no-validation")
+        cmd.extend(self.extra)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, env=env)
         assert self._proc.stdout is not None
@@ -222,7 +231,11 @@ class SandboxProcess:
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
             self._proc.terminate()
-            self._proc.wait(10)
+            try:
+                self._proc.wait(30)  # a sandbox holding a million catalog items takes a while
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
 
 
 # the service ----------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--no-rate-limits", action="store_true")
     p.add_argument("--no-validation", action="store_true")
+    p.add_argument("--catalog-job-seconds", type=float, default=2.0)
+    p.add_argument("--catalog-job-seconds-per-resource", type=float, default=0.01)
     args = p.parse_args()
     gc.set_threshold(100_000, 1_000_000, 1_000_000)
     if args.no_validation:
@@ -42,6 +44,8 @@ def main() -> None:
             rate_limits=not args.no_rate_limits,
             time_scale=args.time_scale,
             request_log_limit=0,
+            catalog_job_seconds=args.catalog_job_seconds,
+            catalog_job_seconds_per_resource=args.catalog_job_seconds_per_resource,
         )
     )
 

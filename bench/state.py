@@ -11,7 +11,11 @@ window. Tombstones are written as deletions write them (two identifiers a person
 entry settled afterwards, as a confirmed deletion leaves it); the filter is the one a replica
 loads at start (`stream.identity.tombstones`).
 
+`--catalog-resources N`: bytes per catalog resource (what Klaviyo accepted of it: its key,
+version and whether it exists), written as finished jobs of 100 write them.
+
     python bench/state.py --persons 100000 --message-ids 1000000 --tombstones 200000
+    python bench/state.py --catalog-resources 200000
 """
 
 from __future__ import annotations
@@ -78,6 +82,13 @@ def filter_bytes(url: str) -> tuple[int, int]:
         store.close()
 
 
+def fill_catalog(store: StateStore, count: int) -> None:
+    for start in range(0, count, 100):
+        accepted = [(f"item:P{n:07d}", True, ("shop.products", n % 6, 1_000_000 + n))
+                    for n in range(start, min(start + 100, count))]  # fmt: skip
+        store.catalog_job_finished(f"job-{start}", accepted)
+
+
 def sqlite_bytes(path: Path, fill: Callable[[StateStore], None]) -> int:
     store = open_store(f"sqlite:///{path}")
     empty = path.stat().st_size
@@ -134,6 +145,7 @@ def main() -> None:
     p.add_argument("--events-per-week", type=float, default=100e6)
     p.add_argument("--tombstones", type=int, default=200_000)
     p.add_argument("--account-deletions", type=float, default=5e6, help="persons ever deleted")
+    p.add_argument("--catalog-resources", type=int, default=0)
     args = p.parse_args()
     persons, ids, tombs = args.persons, args.message_ids, args.tombstones
     figures: dict[str, tuple[float, float, float]] = {}
@@ -147,6 +159,16 @@ def main() -> None:
         memory, count = filter_bytes(f"sqlite:///{Path(tmp) / 'tombs.db'}")
         filters["SQLite"] = memory / count
         print(f"SQLite filled in {time.perf_counter() - t0:.0f} s")
+        resources = args.catalog_resources
+        per_resource: dict[str, float] = {}
+        if resources:
+            path = Path(tmp) / "catalog.db"
+            per_resource["SQLite"] = sqlite_bytes(path, lambda s: fill_catalog(s, resources))
+        resources = args.catalog_resources
+        per_resource: dict[str, float] = {}
+        if resources:
+            path = Path(tmp) / "catalog.db"
+            per_resource["SQLite"] = sqlite_bytes(path, lambda s: fill_catalog(s, resources))
         proc, url = redis_server(tmp)
         try:
             t0 = time.perf_counter()
@@ -159,6 +181,8 @@ def main() -> None:
             filters["Redis"] = memory / count
             print(f"Redis filled in {t1 - t0:.0f} s; a replica loaded {count:,} tombstones"
                   f" in {time.perf_counter() - t1:.1f} s")  # fmt: skip
+            if resources:
+                per_resource["Redis"] = redis_bytes(url, lambda s: fill_catalog(s, resources))
         finally:
             proc.terminate()
             proc.wait(10)
@@ -175,6 +199,14 @@ def main() -> None:
             f"+ {deleted / 1e6:g}M tombstones = {total / 2**30:.1f} GiB"
             f" (filter {deleted * filters[name] / 2**20:.0f} MiB a replica)"
         )
+    for name, size in per_resource.items():
+        each = size / args.catalog_resources
+        print(f"{name:<7}: {each:5.0f} bytes per catalog resource "
+              f"(1M products with 3 variants each: {each * 4e6 / 2**20:.0f} MiB)")  # fmt: skip
+    for name, size in per_resource.items():
+        each = size / args.catalog_resources
+        print(f"{name:<7}: {each:5.0f} bytes per catalog resource "
+              f"(1M products with 3 variants each: {each * 4e6 / 2**20:.0f} MiB)")  # fmt: skip
 
 
 if __name__ == "__main__":

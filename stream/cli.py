@@ -27,6 +27,7 @@ from stream.core.settings import (
     kafka_client_config,
     load_settings,
     masked_settings,
+    require_klaviyo_credentials,
     require_production_settings,
     revision_retirement,
     revision_warning,
@@ -124,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
     produce = add("produce", help="publish Segment JSON calls as Avro records")
     source = produce.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="JSON-lines file of calls")
+    source.add_argument("--input", help="JSON-lines file of calls (and catalog records)")
     source.add_argument("--sample", type=int, metavar="N", help="generate N realistic calls")
     produce.add_argument("--topic", help="topic (default: the first of KAFKA_TOPICS)")
     produce.add_argument(
@@ -138,6 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add("doctor", help="check the settings and every dependency for real; exit 1 on a failure")
+
+    metrics = add(
+        "setup-metrics", help="point Klaviyo's mapped metrics (revenue, …) at the metrics we send"
+    )
+    metrics.add_argument("--dry-run", action="store_true", help="say what would change")
 
     status = add("status", help="the consumer group as Kafka sees it: members, offsets, lag")
     status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
@@ -209,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_tester(settings, args.file, dry_run=args.dry_run))
         if args.command == "status":
             return _status(settings, args.json)
+        if args.command == "setup-metrics":
+            return asyncio.run(_setup_metrics(settings, args.dry_run))
         if args.command == "dlq":
             return _dlq(settings, args)
     except ConfigError as exc:
@@ -255,6 +263,18 @@ def _doctor(config: str | None) -> int:
     return code
 
 
+async def _setup_metrics(settings: Settings, dry_run: bool) -> int:
+    """`setup-metrics`: the seven mapped metrics pointed at ours (`stream.ops.revenue`)."""
+    from stream.engine.pipeline import build_client
+    from stream.ops.revenue import client_request, setup
+
+    require_klaviyo_credentials(settings)
+    if settings.klaviyo_mode == "client":
+        raise ConfigError("KLAVIYO_MODE: setup-metrics needs the private key (server mode)")
+    async with build_client(settings) as client:
+        return await setup(client_request(client), dry_run, lambda line: print(line, flush=True))
+
+
 def _status(settings: Settings, as_json: bool) -> int:
     import json
 
@@ -265,7 +285,7 @@ def _status(settings: Settings, as_json: bool) -> int:
     status = group_status(
         kafka_client_config(settings),
         settings.kafka_group_id,
-        settings.kafka_topics,
+        (*settings.kafka_topics, *settings.catalog_topics),
         settings.dlq_topic,
     )
     print(json.dumps(status.to_json(), indent=2) if as_json else format_status(status))
@@ -280,6 +300,7 @@ def _startup_line(settings: Settings) -> None:
     fields: dict[str, Any] = {
         "version": __version__,
         "topics": list(settings.kafka_topics),
+        "catalog_topics": list(settings.catalog_topics),
         "group": settings.kafka_group_id,
         "state_backend": urlsplit(str(settings.state_url)).scheme,
     }
@@ -501,7 +522,10 @@ def _produce_file(settings: Settings, args: argparse.Namespace, topic: str) -> i
         progress=not args.no_progress and sys.stderr.isatty(),
         backfill=args.backfill,
     )
-    print(f"published {report.published} calls to {topic}")
+    calls = report.published - report.catalog
+    print(f"published {calls} calls to {topic}")
+    if report.catalog:
+        print(f"published {report.catalog} catalog records to {topic} (keyed <kind>:<id>)")
     if report.filled:
         filled = " and ".join(f"{name} in {n}" for name, n in sorted(report.filled.items()))
         print(f"filled {filled} call(s) as the analytics libraries do (uuid4; now, UTC)")

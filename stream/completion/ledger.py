@@ -61,6 +61,7 @@ class Outcome(StrEnum):
     ABSORBED = "absorbed"  # it only fed the identity graph (alias, anonymous identify)
     DEAD_LETTERED = "dead_lettered"  # in the dead-letter topic with its reason
     CANCELLED = "cancelled"  # its partition moved on (past the drain): its next owner sends it
+    SUPERSEDED = "superseded"  # a newer version of its catalog resource took its place
 
 
 class DeadLetterWriter(Protocol):

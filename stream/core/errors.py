@@ -6,6 +6,7 @@
     │   ├── TransformConfigError     the transformations file
     │   ├── HipaaConfigError         the HIPAA allow-lists
     │   ├── ConsentConfigError       the consent rules file
+    │   ├── CatalogConfigError       the catalog column mapping (Debezium) file
     │   └── RevisionRefused          Klaviyo refused the pinned revision header (fatal at run time)
     ├── BrokerError                  the local Kafka launcher could not start or stop a broker
     ├── LocalRegistryError           the local Schema Registry could not be fetched or started
@@ -29,11 +30,13 @@
         ├── RateLimited              429, carries retry_after seconds           retriable
         ├── ImportJobUnknown         a bulk import job's outcome cannot be read
         ├── DeletionNotConfirmed     a deleted person's profile kept reappearing
+        ├── CatalogJobUnknown        a catalog bulk job's outcome cannot be read    retriable
         └── KlaviyoClientError       4xx: the request itself is wrong          not retriable
             ├── Unauthorized         401/403: the API key                       fatal
             ├── DuplicateProfile     409: carries duplicate_profile_id          healed by a merge
             ├── InvalidRequest       400: carries the JSON pointers of the bad fields
-            └── ImportRecordFailed   one profile of a bulk import job failed
+            ├── ImportRecordFailed   one profile of a bulk import job failed
+            └── CatalogResourceFailed  one resource of a catalog bulk job failed
 
 `retriable` says whether trying the same thing again can succeed. Messages never carry a
 secret: Klaviyo errors are built from Klaviyo's answer, never from the request headers.
@@ -71,6 +74,10 @@ class HipaaConfigError(ConfigError):
 
 class ConsentConfigError(ConfigError):
     """The consent rules file is invalid, or asks what the connection mode cannot do."""
+
+
+class CatalogConfigError(ConfigError):
+    """The catalog column mapping file (`CATALOG_MAPPING_FILE`) is invalid."""
 
 
 class RevisionRefused(ConfigError):
@@ -249,6 +256,11 @@ class ImportJobUnknown(KlaviyoError):
 class DeletionNotConfirmed(KlaviyoError):
     """A deletion was taken, but every confirmation round still found a profile of the person
     (deleted again each time): the erasure cannot be called done."""
+class CatalogJobUnknown(KlaviyoError):
+    """A catalog bulk job's outcome cannot be read (it is gone, cancelled, or answered without
+    an id): its resources are sent again, which the create/update recovery makes safe."""
+
+    retriable = True
 
 
 class KlaviyoClientError(KlaviyoError):
@@ -274,3 +286,7 @@ class DuplicateProfile(KlaviyoClientError):
 
 class ImportRecordFailed(KlaviyoClientError):
     """A bulk import job accepted the request but failed this profile (`/import-errors`)."""
+
+
+class CatalogResourceFailed(KlaviyoClientError):
+    """A catalog bulk job completed but failed this resource: Klaviyo's per-resource error."""

@@ -11,7 +11,9 @@ A `Klaviyo` object carries per-call options, validated here into `KlaviyoOptions
      "subscribe": {"email": true, "sms": true, "list_id": "Xy12Ab"},
      "unsubscribe": ["email", "sms"],
      "lists": {"add": ["Xy12Ab"], "remove": ["Qr34Cd"]},
-     "suppress": true}                           true: suppress the email; false: unsuppress
+     "suppress": true,                           true: suppress the email; false: unsuppress
+     "back_in_stock": {"variant": "SKU-1", "channels": ["EMAIL", "SMS"]}}
+                                                 tell this person when a catalog variant is back
 
 A malformed object is bad input: `DecodeError` naming the key, so the record is dead-lettered
 with a reason a person can act on.
@@ -47,6 +49,18 @@ class ListChanges:
 
 
 @dataclass(frozen=True, slots=True)
+class BackInStock:
+    """A back-in-stock request: the catalog variant's id, and the channels to be told on
+    (empty: those the person can be reached on)."""
+
+    variant: str
+    channels: tuple[str, ...] = ()
+
+
+STOCK_CHANNELS = ("EMAIL", "SMS", "WHATSAPP")
+
+
+@dataclass(frozen=True, slots=True)
 class KlaviyoOptions:
     """The per-call options of one call (`integrations.Klaviyo` as an object)."""
 
@@ -56,6 +70,7 @@ class KlaviyoOptions:
     unsubscribe: tuple[str, ...] = ()
     lists: ListChanges = ListChanges()
     suppress: bool | None = None
+    back_in_stock: BackInStock | None = None
 
     @property
     def patches_profile(self) -> bool:
@@ -64,7 +79,7 @@ class KlaviyoOptions:
 
 
 NO_OPTIONS = KlaviyoOptions()
-_KEYS = ("unset", "append", "subscribe", "unsubscribe", "lists", "suppress")
+_KEYS = ("unset", "append", "subscribe", "unsubscribe", "lists", "suppress", "back_in_stock")
 
 
 def _fail(key: str, message: str) -> DecodeError:
@@ -127,6 +142,24 @@ def _lists(value: Any) -> ListChanges:
     return ListChanges(add, remove)
 
 
+def back_in_stock(value: Any, key: str = "back_in_stock") -> BackInStock:
+    """`{"variant": "SKU-1", "channels": ["EMAIL"]}` (channels optional) → `BackInStock`."""
+    if not isinstance(value, dict):
+        raise _fail(key, 'must be an object like {"variant": "SKU-1", "channels": ["EMAIL"]}')
+    extra = sorted(set(value) - {"variant", "channels"})
+    if extra:
+        raise _fail(key, f"unknown key(s) {extra}; use variant, channels")
+    variant = value.get("variant")
+    if not isinstance(variant, str) or not variant.strip():
+        raise _fail(f"{key}.variant", "must name the catalog variant's id")
+    channels = tuple(c.upper() for c in _names(value.get("channels", []), f"{key}.channels",
+                                                "channels"))  # fmt: skip
+    unknown = sorted(set(channels) - set(STOCK_CHANNELS))
+    if unknown:
+        raise _fail(f"{key}.channels", f"unknown channel(s) {unknown}; use EMAIL, SMS, WHATSAPP")
+    return BackInStock(variant, channels)
+
+
 def parse_options(raw: dict[str, Any]) -> KlaviyoOptions:
     """Validate the `Klaviyo` object of `integrations`; `DecodeError` naming the bad key."""
     extra = sorted(set(raw) - set(_KEYS))
@@ -152,7 +185,11 @@ def parse_options(raw: dict[str, Any]) -> KlaviyoOptions:
     suppress = raw.get("suppress")
     if suppress is not None and not isinstance(suppress, bool):
         raise _fail("suppress", "must be true or false")
-    return KlaviyoOptions(unset, append, subscribe, unsubscribe, lists, suppress)
+    stock = raw.get("back_in_stock")
+    return KlaviyoOptions(
+        unset, append, subscribe, unsubscribe, lists, suppress,
+        back_in_stock(stock) if stock is not None else None,
+    )  # fmt: skip
 
 
 def read_integrations(integrations: dict[str, Any]) -> tuple[bool, KlaviyoOptions]:

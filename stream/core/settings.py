@@ -232,6 +232,20 @@ class Settings(BaseSettings):
     ecommerce_metrics: bool = True
     screen_event_name: str = Field(default="Viewed Screen", max_length=128)
 
+    # Catalog: product topics become Klaviyo's catalog (docs/catalog.md). Records in flight are
+    # bounded on their own (never pausing events); jobs in progress are at most this many
+    # account-wide, times KLAVIYO_RATE_SHARE per replica; a variant waits this long at most for
+    # its item's create (an item for its categories'); a Debezium column mapping file
+    catalog_topics: CommaList = ()
+    catalog_mapping_file: str | None = None
+    catalog_max_pending_records: int = Field(default=50_000, ge=1)  # 500 jobs × 100
+    catalog_linger_ms: int = Field(default=1000, ge=0)
+    catalog_max_jobs_in_progress: int = Field(default=500, ge=1, le=500)
+    catalog_dependency_wait_seconds: float = Field(default=60.0, ge=0)
+    # a track call of this name (or with `integrations.Klaviyo.back_in_stock`) subscribes its
+    # person to a variant's back-in-stock notice ("" = by the option only)
+    back_in_stock_event: str = Field(default="Back In Stock Requested", max_length=128)
+
     # Security at the edges: http:// toward Klaviyo only to loopback, or on purpose (a sandbox)
     klaviyo_allow_http: bool = False
 
@@ -259,7 +273,7 @@ class Settings(BaseSettings):
             raise ValueError("a public API key (site ID) is 6 letters or digits, like 'AbC123'")
         return value
 
-    @field_validator("kafka_topics", mode="before")
+    @field_validator("kafka_topics", "catalog_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -388,6 +402,12 @@ class Settings(BaseSettings):
                     "SCHEMA_REGISTRY_BEARER_LOGICAL_CLUSTER: required with a bearer token "
                     "(the registry's logical cluster id, lsrc-…)"
                 )
+        shared = sorted(set(self.catalog_topics) & {*self.kafka_topics, self.dlq_topic})
+        if shared:
+            raise ValueError(
+                f"CATALOG_TOPICS: {', '.join(shared)} also in KAFKA_TOPICS or DLQ_TOPIC; a topic"
+                " carries either calls or catalog records"
+            )
         info = self.schema_registry_basic_auth_user_info
         if info is not None and ":" not in info.get_secret_value():
             raise ValueError("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO: expected user:password")

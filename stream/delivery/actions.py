@@ -19,7 +19,7 @@ from stream.klaviyo.consent import ENDPOINTS, most_per_request
 
 ACTION_KINDS: tuple[Kind, ...] = (
     "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion",
-    "confirm",
+    "confirm", "back_in_stock",
 )  # fmt: skip
 
 
@@ -33,7 +33,8 @@ class Action(Item):
     `channels`: (un)subscribe's channels; `list_id`: a subscription's list, or the list joined
     or left; `consented_at`: a backfill subscription's consent time (historical import);
     `source`: its `custom_source`. `after`: items of its own record Klaviyo must answer first
-    (a list change needs the profile they make).
+    (a list change needs the profile they make). `variant`: the catalog variant of a
+    back-in-stock subscription (`channels` its channels, EMAIL/SMS/WHATSAPP).
 
     A deletion (one per erased person) and its confirmations: `erasure` the erasure (the
     delete call's message id); `seq` its tombstone mark, the group-wide fence it waits for
@@ -50,6 +51,7 @@ class Action(Item):
     consented_at: str | None = None
     source: str = ""
     erasure: str | None = None
+    variant: str | None = None  # a back-in-stock subscription's catalog variant
     after: int = 0
     seq: int = 0
     lookups: tuple[tuple[str, str], ...] = ()

@@ -34,6 +34,7 @@ Kind = Literal[
     # consent, list and deletion actions (`stream.delivery.actions`): lanes of their own
     "subscribe", "unsubscribe", "suppress", "unsuppress", "list_add", "list_remove", "deletion",
     "confirm",
+    "back_in_stock",
 ]  # fmt: skip
 KINDS: tuple[Kind, ...] = ("events", "profiles")
 MAX_REQUEST_BYTES = 5 * 1024 * 1024

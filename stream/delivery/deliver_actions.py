@@ -38,6 +38,7 @@ from stream.core.errors import (
 from stream.delivery.actions import Action, ActionBatch
 from stream.delivery.batch import Item
 from stream.klaviyo import consent as bodies
+from stream.klaviyo.catalog import back_in_stock_body
 from stream.klaviyo.client import PROFILE_IMPORT, PROFILES, Requester, Response
 from stream.klaviyo.consent import DELETION
 from stream.klaviyo.mapping import profile_import_body
@@ -115,6 +116,8 @@ class ActionSender:
             await self._lists(kind, endpoint, actions, done, fail)
         elif kind == "confirm":
             await self._confirm(endpoint, actions, done, fail)
+        elif kind == "back_in_stock":  # one subscription a request
+            await self._entries("POST", endpoint, endpoint, actions, _stock, done, fail)
         else:
             for action in actions:
                 await self._delete(endpoint, action, done, fail)
@@ -400,6 +403,10 @@ def _relative(link: str) -> str:
     """A `links.next` URL as the path and query the client sends."""
     parts = urlsplit(link)
     return parts.path + ("?" + parts.query if parts.query else "")
+def _stock(part: list[Action]) -> dict[str, Any]:
+    [action] = part
+    assert action.variant is not None
+    return back_in_stock_body(action.profile, action.variant, action.channels)
 
 
 def _named(
@@ -440,6 +447,8 @@ def single_request(
     if kind == "suppress" or kind == "unsuppress":
         body = bodies.suppression_body([action.profile["email"]], kind == "unsuppress")
         return "POST", bodies.endpoint_of(kind), body
+    if kind == "back_in_stock":
+        return "POST", bodies.endpoint_of(kind, client_mode), _stock([action])
     if kind == "list_add" or kind == "list_remove":
         assert action.list_id is not None
         method = "POST" if kind == "list_add" else "DELETE"

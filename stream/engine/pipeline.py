@@ -3,19 +3,27 @@
 Everything here is decided by the settings alone: the routing, transformation and HIPAA
 rules (checked now: a mistake stops the start with one line), the consent rules (checked
 against the connection mode too), the identity resolver and the erasure over a state store,
-the Klaviyo client and its rate-limit governor, and the dead-letter writer.
+the Klaviyo client and its rate-limit governor, the dead-letter writer, and the catalog stage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from stream.catalog.debezium import load_mapping
+from stream.catalog.decode import CatalogDecoder
+from stream.catalog.stage import CatalogStage
 from stream.completion.deadletter import DeadLetters
-from stream.core.settings import Settings, kafka_client_config
+from stream.completion.ledger import Ledger
+from stream.core.retry import Waiting
+from stream.core.settings import Settings, kafka_client_config, schema_registry_config
+from stream.delivery.deliver import Deliverer
 from stream.engine.process import Processor
 from stream.identity.erasure import Erasure
 from stream.identity.resolver import IdentityResolver
 from stream.intake.decode import Decoder
+from stream.klaviyo.catalog import MAX_JOBS_IN_PROGRESS
 from stream.klaviyo.client import KlaviyoClient
 from stream.klaviyo.governor import Governor
 from stream.rules.consent import ConsentRules, check_client_mode, load_consent_rules
@@ -52,6 +60,7 @@ def build_processor(
         hold_redacted=settings.hipaa_mode and not settings.hipaa_dlq_keep_original,
         max_skew=settings.max_clock_skew_seconds,
         anonymous_profiles=settings.expired_anonymous == "send",
+        back_in_stock_event=settings.back_in_stock_event,
     )
 
 
@@ -105,4 +114,45 @@ def build_dead_letters(
         kafka_client_config(settings),
         settings.dlq_topic,
         dead_letter_redactor(decoder.decode, transformer) if redact else None,
+    )
+
+
+def build_catalog(
+    settings: Settings,
+    store: StateStore,
+    client: KlaviyoClient,
+    ledger: Ledger,
+    governor: Governor,
+    *,
+    fatal: Callable[[BaseException], None],
+    waiting: Waiting | None = None,
+) -> CatalogStage | None:
+    """The catalog stage for `CATALOG_TOPICS` (None without any): its decoder (the registry
+    and the Debezium column mapping from the settings), its bounds, its share of the account's
+    500 jobs in progress (the governor's share, which `auto` keeps current), and requests paced
+    by the one governor but in flight under a bound of their own (never taking the events')."""
+    if not settings.catalog_topics:
+        return None
+    registry = None
+    config = schema_registry_config(settings)
+    if config is not None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        registry = SchemaRegistryClient.new_client(config)
+    decoder = CatalogDecoder(registry, load_mapping(settings.catalog_mapping_file))
+    most = min(settings.catalog_max_jobs_in_progress, MAX_JOBS_IN_PROGRESS)
+    request = Deliverer(client, max_in_flight=settings.klaviyo_max_in_flight, governor=governor)
+    return CatalogStage(
+        store,
+        request.request,
+        ledger,
+        decoder,
+        max_pending=settings.catalog_max_pending_records,
+        linger_seconds=settings.catalog_linger_ms / 1000,
+        max_jobs=lambda: max(1, int(most * governor.share)),
+        dependency_wait=settings.catalog_dependency_wait_seconds,
+        time_scale=settings.klaviyo_rate_time_scale,
+        pace=governor.delay,
+        fatal=fatal,
+        waiting=waiting,
     )

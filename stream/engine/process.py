@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream.catalog import stock
 from stream.completion.ledger import Outcome
 from stream.core.calls import Call, Record
 from stream.core.errors import InvalidIdentifier, MappingError
@@ -96,6 +97,7 @@ class Processor:
     hold_redacted: bool = False  # HIPAA mode: a held call keeps the filtered call, not its record
     max_skew: float = 600.0  # how far ahead of its reading a call's time may order it
     anonymous_profiles: bool = False  # EXPIRED_ANONYMOUS=send: anonymous persons' profiles exist
+    back_in_stock_event: str = ""  # a track call of this name asks a back-in-stock notice
 
     def skip(self, call: Call) -> str | None:
         """Why this call is not for Klaviyo (a metric label), or None. Counted here."""
@@ -178,6 +180,8 @@ class Processor:
             result.items.extend(item.addressed(profile, key) for item in events)
         if asks:
             self._act(call, person, record, result, asks)
+        if call.type == "track":
+            self._back_in_stock(call, person, record, result)
         return result
 
     def _when(self, call: Call) -> float:
@@ -185,6 +189,21 @@ class Processor:
         if self.erasure is not None:
             return self.erasure.called_at(call)
         return order_time(call, time.time(), self.max_skew)
+
+    def _back_in_stock(
+        self, call: Call, person: Person | None, record: Record, result: Result
+    ) -> None:
+        """A back-in-stock request (`stream.catalog.stock`): one more action of the record."""
+        try:
+            asked = stock.requested(call, self.back_in_stock_event)
+            if asked is None:
+                return
+            if person is None:
+                raise MappingError(f"{stock.LABEL}: names no one Klaviyo can know (anonymous)")
+            profile = self.identity.profile(person)
+            result.actions.append(stock.subscription(asked, profile, person.id, record))
+        except MappingError as exc:
+            result.failures.append(Failed([record], stock.LABEL, exc))
 
     def _events(self, call: Call, record: Record, result: Result) -> list[Item]:
         """The events of a track, page or screen call (an order also makes one Ordered Product

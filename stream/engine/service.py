@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
+from stream.catalog.stage import CatalogStage
 from stream.completion.deadletter import DeadLetters
 from stream.completion.dedup import Deduplicator
 from stream.completion.ledger import Generation, Ledger, Outcome, ended
@@ -48,6 +49,7 @@ from stream.delivery.deliver import Deliverer
 from stream.delivery.send import Sender
 from stream.engine.gate import Gate
 from stream.engine.pipeline import (
+    build_catalog,
     build_client,
     build_dead_letters,
     build_governor,
@@ -157,6 +159,7 @@ class Service:
         self._governor: Governor | None = None
         self._gate: Gate | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # records processed again
+        self._catalog: CatalogStage | None = None  # CATALOG_TOPICS' records (`stream.catalog`)
 
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -195,6 +198,12 @@ class Service:
             )
             self._sender.start()
             self._governor = governor
+            self._catalog = build_catalog(
+                settings, self._store, client, ledger, governor,
+                fatal=self._stop_fatal, waiting=self.health.waiting,
+            )  # fmt: skip
+            if self._catalog is not None:
+                self._catalog.start()
             metrics.RATE_SHARE.set(governor.share)
             self._actions_gate()
             if self._processor.erasure is not None:
@@ -222,12 +231,19 @@ class Service:
         Records a last fetch returned after the stop are not begun: their offsets are never
         stored, the group's next owner reads them again."""
         max_pending = self.settings.max_pending_records
+        catalog = self._catalog
         fetching = None
         while not self._stopping.is_set() and self._fatal is None:
-            if ledger.pending >= max_pending:
+            pending = self._pending()
+            if pending >= max_pending:
                 consumer.pause()
-            elif consumer.paused and ledger.pending < max_pending // 2:
+            elif consumer.paused and pending < max_pending // 2:
                 consumer.resume()
+            if catalog is not None:  # catalog records have a bound of their own
+                if catalog.pending >= catalog.max_pending:
+                    consumer.pause_catalog(True)
+                elif consumer.catalog_paused and catalog.pending < catalog.max_pending // 2:
+                    consumer.pause_catalog(False)
             if fetching is None:  # fetch even when paused: callbacks run inside the fetch
                 room = max(1, self._room())
                 fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
@@ -246,6 +262,8 @@ class Service:
                 fetching = asyncio.create_task(consumer.fetch(room, FETCH_TIMEOUT))
             self._count(records)
             try:
+                if catalog is not None:
+                    records = await self._to_catalog(catalog, records)
                 await self._handle(records)
             except Interrupted:
                 break  # stopped during a dependency wait: what it held is read again next run
@@ -260,8 +278,30 @@ class Service:
 
     def _room(self) -> int:
         """How many records a fetch may return: pending never exceeds MAX_PENDING_RECORDS."""
+        return min(FETCH_MAX, self.settings.max_pending_records - self._pending())
+
+    def _pending(self) -> int:
+        """Records of the event path begun and not finished (the catalog's are its own)."""
         assert self._ledger is not None
-        return min(FETCH_MAX, self.settings.max_pending_records - self._ledger.pending)
+        catalog = self._catalog.pending if self._catalog is not None else 0
+        return self._ledger.pending - catalog
+
+    async def _to_catalog(self, catalog: CatalogStage, records: list[Record]) -> list[Record]:
+        """Hand the records of catalog topics to the catalog stage; the others go on."""
+        topics = self.settings.catalog_topics
+        mine = [r for r in records if r.topic in topics]
+        if not mine:
+            return records
+        await catalog.accept(mine)
+        return [r for r in records if r.topic not in topics]
+
+    def _stop_fatal(self, exc: BaseException) -> None:
+        """A stage met an error no record can get past (the API key): stop, commit nothing
+        past what it could not send."""
+        if self._fatal is None:
+            log.error("stopping", extra={"error": str(exc)})
+            self._fatal = exc
+        self._stopping.set()
 
     def _count(self, records: list[Record]) -> None:
         self.result.consumed += len(records)
@@ -578,6 +618,8 @@ class Service:
         if ledger.unfinished(partitions) == 0:
             return
         loop.call_soon_threadsafe(sender.hurry)
+        if self._catalog is not None:
+            loop.call_soon_threadsafe(self._catalog.hurry)
         drained = ledger.wait_drained(partitions, self.settings.revoke_drain_seconds)
         log.info(
             "revoked partitions drained" if drained else "revoked with work in flight",
@@ -772,11 +814,16 @@ class Service:
         def left(keep: float = 0.0) -> float:
             return max(0.0, deadline - keep - time.monotonic())
 
+        catalog = self._catalog
         if self._fatal is None:
             await sender.close(timeout=left(reserve))
+            if catalog is not None:  # jobs still out stay in the state store for next time
+                await catalog.close(timeout=left(reserve))
             await ledger.close(timeout=left(reserve))
         else:  # nothing more can be sent: what is out stays unfinished, read again later
             await sender.close(timeout=0)
+            if catalog is not None:
+                await catalog.close(timeout=0)
             await ledger.close(timeout=min(5, left(reserve)))
         self._flush_dedup(due_only=False)
         self._settle_held()

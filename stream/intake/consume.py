@@ -76,7 +76,9 @@ class KafkaConsumer:
         self.closing = False  # set before the final close: no drain, the work is done or gone
         self.rebalanced = False  # set by every assignment change: the group's size may differ
         self.committed: dict[tuple[str, int], int] = {}  # last committed offset per partition
-        self._paused = False
+        self._paused = False  # the event topics' partitions (MAX_PENDING_RECORDS)
+        self._catalog_paused = False  # the catalog topics' (CATALOG_MAX_PENDING_RECORDS)
+        self._catalog_topics = frozenset(settings.catalog_topics)
         # False after librdkafka reports every broker down, True again on proof of contact
         # (an assignment, a fetched record, a metadata probe): what /readyz reports.
         self.broker_reachable = True
@@ -90,7 +92,7 @@ class KafkaConsumer:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consume")
         self.assigned: set[tuple[str, int]] = set()
         self._consumer.subscribe(
-            list(settings.kafka_topics),
+            [*settings.kafka_topics, *settings.catalog_topics],
             on_assign=self._assigned,
             on_revoke=self._revoked,
             on_lost=self._lost,
@@ -104,8 +106,9 @@ class KafkaConsumer:
         self._ledger.assign((p.topic, p.partition) for p in partitions)
         self.assigned.update((p.topic, p.partition) for p in partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        held = [p for p in partitions if self._holds(p.topic)]
+        if held:
+            consumer.pause(held)
         log.info("partitions assigned", extra={"partitions": _names(partitions)})
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -177,20 +180,37 @@ class KafkaConsumer:
         return True
 
     def pause(self) -> None:
-        """Backpressure: stop fetching from every assigned partition (membership stays)."""
+        """Backpressure: stop fetching from the event topics' partitions (membership stays;
+        catalog topics have their own bound, `pause_catalog`)."""
         if not self._paused:
             self._paused = True
-            self._consumer.pause(self._tps())
+            self._consumer.pause(self._tps(catalog=False))
 
     def resume(self) -> None:
         """Fetch again after `pause`."""
         if self._paused:
             self._paused = False
-            self._consumer.resume(self._tps())
+            self._consumer.resume(self._tps(catalog=False))
 
     @property
     def paused(self) -> bool:
         return self._paused
+
+    def pause_catalog(self, paused: bool) -> None:
+        """Stop (or start again) fetching from the catalog topics' partitions only."""
+        if paused != self._catalog_paused:
+            self._catalog_paused = paused
+            tps = self._tps(catalog=True)
+            if tps:
+                (self._consumer.pause if paused else self._consumer.resume)(tps)
+
+    @property
+    def catalog_paused(self) -> bool:
+        return self._catalog_paused
+
+    def _holds(self, topic: str) -> bool:
+        """Whether a partition of `topic` is to be paused now."""
+        return self._catalog_paused if topic in self._catalog_topics else self._paused
 
     def store(self, topic: str, partition: int, next_offset: int) -> None:
         """Mark `next_offset` as the position to commit for one partition."""
@@ -265,8 +285,13 @@ class KafkaConsumer:
         await loop.run_in_executor(self._thread, self._consumer.close)
         self._thread.shutdown(wait=True)
 
-    def _tps(self) -> list[TopicPartition]:
-        return [TopicPartition(t, p) for t, p in self.assigned]
+    def _tps(self, catalog: bool | None = None) -> list[TopicPartition]:
+        """Assigned partitions: all, or only the catalog topics' (True) or the others' (False)."""
+        return [
+            TopicPartition(t, p)
+            for t, p in self.assigned
+            if catalog is None or (t in self._catalog_topics) == catalog
+        ]
 
 
 def _names(partitions: list[TopicPartition]) -> str:

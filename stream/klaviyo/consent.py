@@ -15,7 +15,9 @@
   profile id) per request; its confirmation looks the person's identifiers up
   (`GET /api/profiles?filter=any(email,[…])`, up to 100 a request) and deletes again by id
   whatever reappeared;
-- client mode `POST /client/subscriptions`: one profile, to a list.
+- client mode `POST /client/subscriptions`: one profile, to a list;
+- back in stock `POST /api/back-in-stock-subscriptions` (`/client/…` in client mode): one
+  profile and one catalog variant a request (its body: `stream.klaviyo.catalog`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from stream.klaviyo.catalog import BACK_IN_STOCK, CLIENT_BACK_IN_STOCK
 from stream.klaviyo.client import PROFILES
 
 SUBSCRIBE = "/api/profile-subscription-bulk-create-jobs"
@@ -44,6 +47,7 @@ ENDPOINTS: dict[str, tuple[str, int]] = {
     "list_remove": (LIST_REMOVE, 1000),
     "deletion": (DELETION, 1),
     "confirm": (PROFILES, 100),  # lookups by any(email, […]); what reappeared, deleted again
+    "back_in_stock": (BACK_IN_STOCK, 1),
 }
 CHANNEL_IDENTIFIER = {"email": "email", "sms": "phone_number"}  # what each channel needs
 
@@ -52,6 +56,8 @@ def endpoint_of(kind: str, client_mode: bool = False) -> str:
     """The budget a request of action `kind` counts against."""
     if client_mode and kind == "subscribe":
         return CLIENT_SUBSCRIPTIONS
+    if client_mode and kind == "back_in_stock":
+        return CLIENT_BACK_IN_STOCK
     return ENDPOINTS[kind][0]
 
 

@@ -25,6 +25,18 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from stream.klaviyo.catalog import (
+    ACTIONS,
+    BACK_IN_STOCK,
+    CLIENT_BACK_IN_STOCK,
+    KINDS,
+    MAPPED_METRIC,
+    MAPPED_METRICS,
+    METRICS,
+    READ,
+    job_endpoint,
+    status_budget,
+)
 from stream.klaviyo.client import (
     EVENTS,
     EVENTS_BULK,
@@ -77,6 +89,24 @@ KLAVIYO_LIMITS: dict[str, Limit] = {
     LIST_REMOVE: Limit(10, 150),
     DELETION: Limit(3, 60),
     CLIENT_SUBSCRIPTIONS: Limit(350, 750),
+    # catalog: every bulk job endpoint 75/s 750/m; a job's status GET 75/s 750/m for item and
+    # variant creates and updates, 350/s 3,500/m for the others; read-back 350/s 3,500/m
+    **{job_endpoint(kind, action): Limit(75, 750) for kind in KINDS for action in ACTIONS},
+    **{
+        status_budget(kind, action): (
+            Limit(75, 750)
+            if kind != "category" and action != "delete"
+            else Limit(350, 3500)
+        )
+        for kind in KINDS
+        for action in ACTIONS
+    },
+    **{path: Limit(350, 3500) for path in READ.values()},
+    BACK_IN_STOCK: Limit(350, 3500),
+    CLIENT_BACK_IN_STOCK: Limit(350, 3500),
+    METRICS: Limit(10, 150),
+    MAPPED_METRICS: Limit(3, 60),
+    MAPPED_METRIC: Limit(1, 15),  # and 30 a day: `setup-metrics` sends at most 7 a run
 }
 
 

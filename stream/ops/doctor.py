@@ -1,13 +1,15 @@
 """`klaviyo-stream doctor`: is everything set up? One line per check, ✓ or ✗ with the fix.
 
 Checks the settings' files, the passthrough properties and the pinned revision, then each
-dependency for real: Kafka (reachable; each topic exists, its partitions; the dead-letter topic
+dependency for real: Kafka (reachable; each topic, catalog topics too, exists, its partitions;
+the dead-letter topic
 exists, has leaders and this principal may WRITE to it, as the broker's authorizer answers),
 the Schema Registry (when set: reachable, credentials accepted, each topic's subjects and the
 compatibility they need), the state store (SQLite path writable / Redis answers, its
 version) and Klaviyo (an authenticated `GET /api/profiles?page[size]=1`: the key is accepted;
-a 403 names the scope Klaviyo says is missing). Every line goes through `logs.redact`, and
-URLs are shown masked: no secret is printed.
+a 403 names the scope Klaviyo says is missing), and whether Klaviyo's mapped metrics (revenue
+and six others) point at the metrics this service sends (`stream.ops.revenue`). Every line
+goes through `logs.redact`, and URLs are shown masked: no secret is printed.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def run_checks(settings: Settings, timeout: float = 10.0) -> Iterator[Check]:
     if settings.schema_registry_url:
         yield from _registry(settings)
     yield _state(settings)
-    yield _klaviyo(settings, timeout)
+    klaviyo = _klaviyo(settings, timeout)
+    yield klaviyo
+    if klaviyo.ok and settings.klaviyo_mode == "server" and settings.klaviyo_api_key:
+        yield _mapped_metrics(settings, timeout)
 
 
 def _guard(name: str, fix: str, check: Callable[[], Check]) -> Check:
@@ -116,8 +121,18 @@ def _files(settings: Settings) -> Iterator[Check]:
     yield _guard("event definitions", "correct EVENT_DEFINITIONS_FILE", routes)
     yield _guard("transformations", "correct the file named", rules)
     yield _guard("consent rules", "correct CONSENT_FILE (or KLAVIYO_MODE)", consent)
+    if settings.catalog_mapping_file:
+        yield _guard("catalog mapping", "correct CATALOG_MAPPING_FILE", lambda: _mapping(settings))
     yield _guard("kafka properties", "correct the KAFKA_CONFIG_* property", properties)
     yield _guard("klaviyo credentials", "set the key the mode needs", credentials)
+
+
+def _mapping(settings: Settings) -> Check:
+    from stream.catalog.debezium import load_mapping
+
+    found = load_mapping(settings.catalog_mapping_file)
+    topics = ", ".join(sorted(found.tables)) if found is not None else "none"
+    return Check("catalog mapping", True, f"{settings.catalog_mapping_file}: {topics}")
 
 
 def _revision(settings: Settings, today: date | None = None) -> Check:
@@ -159,7 +174,7 @@ def _kafka(settings: Settings, timeout: float) -> Iterator[Check]:
         admin.poll(0)
     brokers = len(metadata.brokers)
     yield Check("kafka", True, f"{servers} reachable, {brokers} broker{'s' if brokers > 1 else ''}")
-    for topic in settings.kafka_topics:
+    for topic in (*settings.kafka_topics, *settings.catalog_topics):
         meta = metadata.topics.get(topic)
         if meta is None or meta.error is not None:
             yield Check(
@@ -357,6 +372,24 @@ async def _ask_klaviyo(settings: Settings, timeout: float) -> Check:
                          "check KLAVIYO_BASE_URL and KLAVIYO_REVISION")
     return Check("klaviyo", True,
                  f"{base} reachable, API key accepted (revision {settings.klaviyo_revision})")
+
+
+def _mapped_metrics(settings: Settings, timeout: float) -> Check:
+    """Whether Klaviyo reads revenue (and the six others) from the metrics we send."""
+
+    async def ask() -> Check:
+        from stream.klaviyo.client import KlaviyoClient
+        from stream.ops.revenue import client_request, describe, mappings
+
+        client = KlaviyoClient(
+            settings.klaviyo_base_url, settings.klaviyo_api_key, settings.klaviyo_revision,
+            timeout=timeout, max_connections=1,
+        )  # fmt: skip
+        async with client:
+            ok, detail = describe(await mappings(client_request(client)))
+        return Check("mapped metrics", ok, detail, "run klaviyo-stream setup-metrics")
+
+    return _guard("mapped metrics", "give the key metrics:read", lambda: asyncio.run(ask()))
 
 
 def _refused(exc: Any) -> Check:

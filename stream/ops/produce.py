@@ -42,6 +42,7 @@ from stream.intake.avro import (
 )
 from stream.intake.registry import classify, said, status_of
 from stream.klaviyo.mapping import BACKFILL_HEADER
+from stream.ops.produce_catalog import CatalogEncoder, is_catalog
 
 JSON_FIELDS = ("traits", "properties", "context", "integrations")
 POLL_EVERY = 1000  # records between two polls of the producer (delivery reports, errors)
@@ -105,6 +106,7 @@ class Encoder:
         self._setting = setting
         self._headers: dict[str, bytes] = {}  # call type → magic bytes + schema fingerprint/id
         self._missing: dict[str, _NotRegistered] = {}  # looked up, not found: refused when used
+        self.catalog = CatalogEncoder(registry, topic)  # catalog lines (`produce_catalog`)
 
     def register(self) -> None:
         """Registry mode: every call type's schema registered (or looked up) now, so that one
@@ -209,8 +211,9 @@ class Publisher:
         if err is not None:
             self.errors.append(str(err))
 
-    def send(self, value: bytes, key: bytes | None) -> None:
-        """Hand one record to librdkafka (waiting for room when its queue is full)."""
+    def send(self, value: bytes | None, key: bytes | None) -> None:
+        """Hand one record to librdkafka (waiting for room when its queue is full); a None
+        value is a tombstone (a catalog resource deleted)."""
         produce = self._producer.produce
         while True:
             try:
@@ -272,6 +275,7 @@ class FileReport:
     """What `publish_file` did: counts, refused lines by number, the line `strict` stopped at."""
 
     published: int = 0
+    catalog: int = 0  # of which catalog records (tombstones included)
     refused: list[tuple[int, str]] = field(default_factory=list)
     filled: Counter[str] = field(default_factory=Counter)
     stopped_at: int | None = None
@@ -328,6 +332,11 @@ def publish_file(
                 if bar is not None and number % PROGRESS_EVERY == 0:
                     bar.update(read - bar.n)
                 try:
+                    catalog = _catalog_line(line, encoder)
+                    if catalog is not None:
+                        publisher.send(catalog[1], catalog[0])
+                        report.catalog += 1
+                        continue
                     call, filled = parse_call(line)
                     value = encoder.encode(call)
                 except (StreamError, ValueError, TypeError, OverflowError) as exc:
@@ -352,6 +361,19 @@ def publish_file(
                 bar.close()
     report.published = publisher.sent
     return report
+
+
+def _catalog_line(line: bytes, encoder: Encoder) -> tuple[bytes, bytes | None] | None:
+    """(key, value) of a catalog line (`stream.ops.produce_catalog`); None for a call."""
+    if b'"catalog_' not in line:
+        return None
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # parse_call says what is wrong with it
+    if not isinstance(parsed, dict) or not is_catalog(parsed):
+        return None
+    return encoder.catalog.encode(parsed)
 
 
 def _reason(exc: Exception) -> str:

@@ -8,7 +8,7 @@ graph. The request it would send is printed (the API key masked); unless `dry_ru
 and Klaviyo's status and body are printed. Consent, list and deletion requests are shown too,
 one per change (the service batches them); a list change or a deletion by external_id names
 the profile id a lookup finds when it is sent (`<profile id>` in a dry run), and a change
-that cannot be sent is named with its reason.
+that cannot be sent is named with its reason. A catalog record shows its bulk job instead.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from stream.klaviyo.client import (
 from stream.klaviyo.consent import DELETION
 from stream.klaviyo.merge import MATCH_ORDER, equals_filter
 from stream.ops.produce import Encoder, fill_missing
+from stream.ops.produce_catalog import is_catalog
+from stream.ops.tester_catalog import run_catalog_tester
 from stream.state import open_store
 
 Print = Callable[[str], None]
@@ -164,6 +166,8 @@ async def run_tester(
 ) -> int:
     """Print the request(s) for the call in `path`, send them unless `dry_run`; exit code."""
     call = read_call(path)
+    if is_catalog(call):  # a catalog record: the bulk job it makes (`tester_catalog`)
+        return await run_catalog_tester(settings, call, dry_run=dry_run, out=out)
     filled = fill_missing(call)
     if filled:
         values = ", ".join(f"{name} {call[name]}" for name in filled)

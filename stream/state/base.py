@@ -17,6 +17,8 @@ from typing import Any, Literal, Protocol, get_args
 
 import orjson
 
+from stream.state.catalog import CatalogStore
+
 Kind = Literal["email", "phone", "external_id", "anonymous_id"]
 Identifier = tuple[Kind, str]  # values already normalized by the caller
 
@@ -154,8 +156,9 @@ def tombstone_hash(identifier: Identifier) -> str:
     return hashlib.sha256(f"{identifier[0]}:{identifier[1]}".encode()).hexdigest()
 
 
-class StateStore(Protocol):
-    """Dedup window + identity graph; every method is one atomic step (one round trip in Redis)."""
+class StateStore(CatalogStore, Protocol):
+    """Dedup window + identity graph (+ the catalog's part, `CatalogStore`); every method is one
+    atomic step (one round trip in Redis)."""
 
     lease_seconds: float  # how long a released held call stays leased to its sender
     lease_owner: str  # the replica that leases what this store releases ("" unknown)

@@ -22,6 +22,7 @@ Layout under `prefix` (default "ks:"):
     erp / erc           set of the PENDING erasure ids; zset erasure id -> written at (v3)
     repz / repm         zset replica -> alive until (ms, Redis' clock); hash replica -> mark
     hlo                 hash released entry -> the replica it is leased to (v3)
+    cat / catp / catjobs  the catalog's resources, job pointers and jobs (`catalog_redis`)
     layout              the layout version (absent: v1)
 Scripts compute key names at run time, so Redis Cluster is not supported (one primary only).
 """
@@ -53,6 +54,7 @@ from stream.state.base import (
     check_identifiers,
     tombstone_hash,
 )
+from stream.state.catalog_redis import RedisCatalog
 from stream.state.rules import (
     DEFAULT_LIMITS,
     Limits,
@@ -545,7 +547,8 @@ return gone
 
 
 # v2: leased held entries (hl), person versions (ver), tombstones, erasures; v3: tombstones'
-# erasure and position (tombe), pending erasures (erp, erc), replicas, lease owners (hlo)
+# erasure and position (tombe), pending erasures (erp, erc), replicas, lease owners (hlo), and
+# the catalog's keys (cat, catp, catjobs)
 LAYOUT_VERSION = 3
 LINK_ATTEMPTS = 20  # plans of one link met concurrent changes this often: a retriable error
 # after a conflict, wait a little (1 ms doubling, at most 50 ms, jittered) so that replicas
@@ -563,8 +566,9 @@ def _num(ts: float) -> str:
     return repr(float(ts))
 
 
-class RedisStore:
-    """State in one Redis database, shared by all consumer processes that use the same URL."""
+class RedisStore(RedisCatalog):
+    """State in one Redis database, shared by all consumer processes that use the same URL.
+    The catalog's keys and methods are `RedisCatalog`'s."""
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ from stream.state.base import (
     check_identifiers,
     tombstone_hash,
 )
+from stream.state.catalog_sqlite import CATALOG_SCHEMA, SqliteCatalog
 from stream.state.rules import (
     DEFAULT_LIMITS,
     Limits,
@@ -119,7 +120,7 @@ INSERT OR IGNORE INTO counters VALUES ('tombstone', 0);
 # Layout versions (PRAGMA user_version) and the steps that bring an older file up to date.
 # v1: leased held rows; tombstones and erasures (new tables, created by the schema).
 # v2: tombstones name their erasure and position, erasures their state, leases their owner;
-#     replicas (new table).
+#     replicas and the catalog's tables (`catalog_sqlite.CATALOG_SCHEMA`): new tables.
 LAYOUT_VERSION = 2
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE held ADD COLUMN lease_until REAL",),  # releases stay until finished
@@ -205,8 +206,9 @@ def _upsert(db: sqlite3.Connection, sql: str, width: int, params: list[Any]) -> 
         db.execute(text, part)
 
 
-class SqliteStore:
-    """State in one SQLite file (or `:memory:`); thread-safe through one lock, one connection."""
+class SqliteStore(SqliteCatalog):
+    """State in one SQLite file (or `:memory:`); thread-safe through one lock, one connection.
+    The catalog's tables and methods are `SqliteCatalog`'s."""
 
     def __init__(
         self,
@@ -268,7 +270,7 @@ class SqliteStore:
                         table = statement.split()[2]
                         if table in tables:  # a table an older layout lacked is made new
                             db.execute(statement)
-            for statement in (_SCHEMA + _LAYOUT_INDEXES).split(";"):
+            for statement in (_SCHEMA + _LAYOUT_INDEXES + CATALOG_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")

@@ -289,6 +289,39 @@ ASSIGNED_PARTITIONS = Gauge(
 )
 STATE_KEYS = Gauge(P + "state_store_keys", "Keys in the state store.", ["kind"], registry=REGISTRY)
 
+# catalog (product topics → Klaviyo's catalog)
+CATALOG_RESOURCES = Counter(
+    P + "catalog_resources_total",
+    "Catalog resource versions finished, by type (item, variant, category) and outcome"
+    " (created, updated, deleted, gone, unchanged, superseded, dead_lettered).",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
+CATALOG_RECOVERED = Counter(
+    P + "catalog_recovered_total",
+    "Catalog resources sent again as the other action after Klaviyo refused a create (it"
+    " existed) or an update (it did not), by type and refused action.",
+    ["type", "refused"],
+    registry=REGISTRY,
+)
+CATALOG_JOBS = Gauge(
+    P + "catalog_jobs_in_progress",
+    "Catalog bulk jobs sent and not yet seen complete by this replica.",
+    registry=REGISTRY,
+)
+CATALOG_JOB_SECONDS = Histogram(
+    P + "catalog_job_duration_seconds",
+    "From a catalog bulk job's 202 to seeing it complete.",
+    ["type", "action"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
+CATALOG_PENDING_RECORDS = Gauge(
+    P + "catalog_pending_records",
+    "Catalog records consumed and not yet finished (bounded by CATALOG_MAX_PENDING_RECORDS).",
+    registry=REGISTRY,
+)
+
 # operations
 REVISION_RETIREMENT = Gauge(
     P + "klaviyo_revision_retirement_timestamp_seconds",

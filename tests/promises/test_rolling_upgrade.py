@@ -24,6 +24,7 @@ from stream.intake.avro import load_schemas
 from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from stream.ops.produce import Encoder
+from stream.state.redis import LAYOUT_VERSION as REDIS_LAYOUT
 from tests.support import sandbox_get, wait_until
 from tests.support.harness import (
     ServiceProcess,
@@ -112,7 +113,7 @@ async def test_old_and_new_replicas_share_a_group_and_a_store_during_the_rollout
         await assert_exactly_once(sandbox.url, calls)
     assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0
     with redis.Redis.from_url(clean_redis_url) as r:
-        assert r.get("ks:layout") == b"3"
+        assert r.get("ks:layout") == str(REDIS_LAYOUT).encode()
 
 
 async def test_deletions_during_the_rollout_are_applied_by_either_release(

@@ -12,6 +12,8 @@ import redis
 
 from stream.core.errors import StateError
 from stream.state import open_store
+from stream.state.redis import LAYOUT_VERSION as REDIS_LAYOUT
+from stream.state.sqlite import LAYOUT_VERSION as SQLITE_LAYOUT
 
 # The SQLite layout release 0.1.0 wrote (no version; held rows without a lease).
 V1_SCHEMA = """
@@ -60,7 +62,7 @@ def test_a_sqlite_file_of_the_previous_layout_is_migrated_in_place(tmp_path: Pat
     finally:
         store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SQLITE_LAYOUT
     open_store(f"sqlite:///{path}").close()  # a second start finds nothing to migrate
 
 
@@ -134,7 +136,7 @@ def test_redis_data_of_the_previous_layout_is_migrated_in_place(clean_redis_url:
     finally:
         store.close()
     with redis.Redis.from_url(clean_redis_url) as r:
-        assert r.get("ks:layout") == b"3"
+        assert r.get("ks:layout") == str(REDIS_LAYOUT).encode()
 
 
 def test_redis_data_of_the_last_layout_keeps_its_tombstones_and_pending_erasures(
@@ -157,7 +159,7 @@ def test_redis_data_of_the_last_layout_keeps_its_tombstones_and_pending_erasures
     finally:
         store.close()
     with redis.Redis.from_url(clean_redis_url) as r:
-        assert r.get("ks:layout") == b"3"
+        assert r.get("ks:layout") == str(REDIS_LAYOUT).encode()
 
 
 def test_redis_data_of_a_newer_release_is_refused(clean_redis_url: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import api, consent_api, list_api, privacy_api, profile_api
+from . import api, catalog_api, consent_api, list_api, privacy_api, profile_api, stock_api
 from .api import SCHEMA_ERRORS, STRINGS_FIT, Handler, json_response
 from .config import SandboxConfig
 from .errors import ApiError, ErrorItem, invalid
@@ -63,6 +63,13 @@ HANDLERS: dict[str, tuple[Handler, int]] = {
     "add_profiles_to_list": (list_api.add_profiles_to_list, 2),
     "remove_profiles_from_list": (list_api.remove_profiles_from_list, 2),
     "request_profile_deletion": (privacy_api.request_profile_deletion, 0),
+    # catalog: bulk jobs, their status, read-back; back in stock; (mapped) metrics
+    **catalog_api.handlers(),
+    "create_back_in_stock_subscription": (stock_api.create_back_in_stock_subscription, 0),
+    "create_client_back_in_stock_subscription": (stock_api.create_back_in_stock_subscription, 0),
+    "get_metrics": (stock_api.get_metrics, 0),
+    "get_mapped_metrics": (stock_api.get_mapped_metrics, 0),
+    "update_mapped_metric": (stock_api.update_mapped_metric, 0),
 }
 
 

@@ -45,7 +45,10 @@ class SandboxConfig:
     `job_delay_seconds`: Klaviyo answers event and profile jobs (events, bulk events, profile
     bulk imports, subscription and suppression jobs, client profiles and subscriptions) with a
     202 and applies them later; the sandbox validates them at once and applies them this long
-    after the answer, in the order accepted (0: before the answer). `lists` are the
+    after the answer, in the order accepted (0: before the answer).
+    `catalog_job_seconds` (+ `catalog_job_seconds_per_resource` per resource), times
+    `time_scale`: how long a catalog bulk job takes from 202 to complete; at most
+    `catalog_jobs_cap` of them are in progress at once (Klaviyo: 500). `lists` are the
     account's lists at start; `default_opt_in_process` is the account setting a subscription
     without a list follows (and a list created without one gets).
     """
@@ -63,6 +66,9 @@ class SandboxConfig:
     openapi_dir: Path = field(default=OPENAPI_DIR)
     merge_delay_seconds: float = 1.0
     deletion_delay_seconds: float = 1.0
+    catalog_job_seconds: float = 2.0
+    catalog_job_seconds_per_resource: float = 0.01
+    catalog_jobs_cap: int = 500
     job_delay_seconds: float = 0.0
     lists: tuple[SeedList, ...] = ()
     default_opt_in_process: str = "single_opt_in"
@@ -76,7 +82,11 @@ class SandboxConfig:
             raise ValueError("SandboxConfig.fault_rate must be within [0, 1]")
         if self.request_log_limit < 0:
             raise ValueError("SandboxConfig.request_log_limit must be >= 0")
-        for name in ("merge_delay_seconds", "deletion_delay_seconds", "job_delay_seconds"):
+        if self.catalog_jobs_cap < 1:
+            raise ValueError("SandboxConfig.catalog_jobs_cap must be >= 1")
+        names = ("merge_delay_seconds", "deletion_delay_seconds", "job_delay_seconds",
+                 "catalog_job_seconds", "catalog_job_seconds_per_resource")  # fmt: skip
+        for name in names:
             if not 0 <= getattr(self, name) <= MAX_DELAY_SECONDS:
                 raise ValueError(f"SandboxConfig.{name} must be within [0, {MAX_DELAY_SECONDS:g}]")
         if self.default_opt_in_process not in OPT_IN_PROCESSES:

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from . import pages
+from .catalog_page import catalog_page
 from .config import MAX_DELAY_SECONDS
 from .consent import PENDING as CONSENT_PENDING
 from .resources import event_snapshot, list_snapshot, merge_snapshot, profile_snapshot
@@ -222,6 +223,8 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
             "lists": len(store.lists),
             "consent_jobs": len(store.consent_jobs),
             "deleted_profiles": len(store.deleted),
+            "catalog_items": len(sandbox.catalog.resources["item"]),
+            "catalog_jobs_in_progress": sandbox.catalog.in_progress,
             "pending_deletions": sum(t.status == PENDING for t in store.deletion_tasks),
             "pending_jobs": len(sandbox.job_queue.pending),
             "pending_job_kinds": sandbox.job_queue.kinds(),
@@ -305,6 +308,29 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
             document["fail"] = dict(faults.failing)
         return _json(document)
 
+    async def catalog(request: web.Request) -> web.Response:
+        """GET /sandbox/catalog: items, variants, categories, job counts (and the most ever in
+        progress at once), back-in-stock subscriptions and mapped metrics."""
+        return _answer(request, sandbox.catalog.snapshot(), catalog_page)
+
+    async def catalog_jobs(request: web.Request) -> web.Response:
+        """GET /sandbox/catalog/jobs: every catalog bulk job, oldest first, with the ids its
+        request named and what it did."""
+        jobs = [sandbox.catalog.job_snapshot(job) for job in sandbox.catalog.jobs.values()]
+        return _json({"jobs": jobs})
+
+    async def catalog_faults(request: web.Request) -> web.Response:
+        """POST /sandbox/catalog/faults {"fail": [{"id": "SKU-1", "detail": "…", "times": 1}]}:
+        the next jobs naming a resource fail it with that detail (a per-resource job error)."""
+        try:
+            asked = orjson.loads(await request.read())
+            failures = [(str(f["id"]), str(f["detail"]), int(f.get("times", 1)))
+                        for f in asked["fail"]]  # fmt: skip
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return _bad('body must be {"fail": [{"id": "...", "detail": "...", "times": 1}]}')
+        for resource_id, detail, times in failures:
+            sandbox.catalog.fail(resource_id, detail, times)
+        return _json({"failing": {k: len(v) for k, v in sandbox.catalog.failures.items()}})
     def jobs_document() -> dict[str, Any]:
         queue = sandbox.job_queue
         return {
@@ -362,6 +388,9 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
         web.get("/sandbox/lists", lists),
         web.get("/sandbox/deleted", deleted),
         web.get("/sandbox/consent-jobs", consent_jobs),
+        web.get("/sandbox/catalog", catalog),
+        web.get("/sandbox/catalog/jobs", catalog_jobs),
+        web.post("/sandbox/catalog/faults", catalog_faults),
         web.get("/sandbox/jobs", jobs),
         web.post("/sandbox/jobs", jobs),
         web.post("/sandbox/confirm", confirm),

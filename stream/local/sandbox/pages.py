@@ -23,6 +23,7 @@ NAV = (
     ("/sandbox/consent-jobs", "Consent jobs"),
     ("/sandbox/jobs", "Queued jobs"),
     ("/sandbox/deleted", "Deleted"),
+    ("/sandbox/catalog", "Catalog"),
     ("/sandbox/stats", "Requests & limits"),
     ("/sandbox/requests", "Request log"),
 )
@@ -139,6 +140,8 @@ def overview_page(stats: dict[str, Any]) -> str:
             ("Throttled (429)", stats["throttled"], "/sandbox/stats"),
             ("Refused duplicates", stats["refused_duplicates"], None),
             ("Import jobs", stats["import_jobs"], None),
+            ("Catalog items", stats["catalog_items"], "/sandbox/catalog"),
+            ("Catalog jobs in progress", stats["catalog_jobs_in_progress"], "/sandbox/catalog"),
             ("Jobs waiting", stats["pending_jobs"], "/sandbox/jobs"),
         ]
     )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from .catalog import Catalog
 from .config import SandboxConfig
 from .consent import MailingList
 from .ratelimit import RateLimiter
@@ -129,6 +130,7 @@ class Sandbox:
         self.stats = Stats()
         self.log = RequestLog(config.request_log_limit)
         self.scheduler = Scheduler()
+        self.catalog = Catalog(config.catalog_jobs_cap)  # items, variants, categories, jobs
         self.job_queue = JobQueue(self.scheduler)
         self.job_delay = config.job_delay_seconds
         self._seed_lists()
@@ -174,6 +176,7 @@ class Sandbox:
         self.job_queue.clear()
         self.job_delay = self.config.job_delay_seconds
         self.store.reset()
+        self.catalog = Catalog(self.config.catalog_jobs_cap)
         self._seed_lists()
         self.limiter.reset()
         self.faults.hold(False)
