@@ -16,6 +16,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -30,38 +31,54 @@ Redactor = Callable[[Record], bytes | None]
 """HIPAA mode: the value to write instead of the original record (None: no value)."""
 
 
-def error_headers(
-    source: Record,
-    error: BaseException,
-    stage: str,
-    attempts: int,
-    first_attempt: float | None = None,
-    withhold_message: bool = False,
-    item: str | None = None,
-) -> list[tuple[str, str | bytes | None]]:
-    """The `dlq.*` headers that explain why a record is here (HIPAA: without the message)."""
-    now = time.time()
-    headers = {
-        "stage": stage,
-        "error.class": type(error).__name__,
-        "error.message": WITHHELD if withhold_message else str(error)[:2000],
-        "original.topic": source.topic,
-        "original.partition": str(source.partition),
-        "original.offset": str(source.offset),
-        "attempts": str(attempts),
-        "first.attempt.time": str(first_attempt or now),
-        "last.attempt.time": str(now),
-    }
-    if item:
-        headers["item"] = item
-        if item.startswith("deletion") and source.message_id:  # `dlq replay` reopens it
-            headers["erasure"] = source.message_id
-    if isinstance(error, KlaviyoError):
-        if error.code:
-            headers["klaviyo.code"] = error.code
-        if error.pointers:
-            headers["klaviyo.pointer"] = ",".join(error.pointers)[:2000]
-    return [(HEADER_PREFIX + k, v.encode()) for k, v in headers.items()]
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record we cannot send, and why: the stage that gave up, the error, how many tries
+    it took since when, and the item of the record it names (`subscribe email`, `line 2`)."""
+
+    record: Record
+    error: BaseException
+    stage: str
+    attempts: int = 1
+    first_attempt: float = field(default_factory=time.time)
+    item: str | None = None
+
+    @classmethod
+    def of(
+        cls, record: Record, error: BaseException, stage: str, item: str | None = None
+    ) -> DeadLetter:
+        """A dead letter whose tries are the error's own (a Klaviyo error counts them)."""
+        if isinstance(error, KlaviyoError):
+            return cls(
+                record, error, stage, error.attempts, error.first_attempt or time.time(), item
+            )
+        return cls(record, error, stage, item=item)
+
+    def headers(self, withhold_message: bool = False) -> list[tuple[str, str | bytes | None]]:
+        """The `dlq.*` headers that explain why a record is here (HIPAA: without the message)."""
+        source, error, item = self.record, self.error, self.item
+        now = time.time()
+        headers = {
+            "stage": self.stage,
+            "error.class": type(error).__name__,
+            "error.message": WITHHELD if withhold_message else str(error)[:2000],
+            "original.topic": source.topic,
+            "original.partition": str(source.partition),
+            "original.offset": str(source.offset),
+            "attempts": str(self.attempts),
+            "first.attempt.time": str(self.first_attempt),
+            "last.attempt.time": str(now),
+        }
+        if item:
+            headers["item"] = item
+            if item.startswith("deletion") and source.message_id:  # `dlq replay` reopens it
+                headers["erasure"] = source.message_id
+        if isinstance(error, KlaviyoError):
+            if error.code:
+                headers["klaviyo.code"] = error.code
+            if error.pointers:
+                headers["klaviyo.pointer"] = ",".join(error.pointers)[:2000]
+        return [(HEADER_PREFIX + k, v.encode()) for k, v in headers.items()]
 
 
 class DeadLetters:
@@ -81,15 +98,7 @@ class DeadLetters:
         while not self._stop.is_set():
             self._producer.poll(0.1)
 
-    async def send(
-        self,
-        source: Record,
-        error: BaseException,
-        stage: str,
-        attempts: int = 1,
-        first_attempt: float | None = None,
-        item: str | None = None,
-    ) -> None:
+    async def send(self, letter: DeadLetter) -> None:
         """Write one dead letter and wait until the broker acknowledged it.
 
         Too large for the dead-letter topic: written again without the value
@@ -97,10 +106,9 @@ class DeadLetters:
         (`dlq.headers.omitted`); the `dlq.original.*` headers still point at the record.
         Raises `DeadLetterUnavailable` when the broker did not take it.
         """
+        source = letter.record
         redacted = self._redactor is not None
-        dlq = error_headers(
-            source, error, stage, attempts, first_attempt, withhold_message=redacted, item=item
-        )
+        dlq = letter.headers(withhold_message=redacted)
         original = [] if redacted else list(source.headers or [])
         key, value = source.key, source.value
         if self._redactor is not None:  # HIPAA: no original key, value or headers

@@ -38,9 +38,10 @@ from typing import Protocol
 
 from confluent_kafka import Message
 
+from stream.completion.deadletter import DeadLetter
 from stream.completion.dedup import Deduplicator
 from stream.core.calls import Record
-from stream.core.errors import DeadLetterUnavailable, KlaviyoError, Unavailable
+from stream.core.errors import DeadLetterUnavailable, Unavailable
 from stream.core.retry import DEFAULT as DEFAULT_RETRY
 from stream.core.retry import RetryPolicy, until_available
 from stream.telemetry import metrics
@@ -67,15 +68,7 @@ class Outcome(StrEnum):
 class DeadLetterWriter(Protocol):
     """Writes one dead letter and returns once the broker acknowledged it (`DeadLetters`)."""
 
-    async def send(
-        self,
-        source: Record,
-        error: BaseException,
-        stage: str,
-        attempts: int = 1,
-        first_attempt: float | None = None,
-        item: str | None = None,
-    ) -> None: ...
+    async def send(self, letter: DeadLetter) -> None: ...
 
 
 class Item(Protocol):
@@ -175,9 +168,7 @@ class Ledger:
         `timeout` seconds; True when drained."""
 
         def drained() -> bool:
-            return all(
-                g.unfinished == 0 for tp in tps if (g := self._current.get(tp)) is not None
-            )
+            return all(g.unfinished == 0 for tp in tps if (g := self._current.get(tp)) is not None)
 
         with self._changed:
             return self._changed.wait_for(drained, timeout)
@@ -210,7 +201,11 @@ class Ledger:
                 headers = message.headers()
                 records.append(
                     Record(
-                        gen.tp[0], gen.tp[1], offset, message.key(), message.value(),  # type: ignore[arg-type]
+                        gen.tp[0],
+                        gen.tp[1],
+                        offset,
+                        message.key(),
+                        message.value(),  # type: ignore[arg-type]
                         list(headers.items()) if isinstance(headers, dict) else headers,
                         gen,
                     )
@@ -275,70 +270,47 @@ class Ledger:
         items: Sequence[Item],
         error: BaseException,
         stage: str,
-        attempts: int | None = None,
-        first_attempt: float | None = None,
     ) -> None:
         """These items cannot be sent: each of their records gets a dead letter naming the
         item; the records finish once the broker acknowledged it."""
         metrics.OUTCOMES.labels(Outcome.DEAD_LETTERED).inc(len(items))
         for item in items:
             for record in item.records:
-                self._spawn_dead_letter(record, error, stage, attempts, first_attempt, item.label)
+                self._spawn_dead_letter(DeadLetter.of(record, error, stage, item.label))
 
     def reject(self, record: Record, error: BaseException, stage: str) -> None:
         """The record itself cannot be processed (bad input): dead-letter it, then finish it."""
         metrics.OUTCOMES.labels(Outcome.DEAD_LETTERED).inc()
-        self._spawn_dead_letter(record, error, stage, None, None, None)
+        self._spawn_dead_letter(DeadLetter.of(record, error, stage))
 
     # finishing --------------------------------------------------------------------------------
 
-    def _spawn_dead_letter(
-        self,
-        record: Record,
-        error: BaseException,
-        stage: str,
-        attempts: int | None,
-        first_attempt: float | None,
-        item: str | None,
-    ) -> None:
-        if attempts is None:
-            attempts = error.attempts if isinstance(error, KlaviyoError) else 1
-        if first_attempt is None and isinstance(error, KlaviyoError):
-            first_attempt = error.first_attempt
-        metrics.DEAD_LETTERS.labels(stage, type(error).__name__).inc()
+    def _spawn_dead_letter(self, letter: DeadLetter) -> None:
+        record, error = letter.record, letter.error
+        metrics.DEAD_LETTERS.labels(letter.stage, type(error).__name__).inc()
         log.warning(
             "dead-lettered",
             extra={
-                "stage": stage,
+                "stage": letter.stage,
                 "error": str(error)[:500],
                 "topic": record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
-                **({"item": item} if item else {}),
+                **({"item": letter.item} if letter.item else {}),
             },
         )
         record.failed = True
-        task = asyncio.get_running_loop().create_task(
-            self._dead_letter(record, error, stage, attempts, first_attempt or time.time(), item)
-        )
+        task = asyncio.get_running_loop().create_task(self._dead_letter(letter))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _dead_letter(
-        self,
-        record: Record,
-        error: BaseException,
-        stage: str,
-        attempts: int,
-        first_attempt: float,
-        item: str | None,
-    ) -> None:
+    async def _dead_letter(self, letter: DeadLetter) -> None:
         dead_letters = self._dead_letters
         if dead_letters is not None:
 
             async def write() -> None:
                 try:
-                    await dead_letters.send(record, error, stage, attempts, first_attempt, item)
+                    await dead_letters.send(letter)
                 except (Unavailable, asyncio.CancelledError):
                     raise
                 except Exception as exc:  # never lose the record to a bug: keep trying
@@ -347,7 +319,7 @@ class Ledger:
 
             await until_available(write, "dead-letter topic", self._retry)
         self.dead_lettered += 1
-        self._release([record])
+        self._release([letter.record])
 
     def _release(self, records: Iterable[Record]) -> None:
         """One thing that had to happen to each record happened; finish those with none left."""
@@ -439,9 +411,7 @@ class Ledger:
         """Per current partition with unfinished records: seconds since its offset last moved."""
         now = self._clock()
         with self._lock:
-            return {
-                tp: now - gen.moved_at for tp, gen in self._current.items() if gen.unfinished
-            }
+            return {tp: now - gen.moved_at for tp, gen in self._current.items() if gen.unfinished}
 
     async def close(self, timeout: float) -> None:
         """Wait (bounded) for dead letters still being written."""

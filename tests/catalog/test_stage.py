@@ -24,19 +24,10 @@ from stream.ops.produce_catalog import CatalogEncoder
 from stream.state import open_store
 from tests.support import wait_until
 from tests.support.catalog import by_id, catalog
+from tests.support.deadletters import DeadLetterSink
 from tests.support.sandbox import API_KEY, REVISION
 
 TP = ("products", 0)
-
-
-class Letters:
-    """Dead letters, as acknowledged writes."""
-
-    def __init__(self) -> None:
-        self.written: list[tuple[int, str]] = []
-
-    async def send(self, source: Record, error: BaseException, stage: str, *args: Any) -> None:
-        self.written.append((source.offset, str(error)))
 
 
 class Rig:
@@ -46,7 +37,7 @@ class Rig:
         self.url = url
         self.store = open_store("sqlite:///:memory:")
         self.stored: dict[tuple[str, int], int] = {}
-        self.letters = Letters()
+        self.letters = DeadLetterSink()
         self.ledger = Ledger(Deduplicator(self.store), self.letters, self.keep)
         self.client = KlaviyoClient(url, _secret(API_KEY), REVISION)
         requester = Deliverer(self.client, governor=Governor({})).request
@@ -93,8 +84,10 @@ async def test_a_version_read_again_after_a_rebalance_finishes_only_once_it_is_a
     rig: Rig,
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{rig.url}/sandbox/faults",
-                             json={"hold": True, "operations": ["bulk_create_catalog_items"]}):
+        async with http.post(
+            f"{rig.url}/sandbox/faults",
+            json={"hold": True, "operations": ["bulk_create_catalog_items"]},
+        ):
             pass  # fmt: skip
         rig.ledger.assign([TP])
         await rig.stage.accept(rig.read(mug(1.0)))
@@ -113,7 +106,7 @@ async def test_a_version_read_again_after_a_rebalance_finishes_only_once_it_is_a
 
         await wait_until(committed, timeout=10, what="the record finished", poll=0.02)
         items = by_id((await catalog(http, rig.url))["items"])
-    assert items["MUG"]["price"] == 1.0 and rig.letters.written == []
+    assert items["MUG"]["price"] == 1.0 and rig.letters.letters == []
     assert rig.stage.pending == 0 and rig.ledger.pending == 0
 
 

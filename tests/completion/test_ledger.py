@@ -31,9 +31,10 @@ from hypothesis.stateful import (
 from stream.completion.dedup import Deduplicator
 from stream.completion.ledger import Ledger, Outcome
 from stream.core.calls import Record
-from stream.core.errors import DeadLetterUnavailable, MappingError
+from stream.core.errors import MappingError
 from stream.core.retry import RetryPolicy
 from stream.state import StateStore, open_store
+from tests.support.deadletters import DeadLetterSink
 
 TP = ("t", 0)
 QUICK = RetryPolicy(base_seconds=0.001, max_delay_seconds=0.002)
@@ -47,20 +48,6 @@ class FakeItem:
     label: str | None = None
 
 
-class Letters:
-    """The dead-letter topic's side of the contract: acknowledged writes, and outages."""
-
-    def __init__(self) -> None:
-        self.written: list[tuple[int, str]] = []
-        self.failures = 0  # the next N writes fail as a broker outage would
-
-    async def send(self, source: Record, error: BaseException, stage: str, *args: Any) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise DeadLetterUnavailable("broker down")
-        self.written.append((source.offset, stage))
-
-
 def message(offset: int, mid: str, tp: tuple[str, int] = TP) -> Message:
     return Message(topic=tp[0], partition=tp[1], offset=offset, value=mid.encode())
 
@@ -70,13 +57,15 @@ def store() -> StateStore:
     return open_store("sqlite:///:memory:")
 
 
-def make(store: StateStore, letters: Letters | None = None) -> tuple[Ledger, dict[Any, int]]:
+def make(store: StateStore, letters: DeadLetterSink | None = None) -> tuple[Ledger, dict[Any, int]]:
     stored: dict[Any, int] = {}
 
     def store_offset(topic: str, partition: int, offset: int) -> None:
         stored[(topic, partition)] = offset
 
-    return Ledger(Deduplicator(store), letters or Letters(), store_offset, retry=QUICK), stored
+    return Ledger(
+        Deduplicator(store), letters or DeadLetterSink(), store_offset, retry=QUICK
+    ), stored
 
 
 def begin(ledger: Ledger, *mids: str, start: int = 0) -> list[Record]:
@@ -103,7 +92,7 @@ def test_the_offset_moves_only_past_a_finished_prefix(store: StateStore) -> None
 
 
 async def test_a_dead_letter_is_acknowledged_before_its_record_finishes(store: StateStore) -> None:
-    letters = Letters()
+    letters = DeadLetterSink()
     letters.failures = 1  # the first write meets a broker outage: retried, never dropped
     ledger, stored = make(store, letters)
     ledger.assign([TP])
@@ -113,7 +102,9 @@ async def test_a_dead_letter_is_acknowledged_before_its_record_finishes(store: S
     ledger.fail([FakeItem([record], "line 2")], MappingError("bad"), "map")
     assert stored == {}
     await ledger.close(timeout=10)
-    assert letters.written == [(0, "map")] and stored == {TP: 1}
+    assert [(d.record.offset, d.stage) for d in letters.letters] == [(0, "map")] and stored == {
+        TP: 1
+    }
 
 
 def test_a_copy_of_an_id_in_flight_waits_for_the_original(store: StateStore) -> None:
@@ -220,7 +211,7 @@ class LedgerModel(RuleBasedStateMachine):
         self.finished: dict[tuple[str, int], set[int]] = {tp: set() for tp in TPS}
         self.ids = itertools.count()
         self.kept_ids: set[str] = set()  # ids some copy delivered or held, nothing failed
-        self.letters = Letters()
+        self.letters = DeadLetterSink()
         self.resolved = 0  # item outcomes given
         self.start()
 
@@ -296,9 +287,7 @@ class LedgerModel(RuleBasedStateMachine):
         shapes=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4),
         revoke_between=st.booleans(),
     )
-    def fetch(
-        self, data: st.DataObject, shapes: list[str], revoke_between: bool
-    ) -> Any:
+    def fetch(self, data: st.DataObject, shapes: list[str], revoke_between: bool) -> Any:
         ready = [tp for tp in sorted(self.assigned) if self.position[tp] < len(self.log[tp])]
         tp = data.draw(st.sampled_from(ready))
         start = self.position[tp]
@@ -416,9 +405,7 @@ class LedgerModel(RuleBasedStateMachine):
         all_ids = {m for log in self.log.values() for m in log}
         seen = self.store.seen(sorted(all_ids))
         assert seen <= self.kept_ids | {t.mid for t in self.truths.values() if t.done()}
-        failed_only = {
-            t.mid for t in self.truths.values() if t.failed and t.done()
-        } - self.kept_ids
+        failed_only = {t.mid for t in self.truths.values() if t.failed and t.done()} - self.kept_ids
         assert not (seen & failed_only - {t.mid for t in self.truths.values() if t.delivered})
 
 

@@ -17,6 +17,7 @@ from stream.core.errors import RecordError
 from stream.intake.avro import encode_confluent, encode_single_object, schemas_dir
 from stream.intake.decode import LocalDecoder, RegistryDecoder
 from stream.ops.produce import Encoder, to_avro_record
+from tests.support.deadletters import DeadLetterSink
 
 ENCODER = Encoder()
 DECODER = LocalDecoder()
@@ -169,13 +170,8 @@ async def test_with_definitions_the_service_routes_on_the_peek_and_decodes_only_
         event_definitions_file=str(definitions),
     )
     service = Service(settings, store=open_store("sqlite:///:memory:"))
-    letters: list[str] = []
-
-    class Letters:
-        async def send(self, source: Any, error: BaseException, stage: str, *_: Any) -> None:
-            letters.append(f"{source.offset} {stage}: {error}")
-
-    ledger = Ledger(service._dedup, Letters(), lambda *_: None)
+    sink = DeadLetterSink()
+    ledger = Ledger(service._dedup, sink, lambda *_: None)
     sender = Sender(Governor({}), service._deliver)
     service._ledger, service._sender = ledger, sender
     service._loop = asyncio.get_running_loop()
@@ -209,6 +205,7 @@ async def test_with_definitions_the_service_routes_on_the_peek_and_decodes_only_
     assert filtered._value.get() - before[0] == 2
     assert integrations._value.get() - before[1] == 1
     assert [r.offset for r in records if r.open == 0] == [1, 2, 3, 4]  # finished
+    letters = [f"{d.record.offset} {d.stage}: {d.error}" for d in sink.letters]
     assert len(letters) == 1 and letters[0].startswith("4 decode: field 'properties'")
     assert sender.waiting == 1  # the order's event, waiting in its lane
 
@@ -247,11 +244,8 @@ async def test_a_call_routing_filters_still_makes_the_consent_changes_it_asks(
     )
     service = Service(settings, store=open_store("sqlite:///:memory:"))
 
-    class Letters:
-        async def send(self, *_: Any) -> None:
-            raise AssertionError("nothing here is a dead letter")
-
-    ledger = Ledger(service._dedup, Letters(), lambda *_: None)
+    sink = DeadLetterSink()
+    ledger = Ledger(service._dedup, sink, lambda *_: None)
     sender = Sender(Governor({}), service._deliver)
     service._ledger, service._sender = ledger, sender
     service._loop = asyncio.get_running_loop()
@@ -273,3 +267,4 @@ async def test_a_call_routing_filters_still_makes_the_consent_changes_it_asks(
     assert [r.offset for r in records if r.open == 0] == [2]  # the others wait for their changes
     waiting = {kind: lane.items for kind, lane in sender.lanes.items() if lane.items}
     assert waiting == {"unsubscribe": 1}, waiting  # the subscription waits its turn (gate)
+    assert sink.letters == []  # nothing here is a dead letter

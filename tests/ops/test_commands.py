@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.completion.deadletter import DeadLetters
+from stream.completion.deadletter import DeadLetter, DeadLetters
 from stream.core.calls import Record
 from stream.core.errors import DecodeError, InvalidRequest, MappingError
 from stream.core.settings import SANDBOX_API_KEY
@@ -160,14 +160,13 @@ async def _write_dead_letters(bootstrap: str, dlq: str, topic: str) -> None:
     try:
         for offset in range(3):
             source = Record(topic, 0, offset, b"u-1", b"\x07bad", [])
-            await letters.send(source, DecodeError("wrong magic bytes 07"), "decode")
+            await letters.send(DeadLetter(source, DecodeError("wrong magic bytes 07"), "decode"))
         source = Record(topic, 0, 3, b"u-1", encoder.encode(call), [("trace", b"t-1")])
-        await letters.send(source, MappingError("metric name too long"), "map")
+        await letters.send(DeadLetter(source, MappingError("metric name too long"), "map"))
         for offset in (4, 5):
             source = Record(topic, 0, offset, b"u-1", encoder.encode(call), [])
-            await letters.send(
-                source, InvalidRequest("Klaviyo 400 invalid: bad email", 400), "deliver"
-            )
+            refused = InvalidRequest("Klaviyo 400 invalid: bad email", 400)
+            await letters.send(DeadLetter(source, refused, "deliver"))
     finally:
         letters.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from stream.completion.deadletter import error_headers
+from stream.completion.deadletter import DeadLetter
 from stream.core.calls import Record
 from stream.core.errors import InvalidRequest, KlaviyoServerError
 from stream.klaviyo.mapping import BACKFILL_HEADER
@@ -45,7 +45,7 @@ def _dead_letters(bootstrap: str, topic: str, calls: list[dict[str, Any]]) -> di
         source = Record(topic, 0, n, key_of(call), encode(call), [("trace", b"t-%d" % n)])
         headers = [
             (name, value)
-            for name, value in error_headers(source, error, "deliver", 12, T0)
+            for name, value in DeadLetter(source, error, "deliver", 12, T0).headers()
             if name != "dlq.last.attempt.time"
         ]
         when = T0 + (2 * DAY if kind == "outage-later" else 0)

@@ -18,6 +18,7 @@ from stream.delivery.send import Sender
 from stream.engine.service import Service
 from stream.ops.produce import Encoder
 from stream.state import open_store
+from tests.support.deadletters import DeadLetterSink
 
 TP = ("calls", 0)
 ENCODER = Encoder()
@@ -59,13 +60,12 @@ TIMESTAMPS = st.one_of(
 JSON_TEXT = st.one_of(
     st.recursive(
         st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | TEXT,
-        lambda children: st.lists(children, max_size=4)
-        | st.dictionaries(TEXT, children, max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4)
+        ),
         max_leaves=12,
     ).map(lambda v: json.dumps({"v": v})),  # stdlib: integers beyond 64 bits too
-    st.sampled_from(["nested", "crafted_email", "long_phone", "long_key"]).map(
-        lambda k: BIG[k]()
-    ),
+    st.sampled_from(["nested", "crafted_email", "long_phone", "long_key"]).map(lambda k: BIG[k]()),
     st.sampled_from(
         [
             '{"big": 123456789012345678901234567890}',
@@ -82,15 +82,6 @@ JSON_TEXT = st.one_of(
     ),
 )
 
-class Letters:
-    """The dead-letter topic's contract, in memory: every write acknowledged."""
-
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-
-    async def send(self, source: Record, error: BaseException, stage: str, *args: Any) -> None:
-        self.reasons.append(f"{stage}: {error}")
-
 
 def encoded(call: dict[str, Any]) -> bytes | None:
     """The record as a producer following our schema would write it (None: it cannot)."""
@@ -100,7 +91,9 @@ def encoded(call: dict[str, Any]) -> bytes | None:
         return None
 
 
-async def run_stage(values: list[bytes]) -> tuple[Service, Ledger, Sender, list[Record], Letters]:
+async def run_stage(
+    values: list[bytes],
+) -> tuple[Service, Ledger, Sender, list[Record], DeadLetterSink]:
     settings = Settings(
         kafka_bootstrap_servers="127.0.0.1:1",
         klaviyo_api_key=SANDBOX_API_KEY,
@@ -108,7 +101,7 @@ async def run_stage(values: list[bytes]) -> tuple[Service, Ledger, Sender, list[
         metrics_port=0,
     )
     service = Service(settings, store=open_store("sqlite:///:memory:"))
-    letters = Letters()
+    letters = DeadLetterSink()
     ledger = Ledger(service._dedup, letters, lambda *_: None, retry=RetryPolicy(0.001))
     sender = Sender(service_governor(), service._deliver)
     service._ledger, service._sender = ledger, sender
