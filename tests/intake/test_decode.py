@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro.schema import parse_schema
 
+from stream.core.calls import CALL_TYPES
 from stream.core.errors import DecodeError
 from stream.core.options import NO_OPTIONS
 from stream.intake.avro import (
@@ -192,7 +193,10 @@ def test_no_shipped_schema_has_a_default_apicurio_cannot_read(path: Path) -> Non
     assert not APICURIO_STRIPPED.search(path.read_text()), path
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+CALL_SCHEMAS = [p for p in SHIPPED if p.name.split(".")[0] in CALL_TYPES]  # catalog's apart
+
+
+@pytest.mark.parametrize("path", CALL_SCHEMAS, ids=[p.name for p in CALL_SCHEMAS])
 def test_records_written_before_the_defaults_changed_still_decode(path: Path) -> None:
     """Our JSON-text defaults were "{}" and are "{ }": a compatible change (defaults are not
     part of the canonical form, so the fingerprint is the same), and a record written with
