@@ -30,7 +30,7 @@ async def child(bootstrap: str, topic: str, url: str, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         peak_pending = 0
         while time.monotonic() < deadline and not task.done():
-            peak_pending = max(peak_pending, service._ledger.pending)
+            peak_pending = max(peak_pending, service.pending)
             await asyncio.sleep(0.05)
         consumed = service.result.consumed
         service.stop()

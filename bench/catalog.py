@@ -100,11 +100,10 @@ async def sync(bootstrap: str, topic: str, url: str, count: int, time_scale: flo
                 consumed = service.result.consumed
                 if consumed and not started:
                     started, cpu = time.perf_counter(), time.process_time()
-                ledger = service._ledger
-                finished = consumed - (ledger.pending if ledger is not None else 0)
+                finished = consumed - service.pending
                 while len(rss) < 4 and finished >= count * (len(rss) + 1) / 4:
                     rss.append(rss_mb())
-                if consumed >= count and ledger is not None and ledger.pending == 0:
+                if consumed >= count and service.running is not None and service.pending == 0:
                     seconds = time.perf_counter() - started
                     cpu = time.process_time() - cpu
                     break

@@ -292,7 +292,7 @@ async def run_until_done(service: Service, count: int, timeout: float = 900) -> 
             consumed = service.result.consumed
             if consumed and not started:
                 started, cpu0 = time.perf_counter(), time.process_time()
-            if consumed >= count and service._ledger.pending == 0:
+            if consumed >= count and service.pending == 0:
                 return RunFigures(count, time.perf_counter() - started, time.process_time() - cpu0)
             await asyncio.sleep(0.02)
         raise RuntimeError(f"not done after {timeout} s: {service.result.consumed} consumed")

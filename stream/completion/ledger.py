@@ -70,6 +70,9 @@ class DeadLetterWriter(Protocol):
 
     async def send(self, letter: DeadLetter) -> None: ...
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what is queued; no more writes after it."""
+
 
 class Item(Protocol):
     """What the ledger needs of an item: the records it carries and a name for its dead letter."""

@@ -1,7 +1,8 @@
 """The per-record middle of the pipeline: route, then transform → identity → map, call → items.
 
-The service routes each decoded call first (`skip`: a filtered record costs no dedup or
-identity work), deduplicates what goes on, then asks `process` for the items to send. What
+The handler routes each call first, once (`route`, or `route_peeked` on the few fields a peek
+reads: a filtered record costs no dedup or identity work), deduplicates what goes on, then
+asks `process` for the items to send. What
 `process` returns is the whole answer for the record: its items, or the outcome of a record
 that makes none (held, absorbed), plus the held calls its identification released (each with
 its own store-backed record). A `RecordError` raised here dead-letters the record.
@@ -28,7 +29,7 @@ from typing import Any
 
 from stream.catalog import stock
 from stream.completion.ledger import Outcome
-from stream.core.calls import Call, Record
+from stream.core.calls import Call, Record, routing_call
 from stream.core.errors import InvalidIdentifier, MappingError
 from stream.core.identifiers import Identifiers, identifiers_of
 from stream.core.timing import check_time, event_seconds, order_time
@@ -36,13 +37,14 @@ from stream.delivery.actions import Action
 from stream.delivery.batch import Item, encode
 from stream.identity.erasure import Erasure
 from stream.identity.resolver import Held, IdentityResolver, graph_identifiers
+from stream.intake.decode import Peeked
 from stream.klaviyo import mapping
 from stream.klaviyo.commerce import event_specs
 from stream.klaviyo.consent import CHANNEL_IDENTIFIER
 from stream.klaviyo.mapping import ANONYMOUS_EXTERNAL_ID, ERASURE_HEADER
 from stream.rules.consent import DEFAULT_SOURCE, Asks, ConsentRules, consent_traits, still_current
 from stream.rules.hipaa import redacted_copy
-from stream.rules.route import Router
+from stream.rules.route import ON, Route, Router
 from stream.rules.transform import Transformer
 from stream.state import Person
 from stream.state.base import Forgotten, Guard
@@ -99,19 +101,34 @@ class Processor:
     anonymous_profiles: bool = False  # EXPIRED_ANONYMOUS=send: anonymous persons' profiles exist
     back_in_stock_event: str = ""  # a track call of this name asks a back-in-stock notice
 
-    def skip(self, call: Call) -> str | None:
-        """Why this call is not for Klaviyo (a metric label), or None. Counted here."""
+    def route(self, call: Call) -> Route:
+        """Where a decoded call goes (`Route`): routing, and what it asks of consent and lists
+        (a call routing filters still makes those)."""
         if call.type == "alias" or call.type == "delete":
-            return None  # feeds the identity graph; an erasure is never filtered away
+            return ON  # feeds the identity graph; an erasure is never filtered away
         reason = self.router.reason_to_skip(call)
-        if reason is not None:
-            if reason != "integrations" and self.consent.asks(call):
-                return None  # not sent itself, but what it asks of consent and lists is
-            metrics.RECORDS_FILTERED.labels(call.type, reason).inc()
-        return reason
+        if reason is None:
+            return ON
+        if reason != "integrations" and self.consent.asks(call):
+            return Route(reason, asks_only=True)
+        return Route(reason)
 
-    def process(self, call: Call, record: Record) -> Result:
-        """The items for one routed call (plus any held events its identification released)."""
+    def route_peeked(self, peeked: Peeked) -> Route | None:
+        """Where a call goes judged on its peek alone (type, name, integrations); None when
+        only a full decode can tell (malformed integrations; consent or lists it may ask)."""
+        call = routing_call(*peeked)
+        if call is None:
+            return None
+        reason = self.router.reason_to_skip(call)
+        if reason is None:
+            return ON
+        if reason != "integrations" and self.consent.may_ask(call):
+            return None  # not sent itself, but the consent and list changes it asks may be
+        return Route(reason)
+
+    def process(self, call: Call, record: Record, route: Route | None = None) -> Result:
+        """The items for one call that goes on (plus any held events its identification
+        released); `route` as the handler decided it (None: decided here)."""
         if call.type == "delete":
             return self._erase(call, record)
         asks = self.consent.asks(call)  # on the call as it came, like routing
@@ -133,8 +150,10 @@ class Processor:
                 return Result(outcome=Outcome.FILTERED)
             waits = verdict.waits  # newer, but that deletion is still under way
             guard = erasure.guard(call, record)
-        if asks and self.router.reason_to_skip(call) is not None:
-            result = self._consent_only(call, ids, record, asks, guard)
+        if route is None:
+            route = self.route(call)
+        if route.asks_only:
+            result = self._consent_only(call, route, ids, record, asks, guard)
             result.after_erasures = waits
             return result
         result = Result(after_erasures=waits)
@@ -254,11 +273,16 @@ class Processor:
     # consent, lists and deletion -------------------------------------------------------------
 
     def _consent_only(
-        self, call: Call, ids: Identifiers, record: Record, asks: Asks, guard: Guard | None
+        self,
+        call: Call,
+        route: Route,
+        ids: Identifiers,
+        record: Record,
+        asks: Asks,
+        guard: Guard | None,
     ) -> Result:
         """A call routing filters that asks consent or list changes: those alone are sent."""
-        reason = self.router.reason_to_skip(call)
-        metrics.RECORDS_FILTERED.labels(call.type, reason or "not_defined").inc()
+        metrics.RECORDS_FILTERED.labels(call.type, route.reason or "not_defined").inc()
         marks = consent_traits(asks, call.message_id, self._when(call))
         linked = self.identity.link(call, ids, marks, guard)
         if linked.tombstoned:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,11 +25,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from stream.completion.ledger import Generation, Ledger
 from stream.core.settings import Settings, kafka_client_config
+from stream.intake.source import Drain
 from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
-
-Partitions = list[tuple[str, int]]
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -57,7 +55,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 class KafkaConsumer:
-    """The consumer-group member: fetch, pause/resume, store offsets, commit.
+    """The consumer-group member over confluent-kafka (a `stream.intake.source.Source`).
 
     `drain(partitions)` is called on the consume thread when partitions are revoked, before
     the commit; it returns when their work is finished or its time is up."""
@@ -66,7 +64,7 @@ class KafkaConsumer:
         self,
         settings: Settings,
         ledger: Ledger,
-        drain: Callable[[Partitions], None],
+        drain: Drain,
         config: dict[str, Any] | None = None,
     ) -> None:
         self._ledger = ledger

@@ -84,10 +84,10 @@ def plan(settings: Settings, call: dict[str, Any]) -> tuple[list[PlannedRequest]
     store = open_store("sqlite:///:memory:", settings.dedup_window_seconds)
     try:
         processor = build_processor(settings, store)
-        skip = processor.skip(decoded)
-        if skip is not None:
-            return [], f"filtered by routing ({skip}): nothing would be sent"
-        result = processor.process(decoded, Record("test-event", 0, 0, None, value))
+        route = processor.route(decoded)
+        if route.filtered:
+            return [], f"filtered by routing ({route.reason}): nothing would be sent"
+        result = processor.process(decoded, Record("test-event", 0, 0, None, value), route)
     finally:
         store.close()
     refused = [f"\nrefused ({f.error.stage}): {f.error}" for f in result.failures]

@@ -61,6 +61,24 @@ class Selector:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where one call goes, decided once per record: on through the pipeline (`reason` None),
+    nowhere (`reason` says why: a metric label), or, filtered for `reason`, only the consent
+    and list changes it asks (`asks_only`)."""
+
+    reason: str | None = None
+    asks_only: bool = False
+
+    @property
+    def filtered(self) -> bool:
+        """Nothing of the call goes on."""
+        return self.reason is not None and not self.asks_only
+
+
+ON = Route()
+
+
+@dataclass(frozen=True, slots=True)
 class EventDefinition:
     """One enabled kind of call, with the Klaviyo metric name to use (None: the event's own)."""
 

@@ -43,7 +43,8 @@ CALLS = st.fixed_dictionaries(
 def test_no_exception_leaves_the_per_record_stage(calls: list[dict[str, Any]]) -> None:
     values = [v for v in (encoded(c) for c in calls) if v is not None]
     values.append(b"\xc3\x01garbage")  # and one record nobody could read
-    _service, ledger, sender, records, letters = asyncio.run(run_stage(values))
+    parts, records, letters = asyncio.run(run_stage(values))
+    ledger, sender = parts.ledger, parts.sender
     assert len(records) == len(values)
     waiting: dict[int, int] = {}
     for lane in sender.lanes.values():

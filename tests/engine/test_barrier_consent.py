@@ -85,11 +85,10 @@ def test_no_record_is_lost_to_a_delete_call_or_a_consent_option(
 ) -> None:
     values = [v for v in (encoded(c) for c in calls) if v is not None]
     values.append(b"\xc3\x01garbage")  # and one record nobody could read
-    service, ledger, sender, records, letters = asyncio.run(run_stage(values))
+    parts, records, letters = asyncio.run(run_stage(values))
     assert len(records) == len(values)
     waiting: dict[int, int] = {}
-    gate = service._gate
-    assert gate is not None
+    ledger, sender, gate = parts.ledger, parts.sender, parts.gate
     pending = [item for lane in sender.lanes.values() for b in lane.drain() for item in b.items]
     for item in pending + gate.waiting():
         for record in item.records:

@@ -17,7 +17,7 @@ from stream.core.errors import RecordError
 from stream.intake.avro import encode_confluent, encode_single_object, schemas_dir
 from stream.intake.decode import LocalDecoder, RegistryDecoder
 from stream.ops.produce import Encoder, to_avro_record
-from tests.support.deadletters import DeadLetterSink
+from tests.support.inprocess import assembled, begin, offline_settings
 
 ENCODER = Encoder()
 DECODER = LocalDecoder()
@@ -147,34 +147,12 @@ def test_the_registry_decoder_peeks_once_the_schema_is_known() -> None:
 async def test_with_definitions_the_service_routes_on_the_peek_and_decodes_only_what_goes_on(
     tmp_path: Any,
 ) -> None:
-    import asyncio
-
-    from confluent_kafka import Message
-
-    from stream.completion.ledger import Ledger
-    from stream.core.settings import SANDBOX_API_KEY, Settings
-    from stream.delivery.send import Sender
-    from stream.engine.service import Service
     from stream.intake.avro import load_schemas
-    from stream.klaviyo.governor import Governor
-    from stream.state import open_store
     from stream.telemetry import metrics
 
     definitions = tmp_path / "definitions.yaml"
     definitions.write_text("events:\n  - type: track\n    event: Order Completed\n")
-    settings = Settings(
-        kafka_bootstrap_servers="127.0.0.1:1",
-        klaviyo_api_key=SANDBOX_API_KEY,
-        state_url="sqlite:///:memory:",
-        metrics_port=0,
-        event_definitions_file=str(definitions),
-    )
-    service = Service(settings, store=open_store("sqlite:///:memory:"))
-    sink = DeadLetterSink()
-    ledger = Ledger(service._dedup, sink, lambda *_: None)
-    sender = Sender(Governor({}), service._deliver)
-    service._ledger, service._sender = ledger, sender
-    service._loop = asyncio.get_running_loop()
+    settings = offline_settings(event_definitions_file=str(definitions))
     base = {"messageId": "m", "timestamp": "2026-01-01T00:00:00Z", "userId": "u-1",
             "properties": {"revenue": 5}}  # fmt: skip
 
@@ -197,11 +175,11 @@ async def test_with_definitions_the_service_routes_on_the_peek_and_decodes_only_
     filtered = metrics.RECORDS_FILTERED.labels("track", "not_defined")
     integrations = metrics.RECORDS_FILTERED.labels("track", "integrations")
     before = filtered._value.get(), integrations._value.get()
-    ledger.assign([("t", 0)])
-    messages = [Message(topic="t", partition=0, offset=n, value=v) for n, v in enumerate(values)]
-    records = ledger.begin(messages, ledger.stamp(messages))
-    await service._handle(records)
-    await ledger.close(timeout=30)
+    async with assembled(settings) as (running, sink):
+        ledger, sender = running.parts.ledger, running.parts.sender
+        records = begin(ledger, values, ("t", 0))
+        await running.handler.handle(records)
+        await ledger.close(timeout=30)
     assert filtered._value.get() - before[0] == 2
     assert integrations._value.get() - before[1] == 1
     assert [r.offset for r in records if r.open == 0] == [1, 2, 3, 4]  # finished
@@ -216,16 +194,6 @@ async def test_a_call_routing_filters_still_makes_the_consent_changes_it_asks(
     """The peek filters on type, name and integrations only: a call that may ask consent or
     list changes (a rule's `when` matches it, or its own options ask) is decoded in full, so
     that what it asks still goes although its event does not."""
-    import asyncio
-
-    from confluent_kafka import Message
-
-    from stream.completion.ledger import Ledger
-    from stream.core.settings import SANDBOX_API_KEY, Settings
-    from stream.delivery.send import Sender
-    from stream.engine.service import Service
-    from stream.klaviyo.governor import Governor
-    from stream.state import open_store
     from stream.telemetry import metrics
 
     definitions = tmp_path / "definitions.yaml"
@@ -234,21 +202,7 @@ async def test_a_call_routing_filters_still_makes_the_consent_changes_it_asks(
     consent.write_text(
         "rules:\n  - when: {type: track, event: SMS Opt Out}\n    unsubscribe: [sms]\n"
     )
-    settings = Settings(
-        kafka_bootstrap_servers="127.0.0.1:1",
-        klaviyo_api_key=SANDBOX_API_KEY,
-        state_url="sqlite:///:memory:",
-        metrics_port=0,
-        event_definitions_file=str(definitions),
-        consent_file=str(consent),
-    )
-    service = Service(settings, store=open_store("sqlite:///:memory:"))
-
-    sink = DeadLetterSink()
-    ledger = Ledger(service._dedup, sink, lambda *_: None)
-    sender = Sender(Governor({}), service._deliver)
-    service._ledger, service._sender = ledger, sender
-    service._loop = asyncio.get_running_loop()
+    settings = offline_settings(event_definitions_file=str(definitions), consent_file=str(consent))
     traits = {"email": "ada@example.com", "phone": "+14155552671"}
     base = {"timestamp": "2026-01-01T00:00:00Z", "userId": "u-1", "context": {"traits": traits}}
     values = [
@@ -259,10 +213,10 @@ async def test_a_call_routing_filters_still_makes_the_consent_changes_it_asks(
     ]  # fmt: skip
     filtered = metrics.RECORDS_FILTERED.labels("track", "not_defined")
     before = filtered._value.get()
-    ledger.assign([("t", 0)])
-    messages = [Message(topic="t", partition=0, offset=n, value=v) for n, v in enumerate(values)]
-    records = ledger.begin(messages, ledger.stamp(messages))
-    await service._handle(records)
+    async with assembled(settings) as (running, sink):
+        sender = running.parts.sender
+        records = begin(running.parts.ledger, values, ("t", 0))
+        await running.handler.handle(records)
     assert filtered._value.get() - before == 3  # no event is sent (what they ask is)
     assert [r.offset for r in records if r.open == 0] == [2]  # the others wait for their changes
     waiting = {kind: lane.items for kind, lane in sender.lanes.items() if lane.items}

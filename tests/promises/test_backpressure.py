@@ -37,9 +37,9 @@ async def test_a_slow_klaviyo_pauses_consumption_and_pending_records_stay_bounde
 
             async def sample() -> None:
                 while True:
-                    ledger, consumer = service._ledger, service._consumer
-                    pending.append(ledger.pending if ledger is not None else 0)
-                    paused.append(consumer is not None and consumer.paused)
+                    running = service.running
+                    pending.append(service.pending)
+                    paused.append(running is not None and running.parts.source.paused)
                     await asyncio.sleep(0)  # after every step of the loop
 
             sampler = asyncio.create_task(sample())

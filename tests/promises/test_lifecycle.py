@@ -415,8 +415,8 @@ def _owners(services: list[Any], topic: str) -> dict[int, Any]:
     return {
         partition: service
         for service in services
-        if service._consumer is not None
-        for (name, partition) in service._consumer.assigned
+        if service.running is not None
+        for (name, partition) in service.running.parts.source.assigned
         if name == topic
     }
 

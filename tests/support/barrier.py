@@ -3,22 +3,16 @@ real SQLite store, an in-memory dead-letter topic; shared by the barrier propert
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-from confluent_kafka import Message
 from hypothesis import strategies as st
 
-from stream.completion.ledger import Ledger
 from stream.core.calls import Record
-from stream.core.retry import RetryPolicy
-from stream.core.settings import SANDBOX_API_KEY, Settings
-from stream.delivery.send import Sender
-from stream.engine.service import Service
+from stream.engine.parts import Parts
 from stream.ops.produce import Encoder
-from stream.state import open_store
 from tests.support.deadletters import DeadLetterSink
+from tests.support.inprocess import assembled, begin, offline_settings
 
 TP = ("calls", 0)
 ENCODER = Encoder()
@@ -91,32 +85,10 @@ def encoded(call: dict[str, Any]) -> bytes | None:
         return None
 
 
-async def run_stage(
-    values: list[bytes],
-) -> tuple[Service, Ledger, Sender, list[Record], DeadLetterSink]:
-    settings = Settings(
-        kafka_bootstrap_servers="127.0.0.1:1",
-        klaviyo_api_key=SANDBOX_API_KEY,
-        state_url="sqlite:///:memory:",
-        metrics_port=0,
-    )
-    service = Service(settings, store=open_store("sqlite:///:memory:"))
-    letters = DeadLetterSink()
-    ledger = Ledger(service._dedup, letters, lambda *_: None, retry=RetryPolicy(0.001))
-    sender = Sender(service_governor(), service._deliver)
-    service._ledger, service._sender = ledger, sender
-    service._loop = asyncio.get_running_loop()
-    ledger.assign([TP])
-    messages = [
-        Message(topic=TP[0], partition=TP[1], offset=n, value=v) for n, v in enumerate(values)
-    ]
-    records = ledger.begin(messages, ledger.stamp(messages))
-    await service._handle(records)
-    await ledger.close(timeout=30)
-    return service, ledger, sender, records, letters
-
-
-def service_governor() -> Any:
-    from stream.klaviyo.governor import Governor
-
-    return Governor({})
+async def run_stage(values: list[bytes]) -> tuple[Parts, list[Record], DeadLetterSink]:
+    """The per-record stage over `values`; the ledger closed after (dead letters written)."""
+    async with assembled(offline_settings()) as (running, letters):
+        records = begin(running.parts.ledger, values, TP)
+        await running.handler.handle(records)
+        await running.parts.ledger.close(timeout=30)
+        return running.parts, records, letters

@@ -19,6 +19,9 @@ class DeadLetterSink:
             raise DeadLetterUnavailable("broker down")
         self.letters.append(letter)
 
+    def close(self, timeout: float = 30.0) -> None:
+        pass
+
     @property
     def reasons(self) -> list[str]:
         """Each letter as `stage: error`."""

@@ -1,0 +1,225 @@
+"""The per-record stages of one fetch: route, decode, deduplicate, process, hand on.
+
+No exception from one record leaves here: bad input and anything unexpected become a dead
+letter with the reason (the per-record barrier), and the fetch goes on. A dependency that
+fails (state store, Schema Registry) makes the stage wait and try again; a stop ends the
+wait (`Interrupted`: what it held is read again by the next run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from stream.completion.ledger import Generation, Outcome
+from stream.core.calls import Call, Record
+from stream.core.errors import (
+    ConfigError,
+    FatalDeliveryError,
+    InternalError,
+    Interrupted,
+    RecordError,
+    StreamError,
+    Unavailable,
+)
+from stream.core.retry import until_available
+from stream.engine.parts import STATE, Parts
+from stream.engine.process import Result
+from stream.intake.decode import Peeked
+from stream.rules.route import Route
+from stream.telemetry import metrics
+
+YIELD_EVERY = 100  # records processed between two turns of the event loop (governor timing)
+MAX_ROUTES = 10_000  # peeked (type, name, integrations) → routing answer, remembered
+MAX_ROUTE_KEY = 1024  # characters of name + integrations beyond which nothing is remembered
+
+
+class Handler:
+    """decode → route → dedup (one store round trip per fetch) → process → send."""
+
+    def __init__(self, parts: Parts) -> None:
+        self._parts = parts
+        self._routes: dict[Peeked, Route | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # records processed again
+
+    async def handle(self, records: list[Record]) -> None:
+        """One fetch's records, each to its outcome or handed to the send stage and gate."""
+        parts = self._parts
+        ledger, decoder, processor = parts.ledger, parts.decoder, parts.processor
+        waiting, stop = parts.health.waiting, parts.stop.asked
+        await until_available(
+            lambda: decoder.prepare(records), "schema registry", waiting=waiting, stop=stop
+        )
+        routed: list[tuple[Call, Record, Route]] = []
+        types: Counter[str] = Counter()
+        reasons: Counter[tuple[str, str]] = Counter()  # filtered: counted once per fetch
+        # With event definitions most records may be for others: route on a peek at the few
+        # fields routing reads (`Decoder.peek`), decode in full only what goes on, and finish
+        # what is filtered together.
+        peek = decoder.peek if processor.router.definitions is not None else None
+        filtered: list[_Finished] = []
+        for record in records:
+            try:
+                route: Route | None = None
+                peeked = peek(record.value, record.headers) if peek is not None else None
+                if peeked is not None:
+                    route = self._peeked_route(peeked)
+                    if route is not None and route.filtered:
+                        types[peeked[0]] += 1
+                        reasons[peeked[0], route.reason or ""] += 1
+                        filtered.append(_Finished([record]))
+                        continue
+                call = decoder.decode(record.value, record.headers)
+                types[call.type] += 1
+                record.message_id = call.message_id
+                if route is None:
+                    route = processor.route(call)
+                    if route.filtered:
+                        reasons[call.type, route.reason or ""] += 1
+                        ledger.processed(record, Outcome.FILTERED)
+                        continue
+            except (ConfigError, FatalDeliveryError):
+                raise
+            except RecordError as exc:
+                ledger.reject(record, exc, exc.stage)
+                continue
+            except Exception as exc:  # the per-record barrier: a record built to hurt
+                ledger.reject(record, internal(exc), "decode")
+                continue
+            routed.append((call, record, route))
+        for call_type, count in types.items():
+            metrics.RECORDS_DECODED.labels(call_type).inc(count)
+        for (call_type, why), count in reasons.items():
+            metrics.RECORDS_FILTERED.labels(call_type, why).inc(count)
+        if filtered:
+            ledger.settle(filtered, Outcome.FILTERED)
+        fresh = await until_available(
+            lambda: parts.dedup.fresh([r for _, r, _ in routed]), STATE, waiting=waiting, stop=stop
+        )
+        for n, ((call, record, route), new) in enumerate(zip(routed, fresh, strict=True)):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let paced requests and their answers go meanwhile
+            if new is not True:
+                record.message_id = None  # not ours to remember: the first copy's
+                if new is False:
+                    ledger.processed(record, Outcome.DUPLICATE)
+                else:
+                    ledger.wait_for(record, new)
+                continue
+            try:  # the usual case: no retry wrapper (a coroutine and a lambda) per record
+                result = self._barrier(call, record, route)
+            except Unavailable as exc:  # a dependency failed: wait it out, this failure first
+                result = await self._process(call, record, route, exc)
+            if result is not None:
+                self._dispatch(record, result)
+
+    def _peeked_route(self, peeked: Peeked) -> Route | None:
+        """`Processor.route_peeked`, remembered for the few distinct (type, name, integrations)
+        a topic carries; odd input never grows the memo."""
+        routes = self._routes
+        if peeked in routes:
+            return routes[peeked]
+        route = self._parts.processor.route_peeked(peeked)
+        name, integrations = peeked[1] or "", peeked[2] or ""
+        if len(routes) < MAX_ROUTES and len(name) + len(integrations) <= MAX_ROUTE_KEY:
+            routes[peeked] = route
+        return route
+
+    async def _process(
+        self, call: Call, record: Record, route: Route | None, failed: Unavailable | None = None
+    ) -> Result | None:
+        """One call through transform → identity → map, behind the per-record barrier: a
+        dependency failure (`failed`: the first one, already seen) waits and tries again (the
+        store's steps are atomic), anything else dead-letters the record (None)."""
+        first = [failed] if failed is not None else []
+
+        def attempt() -> Result | None:
+            if first:
+                raise first.pop()
+            return self._barrier(call, record, route)
+
+        parts = self._parts
+        return await until_available(
+            attempt, STATE, waiting=parts.health.waiting, stop=parts.stop.asked
+        )
+
+    def _barrier(self, call: Call, record: Record, route: Route | None) -> Result | None:
+        try:
+            return self._parts.processor.process(call, record, route)
+        except (Unavailable, ConfigError, FatalDeliveryError):
+            raise
+        except RecordError as exc:
+            self._parts.ledger.reject(record, exc, exc.stage)
+        except Exception as exc:  # the per-record barrier
+            self._parts.ledger.reject(record, internal(exc), "process")
+        return None
+
+    def _dispatch(self, record: Record, result: Result) -> None:
+        """Hand a processed record's items to the send stage, its actions to the gate (all of
+        them to the gate's hold while a deletion it names is under way), its failures to the
+        ledger; then the record is processed."""
+        parts = self._parts
+        ledger, sender, gate = parts.ledger, parts.sender, parts.gate
+        for item in result.released:
+            ledger.adopt(item.records[0])
+            sender.add(item)
+        waits = result.after_erasures  # a deletion it names is in flight: all wait for it
+        gen = record.generation
+        quiet = gen.quiet_until if isinstance(gen, Generation) else 0.0
+        for action in result.actions:  # before the record's items: list changes count them
+            record.open += 1
+            if quiet > action.ready_at:
+                action.ready_at = quiet
+            if not waits:
+                gate.put(action)
+        for item in result.items:
+            record.open += 1
+            if not waits:
+                sender.add(item)
+        if waits:
+            gate.hold(waits, result.items, result.actions)
+        for failure in result.failures:  # a bad order line: a dead letter of its own
+            record.open += 1
+            ledger.fail([failure], failure.error, failure.error.stage)
+        ledger.processed(record, result.outcome)
+
+    def again_soon(self, record: Record) -> None:
+        """Process a record anew, soon (it raced a deletion); its token is open."""
+        task = asyncio.get_running_loop().create_task(self._again(record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _again(self, record: Record) -> None:
+        parts = self._parts
+        decoder = parts.decoder
+        try:
+            await until_available(
+                lambda: decoder.prepare([record]), "schema registry",
+                waiting=parts.health.waiting, stop=parts.stop.asked,
+            )  # fmt: skip
+            call = decoder.decode(record.value, record.headers)
+            result = await self._process(call, record, None)  # routed as on its first reading
+        except RecordError as exc:
+            parts.ledger.reject(record, exc, exc.stage)
+            return
+        except Interrupted:
+            return  # stopping: the record stays unfinished, read again by the next owner
+        if result is not None:
+            self._dispatch(record, result)
+
+
+class _Finished:
+    """A record that ends without items (filtered on its peek), as the ledger settles items."""
+
+    __slots__ = ("records",)
+    label = None
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+
+def internal(exc: Exception) -> InternalError:
+    """An unexpected exception of one record, as the reason of its dead letter."""
+    if isinstance(exc, StreamError):
+        return InternalError(f"{type(exc).__name__}: {exc}"[:2000])
+    return InternalError(f"unexpected {type(exc).__name__}: {str(exc)[:1500]}")

@@ -1,0 +1,126 @@
+"""A batch's trip to Klaviyo and back: the late check, the wire, the outcomes to the ledger.
+
+The send stage calls `deliver` as it takes a batch. Work stamped before a deletion learnt of
+since is judged again first (`admit`); from then until answered the batch is on the wire
+(`Fence`); the gate hears what was answered (erasures settle before their records finish),
+and the ledger gets each item's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+
+from stream.completion.ledger import Outcome, ended
+from stream.core.calls import Record
+from stream.core.errors import ConfigError, FatalDeliveryError, Interrupted
+from stream.core.retry import until_available
+from stream.delivery.actions import ActionBatch
+from stream.delivery.batch import Batch, Item
+from stream.engine.handle import internal
+from stream.engine.parts import STATE, Parts
+from stream.identity.erasure import profile_identifiers
+from stream.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+QUIET = ("deletion", "confirm")  # batches that never make a profile: not on the fence's wire
+
+
+class Outcomes:
+    """Sends batches (for the send stage) and gives their outcomes to the ledger."""
+
+    def __init__(self, parts: Parts, again: Callable[[Record], None]) -> None:
+        self._parts = parts
+        self._again = again  # process a record anew (it raced a deletion)
+
+    async def deliver(self, batch: Batch) -> None:
+        """Send one batch and settle its items."""
+        parts = self._parts
+        ledger, gate = parts.ledger, parts.gate
+        erasure = parts.processor.erasure
+        mark = erasure.mark if erasure is not None else 0  # what `admit` judges against
+        try:
+            admitted = await self.admit(batch, mark)
+        except Interrupted:
+            return  # stopping with the state store down: its records stay unfinished
+        if admitted is None:
+            return
+        batch = admitted
+        fence = parts.fence
+        token = fence.sending(mark) if fence is not None and batch.kind not in QUIET else None
+        try:
+            settlement = await parts.deliverer.send(batch)
+        except (FatalDeliveryError, ConfigError) as exc:
+            parts.stop.fail(exc)
+            return  # its records stay unfinished: read again once the cause is fixed
+        except Exception as exc:
+            log.exception("delivery failed unexpectedly")
+            await gate.answered(batch.items, batch.items)
+            ledger.fail(batch.items, internal(exc), "deliver")
+            return
+        finally:
+            if token is not None and fence is not None:
+                fence.answered(token)
+        if settlement.cancelled:
+            self.cancel(settlement.cancelled)
+        # erasures settled before their records finish
+        failed = [item for failure in settlement.failed for item in failure.items]
+        cancelled = {id(item) for item in settlement.cancelled}
+        try:
+            await gate.answered([i for i in batch.items if id(i) not in cancelled], failed)
+        except Interrupted:
+            return  # stopping with the state store down: its records stay unfinished
+        ledger.settle(settlement.delivered)
+        for failure in settlement.failed:
+            ledger.fail(failure.items, failure.error, failure.stage)
+
+    async def admit(self, batch: Batch, mark: int) -> Batch | None:
+        """The late check (`Erasure.late`): items whose records were judged before a deletion
+        of what they name, up to tombstone mark `mark`, that this replica has read since.
+        Records older than it finish filtered; newer ones are processed again once that erasure
+        is done. The rest goes on (None: nothing is left to send)."""
+        parts = self._parts
+        gone = [item for item in batch.items if ended(item)]
+        if gone:  # its partition moved on past the drain bound: its next owner sends it
+            self.cancel(gone)
+            batch = type(batch)(batch.kind, [i for i in batch.items if i not in gone],
+                                reserved=batch.reserved)  # fmt: skip
+            if not batch.items:
+                return None
+        erasure = parts.processor.erasure
+        if erasure is None or batch.kind in QUIET or not batch.items:
+            return batch
+        if min(r.stamp for item in batch.items for r in item.records) >= mark:
+            return batch  # the usual batch: nothing was deleted since its work began
+        caught: list[Item] = []
+        for item in batch.items:
+            if all(r.stamp >= mark for r in item.records):
+                continue
+            judge = partial(erasure.late, item.records, profile_identifiers(item.profile), mark)
+            verdict = await until_available(
+                judge, STATE, waiting=parts.health.waiting, stop=parts.stop.asked
+            )
+            if verdict is None:
+                continue
+            caught.append(item)
+            for record in verdict.newer:  # it raced the deletion: processed again after it
+                record.open += 1
+                waits = tuple(verdict.waits)
+                parts.gate.hold_call(waits, partial(self._again, record))
+        if not caught:
+            return batch
+        if isinstance(batch, ActionBatch):
+            await parts.gate.answered(caught)
+        parts.ledger.settle(caught, Outcome.FILTERED)
+        rest = [item for item in batch.items if item not in caught]
+        if not rest:
+            return None
+        return type(batch)(batch.kind, rest, reserved=batch.reserved)
+
+    def cancel(self, items: list[Item]) -> None:
+        """Items of a revoked partition: nothing more is attempted here (counted)."""
+        metrics.ITEMS_CANCELLED.labels(items[0].kind).inc(len(items))
+        self._parts.gate.dropped(items)
+        self._parts.ledger.settle(items, Outcome.CANCELLED)
