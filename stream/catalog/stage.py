@@ -185,7 +185,7 @@ class CatalogStage(JobRunning):
             return None
         waiting = slot.waiting
         if waiting is not None and version == waiting.version:  # read again (a rebalance)
-            record.open += 1  # it finishes with that version, never before it
+            self._ledger.expect(record)  # it finishes with that version, never before it
             self.pending += 1
             waiting.records.append(record)
             self._ledger.processed(record)
@@ -197,7 +197,7 @@ class CatalogStage(JobRunning):
         if waiting is not None:  # the newer version takes its place
             self._finish(waiting, "superseded")
             self._settle_later([waiting], Outcome.SUPERSEDED)
-        record.open += 1
+        self._ledger.expect(record)
         self.pending += 1
         slot.waiting = Entry(resource, version, [record], now)
         self._ledger.processed(record)

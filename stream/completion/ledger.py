@@ -235,6 +235,13 @@ class Ledger:
         with self._lock:
             self._pending += 1
 
+    @staticmethod
+    def expect(record: Record, count: int = 1) -> None:
+        """`count` more things must end before `record` finishes: its items and actions,
+        a deletion's confirmation, its processing again. Each ends in `settle`, `fail` or
+        `processed`."""
+        record.open += count
+
     def has_held(self, held_id: str) -> bool:
         """Whether this released held call is being delivered here."""
         return held_id in self._held_open

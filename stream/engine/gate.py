@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 
+from stream.completion.ledger import Ledger
 from stream.core.retry import until_available
 from stream.delivery.actions import Action
 from stream.delivery.batch import Item
@@ -211,7 +212,7 @@ class Gate:
             metrics.DELETIONS.labels("confirmed").inc()
             return
         record = action.records[0]
-        record.open += 1  # the delete call's record waits for the confirmation too
+        Ledger.expect(record)  # the delete call's record waits for the confirmation too
         self.put(Action(
             "confirm", {}, None, [record], person=action.person, label="deletion confirm",
             erasure=action.erasure, lookups=action.lookups, person_ids=action.person_ids,

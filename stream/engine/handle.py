@@ -166,20 +166,18 @@ class Handler:
         waits = result.after_erasures  # a deletion it names is in flight: all wait for it
         gen = record.generation
         quiet = gen.quiet_until if isinstance(gen, Generation) else 0.0
+        ledger.expect(record, len(result.actions) + len(result.items) + len(result.failures))
         for action in result.actions:  # before the record's items: list changes count them
-            record.open += 1
             if quiet > action.ready_at:
                 action.ready_at = quiet
             if not waits:
                 gate.put(action)
         for item in result.items:
-            record.open += 1
             if not waits:
                 sender.add(item)
         if waits:
             gate.hold(waits, result.items, result.actions)
         for failure in result.failures:  # a bad order line: a dead letter of its own
-            record.open += 1
             ledger.fail([failure], failure.error, failure.error.stage)
         ledger.processed(record, result.outcome)
 

@@ -106,7 +106,7 @@ class Outcomes:
                 continue
             caught.append(item)
             for record in verdict.newer:  # it raced the deletion: processed again after it
-                record.open += 1
+                parts.ledger.expect(record)
                 waits = tuple(verdict.waits)
                 parts.gate.hold_call(waits, partial(self._again, record))
         if not caught:

@@ -442,7 +442,7 @@ async def test_case3_a_deletion_waits_for_older_work_on_every_partition_and_repl
         services = [first, second]
 
         async def split() -> bool:
-            return all(s._consumer is not None and s._consumer.assigned for s in services)
+            return all(s.running is not None and s.running.parts.source.assigned for s in services)
 
         await wait_until(split, timeout=60, what="both replicas with partitions")
         publish_to(kafka_bootstrap, topic, [
@@ -480,7 +480,7 @@ async def test_case3_a_deletion_waits_for_older_work_on_every_partition_and_repl
                 services.append(third)
 
                 async def joined() -> bool:
-                    return third._consumer is not None and bool(third._consumer.assigned)
+                    return third.running is not None and bool(third.running.parts.source.assigned)
 
                 await wait_until(joined, timeout=60, what="the third replica's partitions")
                 assert not [r for r in await requests(url) if r["path"] == DELETION]
@@ -571,8 +571,9 @@ async def test_case7_a_revoked_partitions_requests_never_land_after_the_new_owne
             awaiting = [0.0]
 
             async def all_done() -> bool:
-                gate = second._gate  # the gauge is shared by both members in this process
-                if gate is not None:
+                # the gauge is shared by both members in this process: read the new owner's gate
+                if second.running is not None:
+                    gate = second.running.parts.gate
                     now = time.monotonic()
                     quiet = [a for a in gate._blocked.values() if a.ready_at > now]
                     awaiting[0] = max(awaiting[0], len(quiet))

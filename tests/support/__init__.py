@@ -27,15 +27,16 @@ def free_port() -> int:
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]],
+    condition: Callable[[], Awaitable[bool] | bool],
     timeout: float = 120.0,
     what: str = "condition",
     poll: float = 0.1,
 ) -> None:
-    """Poll an async condition until true; fail with `what` after `timeout` seconds."""
+    """Poll a condition (async or not) until true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await condition():
+        met = condition()
+        if met if isinstance(met, bool) else await met:
             return
         await asyncio.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
