@@ -120,11 +120,11 @@ class ActionLane(Lane):
         return min(self._groups, key=lambda key: self._groups[key].opened)
 
     @property
-    def next_size(self) -> int:
+    def next_batch(self) -> Batch | None:
         if self._full:
-            return len(self._full[0])
+            return self._full[0]
         key = self._oldest_open()
-        return len(self._groups[key]) if key is not None else 0
+        return self._groups[key] if key is not None else None
 
     def take(self) -> Batch | None:
         if self._full:

@@ -316,11 +316,15 @@ class Lane:
         return self._open.opened if self._open is not None else None
 
     @property
+    def next_batch(self) -> Batch | None:
+        """The batch `take` would return now (still filling when it is the open one)."""
+        return self._full[0] if self._full else self._open
+
+    @property
     def next_size(self) -> int:
         """Items of the batch `take` would return now."""
-        if self._full:
-            return len(self._full[0])
-        return len(self._open) if self._open is not None else 0
+        batch = self.next_batch
+        return len(batch) if batch is not None else 0
 
     def take(self) -> Batch | None:
         """The oldest full batch, else the open one (closed now); its upserts are in flight."""

@@ -15,7 +15,8 @@ profile ids it needs come from the profile-import answers seen here).
 Every request, merges and import-job polls included, goes through `request`: paced by the
 rate-limit governor, counted against `max_in_flight` only while it is on the wire, retried. A
 batch whose send slot the send stage already reserved (`Batch.reserved`) spends that slot on its
-first request to that endpoint instead of reserving another.
+first request to that endpoint instead of reserving another; where each request goes is
+`stream.delivery.endpoints`' decision, the one the send stage reserved by.
 """
 
 from __future__ import annotations
@@ -45,22 +46,18 @@ from stream.core.errors import (
 )
 from stream.core.retry import RetryPolicy
 from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch, Item, Kind
+from stream.delivery.batch import Batch, Item
 from stream.delivery.deliver_actions import ActionSender
+from stream.delivery.endpoints import endpoint_for
 from stream.klaviyo import mapping
 from stream.klaviyo.client import (
     CLIENT_EVENTS,
-    CLIENT_EVENTS_BULK,
     CLIENT_PROFILES,
     EVENTS,
-    EVENTS_BULK,
     PROFILE_IMPORT,
-    PROFILES_BULK,
     KlaviyoClient,
     Response,
 )
-from stream.klaviyo.consent import ENDPOINTS as ACTION_ENDPOINTS
-from stream.klaviyo.consent import endpoint_of
 from stream.klaviyo.governor import Governor
 from stream.klaviyo.importjob import import_failures
 from stream.klaviyo.merge import (
@@ -74,7 +71,6 @@ from stream.telemetry import metrics
 log = logging.getLogger(__name__)
 
 MERGE_ATTEMPTS = 3
-SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
 # The endpoint whose slot the batch being sent (in this task) holds already, until spent.
 _RESERVED: contextvars.ContextVar[str | None] = contextvars.ContextVar("reserved", default=None)
 # The batch being sent (in this task): a retry first asks whether its partitions moved on.
@@ -90,19 +86,6 @@ _BULK_POINTER = re.compile(
 
 # (our profile's identifiers, another Klaviyo profile's) -> one person in our identity graph?
 SamePerson = Callable[[dict[str, Any], dict[str, str]], bool]
-
-
-def endpoint_for(kind: Kind, size: int, client_mode: bool = False) -> str:
-    """The endpoint a batch of `size` items of `kind` is sent to (the governor's budget)."""
-    if kind in ACTION_ENDPOINTS:  # consent, lists, deletion: one budget per kind
-        return endpoint_of(kind, client_mode)
-    if client_mode:
-        if kind == "profiles":
-            return CLIENT_PROFILES
-        return CLIENT_EVENTS if size <= 1 else CLIENT_EVENTS_BULK
-    if kind == "events":
-        return EVENTS if size <= 1 else EVENTS_BULK
-    return PROFILE_IMPORT if size <= SMALL_PROFILE_BATCH else PROFILES_BULK
 
 
 @dataclass(slots=True)
@@ -192,46 +175,49 @@ class Deliverer:
     # client-side mode -------------------------------------------------------------------
 
     async def _client_side(self, items: list[Item], out: Settlement) -> None:
-        """/client/ endpoints: profiles one by one, events one by one or bulk per profile."""
+        """/client/ endpoints: profiles one by one, events one request per profile (its group)."""
         for group in _group(items):
             first = group[0]
-            if first.event is None:
+            endpoint = endpoint_for(first.kind, len(group), client_mode=True)
+            if endpoint == CLIENT_PROFILES:
                 for item in group:
                     body = mapping.profile_import_body(item.profile, item.meta)
-                    await self._deliver(CLIENT_PROFILES, body, [item], out)
-            elif len(group) == 1:
+                    await self._deliver(endpoint, body, [item], out)
+            elif endpoint == CLIENT_EVENTS:
+                assert first.event is not None
                 body = mapping.single_event_body(first.event, first.profile)
-                await self._deliver(CLIENT_EVENTS, body, group, out)
+                await self._deliver(endpoint, body, group, out)
             else:
                 events = [i.event for i in group if i.event is not None]
                 body = mapping.client_bulk_events_body(first.profile, events)
                 try:
-                    await self._post(CLIENT_EVENTS_BULK, body, len(group))
+                    await self._post(endpoint, body, len(group))
                 except InvalidRequest as exc:
                     await self._bisect(group, exc, self._client_side, out)
                     continue
                 except KlaviyoError as exc:
                     out.fail(group, exc, "deliver")
                     continue
-                out.done(group, CLIENT_EVENTS_BULK)
+                out.done(group, endpoint)
 
     # events -----------------------------------------------------------------------------
 
     async def _events(self, items: list[Item], out: Settlement) -> None:
         if not items:
             return
-        if len(items) == 1:
+        endpoint = endpoint_for("events", len(items))
+        if endpoint == EVENTS:  # a single event
             item = items[0]
             assert item.event is not None
             body = mapping.single_event_body(item.event, item.profile)
-            await self._deliver(EVENTS, body, items, out)
+            await self._deliver(endpoint, body, items, out)
             return
         groups = _group(items)
         body = mapping.bulk_events_body(
             [(g[0].profile, [orjson.Fragment(i.encoded) for i in g]) for g in groups]
         )
         try:
-            await self._post(EVENTS_BULK, body, len(items))
+            await self._post(endpoint, body, len(items))
         except InvalidRequest as exc:
             bad = _bad_entries(exc, groups)
             if bad:
@@ -244,19 +230,20 @@ class Deliverer:
         except KlaviyoError as exc:
             out.fail(items, exc, "deliver")
             return
-        out.done(items, EVENTS_BULK)
+        out.done(items, endpoint)
 
     # profiles ---------------------------------------------------------------------------
 
     async def _profiles(self, items: list[Item], out: Settlement) -> None:
-        if len(items) <= SMALL_PROFILE_BATCH:
+        endpoint = endpoint_for("profiles", len(items))
+        if endpoint == PROFILE_IMPORT:  # a few profiles: one by one
             for item in items:
                 body = mapping.profile_import_body(item.profile, item.meta)
-                await self._deliver(PROFILE_IMPORT, body, [item], out)
+                await self._deliver(endpoint, body, [item], out)
             return
         body = mapping.bulk_profiles_body([i.profile for i in items], [i.meta for i in items])
         try:
-            response = await self._post(PROFILES_BULK, body, len(items))
+            response = await self._post(endpoint, body, len(items))
         except InvalidRequest as exc:
             await self._bisect(items, exc, self._profiles, out)
             return
@@ -275,10 +262,10 @@ class Deliverer:
             if failures[index].code == "duplicate_profile":
                 # a split person: the single upsert answers 409 synchronously and heals it
                 body = mapping.profile_import_body(items[index].profile, items[index].meta)
-                await self._deliver(PROFILE_IMPORT, body, [items[index]], out)
+                await self._deliver(endpoint_for("profiles", 1), body, [items[index]], out)
             else:
                 out.fail([items[index]], failures[index], "import-job")
-        out.done([item for i, item in enumerate(items) if i not in failed], PROFILES_BULK)
+        out.done([item for i, item in enumerate(items) if i not in failed], endpoint)
 
     # shared -----------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from stream.core.errors import (
 )
 from stream.delivery.actions import Action, ActionBatch
 from stream.delivery.batch import Item
+from stream.delivery.endpoints import endpoint_for
 from stream.klaviyo import consent as bodies
 from stream.klaviyo.catalog import back_in_stock_body
 from stream.klaviyo.client import PROFILE_IMPORT, PROFILES, Requester, Response
@@ -88,7 +89,7 @@ class ActionSender:
         """Deliver one batch of one kind and request group."""
         actions = batch.actions
         kind = batch.kind
-        endpoint = bodies.endpoint_of(kind, self._client_mode)
+        endpoint = endpoint_for(kind, len(actions), self._client_mode)
         if kind == "subscribe" and self._client_mode:
             first = actions[0]
             assert first.list_id is not None  # refused before it became an action

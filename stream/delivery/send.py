@@ -4,7 +4,8 @@ A batch leaves only when a send slot exists for it: while the rate-limit governo
 for the lane's endpoint, or all of the lane's in-flight permits are taken, the batch stays open
 and keeps filling (up to 1,000 events / 5 MB), so the request that finally goes carries
 everything that arrived meanwhile. The slot is reserved as the batch is taken (`Batch.reserved`,
-spent by its first request), so the next batch waits for the slot after it. `linger` is the
+spent by its first request: `stream.delivery.endpoints` says where that goes), so the next batch
+waits for the slot after it. `linger` is the
 longest a batch waits to fill when a slot is free. `hurry()` sends what waits without lingering
 (a revoked partition drains, shutdown). Time is `clock` and `sleep` (tests move their own).
 """
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from stream.delivery.actions import action_lanes
 from stream.delivery.batch import Batch, Item, Kind, Lane
-from stream.delivery.deliver import endpoint_for
+from stream.delivery.endpoints import first_endpoint
 from stream.klaviyo.governor import Governor
 
 Deliver = Callable[[Batch], Awaitable[None]]
@@ -129,7 +130,9 @@ class Sender:
             await permits.acquire()
             try:
                 while True:  # no slot yet: the batch keeps filling meanwhile
-                    endpoint = endpoint_for(kind, lane.next_size, self._client_mode)
+                    waiting = lane.next_batch
+                    items = waiting.items if waiting is not None else []
+                    endpoint = first_endpoint(kind, items, self._client_mode)
                     wait = self._governor.delay(endpoint)
                     if wait <= 0:
                         break
