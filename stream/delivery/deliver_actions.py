@@ -16,7 +16,7 @@ ending delivered or failed (the deliver stage's `Settlement`, through `done` and
   many erasures at once) and deletes again, by id, each profile it finds (`found`); the gate
   asks for another round until none is found, and the last round's finding is a failure
   (`DeletionNotConfirmed`, a dead letter).
-Every request goes through the deliver stage's paced, retried `request`.
+Every request is the batch's own (`stream.delivery.requests.BatchRequests`): paced, retried.
 """
 
 from __future__ import annotations
@@ -62,17 +62,11 @@ class ActionSender:
     """Sends action batches; remembers the profile ids upsert answers give (`learn`)."""
 
     def __init__(
-        self,
-        request: Requester,
-        *,
-        client_mode: bool = False,
-        confirm_rounds: int = 3,
-        stale_after: float = 3600.0,
+        self, *, client_mode: bool = False, confirm_rounds: int = 3, stale_after: float = 3600.0
     ) -> None:
-        self._request = request
-        self._client_mode = client_mode
-        self._confirm_rounds = confirm_rounds
-        self._stale_after = stale_after
+        self.client_mode = client_mode
+        self.confirm_rounds = confirm_rounds
+        self.stale_after = stale_after
         self.profile_ids: dict[str, str] = {}
 
     def learn(self, person: str | None, response: Response) -> None:
@@ -84,6 +78,23 @@ class ActionSender:
             if len(self.profile_ids) >= MAX_KNOWN_IDS:
                 self.profile_ids.clear()
             self.profile_ids[person] = data["id"]
+
+    async def send(self, batch: ActionBatch, request: Requester, done: Done, fail: Fail) -> None:
+        """Deliver one batch of one kind and request group, each of its requests made by
+        `request` (the batch's own: `stream.delivery.requests.BatchRequests`)."""
+        await _Sending(self, request).send(batch, done, fail)
+
+
+class _Sending:
+    """One action batch on its way: its requests, and the sender's settings and memory."""
+
+    def __init__(self, sender: ActionSender, request: Requester) -> None:
+        self._request = request
+        self._client_mode = sender.client_mode
+        self._confirm_rounds = sender.confirm_rounds
+        self._stale_after = sender.stale_after
+        self.profile_ids = sender.profile_ids  # shared: what one batch learns, the next knows
+        self.learn = sender.learn
 
     async def send(self, batch: ActionBatch, done: Done, fail: Fail) -> None:
         """Deliver one batch of one kind and request group."""
