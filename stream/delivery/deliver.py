@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from stream.core.errors import (
 )
 from stream.core.retry import RetryPolicy
 from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch, Item
+from stream.delivery.batch import Batch, Item, Sendable
 from stream.delivery.deliver_actions import ActionSender
 from stream.delivery.endpoints import endpoint_for
 from stream.delivery.requests import BatchRequests, PartitionMoved, Requests
@@ -74,7 +74,7 @@ SamePerson = Callable[[dict[str, Any], dict[str, str]], bool]
 class Failure:
     """Items that cannot be sent, why, and the stage their dead letters name."""
 
-    items: list[Item]
+    items: list[Sendable]
     error: BaseException
     stage: str
 
@@ -84,16 +84,16 @@ class Settlement:
     """What became of a batch's items: each is in exactly one of the three lists (`cancelled`:
     its partition was revoked past the drain bound while it waited to be tried again)."""
 
-    delivered: list[Item] = field(default_factory=list)
+    delivered: list[Sendable] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
-    cancelled: list[Item] = field(default_factory=list)
+    cancelled: list[Sendable] = field(default_factory=list)
 
-    def done(self, items: list[Item], endpoint: str) -> None:
+    def done(self, items: Sequence[Sendable], endpoint: str) -> None:
         metrics.RECORDS_SENT.labels(endpoint).inc(len(items))
         self.delivered.extend(items)
 
-    def fail(self, items: list[Item], error: BaseException, stage: str) -> None:
-        self.failed.append(Failure(items, error, stage))
+    def fail(self, items: Sequence[Sendable], error: BaseException, stage: str) -> None:
+        self.failed.append(Failure(list(items), error, stage))
 
 
 class Deliverer:
@@ -127,7 +127,9 @@ class Deliverer:
         operator tools); raises as `Requests.request`."""
         return await self._requests.request(method, path, body, budget=budget)
 
-    async def send(self, batch: Batch, out: Settlement | None = None) -> Settlement:
+    async def send(
+        self, batch: Batch | ActionBatch, out: Settlement | None = None
+    ) -> Settlement:
         """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service).
 
         A retry is never attempted for an item whose partition was revoked past the drain
@@ -145,14 +147,13 @@ class Deliverer:
             else:
                 await self._profiles(requests, batch.items, out)
         except PartitionMoved:
-            settled = {id(i) for i in out.delivered} | {
-                id(i) for f in out.failed for i in f.items
-            }
-            rest = [item for item in batch.items if id(item) not in settled]
-            out.cancelled += [item for item in rest if ended(item)]
-            alive = [item for item in rest if not ended(item)]
-            if alive:
-                await self.send(type(batch)(batch.kind, alive), out)
+            settled = [*out.delivered, *(item for f in out.failed for item in f.items)]
+            moved = [item for item in batch.without(settled).items if ended(item)]
+            out.cancelled += moved
+            alive = batch.without([*settled, *moved])
+            alive.reserved = None  # that slot was this try's: the next takes its own
+            if alive.items:
+                await self.send(alive, out)
         return out
 
     # client-side mode -------------------------------------------------------------------

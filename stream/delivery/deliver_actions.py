@@ -36,7 +36,7 @@ from stream.core.errors import (
     KlaviyoError,
 )
 from stream.delivery.actions import Action, ActionBatch
-from stream.delivery.batch import Item
+from stream.delivery.batch import Sendable
 from stream.delivery.endpoints import endpoint_for
 from stream.klaviyo import consent as bodies
 from stream.klaviyo.catalog import back_in_stock_body
@@ -48,8 +48,8 @@ from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-Done = Callable[[list[Item], str], None]
-Fail = Callable[[list[Item], BaseException, str], None]
+Done = Callable[[Sequence[Sendable], str], None]
+Fail = Callable[[Sequence[Sendable], BaseException, str], None]
 Body = Callable[[list[Action]], dict[str, Any]]
 
 _PROFILE_ENTRY = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
@@ -335,7 +335,7 @@ class _Sending:
                     subscriptions = attributes.get("subscriptions") or {}
                     held[(channel, str(value))] = subscriptions.get(channel) or {}
         out: list[Action] = []
-        skipped: list[Item] = []
+        skipped: list[Action] = []
         for action in actions:
             if action not in stale:
                 out.append(action)

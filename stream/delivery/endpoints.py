@@ -8,9 +8,8 @@ same functions, so the slot reserved is the slot the first request spends.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
-from stream.delivery.batch import Kind
+from stream.delivery.batch import Kind, Sendable
 from stream.klaviyo.client import (
     CLIENT_EVENTS,
     CLIENT_EVENTS_BULK,
@@ -24,11 +23,6 @@ from stream.klaviyo.consent import ENDPOINTS as ACTION_ENDPOINTS
 from stream.klaviyo.consent import endpoint_of
 
 SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
-
-
-class _Grouped(Protocol):
-    @property
-    def group_key(self) -> str: ...
 
 
 def endpoint_for(kind: Kind, size: int, client_mode: bool = False) -> str:
@@ -45,7 +39,7 @@ def endpoint_for(kind: Kind, size: int, client_mode: bool = False) -> str:
     return PROFILE_IMPORT if size <= SMALL_PROFILE_BATCH else PROFILES_BULK
 
 
-def first_endpoint(kind: Kind, items: Sequence[_Grouped], client_mode: bool = False) -> str:
+def first_endpoint(kind: Kind, items: Sequence[Sendable], client_mode: bool = False) -> str:
     """The endpoint of the first request of a batch of `items`: in client mode events go one
     request per profile (its group), so the first group's size decides."""
     size = len(items)

@@ -17,12 +17,12 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from stream.delivery.actions import action_lanes
+from stream.delivery.actions import Action, ActionBatch, ActionLane, action_lanes
 from stream.delivery.batch import Batch, Item, Kind, Lane
 from stream.delivery.endpoints import first_endpoint
 from stream.klaviyo.governor import Governor
 
-Deliver = Callable[[Batch], Awaitable[None]]
+Deliver = Callable[[Batch | ActionBatch], Awaitable[None]]
 
 
 class Sender:
@@ -41,11 +41,12 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.lanes: dict[Kind, Lane] = {
+        self._items: dict[Kind, Lane] = {
             "events": Lane("events", max_events, clock=clock),
             "profiles": Lane("profiles", max_profiles, clock=clock),
-            **action_lanes(client_mode, clock),  # consent, lists, deletion: a lane per kind
         }
+        self._actions = action_lanes(client_mode, clock)  # consent, lists, deletion: one a kind
+        self.lanes: dict[Kind, Lane | ActionLane] = {**self._items, **self._actions}
         self._governor = governor
         self._deliver = deliver
         self._linger = linger_seconds
@@ -61,13 +62,15 @@ class Sender:
         self._sending: set[asyncio.Task[None]] = set()
         self._pumps: list[asyncio.Task[None]] = []
 
-    def add(self, item: Item) -> None:
-        """Queue one item in its lane."""
+    def add(self, item: Item | Action) -> None:
+        """Queue one item (or action) in its lane."""
         kind = item.kind
-        lane = self.lanes[kind]
-        lane.add(item)
+        if isinstance(item, Action):
+            self._actions[kind].add(item)
+        else:
+            self._items[kind].add(item)
         self._arrived[kind].set()
-        if lane.full:
+        if self.lanes[kind].full:
             self._urgent[kind].set()
 
     def hurry(self) -> None:
@@ -163,7 +166,9 @@ class Sender:
             waiter.cancel()
             sleeper.cancel()
 
-    async def _send(self, lane: Lane, batch: Batch, permits: asyncio.Semaphore) -> None:
+    async def _send(
+        self, lane: Lane | ActionLane, batch: Batch | ActionBatch, permits: asyncio.Semaphore
+    ) -> None:
         try:
             await self._deliver(batch)
         finally:

@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -44,7 +44,7 @@ from stream.core.errors import (
 from stream.core.retry import until_available
 from stream.core.settings import Settings, require_klaviyo_credentials
 from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch, Item
+from stream.delivery.batch import Batch, Sendable
 from stream.delivery.deliver import Deliverer
 from stream.delivery.send import Sender
 from stream.engine.gate import Gate
@@ -500,7 +500,7 @@ class Service:
             self._ledger.reject(record, _internal(exc), "process")
         return None
 
-    async def _deliver(self, batch: Batch) -> None:
+    async def _deliver(self, batch: Batch | ActionBatch) -> None:
         """Send one batch (the send stage calls this, as it takes it) and give its outcomes to
         the ledger. Work stamped before a deletion learnt of since is judged again first
         (`_admit`); from then until answered the batch is on the wire (`Fence`)."""
@@ -548,7 +548,7 @@ class Service:
         for failure in settlement.failed:
             self._ledger.fail(failure.items, failure.error, failure.stage)
 
-    async def _admit(self, batch: Batch, mark: int) -> Batch | None:
+    async def _admit(self, batch: Batch | ActionBatch, mark: int) -> Batch | ActionBatch | None:
         """The late check (`Erasure.late`): items whose records were judged before a deletion
         of what they name, up to tombstone mark `mark`, that this replica has read since.
         Records older than it finish filtered; newer ones are processed again once that erasure
@@ -556,8 +556,7 @@ class Service:
         gone = [item for item in batch.items if ended(item)]
         if gone:  # its partition moved on past the drain bound: its next owner sends it
             self._cancel(gone)
-            batch = type(batch)(batch.kind, [i for i in batch.items if i not in gone],
-                                reserved=batch.reserved)  # fmt: skip
+            batch = batch.without(gone)
             if not batch.items:
                 return None
         erasure = self._processor.erasure
@@ -566,7 +565,7 @@ class Service:
         if min(r.stamp for item in batch.items for r in item.records) >= mark:
             return batch  # the usual batch: nothing was deleted since its work began
         assert self._ledger is not None
-        caught: list[Item] = []
+        caught: list[Sendable] = []
         for item in batch.items:
             if all(r.stamp >= mark for r in item.records):
                 continue
@@ -586,12 +585,10 @@ class Service:
         if self._gate is not None and isinstance(batch, ActionBatch):
             await self._gate.answered(caught)
         self._ledger.settle(caught, Outcome.FILTERED)
-        rest = [item for item in batch.items if item not in caught]
-        if not rest:
-            return None
-        return type(batch)(batch.kind, rest, reserved=batch.reserved)
+        rest = batch.without(caught)
+        return rest if rest.items else None
 
-    def _cancel(self, items: list[Item]) -> None:
+    def _cancel(self, items: Sequence[Sendable]) -> None:
         """Items of a revoked partition: nothing more is attempted here (counted)."""
         assert self._ledger is not None
         metrics.ITEMS_CANCELLED.labels(items[0].kind).inc(len(items))
