@@ -6,15 +6,20 @@ suppression, a list membership, a deletion by one identifier. They travel like e
 profile upserts (send stage, deliver stage, the ledger's outcomes and dead letters, labelled by
 what they are) in lanes of their own (`ActionLane`): one per kind, each batch holding the
 entries one request can take (same list, same live or historical import, up to Klaviyo's count).
+`Action`, `ActionBatch` and `ActionLane` are siblings of `stream.delivery.batch`'s `Item`,
+`Batch` and `Lane`: what the send stage, the gate and the ledger read of either is `Sendable`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from stream.delivery.batch import Batch, Item, Kind, Lane
+from stream.core.calls import Record
+from stream.delivery.batch import Kind, Sendable
 from stream.klaviyo.consent import ENDPOINTS, most_per_request
 
 ACTION_KINDS: tuple[Kind, ...] = (
@@ -24,11 +29,14 @@ ACTION_KINDS: tuple[Kind, ...] = (
 
 
 @dataclass(slots=True, eq=False)
-class Action(Item):
+class Action:
     """One change for one person: `kind` (see ACTION_KINDS), `profile` its identifiers as
-    Klaviyo attributes (email, phone_number, external_id; strongest first), `person` whom the
-    send stage keeps in order (an identity-graph id, or the erasure's), `records` the record it
-    finishes, `label` its name in a dead letter (`subscribe email,sms`, `list add Xy12Ab`).
+    Klaviyo attributes (email, phone_number, external_id; strongest first), `event` always None
+    (an action sends no event; it is built with an item's arguments), `records` the record it
+    finishes, `group_key` the request it can share (same list, same live or historical import,
+    same source; computed here unless given), `person` whom the send stage keeps in order (an
+    identity-graph id, or the erasure's), `label` its name in a dead letter (`subscribe
+    email,sms`, `list add Xy12Ab`).
 
     `channels`: (un)subscribe's channels; `list_id`: a subscription's list, or the list joined
     or left; `consented_at`: a backfill subscription's consent time (historical import);
@@ -46,6 +54,13 @@ class Action(Item):
     replica was just given: once the previous owner's requests can no longer land).
     """
 
+    kind: Kind
+    profile: dict[str, Any]
+    event: None
+    records: list[Record]
+    group_key: str = ""
+    person: str | None = None
+    label: str | None = None
     channels: tuple[str, ...] = ()
     list_id: str | None = None
     consented_at: str | None = None
@@ -64,51 +79,78 @@ class Action(Item):
         if not self.group_key:  # the request it can share: same list, same kind of import
             historical = "historical" if self.consented_at is not None else "live"
             self.group_key = f"{self.list_id or ''}|{historical}|{self.source}"
-        self.size = 1
 
 
 @dataclass(slots=True, eq=False)
-class ActionBatch(Batch):
-    """Actions bound for one request (one kind, one request group); `size` is their count."""
+class ActionBatch:
+    """Actions bound for one request (one kind, one request group); `reserved` as
+    `Batch.reserved`: the endpoint whose send slot the send stage reserved for it."""
+
+    kind: Kind
+    items: list[Action] = field(default_factory=list)
+    opened: float = field(default_factory=time.monotonic)
+    reserved: str | None = None
 
     def __post_init__(self) -> None:
-        given, self.items = self.items, []
-        for item in given:
-            self.put(item)
+        self.items = list(self.items)  # never the caller's list
 
-    def put(self, item: Item) -> None:
-        self.items.append(item)
-        self.size = len(self.items)
+    def put(self, action: Action) -> None:
+        self.items.append(action)
+
+    def without(self, items: Iterable[Sendable]) -> ActionBatch:
+        """This batch less `items` (same kind, same reserved slot)."""
+        gone = {id(item) for item in items}
+        kept = [action for action in self.items if id(action) not in gone]
+        return ActionBatch(self.kind, kept, reserved=self.reserved)
 
     @property
     def actions(self) -> list[Action]:
-        """The batch's items as actions (all of them are)."""
-        return [item for item in self.items if isinstance(item, Action)]
+        """The batch's actions (its items)."""
+        return self.items
+
+    @property
+    def records(self) -> list[Record]:
+        return [r for action in self.items for r in action.records]
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
-class ActionLane(Lane):
+class ActionLane:
     """Collects one kind of action into batches, one open batch per request group, closed at
     Klaviyo's count per request; `take` gives the oldest full batch, else the oldest open one.
-    Order per person is the gate's (`stream.engine.gate`): at most one action per person is here."""
+    Order per person is the gate's (`stream.engine.gate`): at most one action per person is here,
+    so nothing parks (unlike `Lane`'s upserts)."""
 
     def __init__(
         self, kind: Kind, max_items: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        super().__init__(kind, max_items, clock=clock)
+        self.kind = kind
+        self._max_items = max_items
+        self._clock = clock  # the send stage's: when a batch was opened
         self._groups: dict[str, ActionBatch] = {}  # open batches by request group
+        self._full: deque[ActionBatch] = deque()
+        self.items = 0  # actions waiting in the open and full batches
 
-    def add(self, item: Item) -> None:
-        batch = self._groups.get(item.group_key)
+    def add(self, action: Action) -> None:
+        """Add one action to its request group's open batch (closed once full)."""
+        batch = self._groups.get(action.group_key)
         if batch is None:
-            batch = self._groups[item.group_key] = ActionBatch(self.kind, opened=self._clock())
-        batch.put(item)
+            batch = self._groups[action.group_key] = ActionBatch(self.kind, opened=self._clock())
+        batch.put(action)
         self.items += 1
         if len(batch) >= self._max_items:
-            del self._groups[item.group_key]
+            del self._groups[action.group_key]
             self._full.append(batch)
 
     @property
+    def full(self) -> bool:
+        """A batch is waiting that cannot grow any more."""
+        return bool(self._full)
+
+    @property
     def opened(self) -> float | None:
+        """When the oldest waiting batch was opened (monotonic); None when nothing waits."""
         times = [batch.opened for batch in self._groups.values()]
         if self._full:
             times.append(self._full[0].opened)
@@ -120,15 +162,23 @@ class ActionLane(Lane):
         return min(self._groups, key=lambda key: self._groups[key].opened)
 
     @property
-    def next_size(self) -> int:
+    def next_batch(self) -> ActionBatch | None:
+        """The batch `take` would return now."""
         if self._full:
-            return len(self._full[0])
+            return self._full[0]
         key = self._oldest_open()
-        return len(self._groups[key]) if key is not None else 0
+        return self._groups[key] if key is not None else None
 
-    def take(self) -> Batch | None:
+    @property
+    def next_size(self) -> int:
+        """Actions of the batch `take` would return now."""
+        batch = self.next_batch
+        return len(batch) if batch is not None else 0
+
+    def take(self) -> ActionBatch | None:
+        """The oldest full batch, else the oldest open one (closed now)."""
         if self._full:
-            batch: Batch = self._full.popleft()
+            batch = self._full.popleft()
         else:
             key = self._oldest_open()
             if key is None:
@@ -137,13 +187,25 @@ class ActionLane(Lane):
         self.items -= len(batch.items)
         return batch
 
-    def done(self, batch: Batch) -> None:
+    def done(self, batch: object) -> None:
         """Nothing waits on an answer here (the gate keeps each person in order)."""
+
+    @property
+    def parked(self) -> int:
+        """Actions waiting for an answer before they may join a batch: none (see above)."""
+        return 0
+
+    def drain(self) -> list[ActionBatch]:
+        """Every waiting batch, oldest first (tests and the synchronous tools)."""
+        out = []
+        while (batch := self.take()) is not None:
+            out.append(batch)
+        return out
 
 
 def action_lanes(
     client_mode: bool = False, clock: Callable[[], float] = time.monotonic
-) -> Mapping[Kind, Lane]:
+) -> Mapping[Kind, ActionLane]:
     """One lane per action kind, each sized to its endpoint's most entries per request."""
     assert set(ACTION_KINDS) == set(ENDPOINTS)
     return {

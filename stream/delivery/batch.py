@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -63,6 +63,31 @@ def encode(value: Any) -> bytes:
         return memoryview(orjson.dumps(value)).tobytes()  # orjson's own reserves ~4 KiB
     except TypeError as exc:
         raise MappingError(f"cannot be encoded as JSON: {exc}") from None
+
+
+class Sendable(Protocol):
+    """What the send stage, the deliverer's settlement, the consent gate and the completion
+    ledger read of anything a batch carries: an event or profile upsert (`Item`), or a consent,
+    list or deletion action (`stream.delivery.actions.Action`). `group_key` is what a lane
+    groups it by: an event's profile, an action's request group."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def profile(self) -> dict[str, Any]: ...
+
+    @property
+    def records(self) -> list[Record]: ...
+
+    @property
+    def person(self) -> str | None: ...
+
+    @property
+    def label(self) -> str | None: ...
+
+    @property
+    def group_key(self) -> str: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -195,6 +220,12 @@ class Batch:
             self.groups[old.group_key] = group
         self.groups.setdefault(item.group_key, []).append(item)
 
+    def without(self, items: Iterable[Sendable]) -> Batch:
+        """This batch less `items` (same kind, same reserved slot; sizes accounted anew)."""
+        gone = {id(item) for item in items}
+        kept = [item for item in self.items if id(item) not in gone]
+        return Batch(self.kind, kept, reserved=self.reserved)
+
     @property
     def records(self) -> list[Record]:
         return [r for item in self.items for r in item.records]
@@ -316,11 +347,15 @@ class Lane:
         return self._open.opened if self._open is not None else None
 
     @property
+    def next_batch(self) -> Batch | None:
+        """The batch `take` would return now (still filling when it is the open one)."""
+        return self._full[0] if self._full else self._open
+
+    @property
     def next_size(self) -> int:
         """Items of the batch `take` would return now."""
-        if self._full:
-            return len(self._full[0])
-        return len(self._open) if self._open is not None else 0
+        batch = self.next_batch
+        return len(batch) if batch is not None else 0
 
     def take(self) -> Batch | None:
         """The oldest full batch, else the open one (closed now); its upserts are in flight."""
@@ -341,9 +376,10 @@ class Lane:
             self._flying[id(batch)] = flying
         return batch
 
-    def done(self, batch: Batch) -> None:
-        """`batch` has its answer: its keys may be sent again; parked upserts move on, in
-        order (one sharing a key with an earlier parked one keeps waiting behind it)."""
+    def done(self, batch: object) -> None:
+        """`batch` (one `take` gave) has its answer: its keys may be sent again; parked upserts
+        move on, in order (one sharing a key with an earlier parked one keeps waiting behind
+        it)."""
         for key in self._flying.pop(id(batch), ()):
             left = self._in_flight[key] - 1
             if left:

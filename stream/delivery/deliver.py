@@ -3,30 +3,26 @@
 `Deliverer.send(batch)` returns a `Settlement`: the items Klaviyo accepted and the ones that
 failed, with the error and the stage to name in their dead letters. The completion ledger acts on
 it; the deliverer never calls back into the service.
-- retriable answers (429, 5xx, timeouts, dropped connections): exponential backoff with jitter
-  (`stream.core.retry`), `Retry-After` honoured, bounded in attempts and time;
+- what an error answer does (retried with backoff or after `Retry-After`, failed, or stopping
+  the service: `FatalDeliveryError`, `RevisionRefused`) is the one table of
+  `stream.delivery.reactions`; retries are bounded in attempts and time (`stream.core.retry`);
 - a 400 on a bulk request: the entries its JSON pointers name fail and the rest is resent; a
-  400 without a usable pointer is bisected until the bad record is alone;
-- a 400 naming a header or query parameter (a wrong `revision`) fails every request alike: it is
-  a configuration error that stops the service (`RevisionRefused`), nothing is dead-lettered;
-- 401/403 stop the service (`FatalDeliveryError`); other 4xx fail at once.
+  400 without a usable pointer is bisected until the bad record is alone.
 Consent, list and deletion actions are delivered by `stream.delivery.deliver_actions` (the
 profile ids it needs come from the profile-import answers seen here).
-Every request, merges and import-job polls included, goes through `request`: paced by the
-rate-limit governor, counted against `max_in_flight` only while it is on the wire, retried. A
-batch whose send slot the send stage already reserved (`Batch.reserved`) spends that slot on its
-first request to that endpoint instead of reserving another.
+Every request of a batch, merges and import-job polls included, goes through the batch's
+`BatchRequests` (`stream.delivery.requests`: paced, bounded in flight, retried as
+`stream.delivery.reactions` says), whose first request to the endpoint the send stage reserved a
+slot of (`Batch.reserved`) spends that slot; where each request goes is
+`stream.delivery.endpoints`' decision, the one the send stage reserved by. `Deliverer.request`
+is one such request outside any batch (the catalog stage, the operator tools).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
-import logging
 import re
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,32 +31,25 @@ import orjson
 from stream.completion.ledger import ended
 from stream.core.errors import (
     DuplicateProfile,
-    FatalDeliveryError,
     InvalidRequest,
     KlaviyoClientError,
     KlaviyoError,
-    RateLimited,
-    RevisionRefused,
-    Unauthorized,
 )
 from stream.core.retry import RetryPolicy
 from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch, Item, Kind
+from stream.delivery.batch import Batch, Item, Sendable
 from stream.delivery.deliver_actions import ActionSender
+from stream.delivery.endpoints import endpoint_for
+from stream.delivery.requests import BatchRequests, PartitionMoved, Requests
 from stream.klaviyo import mapping
 from stream.klaviyo.client import (
     CLIENT_EVENTS,
-    CLIENT_EVENTS_BULK,
     CLIENT_PROFILES,
     EVENTS,
-    EVENTS_BULK,
     PROFILE_IMPORT,
-    PROFILES_BULK,
     KlaviyoClient,
     Response,
 )
-from stream.klaviyo.consent import ENDPOINTS as ACTION_ENDPOINTS
-from stream.klaviyo.consent import endpoint_of
 from stream.klaviyo.governor import Governor
 from stream.klaviyo.importjob import import_failures
 from stream.klaviyo.merge import (
@@ -71,18 +60,7 @@ from stream.klaviyo.merge import (
 )
 from stream.telemetry import metrics
 
-log = logging.getLogger(__name__)
-
 MERGE_ATTEMPTS = 3
-SMALL_PROFILE_BATCH = 3  # up to this many profiles go one by one to /api/profile-import
-# The endpoint whose slot the batch being sent (in this task) holds already, until spent.
-_RESERVED: contextvars.ContextVar[str | None] = contextvars.ContextVar("reserved", default=None)
-# The batch being sent (in this task): a retry first asks whether its partitions moved on.
-_BATCH: contextvars.ContextVar[Batch | None] = contextvars.ContextVar("batch", default=None)
-
-
-class PartitionMoved(Exception):
-    """A retry met an item of a partition revoked past the drain bound (caught in `send`)."""
 _BULK_POINTER = re.compile(
     r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?"
 )
@@ -92,24 +70,11 @@ _BULK_POINTER = re.compile(
 SamePerson = Callable[[dict[str, Any], dict[str, str]], bool]
 
 
-def endpoint_for(kind: Kind, size: int, client_mode: bool = False) -> str:
-    """The endpoint a batch of `size` items of `kind` is sent to (the governor's budget)."""
-    if kind in ACTION_ENDPOINTS:  # consent, lists, deletion: one budget per kind
-        return endpoint_of(kind, client_mode)
-    if client_mode:
-        if kind == "profiles":
-            return CLIENT_PROFILES
-        return CLIENT_EVENTS if size <= 1 else CLIENT_EVENTS_BULK
-    if kind == "events":
-        return EVENTS if size <= 1 else EVENTS_BULK
-    return PROFILE_IMPORT if size <= SMALL_PROFILE_BATCH else PROFILES_BULK
-
-
 @dataclass(slots=True)
 class Failure:
     """Items that cannot be sent, why, and the stage their dead letters name."""
 
-    items: list[Item]
+    items: list[Sendable]
     error: BaseException
     stage: str
 
@@ -119,16 +84,16 @@ class Settlement:
     """What became of a batch's items: each is in exactly one of the three lists (`cancelled`:
     its partition was revoked past the drain bound while it waited to be tried again)."""
 
-    delivered: list[Item] = field(default_factory=list)
+    delivered: list[Sendable] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
-    cancelled: list[Item] = field(default_factory=list)
+    cancelled: list[Sendable] = field(default_factory=list)
 
-    def done(self, items: list[Item], endpoint: str) -> None:
+    def done(self, items: Sequence[Sendable], endpoint: str) -> None:
         metrics.RECORDS_SENT.labels(endpoint).inc(len(items))
         self.delivered.extend(items)
 
-    def fail(self, items: list[Item], error: BaseException, stage: str) -> None:
-        self.failed.append(Failure(items, error, stage))
+    def fail(self, items: Sequence[Sendable], error: BaseException, stage: str) -> None:
+        self.failed.append(Failure(list(items), error, stage))
 
 
 class Deliverer:
@@ -146,126 +111,135 @@ class Deliverer:
         confirm_rounds: int = 3,
         stale_subscribe_seconds: float = 3600.0,
     ) -> None:
-        self._client = client
         self._same = same_person
-        self._requests = asyncio.Semaphore(max_in_flight)
         self._retry = retry or RetryPolicy()
-        self._governor = governor or Governor()
+        self._requests = Requests(client, governor or Governor(), self._retry, max_in_flight)
         self._client_mode = client_mode  # public key: /client/ endpoints, one profile a request
         self.actions = ActionSender(
-            self.request, client_mode=client_mode, confirm_rounds=confirm_rounds,
+            client_mode=client_mode, confirm_rounds=confirm_rounds,
             stale_after=stale_subscribe_seconds,
         )  # fmt: skip
 
-    async def send(self, batch: Batch, out: Settlement | None = None) -> Settlement:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, budget: str
+    ) -> Response:
+        """One paced, retried request outside any batch (a `Requester`: the catalog stage, the
+        operator tools); raises as `Requests.request`."""
+        return await self._requests.request(method, path, body, budget=budget)
+
+    async def send(
+        self, batch: Batch | ActionBatch, out: Settlement | None = None
+    ) -> Settlement:
         """Deliver one batch. Raises `FatalDeliveryError` / `RevisionRefused` (stop the service).
 
         A retry is never attempted for an item whose partition was revoked past the drain
         bound meanwhile (`ended`): when one is met, the items not yet settled are sent anew
         without those (cancelled: the partition's next owner reads them again)."""
         out = out if out is not None else Settlement()
-        reserved = _RESERVED.set(batch.reserved)
-        checking = _BATCH.set(batch)
+        requests = self._requests.of(batch.items, batch.reserved)
         try:
             if isinstance(batch, ActionBatch):  # consent, lists, deletion
-                await self.actions.send(batch, out.done, out.fail)
+                await self.actions.send(batch, requests.request, out.done, out.fail)
             elif self._client_mode:
-                await self._client_side(batch.items, out)
+                await self._client_side(requests, batch.items, out)
             elif batch.kind == "events":
-                await self._events(batch.items, out)
+                await self._events(requests, batch.items, out)
             else:
-                await self._profiles(batch.items, out)
+                await self._profiles(requests, batch.items, out)
         except PartitionMoved:
-            settled = {id(i) for i in out.delivered} | {
-                id(i) for f in out.failed for i in f.items
-            }
-            rest = [item for item in batch.items if id(item) not in settled]
-            out.cancelled += [item for item in rest if ended(item)]
-            alive = [item for item in rest if not ended(item)]
-            if alive:
-                await self.send(type(batch)(batch.kind, alive), out)
-        finally:
-            _RESERVED.reset(reserved)
-            _BATCH.reset(checking)
+            settled = [*out.delivered, *(item for f in out.failed for item in f.items)]
+            moved = [item for item in batch.without(settled).items if ended(item)]
+            out.cancelled += moved
+            alive = batch.without([*settled, *moved])
+            alive.reserved = None  # that slot was this try's: the next takes its own
+            if alive.items:
+                await self.send(alive, out)
         return out
 
     # client-side mode -------------------------------------------------------------------
 
-    async def _client_side(self, items: list[Item], out: Settlement) -> None:
-        """/client/ endpoints: profiles one by one, events one by one or bulk per profile."""
+    async def _client_side(
+        self, requests: BatchRequests, items: list[Item], out: Settlement
+    ) -> None:
+        """/client/ endpoints: profiles one by one, events one request per profile (its group)."""
         for group in _group(items):
             first = group[0]
-            if first.event is None:
+            endpoint = endpoint_for(first.kind, len(group), client_mode=True)
+            if endpoint == CLIENT_PROFILES:
                 for item in group:
                     body = mapping.profile_import_body(item.profile, item.meta)
-                    await self._deliver(CLIENT_PROFILES, body, [item], out)
-            elif len(group) == 1:
+                    await self._deliver(requests, endpoint, body, [item], out)
+            elif endpoint == CLIENT_EVENTS:
+                assert first.event is not None
                 body = mapping.single_event_body(first.event, first.profile)
-                await self._deliver(CLIENT_EVENTS, body, group, out)
+                await self._deliver(requests, endpoint, body, group, out)
             else:
                 events = [i.event for i in group if i.event is not None]
                 body = mapping.client_bulk_events_body(first.profile, events)
                 try:
-                    await self._post(CLIENT_EVENTS_BULK, body, len(group))
+                    await self._post(requests, endpoint, body, len(group))
                 except InvalidRequest as exc:
-                    await self._bisect(group, exc, self._client_side, out)
+                    await self._bisect(requests, group, exc, self._client_side, out)
                     continue
                 except KlaviyoError as exc:
                     out.fail(group, exc, "deliver")
                     continue
-                out.done(group, CLIENT_EVENTS_BULK)
+                out.done(group, endpoint)
 
     # events -----------------------------------------------------------------------------
 
-    async def _events(self, items: list[Item], out: Settlement) -> None:
+    async def _events(self, requests: BatchRequests, items: list[Item], out: Settlement) -> None:
         if not items:
             return
-        if len(items) == 1:
+        endpoint = endpoint_for("events", len(items))
+        if endpoint == EVENTS:  # a single event
             item = items[0]
             assert item.event is not None
             body = mapping.single_event_body(item.event, item.profile)
-            await self._deliver(EVENTS, body, items, out)
+            await self._deliver(requests, endpoint, body, items, out)
             return
         groups = _group(items)
         body = mapping.bulk_events_body(
             [(g[0].profile, [orjson.Fragment(i.encoded) for i in g]) for g in groups]
         )
         try:
-            await self._post(EVENTS_BULK, body, len(items))
+            await self._post(requests, endpoint, body, len(items))
         except InvalidRequest as exc:
             bad = _bad_entries(exc, groups)
             if bad:
                 out.fail(bad, exc, "deliver")
                 bad_ids = {id(b) for b in bad}
-                await self._events([i for i in items if id(i) not in bad_ids], out)
+                await self._events(requests, [i for i in items if id(i) not in bad_ids], out)
             else:
-                await self._bisect(items, exc, self._events, out)
+                await self._bisect(requests, items, exc, self._events, out)
             return
         except KlaviyoError as exc:
             out.fail(items, exc, "deliver")
             return
-        out.done(items, EVENTS_BULK)
+        out.done(items, endpoint)
 
     # profiles ---------------------------------------------------------------------------
 
-    async def _profiles(self, items: list[Item], out: Settlement) -> None:
-        if len(items) <= SMALL_PROFILE_BATCH:
+    async def _profiles(self, requests: BatchRequests, items: list[Item], out: Settlement) -> None:
+        endpoint = endpoint_for("profiles", len(items))
+        if endpoint == PROFILE_IMPORT:  # a few profiles: one by one
             for item in items:
                 body = mapping.profile_import_body(item.profile, item.meta)
-                await self._deliver(PROFILE_IMPORT, body, [item], out)
+                await self._deliver(requests, endpoint, body, [item], out)
             return
         body = mapping.bulk_profiles_body([i.profile for i in items], [i.meta for i in items])
         try:
-            response = await self._post(PROFILES_BULK, body, len(items))
+            response = await self._post(requests, endpoint, body, len(items))
         except InvalidRequest as exc:
-            await self._bisect(items, exc, self._profiles, out)
+            await self._bisect(requests, items, exc, self._profiles, out)
             return
         except KlaviyoError as exc:
             out.fail(items, exc, "deliver")
             return
         try:
+            profiles = [i.profile for i in items]
             failures = await import_failures(
-                self.request, response, [i.profile for i in items], self._retry.max_total_seconds
+                requests.request, response, profiles, self._retry.max_total_seconds
             )
         except KlaviyoError as exc:  # the job's outcome is unknowable: replay is a safe upsert
             out.fail(items, exc, "import-job")
@@ -275,25 +249,31 @@ class Deliverer:
             if failures[index].code == "duplicate_profile":
                 # a split person: the single upsert answers 409 synchronously and heals it
                 body = mapping.profile_import_body(items[index].profile, items[index].meta)
-                await self._deliver(PROFILE_IMPORT, body, [items[index]], out)
+                single = endpoint_for("profiles", 1)
+                await self._deliver(requests, single, body, [items[index]], out)
             else:
                 out.fail([items[index]], failures[index], "import-job")
-        out.done([item for i, item in enumerate(items) if i not in failed], PROFILES_BULK)
+        out.done([item for i, item in enumerate(items) if i not in failed], endpoint)
 
     # shared -----------------------------------------------------------------------------
 
     async def _deliver(
-        self, endpoint: str, body: dict[str, Any], items: list[Item], out: Settlement
+        self,
+        requests: BatchRequests,
+        endpoint: str,
+        body: dict[str, Any],
+        items: list[Item],
+        out: Settlement,
     ) -> None:
         try:
-            await self._upsert_healing(endpoint, body, items[0], len(items))
+            await self._upsert_healing(requests, endpoint, body, items[0], len(items))
         except KlaviyoError as exc:
             out.fail(items, exc, "deliver")
             return
         out.done(items, endpoint)
 
     async def _upsert_healing(
-        self, endpoint: str, body: dict[str, Any], item: Item, records: int
+        self, requests: BatchRequests, endpoint: str, body: dict[str, Any], item: Item, records: int
     ) -> None:
         """POST; on 409 duplicate_profile (one person split over two Klaviyo profiles) merge
         the duplicate into the profile Klaviyo matched, wait until the merge has landed
@@ -304,107 +284,52 @@ class Deliverer:
         profile = item.profile
         for _attempt in range(MERGE_ATTEMPTS):
             try:
-                self.actions.learn(item.person, await self._post(endpoint, body, records))
+                self.actions.learn(item.person, await self._post(requests, endpoint, body, records))
                 return
             except DuplicateProfile as exc:
                 duplicate = exc.duplicate_profile_id
                 if duplicate is None:
                     raise
-                if not await self._same_person(item, duplicate):
+                if not await self._same_person(requests, item, duplicate):
                     metrics.PROFILE_MERGES_REFUSED.inc()
                     alone = mapping.profile_import_body(strongest_alone(profile), item.meta)
-                    self.actions.learn(item.person, await self._post(endpoint, alone, records))
+                    answer = await self._post(requests, endpoint, alone, records)
+                    self.actions.learn(item.person, answer)
                     return
                 # KlaviyoClientError: merged meanwhile by another consumer; the next upsert tells
                 with contextlib.suppress(KlaviyoClientError):
-                    if await merge_duplicate(self.request, profile, duplicate):
-                        await wait_merged(self.request, duplicate)
-        self.actions.learn(item.person, await self._post(endpoint, body, records))
+                    if await merge_duplicate(requests.request, profile, duplicate):
+                        await wait_merged(requests.request, duplicate)
+        self.actions.learn(item.person, await self._post(requests, endpoint, body, records))
 
-    async def _same_person(self, item: Item, duplicate: str) -> bool:
+    async def _same_person(self, requests: BatchRequests, item: Item, duplicate: str) -> bool:
         """Whether the duplicate profile's identifiers are this item's person in our graph."""
         if self._same is None or item.person is None:
             return True
-        theirs = await profile_identifiers(self.request, duplicate)
+        theirs = await profile_identifiers(requests.request, duplicate)
         return self._same(item.profile, theirs)
 
     async def _bisect(
         self,
+        requests: BatchRequests,
         items: list[Item],
         exc: KlaviyoError,
-        send: Callable[[list[Item], Settlement], Awaitable[None]],
+        send: Callable[[BatchRequests, list[Item], Settlement], Awaitable[None]],
         out: Settlement,
     ) -> None:
         if len(items) == 1:
             out.fail(items, exc, "deliver")
             return
         half = len(items) // 2
-        await send(items[:half], out)
-        await send(items[half:], out)
+        await send(requests, items[:half], out)
+        await send(requests, items[half:], out)
 
-    async def _post(self, endpoint: str, body: dict[str, Any], records: int) -> Response:
-        response = await self.request("POST", endpoint, body, budget=endpoint)
+    async def _post(
+        self, requests: BatchRequests, endpoint: str, body: dict[str, Any], records: int
+    ) -> Response:
+        response = await requests.request("POST", endpoint, body, budget=endpoint)
         metrics.BATCH_SIZE.labels(endpoint).observe(records)
         return response
-
-    async def request(
-        self, method: str, path: str, body: Any = None, *, budget: str
-    ) -> Response:
-        """One request, paced by the governor under `budget`, retried on retriable errors;
-        raises the last error when out of attempts or time (with `attempts` and
-        `first_attempt` set for the dead letter)."""
-        started, first_attempt = time.monotonic(), time.time()
-        attempt = 0
-        while True:
-            if _RESERVED.get() == budget:
-                _RESERVED.set(None)  # the send stage reserved this slot for the batch
-            else:
-                waited = await self._governor.acquire(budget)
-                if waited > 0:
-                    metrics.GOVERNOR_WAIT.labels(budget).inc(waited)
-            status = 0
-            async with self._requests:
-                metrics.IN_FLIGHT_REQUESTS.inc()
-                t0 = time.perf_counter()
-                try:
-                    response = await self._client.request(method, path, body)
-                    status = response.status
-                    self._governor.observe(budget, response.headers)
-                    return response
-                except KlaviyoError as exc:
-                    status = exc.status
-                    exc.attempts, exc.first_attempt = attempt + 1, first_attempt
-                    error: KlaviyoError = exc
-                finally:
-                    metrics.IN_FLIGHT_REQUESTS.dec()
-                    cls = metrics.status_class(status)
-                    metrics.BATCHES_SENT.labels(budget, cls).inc()
-                    metrics.REQUEST_SECONDS.labels(budget, cls).observe(time.perf_counter() - t0)
-            if isinstance(error, Unauthorized):
-                raise FatalDeliveryError(str(error)) from None
-            if isinstance(error, InvalidRequest) and error.parameters and not error.pointers:
-                names = ", ".join(error.parameters)
-                raise RevisionRefused(
-                    f"Klaviyo refused the request's {names} ({error}): check KLAVIYO_REVISION"
-                    " (or KLAVIYO_PUBLIC_KEY in client mode); nothing was dead-lettered"
-                ) from None
-            if isinstance(error, RateLimited):
-                metrics.RATE_LIMITED.labels(budget).inc()
-                self._governor.throttled(budget, error.retry_after)
-            if not error.retriable:
-                raise error
-            delay = self._retry.delay(attempt, error)
-            attempt += 1
-            if self._retry.gives_up(attempt, started, delay):
-                raise error
-            moving = _BATCH.get()
-            if moving is not None and any(ended(item) for item in moving.items):
-                raise PartitionMoved  # no new attempt for work of a revoked partition
-            metrics.RETRIES.labels(budget, type(error).__name__).inc()
-            log.info("retrying", extra={"endpoint": budget, "error": str(error), "delay": delay})
-            # after a 429 the governor holds the endpoint until Retry-After: no extra sleep
-            if not isinstance(error, RateLimited):
-                await asyncio.sleep(delay)
 
 
 def _group(items: list[Item]) -> list[list[Item]]:

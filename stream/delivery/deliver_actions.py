@@ -16,7 +16,7 @@ ending delivered or failed (the deliver stage's `Settlement`, through `done` and
   many erasures at once) and deletes again, by id, each profile it finds (`found`); the gate
   asks for another round until none is found, and the last round's finding is a failure
   (`DeletionNotConfirmed`, a dead letter).
-Every request goes through the deliver stage's paced, retried `request`.
+Every request is the batch's own (`stream.delivery.requests.BatchRequests`): paced, retried.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from stream.core.errors import (
     KlaviyoError,
 )
 from stream.delivery.actions import Action, ActionBatch
-from stream.delivery.batch import Item
+from stream.delivery.batch import Sendable
+from stream.delivery.endpoints import endpoint_for
 from stream.klaviyo import consent as bodies
 from stream.klaviyo.catalog import back_in_stock_body
 from stream.klaviyo.client import PROFILE_IMPORT, PROFILES, Requester, Response
@@ -47,8 +48,8 @@ from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-Done = Callable[[list[Item], str], None]
-Fail = Callable[[list[Item], BaseException, str], None]
+Done = Callable[[Sequence[Sendable], str], None]
+Fail = Callable[[Sequence[Sendable], BaseException, str], None]
 Body = Callable[[list[Action]], dict[str, Any]]
 
 _PROFILE_ENTRY = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
@@ -61,17 +62,11 @@ class ActionSender:
     """Sends action batches; remembers the profile ids upsert answers give (`learn`)."""
 
     def __init__(
-        self,
-        request: Requester,
-        *,
-        client_mode: bool = False,
-        confirm_rounds: int = 3,
-        stale_after: float = 3600.0,
+        self, *, client_mode: bool = False, confirm_rounds: int = 3, stale_after: float = 3600.0
     ) -> None:
-        self._request = request
-        self._client_mode = client_mode
-        self._confirm_rounds = confirm_rounds
-        self._stale_after = stale_after
+        self.client_mode = client_mode
+        self.confirm_rounds = confirm_rounds
+        self.stale_after = stale_after
         self.profile_ids: dict[str, str] = {}
 
     def learn(self, person: str | None, response: Response) -> None:
@@ -84,11 +79,28 @@ class ActionSender:
                 self.profile_ids.clear()
             self.profile_ids[person] = data["id"]
 
+    async def send(self, batch: ActionBatch, request: Requester, done: Done, fail: Fail) -> None:
+        """Deliver one batch of one kind and request group, each of its requests made by
+        `request` (the batch's own: `stream.delivery.requests.BatchRequests`)."""
+        await _Sending(self, request).send(batch, done, fail)
+
+
+class _Sending:
+    """One action batch on its way: its requests, and the sender's settings and memory."""
+
+    def __init__(self, sender: ActionSender, request: Requester) -> None:
+        self._request = request
+        self._client_mode = sender.client_mode
+        self._confirm_rounds = sender.confirm_rounds
+        self._stale_after = sender.stale_after
+        self.profile_ids = sender.profile_ids  # shared: what one batch learns, the next knows
+        self.learn = sender.learn
+
     async def send(self, batch: ActionBatch, done: Done, fail: Fail) -> None:
         """Deliver one batch of one kind and request group."""
         actions = batch.actions
         kind = batch.kind
-        endpoint = bodies.endpoint_of(kind, self._client_mode)
+        endpoint = endpoint_for(kind, len(actions), self._client_mode)
         if kind == "subscribe" and self._client_mode:
             first = actions[0]
             assert first.list_id is not None  # refused before it became an action
@@ -323,7 +335,7 @@ class ActionSender:
                     subscriptions = attributes.get("subscriptions") or {}
                     held[(channel, str(value))] = subscriptions.get(channel) or {}
         out: list[Action] = []
-        skipped: list[Item] = []
+        skipped: list[Action] = []
         for action in actions:
             if action not in stale:
                 out.append(action)

@@ -4,7 +4,8 @@ A batch leaves only when a send slot exists for it: while the rate-limit governo
 for the lane's endpoint, or all of the lane's in-flight permits are taken, the batch stays open
 and keeps filling (up to 1,000 events / 5 MB), so the request that finally goes carries
 everything that arrived meanwhile. The slot is reserved as the batch is taken (`Batch.reserved`,
-spent by its first request), so the next batch waits for the slot after it. `linger` is the
+spent by its first request: `stream.delivery.endpoints` says where that goes), so the next batch
+waits for the slot after it. `linger` is the
 longest a batch waits to fill when a slot is free. `hurry()` sends what waits without lingering
 (a revoked partition drains, shutdown). Time is `clock` and `sleep` (tests move their own).
 """
@@ -16,12 +17,12 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from stream.delivery.actions import action_lanes
+from stream.delivery.actions import Action, ActionBatch, ActionLane, action_lanes
 from stream.delivery.batch import Batch, Item, Kind, Lane
-from stream.delivery.deliver import endpoint_for
+from stream.delivery.endpoints import first_endpoint
 from stream.klaviyo.governor import Governor
 
-Deliver = Callable[[Batch], Awaitable[None]]
+Deliver = Callable[[Batch | ActionBatch], Awaitable[None]]
 
 
 class Sender:
@@ -40,11 +41,12 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.lanes: dict[Kind, Lane] = {
+        self._items: dict[Kind, Lane] = {
             "events": Lane("events", max_events, clock=clock),
             "profiles": Lane("profiles", max_profiles, clock=clock),
-            **action_lanes(client_mode, clock),  # consent, lists, deletion: a lane per kind
         }
+        self._actions = action_lanes(client_mode, clock)  # consent, lists, deletion: one a kind
+        self.lanes: dict[Kind, Lane | ActionLane] = {**self._items, **self._actions}
         self._governor = governor
         self._deliver = deliver
         self._linger = linger_seconds
@@ -60,13 +62,15 @@ class Sender:
         self._sending: set[asyncio.Task[None]] = set()
         self._pumps: list[asyncio.Task[None]] = []
 
-    def add(self, item: Item) -> None:
-        """Queue one item in its lane."""
+    def add(self, item: Item | Action) -> None:
+        """Queue one item (or action) in its lane."""
         kind = item.kind
-        lane = self.lanes[kind]
-        lane.add(item)
+        if isinstance(item, Action):
+            self._actions[kind].add(item)
+        else:
+            self._items[kind].add(item)
         self._arrived[kind].set()
-        if lane.full:
+        if self.lanes[kind].full:
             self._urgent[kind].set()
 
     def hurry(self) -> None:
@@ -129,7 +133,9 @@ class Sender:
             await permits.acquire()
             try:
                 while True:  # no slot yet: the batch keeps filling meanwhile
-                    endpoint = endpoint_for(kind, lane.next_size, self._client_mode)
+                    waiting = lane.next_batch
+                    items = waiting.items if waiting is not None else []
+                    endpoint = first_endpoint(kind, items, self._client_mode)
                     wait = self._governor.delay(endpoint)
                     if wait <= 0:
                         break
@@ -160,7 +166,9 @@ class Sender:
             waiter.cancel()
             sleeper.cancel()
 
-    async def _send(self, lane: Lane, batch: Batch, permits: asyncio.Semaphore) -> None:
+    async def _send(
+        self, lane: Lane | ActionLane, batch: Batch | ActionBatch, permits: asyncio.Semaphore
+    ) -> None:
         try:
             await self._deliver(batch)
         finally:

@@ -39,7 +39,7 @@ from functools import partial
 from stream.completion.ledger import Ledger
 from stream.core.retry import until_available
 from stream.delivery.actions import Action
-from stream.delivery.batch import Item
+from stream.delivery.batch import Item, Sendable
 from stream.identity.erasure import Erasure
 from stream.identity.fence import Fence
 from stream.telemetry import metrics
@@ -53,7 +53,7 @@ class Gate:
 
     def __init__(
         self,
-        send: Callable[[Item], None],
+        send: Callable[[Item | Action], None],
         *,
         erasure: Erasure | None = None,
         fence: Fence | None = None,
@@ -101,9 +101,9 @@ class Gate:
         """Run `again` (process a record anew) once these erasures are done."""
         self._calls.append((set(erasures), again))
 
-    def waiting(self) -> list[Item]:
+    def waiting(self) -> list[Item | Action]:
         """Items and actions here, not yet handed to the send stage."""
-        out: list[Item] = [
+        out: list[Item | Action] = [
             action
             for key, queue in self._queues.items()
             for action in queue
@@ -154,7 +154,7 @@ class Gate:
             if id(head) not in self._out and self._at_front(head):
                 self._try(head)
 
-    def dropped(self, items: Sequence[Item]) -> None:
+    def dropped(self, items: Sequence[Sendable]) -> None:
         """These were cancelled (their partition moved on): the next ones may go; their
         erasures stay PENDING for the partition's next owner."""
         for item in items:
@@ -164,7 +164,7 @@ class Gate:
 
     # answers ---------------------------------------------------------------------------------
 
-    async def answered(self, items: Sequence[Item], failed: Sequence[Item] = ()) -> None:
+    async def answered(self, items: Sequence[Sendable], failed: Sequence[Sendable] = ()) -> None:
         """A batch has its answer (each item accepted, or among `failed`): follow deletions,
         count down the records whose list changes wait, send what is due."""
         if not self._before and not (items and isinstance(items[0], Action)):

@@ -9,7 +9,7 @@ and the ledger gets each item's outcome.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from stream.completion.ledger import Outcome, ended
@@ -17,7 +17,7 @@ from stream.core.calls import Record
 from stream.core.errors import ConfigError, FatalDeliveryError, Interrupted
 from stream.core.retry import until_available
 from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch, Item
+from stream.delivery.batch import Batch, Sendable
 from stream.engine.handle import internal
 from stream.engine.parts import STATE, Parts
 from stream.identity.erasure import profile_identifiers
@@ -35,7 +35,7 @@ class Outcomes:
         self._parts = parts
         self._again = again  # process a record anew (it raced a deletion)
 
-    async def deliver(self, batch: Batch) -> None:
+    async def deliver(self, batch: Batch | ActionBatch) -> None:
         """Send one batch and settle its items."""
         parts = self._parts
         ledger, gate = parts.ledger, parts.gate
@@ -76,7 +76,9 @@ class Outcomes:
         for failure in settlement.failed:
             ledger.fail(failure.items, failure.error, failure.stage)
 
-    async def admit(self, batch: Batch, mark: int) -> Batch | None:
+    async def admit(
+        self, batch: Batch | ActionBatch, mark: int
+    ) -> Batch | ActionBatch | None:
         """The late check (`Erasure.late`): items whose records were judged before a deletion
         of what they name, up to tombstone mark `mark`, that this replica has read since.
         Records older than it finish filtered; newer ones are processed again once that erasure
@@ -85,8 +87,7 @@ class Outcomes:
         gone = [item for item in batch.items if ended(item)]
         if gone:  # its partition moved on past the drain bound: its next owner sends it
             self.cancel(gone)
-            batch = type(batch)(batch.kind, [i for i in batch.items if i not in gone],
-                                reserved=batch.reserved)  # fmt: skip
+            batch = batch.without(gone)
             if not batch.items:
                 return None
         erasure = parts.processor.erasure
@@ -94,7 +95,7 @@ class Outcomes:
             return batch
         if min(r.stamp for item in batch.items for r in item.records) >= mark:
             return batch  # the usual batch: nothing was deleted since its work began
-        caught: list[Item] = []
+        caught: list[Sendable] = []
         for item in batch.items:
             if all(r.stamp >= mark for r in item.records):
                 continue
@@ -114,12 +115,10 @@ class Outcomes:
         if isinstance(batch, ActionBatch):
             await parts.gate.answered(caught)
         parts.ledger.settle(caught, Outcome.FILTERED)
-        rest = [item for item in batch.items if item not in caught]
-        if not rest:
-            return None
-        return type(batch)(batch.kind, rest, reserved=batch.reserved)
+        rest = batch.without(caught)
+        return rest if rest.items else None
 
-    def cancel(self, items: list[Item]) -> None:
+    def cancel(self, items: Sequence[Sendable]) -> None:
         """Items of a revoked partition: nothing more is attempted here (counted)."""
         metrics.ITEMS_CANCELLED.labels(items[0].kind).inc(len(items))
         self._parts.gate.dropped(items)

@@ -31,6 +31,7 @@ from stream.core.calls import Record
 from stream.core.errors import Interrupted
 from stream.core.retry import until_available
 from stream.core.settings import Settings, require_klaviyo_credentials
+from stream.delivery.actions import ActionBatch
 from stream.delivery.batch import Batch
 from stream.delivery.deliver import Deliverer
 from stream.delivery.send import Sender
@@ -180,8 +181,8 @@ class Service:
             stale_subscribe_seconds=settings.stale_subscribe_seconds,
         )
 
-        async def deliver(batch: Batch) -> None:  # `outcomes` is made below, with the gate
-            await outcomes.deliver(batch)
+        async def deliver(batch: Batch | ActionBatch) -> None:
+            await outcomes.deliver(batch)  # made below, once the gate is
 
         sender = Sender(
             governor,

@@ -44,8 +44,9 @@ CLIENT_PROFILES = "/client/profiles"
 
 
 class Requester(Protocol):
-    """A paced, retried request (the deliver stage's `Deliverer.request`): `budget` names the
-    rate-limit budget it counts against (an endpoint, or a path pattern for a GET by id)."""
+    """A paced, retried request (the deliver stage's `Deliverer.request`, or a batch's
+    `BatchRequests.request`): `budget` names the rate-limit budget it counts against (an
+    endpoint, or a path pattern for a GET by id)."""
 
     async def __call__(
         self, method: str, path: str, body: Any = None, *, budget: str

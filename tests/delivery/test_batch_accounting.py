@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from stream.core.calls import Record
@@ -82,6 +84,22 @@ def test_accounted_size_equals_the_encoded_body_byte_for_byte(seed: int) -> None
     assert len(batches) > 10
     for batch in batches:
         assert batch.size == len(orjson.dumps(body_of(batch)))
+
+
+@given(st.integers(0, 2**32), st.lists(st.booleans(), min_size=1, max_size=40))
+def test_a_batch_less_some_items_is_accounted_anew_and_keeps_its_slot(
+    seed: int, dropped: list[bool]
+) -> None:
+    """As the service leaves out what the late check caught or a revoked partition took."""
+    rng = random.Random(seed)
+    kind = "events" if seed % 3 else "profiles"
+    made = random_event if kind == "events" else random_profile
+    batch = Batch(kind, [made(rng, n) for n in range(len(dropped))], reserved=EVENTS_BULK)
+    gone = [item for item, drop in zip(batch.items, dropped, strict=True) if drop]
+    rest = batch.without(gone)
+    assert rest.items == [i for i, drop in zip(batch.items, dropped, strict=True) if not drop]
+    assert rest.kind == kind and rest.reserved == EVENTS_BULK
+    assert rest.size == len(orjson.dumps(body_of(rest)))
 
 
 def test_a_batch_closes_only_when_the_next_item_would_not_fit() -> None:

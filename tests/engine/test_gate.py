@@ -10,7 +10,7 @@ from stream.completion.ledger import Ledger
 from stream.core.calls import Record, normalize
 from stream.delivery.actions import Action, ActionBatch, action_lanes
 from stream.delivery.batch import Item
-from stream.delivery.deliver import endpoint_for
+from stream.delivery.endpoints import endpoint_for
 from stream.engine.gate import Gate
 from stream.identity.erasure import Erasure
 from stream.identity.fence import Fence
