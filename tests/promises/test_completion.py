@@ -123,6 +123,7 @@ def finished(service: ServiceProcess, bootstrap: str, topic: str) -> Any:
 # 1 ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_case1_a_partition_revoked_and_given_back_mid_delivery_loses_nothing(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
 ) -> None:
@@ -188,6 +189,7 @@ async def test_case1_a_partition_revoked_and_given_back_mid_delivery_loses_nothi
 # 2 ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("release", ["identified", "expired_sent"])
 async def test_case2_released_held_calls_survive_a_crash_before_klaviyo_accepts_them(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, release: str
@@ -459,6 +461,7 @@ async def test_case6_a_state_store_outage_waits_shows_a_stalled_partition_and_lo
 # 7 ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_case7_a_schema_registry_outage_is_waited_out_only_an_unknown_id_is_a_dead_letter(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, registry: Registry
 ) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from stream.local.kafka import LocalKafka
 from stream.local.sample import sample_calls
@@ -32,6 +33,7 @@ from tests.support.harness import (
     topic_size,
     with_duplicates,
 )
+from tests.support.kafka import make_topic_factory
 
 RECORDS = 20_000
 PERSONS = 1_000
@@ -58,10 +60,13 @@ async def _events_reach(service: ServiceProcess, sandbox_url: str, count: int) -
     await wait_until(reached, timeout=300, what=f"{count} events")
 
 
+@pytest.mark.slow
 async def test_broker_restart_mid_run_loses_and_duplicates_nothing(
-    kafka_broker: LocalKafka, kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+    private_kafka: LocalKafka, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    topic = topic_factory(partitions=3)
+    """On a broker of its own: the session's, shared with the tests beside it, stays up."""
+    kafka_broker, kafka_bootstrap = private_kafka, private_kafka.bootstrap_servers
+    topic = make_topic_factory(kafka_bootstrap, request)(partitions=3)
     calls = with_duplicates(list(sample_calls(RECORDS, seed=21, persons=PERSONS)))
     half = len(calls) // 2
     publish({"bootstrap.servers": kafka_bootstrap}, topic, calls[:half], Encoder())
@@ -94,6 +99,7 @@ async def test_broker_restart_mid_run_loses_and_duplicates_nothing(
     )
 
 
+@pytest.mark.slow
 async def test_klaviyo_failing_a_fifth_of_requests_then_recovering(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
 ) -> None:

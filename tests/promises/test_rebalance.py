@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from tests.support import wait_until
@@ -35,6 +37,7 @@ PERSONS = 1_500
 LOAD_SECONDS = 40.0  # records keep arriving while members join and leave
 
 
+@pytest.mark.slow
 async def test_consumer_joining_and_leaving_under_load(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, clean_redis_url: str
 ) -> None:
