@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.core.settings import SANDBOX_API_KEY, Settings
-from stream.ops.produce import Encoder, publish
+from stream.ops.produce import Encoder, Publisher, key_of, publish
 from tests.support import sandbox_get
 from tests.support.kafka import wait_for_leaders
 
@@ -282,14 +282,31 @@ def publish_paced(
     calls: list[dict[str, Any]],
     seconds: float,
     encoder: Encoder | None = None,
+    *,
+    bursts: bool = False,
 ) -> None:
-    """Publish `calls` spread over about `seconds`: load that keeps arriving during a test."""
+    """Publish `calls` spread over about `seconds`: load that keeps arriving during a test.
+
+    Chunk `i` goes out `i * seconds / chunks` after the start, through one producer (a new
+    idempotent producer per chunk waits for its producer id each time, which stretched 40 s of
+    load to 130 s). `bursts`: each chunk through a producer of its own and flushed before the
+    pause (the broker gets a chunk at once, then nothing for a while): the load the rolling
+    upgrade test was written against, which its strict no-replay check needs (see there)."""
     chunks = max(1, int(seconds * 4))
     size = -(-len(calls) // chunks)
     encoder = encoder or Encoder()
-    for start in range(0, len(calls), size):
-        publish({"bootstrap.servers": bootstrap}, topic, calls[start : start + size], encoder)
-        time.sleep(seconds / chunks)  # pacing, not waiting for a condition
+    if bursts:
+        for start in range(0, len(calls), size):
+            publish({"bootstrap.servers": bootstrap}, topic, calls[start : start + size], encoder)
+            time.sleep(seconds / chunks)  # pacing, not waiting for a condition
+        return
+    started = time.monotonic()
+    with Publisher({"bootstrap.servers": bootstrap}, topic) as publisher:
+        for i, start in enumerate(range(0, len(calls), size)):
+            for call in calls[start : start + size]:
+                publisher.send(encoder.encode(call), key_of(call))
+            pause = started + (i + 1) * seconds / chunks - time.monotonic()
+            time.sleep(max(0.0, pause))  # pacing, not waiting for a condition
 
 
 async def metric(port: int, name: str, **labels: str) -> float:
