@@ -31,6 +31,9 @@ from stream.local.kafka import LocalKafka
 
 TopicFactory = Callable[..., str]
 
+# C1 only: a test broker starts in about half the CPU (5 s instead of 9 on this machine) and
+# the suite's traffic is light
+TEST_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1",)
 _DIR_KEY = "kafka_shared_dir"  # workerinput key: where request and address files live
 _REQUEST = "broker.request"
 _ADDRESS = "broker.json"
@@ -54,7 +57,7 @@ class _SharedBroker:
             return
         answer: dict[str, Any]
         try:
-            self.kafka = LocalKafka()
+            self.kafka = new_broker()
             answer = {"bootstrap": self.kafka.start()}
         except Exception as exc:  # noqa: BLE001 - every worker's fixture reports it
             answer = {"error": f"{type(exc).__name__}: {exc}"}
@@ -74,6 +77,11 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 _shared_key = pytest.StashKey[_SharedBroker]()
+
+
+def new_broker(work_dir: Path | None = None) -> LocalKafka:
+    """A LocalKafka with the tests' JVM options (not started)."""
+    return LocalKafka(work_dir=work_dir, jvm_options=TEST_JVM_OPTIONS)
 
 
 def _controller(config: pytest.Config) -> bool:
@@ -128,7 +136,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     if workerinput is not None and _DIR_KEY in workerinput:
         yield _ask_controller(Path(workerinput[_DIR_KEY]))
         return
-    kafka = LocalKafka()
+    kafka = new_broker()
     kafka.start()
     try:
         yield kafka.bootstrap_servers
@@ -140,7 +148,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
 def private_kafka() -> Iterator[LocalKafka]:
     """A broker of the test's own, for a test that stops or restarts it (the shared one must
     stay up for the tests running beside it)."""
-    kafka = LocalKafka()
+    kafka = new_broker()
     kafka.start()
     try:
         yield kafka
