@@ -1,7 +1,7 @@
 """Rebalances under load: a second consumer joins the group mid-run, then the first leaves.
 
-Records keep arriving (published over 40 s) and partitions move twice while records are in
-flight. A revoked partition's in-flight work is finished and committed before it moves
+Records keep arriving (published over 40 s, the last quarter from the first member's leave
+on) and partitions move twice while records are in flight. A revoked partition's in-flight work is finished and committed before it moves
 (REVOKE_DRAIN_SECONDS), so its new owner starts right after it: Klaviyo refuses no replay.
 Copies of messageIds published again later are dropped by the shared dedup store. The end
 state: every event once on the right profile, one profile per person, no dead letters.
@@ -10,6 +10,7 @@ state: every event once on the right profile, one profile per person, no dead le
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,13 @@ async def test_consumer_joining_and_leaving_under_load(
 
             await wait_until(reached, timeout=300, what=f"{count} events")
 
+        # the load's last quarter waits for the first member's leave: records arrive while
+        # it leaves however slow a loaded machine makes the steps before it
+        leaving = threading.Event()
         load = asyncio.create_task(
-            asyncio.to_thread(publish_paced, kafka_bootstrap, topic, calls, LOAD_SECONDS)
+            asyncio.to_thread(
+                publish_paced, kafka_bootstrap, topic, calls, LOAD_SECONDS, resume=leaving
+            )
         )
         try:
             first.start()
@@ -77,6 +83,7 @@ async def test_consumer_joining_and_leaving_under_load(
             await events_reach(at_join + len(events) // 6)
             at_leave = int((await stats(sandbox.url))["events"])
             assert not load.done(), "the load ended before the first member left: no test"
+            leaving.set()
             assert first.terminate() == 0, first.log()[-3000:]
 
             async def finished() -> bool:
@@ -89,6 +96,7 @@ async def test_consumer_joining_and_leaving_under_load(
             await wait_until(finished, timeout=600, what="every record delivered and committed")
             assert second.terminate() == 0, second.log()[-3000:]
         finally:
+            leaving.set()
             await asyncio.gather(load, return_exceptions=True)
             first.stop_quietly()
             second.stop_quietly()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -284,14 +285,17 @@ def publish_paced(
     encoder: Encoder | None = None,
     *,
     bursts: bool = False,
+    resume: threading.Event | None = None,
 ) -> None:
     """Publish `calls` spread over about `seconds`: load that keeps arriving during a test.
 
     Chunk `i` goes out `i * seconds / chunks` after the start, through one producer (a new
     idempotent producer per chunk waits for its producer id each time, which stretched 40 s of
-    load to 130 s). `bursts`: each chunk through a producer of its own and flushed before the
-    pause (the broker gets a chunk at once, then nothing for a while): the load the rolling
-    upgrade test was written against, which its strict no-replay check needs (see there)."""
+    load to 130 s). With `resume`, the last quarter waits until the test sets it, then keeps
+    its pace: load still arrives after the test's last step however slow the machine is.
+    `bursts`: each chunk through a producer of its own and flushed before the pause (the broker
+    gets a chunk at once, then nothing for a while): the load the rolling upgrade test was
+    written against, which its strict no-replay check needs (see there)."""
     chunks = max(1, int(seconds * 4))
     size = -(-len(calls) // chunks)
     encoder = encoder or Encoder()
@@ -300,9 +304,14 @@ def publish_paced(
             publish({"bootstrap.servers": bootstrap}, topic, calls[start : start + size], encoder)
             time.sleep(seconds / chunks)  # pacing, not waiting for a condition
         return
+    pause_at = chunks * 3 // 4 if resume is not None else chunks
     started = time.monotonic()
     with Publisher({"bootstrap.servers": bootstrap}, topic) as publisher:
         for i, start in enumerate(range(0, len(calls), size)):
+            if i == pause_at and resume is not None:
+                if not resume.wait(timeout=600):
+                    raise AssertionError("the load was never resumed")
+                started = time.monotonic() - i * seconds / chunks
             for call in calls[start : start + size]:
                 publisher.send(encoder.encode(call), key_of(call))
             pause = started + (i + 1) * seconds / chunks - time.monotonic()
