@@ -1,10 +1,11 @@
 """Rebalances under load: a second consumer joins the group mid-run, then the first leaves.
 
 Records keep arriving (published over 40 s, the last quarter from the first member's leave
-on) and partitions move twice while records are in flight. A revoked partition's in-flight work is finished and committed before it moves
-(REVOKE_DRAIN_SECONDS), so its new owner starts right after it: Klaviyo refuses no replay.
-Copies of messageIds published again later are dropped by the shared dedup store. The end
-state: every event once on the right profile, one profile per person, no dead letters.
+on) and partitions move twice while records are in flight. A revoked partition's in-flight
+work is finished and committed before it moves (REVOKE_DRAIN_SECONDS), so its new owner
+starts right after it: Klaviyo refuses no replay. Copies of messageIds published again later
+are dropped by the shared dedup store. The end state: every event once on the right profile,
+one profile per person, no dead letters.
 """
 
 from __future__ import annotations
