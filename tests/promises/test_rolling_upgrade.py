@@ -78,13 +78,8 @@ async def test_old_and_new_replicas_share_a_group_and_a_store_during_the_rollout
 
         # the producers still write what the old replicas read (the new ones read it too)
         old_schemas = Encoder(schemas=load_schemas(old_tree / "schemas"))
-        # in bursts: the previous release does not drain a revoked partition (this one does,
-        # REVOKE_DRAIN_SECONDS), so under a steady load what it has in flight when the new
-        # replica takes a partition is sent again, and Klaviyo refuses it by unique_id
         load = asyncio.create_task(
-            asyncio.to_thread(
-                publish_paced, kafka_bootstrap, topic, calls, 20.0, old_schemas, bursts=True
-            )
+            asyncio.to_thread(publish_paced, kafka_bootstrap, topic, calls, 20.0, old_schemas)
         )
         try:
             old.start()
