@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import redis
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -140,5 +141,6 @@ class IdentityModel(RuleBasedStateMachine):
 TestIdentityModelSqlite = IdentityModel.TestCase
 
 
+@pytest.mark.slow
 def test_identity_model_on_redis(clean_redis_url: str) -> None:
     run_state_machine_as_test(lambda: IdentityModel(clean_redis_url))

@@ -299,6 +299,7 @@ def test_a_key_klaviyo_refuses_at_run_time_is_one_line_and_exit_1(
         json.loads(line)  # everything before it is a log line
 
 
+@pytest.mark.slow
 def test_stderr_is_json_only_while_librdkafka_reports_broker_errors(sandbox: Any) -> None:
     dead = "127.0.0.1:9"  # discard port: nothing listens, every connection is refused
     env = env_for(dead, "analytics", sandbox.url, state_url="sqlite:///:memory:",

@@ -41,6 +41,7 @@ REGISTRY_RECORDS = 20_000  # once more through the real registry: its own part, 
 REGISTRY_KILLS = 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("encoding", "records", "kills"),
     [("local", RECORDS, KILLS), ("registry", REGISTRY_RECORDS, REGISTRY_KILLS)],
@@ -112,6 +113,7 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     )
 
 
+@pytest.mark.slow
 async def test_sigterm_finishes_in_flight_work_and_commits_it(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
 ) -> None:

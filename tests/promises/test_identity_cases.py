@@ -188,6 +188,7 @@ async def test_case3_a_clock_years_off_never_pins_an_email_or_a_trait(
 # 4 ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_case4_split_profiles_heal_although_klaviyo_merges_asynchronously(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from confluent_kafka import Producer
 
 from stream.core.settings import SANDBOX_API_KEY
@@ -111,6 +112,7 @@ def value(samples: list[Any]) -> float:
     return float(samples[0]["value"][1])
 
 
+@pytest.mark.slow
 async def test_prometheus_scrapes_the_running_service_and_every_expression_has_data(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
 ) -> None:

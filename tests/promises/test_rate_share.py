@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from tests.support import free_port, wait_until
 from tests.support.harness import ServiceProcess, metric, service_env, state_dir
 
 
+@pytest.mark.slow
 async def test_the_share_follows_the_group_size(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, clean_redis_url: str
 ) -> None:

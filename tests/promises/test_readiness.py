@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from stream.local.kafka import LocalKafka
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from stream.telemetry.observe import start_observer
 from tests.support import running_service, service_settings, wait_until
 from tests.support.harness import create_topic
+from tests.support.kafka import new_broker
 
 
+@pytest.mark.slow
 async def test_readyz_reports_an_unreachable_broker_and_recovers(tmp_path: Path) -> None:
-    kafka = LocalKafka(work_dir=tmp_path / "kafka")
+    kafka = new_broker(work_dir=tmp_path / "kafka")
     bootstrap = await asyncio.to_thread(kafka.start)
     try:
         topic = create_topic(bootstrap, "readiness", 2)

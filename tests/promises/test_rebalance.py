@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from tests.support import wait_until
@@ -35,6 +37,7 @@ PERSONS = 1_500
 LOAD_SECONDS = 40.0  # records keep arriving while members join and leave
 
 
+@pytest.mark.slow
 async def test_consumer_joining_and_leaving_under_load(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, clean_redis_url: str
 ) -> None:
@@ -45,9 +48,13 @@ async def test_consumer_joining_and_leaving_under_load(
     events, _profiles = expected_of(calls)
     started = time.monotonic()
     with SandboxThread(SandboxConfig(rate_limits=False)) as sandbox:
+        # the drain is what is tested, not its bound: the default 10 s ran out on a loaded
+        # machine (load 9-15 on 2 cores, other suites beside this one) and what is re-read
+        # after it is refused by Klaviyo (as documented), failing the no-replay check
         env = service_env(
-            kafka_bootstrap, topic, sandbox.url, state_dir(), state_url=clean_redis_url
-        )
+            kafka_bootstrap, topic, sandbox.url, state_dir(), state_url=clean_redis_url,
+            revoke_drain_seconds=60,
+        )  # fmt: skip
         first = ServiceProcess(env, tmp_path / "first.log")
         second = ServiceProcess(env, tmp_path / "second.log")
 
@@ -89,6 +96,8 @@ async def test_consumer_joining_and_leaving_under_load(
             await asyncio.gather(load, return_exceptions=True)
             first.stop_quietly()
             second.stop_quietly()
+        logs = first.log() + second.log()
+        assert "revoked with work in flight" not in logs, "a drain outlasted its bound"
         await assert_exactly_once(sandbox.url, calls)
         final = await stats(sandbox.url)
     assert topic_size(kafka_bootstrap, f"{topic}-dlq") == 0

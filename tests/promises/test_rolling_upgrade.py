@@ -57,6 +57,7 @@ def previous_release(into: Path) -> Path:
     return into
 
 
+@pytest.mark.slow
 async def test_old_and_new_replicas_share_a_group_and_a_store_during_the_rollout(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, clean_redis_url: str
 ) -> None:

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from stream.core.settings import SANDBOX_API_KEY
@@ -38,6 +39,7 @@ def start_consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+@pytest.mark.slow
 async def test_three_consumers_keep_one_profile_per_person_and_each_event_once(
     kafka_bootstrap: str, topic_factory: Any, clean_redis_url: str, tmp_path: Path
 ) -> None:

@@ -283,7 +283,14 @@ def publish_paced(
     seconds: float,
     encoder: Encoder | None = None,
 ) -> None:
-    """Publish `calls` spread over about `seconds`: load that keeps arriving during a test."""
+    """Publish `calls` spread over about `seconds`: load that keeps arriving during a test.
+
+    Each chunk goes through an idempotent producer of its own, flushed before the pause, and a
+    new producer's id costs about half a second: the load lasts about three times `seconds`
+    (40 s of load took 130 s), in bursts. The rebalance and rolling-upgrade tests were written
+    against that load and pass with it; at the steady pace `seconds` suggests both saw Klaviyo
+    refuse replays (the rolling upgrade: the previous release does not drain a revoked
+    partition; the rebalance: a drain that did not finish within REVOKE_DRAIN_SECONDS)."""
     chunks = max(1, int(seconds * 4))
     size = -(-len(calls) // chunks)
     encoder = encoder or Encoder()

@@ -12,7 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.local.kafka import LocalKafka
-from tests.support.kafka import TopicFactory
+from tests.support.kafka import TEST_JVM_OPTIONS, TopicFactory, new_broker
 
 
 def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
@@ -87,9 +87,11 @@ def test_round_trip(kafka_bootstrap: str, topic_factory: TopicFactory) -> None:
 
 
 def test_restart_keeps_data_and_ports(tmp_path: Path) -> None:
+    """(With the tests' JVM options, which reach the broker's JVM and its restarted one.)"""
     work_dir = tmp_path / "kafka"
-    with LocalKafka(work_dir=work_dir) as kafka:
+    with new_broker(work_dir=work_dir) as kafka:
         bootstrap = kafka.bootstrap_servers
+        assert kafka.pid in _java_processes_mentioning(TEST_JVM_OPTIONS[0])
         topic = "restart-test"
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[
@@ -103,6 +105,7 @@ def test_restart_keeps_data_and_ports(tmp_path: Path) -> None:
         assert kafka.restart() == bootstrap
         assert kafka.is_running()
         assert not _pid_alive(old_pid)
+        assert kafka.pid in _java_processes_mentioning(TEST_JVM_OPTIONS[0])
 
         after = [b"after-0"]
         _produce(bootstrap, topic, after)

@@ -41,6 +41,9 @@ from tests.support.sandbox import (
 )
 
 HOUR = 3600.0
+# a real delay, for the tests of the timer itself: long enough for the checks made before it
+# passes on a loaded machine (1 s was not, with ten processes on two cores)
+DELAY = 5.0
 BULK = "/api/event-bulk-create-jobs"
 IMPORT = "/api/profile-bulk-import-jobs"
 SUBSCRIBE = "/api/profile-subscription-bulk-create-jobs"
@@ -126,7 +129,7 @@ async def held() -> AsyncIterator[SandboxServer]:
 async def test_a_bulk_event_job_is_invisible_until_its_delay_has_passed(
     http: aiohttp.ClientSession,
 ) -> None:
-    async with SandboxServer(SandboxConfig(job_delay_seconds=2.0)) as sb:
+    async with SandboxServer(SandboxConfig(job_delay_seconds=DELAY)) as sb:
         body = bulk_events(bulk_entry(profile(email="ada@example.com"), bulk_event(unique_id="e1")))
         status, answer, _ = await post(http, f"{sb.url}{BULK}", body)
         assert (status, answer) == (202, None)
@@ -175,7 +178,7 @@ async def test_an_event_job_accepted_before_a_deletion_recreates_the_profile_aft
 async def test_a_profile_import_job_reads_queued_until_it_runs_then_complete(
     http: aiohttp.ClientSession,
 ) -> None:
-    async with SandboxServer(SandboxConfig(job_delay_seconds=1.0)) as sb:
+    async with SandboxServer(SandboxConfig(job_delay_seconds=DELAY)) as sb:
         await create(http, sb.url, email="taken@example.com")
         await create(http, sb.url, phone_number="+14155552671")
         body = import_body(
