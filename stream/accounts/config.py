@@ -131,11 +131,15 @@ class Account:
         """The private key this account sends (None in client mode without one)."""
         return None if self.key is None else self.key.resolve(base, environ)
 
-    def settings(self, base: Settings, environ: Mapping[str, str] | None = None) -> Settings:
+    def settings(
+        self, base: Settings, environ: Mapping[str, str] | None = None, with_key: bool = True
+    ) -> Settings:
         """`base` as this account sees it: its key, revision, mode, share and rule files in
-        place of the global ones, so every builder that takes `Settings` builds its part."""
+        place of the global ones, so every builder that takes `Settings` builds its part.
+        `with_key` False leaves the key out (None) instead of reading it (`doctor`, once it
+        said the key cannot be read)."""
         try:
-            key = self.api_key(base, environ)
+            key = self.api_key(base, environ) if with_key else None
         except AccountsConfigError as exc:
             raise AccountsConfigError(f"account {self.name}: {exc}") from None
         return base.model_copy(
