@@ -14,17 +14,24 @@ Order of decisions:
 
 Without an accounts file every record is the implicit account's. `call` is None for a record
 that has no call (a catalog record): field rules never match it. Reasons name the rule that
-matched (configured values only), never a value of the record.
+matched (configured values only), never a value of the record. `Router` makes every
+decision's routes and reasons once; `bench/routing.py` measures the cost per record.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from stream.accounts.config import ACCOUNT_HEADER, Account, Accounts, Rule, Unmatched
+from stream.accounts.config import (
+    ACCOUNT_HEADER,
+    Account,
+    Accounts,
+    FieldPath,
+    Rule,
+    Unmatched,
+)
 from stream.core.calls import Call, Headers
 from stream.rules.transform import get_field
 
@@ -73,53 +80,88 @@ def header_value(headers: Headers | None, name: str) -> str | None:
     return found.strip() if found is not None else None
 
 
-def route(accounts: Accounts, topic: str, headers: Headers | None, call: Call | None) -> Decision:
-    """The accounts (topic, headers, call) goes to, each with its reason."""
-    if accounts.implicit:
-        return _only(accounts.accounts[0].name)
-    replay = header_value(headers, REPLAY_HEADER)
-    if replay is not None:
-        if replay in accounts:
-            return Decision((Route(replay, "replay", f"replayed for {replay} only"),))
-        return Decision((), accounts.unmatched)
-    if call is not None and call.type == "delete" and accounts.deletes == "every-account":
-        return Decision(tuple(Route(a.name, "delete", "a delete goes to every account")
-                              for a in accounts))  # fmt: skip
-    asked = header_value(headers, ACCOUNT_HEADER)
-    routes: list[Route] = []
-    taken = False
-    for account in accounts:
-        if taken and not account.fan_out:
-            continue
-        found = _matches(account, topic, asked, call)
-        if found is None:
-            continue
-        routes.append(found)
-        taken = taken or not account.fan_out
-    if not routes:
-        return Decision((), accounts.unmatched)
-    return Decision(tuple(routes))
+class Router:
+    """Routing for one `Accounts`, its decisions and reasons made once: what the engine keeps
+    and calls per record (`route` below builds one per `Accounts` and keeps it)."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self.accounts = accounts
+        names = accounts.names
+        self._only = Decision((Route(names[0], "all", "the only account"),))
+        self._none = Decision((), accounts.unmatched)
+        self._replays = {
+            n: Decision((Route(n, "replay", f"replayed for {n} only"),)) for n in names
+        }
+        every = tuple(Route(n, "delete", "a delete goes to every account") for n in names)
+        self._deletes = Decision(every) if accounts.deletes == "every-account" else None
+        # per account: whether it takes fan-out copies, and (rule, its route and decision)
+        self._table = tuple((a.fan_out, _compiled(a)) for a in accounts)
+
+    def route(self, topic: str, headers: Headers | None, call: Call | None) -> Decision:
+        """The accounts (topic, headers, call) goes to, each with its reason."""
+        if self.accounts.implicit:
+            return self._only
+        replay = header_value(headers, REPLAY_HEADER) if headers else None
+        if replay is not None:
+            return self._replays.get(replay, self._none)
+        if self._deletes is not None and call is not None and call.type == "delete":
+            return self._deletes
+        asked = header_value(headers, ACCOUNT_HEADER) if headers else None
+        first: Decision | None = None
+        routes: list[Route] = []
+        fields: dict[FieldPath, str | None] = {}
+        for fan_out, rules in self._table:
+            if first is not None and not fan_out:
+                continue
+            for rule, decision in rules:
+                if rule is None or _holds(rule, topic, asked, call, fields):
+                    routes.append(decision.routes[0])
+                    if first is None and not fan_out:
+                        first = decision
+                    break
+        if not routes:
+            return self._none
+        if len(routes) == 1:
+            return first or Decision(tuple(routes))
+        return Decision(tuple(routes))
 
 
-@functools.cache
-def _only(name: str) -> Decision:
-    """The one decision of a deployment without an accounts file (made once)."""
-    return Decision((Route(name, "all", "the only account"),))
-
-
-def _matches(account: Account, topic: str, asked: str | None, call: Call | None) -> Route | None:
-    """The route when one of `account`'s rules holds for the record (the first that does)."""
+def _compiled(account: Account) -> tuple[tuple[Rule | None, Decision], ...]:
+    """Each rule of `account` (None: `match: all`) with the one-route decision it makes."""
+    fan = ", fan-out" if account.fan_out else ""
     if account.rules is None:
-        return Route(account.name, "all", "match: all" + (", fan-out" if account.fan_out else ""))
-    for index, rule in enumerate(account.rules):
-        if _holds(rule, topic, asked, call):
-            where = f"rule {index + 1}: " if len(account.rules) > 1 else ""
-            fan = ", fan-out" if account.fan_out else ""
-            return Route(account.name, _via(rule), where + rule.describe() + fan)
-    return None
+        return ((None, Decision((Route(account.name, "all", "match: all" + fan),))),)
+    many = len(account.rules) > 1
+    return tuple(
+        (rule, Decision((Route(account.name, _via(rule),
+                               (f"rule {i + 1}: " if many else "") + rule.describe() + fan),)))
+        for i, rule in enumerate(account.rules)
+    )  # fmt: skip
 
 
-def _holds(rule: Rule, topic: str, asked: str | None, call: Call | None) -> bool:
+_ROUTERS: dict[int, Router] = {}
+
+
+def route(accounts: Accounts, topic: str, headers: Headers | None, call: Call | None) -> Decision:
+    """The accounts (topic, headers, call) goes to, each with its reason (a `Router` per
+    `Accounts`, made on first use)."""
+    router = _ROUTERS.get(id(accounts))
+    if router is None or router.accounts is not accounts:
+        if len(_ROUTERS) > 64:
+            _ROUTERS.clear()
+        router = _ROUTERS[id(accounts)] = Router(accounts)
+    return router.route(topic, headers, call)
+
+
+def _holds(
+    rule: Rule,
+    topic: str,
+    asked: str | None,
+    call: Call | None,
+    fields: dict[FieldPath, str | None],
+) -> bool:
+    """Whether every condition of `rule` holds; `fields` keeps the call's field values read so
+    far (accounts routed by one field read it once per record)."""
     if rule.topics is not None and topic not in rule.topics:
         return False
     if rule.header is not None and (asked is None or asked not in rule.header):
@@ -127,11 +169,20 @@ def _holds(rule: Rule, topic: str, asked: str | None, call: Call | None) -> bool
     if rule.field is not None:
         if call is None:
             return False
-        found, value = get_field(call, rule.field)
-        if not found or isinstance(value, bool) or not isinstance(value, str | int):
-            return False
-        return str(value) in rule.equals
+        if rule.field in fields:
+            value = fields[rule.field]
+        else:
+            value = fields[rule.field] = _field_text(call, rule.field)
+        return value is not None and value in rule.equals
     return True
+
+
+def _field_text(call: Call, path: FieldPath) -> str | None:
+    """A field's value as routing compares it: a string, or an integer's digits; else None."""
+    found, value = get_field(call, path)
+    if not found or isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
 
 
 def _via(rule: Rule) -> Via:
