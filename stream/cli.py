@@ -48,6 +48,15 @@ def _time(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _header(text: str) -> tuple[str, str]:
+    from stream.ops.tester_accounts import parse_header
+
+    try:
+        return parse_header(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _position(text: str) -> tuple[int, int]:
     from stream.ops.dlq import parse_position
 
@@ -114,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     tester.add_argument("file", help="one Segment-format call as a JSON object")
     tester.add_argument("--dry-run", action="store_true", help="show the request, do not send")
+    tester.add_argument(
+        "--account", help="with ACCOUNTS_FILE: test with this account (default: routing's)"
+    )
+    tester.add_argument("--topic", help="route as if read from this topic (KAFKA_TOPICS' first)")
+    tester.add_argument(
+        "--header", type=_header, action="append", default=[], metavar="NAME=VALUE",
+        help="route as if the record had this header (klaviyo-account=NAME); repeatable",
+    )  # fmt: skip
 
     kafka = add("kafka", help="run a local single-node Kafka broker (KRaft)")
     kafka.add_argument("--port", type=int, default=9092)
@@ -162,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         chosen.add_argument(
             "--until", type=_time, help="last attempt at or before (ISO-8601 or Unix seconds)"
         )
+        chosen.add_argument("--account", help="dead letters of this account (dlq.account)")
         return chosen
 
     listing = chooser("list", help="count dead letters by stage and reason, newest first")
@@ -210,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "produce":
             return _produce(settings, args)
         if args.command == "test-event":
-            from stream.ops.tester import run_tester
-
-            return asyncio.run(run_tester(settings, args.file, dry_run=args.dry_run))
+            return _test_event(settings, args)
         if args.command == "status":
             return _status(settings, args.json)
         if args.command == "setup-metrics":
@@ -273,6 +289,25 @@ async def _setup_metrics(settings: Settings, dry_run: bool) -> int:
         raise ConfigError("KLAVIYO_MODE: setup-metrics needs the private key (server mode)")
     async with build_client(settings) as client:
         return await setup(client_request(client), dry_run, lambda line: print(line, flush=True))
+
+
+def _test_event(settings: Settings, args: argparse.Namespace) -> int:
+    """`test-event`: with an accounts file, routed first (which account, why), then tested
+    with that account's settings (`stream.ops.tester_accounts`)."""
+    from stream.ops.tester import read_call, run_tester
+    from stream.ops.tester_accounts import account_for_test
+
+    chosen = account_for_test(
+        settings,
+        read_call(args.file),
+        topic=args.topic,
+        headers=args.header,
+        account=args.account,
+        dry_run=args.dry_run,
+    )
+    if chosen is None:
+        return 0
+    return asyncio.run(run_tester(chosen, args.file, dry_run=args.dry_run))
 
 
 def _status(settings: Settings, as_json: bool) -> int:
@@ -437,6 +472,7 @@ def _run(settings: Settings, local: bool, sample: int, registry: bool = False) -
             extra={"consumed": result.consumed, "dead_lettered": result.dead_lettered},
         )
 
+    _accounts_at_start(settings)
     try:
         if not local:
             require_production_settings(settings)
@@ -452,6 +488,21 @@ def _run(settings: Settings, local: bool, sample: int, registry: bool = False) -
             file=sys.stderr,
         )
         return 1
+
+
+def _accounts_at_start(settings: Settings) -> None:
+    """ACCOUNTS_FILE is checked at start (structure and every key: one line, exit 2). The
+    engine does not serve several accounts yet (issue 22, phase 2): until it does, a file is
+    refused rather than ignored, so no account's records go to another's Klaviyo."""
+    from stream.accounts.config import load_accounts
+
+    accounts = load_accounts(settings)
+    if not accounts.implicit:
+        raise ConfigError(
+            f"ACCOUNTS_FILE: {settings.accounts_file} is valid ({len(accounts)} accounts), but "
+            "`run` serves one account until the engine is wired for several (issue 22, phase "
+            "2); unset ACCOUNTS_FILE. doctor, test-event and dlq already read it"
+        )
 
 
 async def _publish_demo(settings: Settings, count: int) -> None:
@@ -543,7 +594,9 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set")
     if args.dlq_command == "show":
         return _dlq_show(settings, *args.position)
-    selection = ReplayFilter(reason=args.reason, since=args.since, until=args.until)
+    selection = ReplayFilter(
+        reason=args.reason, since=args.since, until=args.until, account=args.account
+    )
     if args.dlq_command == "list":
         return _dlq_list(settings, selection, args.json)
     return _dlq_replay(settings, args, selection)

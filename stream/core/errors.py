@@ -7,6 +7,7 @@
     │   ├── HipaaConfigError         the HIPAA allow-lists
     │   ├── ConsentConfigError       the consent rules file
     │   ├── CatalogConfigError       the catalog column mapping (Debezium) file
+    │   ├── AccountsConfigError      the accounts file (ACCOUNTS_FILE), or an account's key
     │   └── RevisionRefused          Klaviyo refused the pinned revision header (fatal at run time)
     ├── BrokerError                  the local Kafka launcher could not start or stop a broker
     ├── LocalRegistryError           the local Schema Registry could not be fetched or started
@@ -78,6 +79,11 @@ class ConsentConfigError(ConfigError):
 
 class CatalogConfigError(ConfigError):
     """The catalog column mapping file (`CATALOG_MAPPING_FILE`) is invalid."""
+
+
+class AccountsConfigError(ConfigError):
+    """The accounts file (`ACCOUNTS_FILE`) is invalid, or an account's key cannot be read; the
+    message names the file, the account and the field, never a key."""
 
 
 class RevisionRefused(ConfigError):

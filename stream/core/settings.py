@@ -120,6 +120,51 @@ def revision_warning(revision: str, today: date | None = None) -> str | None:
     )
 
 
+REVISION_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}(\.\w+)?$")
+
+
+def check_revision(value: str) -> str:
+    """A Klaviyo revision: `YYYY-MM-DD[.suffix]` with a real date (ValueError otherwise)."""
+    if not REVISION_PATTERN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a revision: expected YYYY-MM-DD, e.g. 2026-07-15")
+    try:
+        date.fromisoformat(value[:10])
+    except ValueError:
+        raise ValueError(
+            f"{value} is not a date: a revision is YYYY-MM-DD, e.g. 2026-07-15"
+        ) from None
+    return value
+
+
+def check_public_key(value: str) -> str:
+    """A public API key (site ID): six letters or digits, never a private key."""
+    if value.startswith("pk_"):
+        raise ValueError("this is a private key (pk_…); client mode takes the public key")
+    if not re.fullmatch(r"[A-Za-z0-9]{6}", value):
+        raise ValueError("a public API key (site ID) is 6 letters or digits, like 'AbC123'")
+    return value
+
+
+def parse_share(value: Any) -> float | Literal["auto"]:
+    """A rate share: `auto`, a number in (0, 1], or a fraction like `1/3` (ValueError
+    otherwise). `auto` follows the group (`KLAVIYO_RATE_SHARE`) or the account's traffic."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and "/" in value:
+        top, _, bottom = value.partition("/")
+        try:
+            value = float(top) / float(bottom)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError("expected auto, a number or a fraction like 1/3") from None
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected auto, a number or a fraction like 1/3") from None
+    if not 0 < share <= 1:
+        raise ValueError("a share is more than 0 and at most 1")
+    return share
+
+
 class Settings(BaseSettings):
     """Everything the service reads from its environment. Names are the env variables."""
 
@@ -210,6 +255,11 @@ class Settings(BaseSettings):
     klaviyo_mode: Literal["server", "client"] = "server"
     klaviyo_public_key: str | None = None
 
+    # Several Klaviyo accounts from one consumer group (docs/accounts.md): a YAML or JSON file
+    # listing them, their keys (by reference), routing and files; without it the service is
+    # the one account the settings above describe
+    accounts_file: str | None = None
+
     # Consent, lists and deletion: rules that subscribe, unsubscribe, suppress or change lists
     # (besides each call's own options), and the `custom_source` of the consent we record
     consent_file: str | None = None
@@ -265,13 +315,7 @@ class Settings(BaseSettings):
     @field_validator("klaviyo_public_key")
     @classmethod
     def _check_public_key(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if value.startswith("pk_"):
-            raise ValueError("this is a private key (pk_…); client mode takes the public key")
-        if not re.fullmatch(r"[A-Za-z0-9]{6}", value):
-            raise ValueError("a public API key (site ID) is 6 letters or digits, like 'AbC123'")
-        return value
+        return None if value is None else check_public_key(value)
 
     @field_validator("kafka_topics", "catalog_topics", mode="before")
     @classmethod
@@ -290,13 +334,7 @@ class Settings(BaseSettings):
     @field_validator("klaviyo_revision")
     @classmethod
     def _revision_is_a_date(cls, value: str) -> str:
-        try:
-            date.fromisoformat(value[:10])
-        except ValueError:
-            raise ValueError(
-                f"{value} is not a date: a revision is YYYY-MM-DD, e.g. 2026-07-15"
-            ) from None
-        return value
+        return check_revision(value)
 
     @field_validator("state_url")
     @classmethod
@@ -336,23 +374,7 @@ class Settings(BaseSettings):
     @field_validator("klaviyo_rate_share", mode="before")
     @classmethod
     def _fraction(cls, value: Any) -> Any:
-        """`1/3` is accepted as well as `0.33`: a share derived from the replica count; `auto`
-        follows the group's size. A number must be in (0, 1]."""
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        if isinstance(value, str) and "/" in value:
-            top, _, bottom = value.partition("/")
-            try:
-                value = float(top) / float(bottom)
-            except (ValueError, ZeroDivisionError):
-                raise ValueError("expected auto, a number or a fraction like 1/3") from None
-        try:
-            share = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("expected auto, a number or a fraction like 1/3") from None
-        if not 0 < share <= 1:
-            raise ValueError("a share is more than 0 and at most 1")
-        return share
+        return parse_share(value)
 
     @field_validator("kafka", mode="before")
     @classmethod

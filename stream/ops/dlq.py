@@ -22,10 +22,12 @@ from stream.ops.replay import DeadLetterReader, ReplayFilter, split_headers
 
 @dataclass
 class Group:
-    """Dead letters of one (stage, reason): how many, and when the newest and oldest failed."""
+    """Dead letters of one (account, stage, reason): how many, and when the newest and oldest
+    failed. `account` is "" for dead letters written without an accounts file."""
 
     stage: str
     reason: str
+    account: str = ""
     count: int = 0
     newest: float | None = None
     oldest: float | None = None
@@ -34,8 +36,8 @@ class Group:
 def list_dead_letters(
     kafka_config: dict[str, Any], topic: str, selection: ReplayFilter, timeout: float = 60.0
 ) -> tuple[int, list[Group]]:
-    """(records read, groups by stage and error class, newest first)."""
-    groups: dict[tuple[str, str], Group] = {}
+    """(records read, groups by account, stage and error class, newest first)."""
+    groups: dict[tuple[str, str, str], Group] = {}
     read = 0
     with DeadLetterReader(kafka_config, topic, timeout) as reader:
         for message in reader:
@@ -43,26 +45,33 @@ def list_dead_letters(
             _original, dlq = split_headers(message.headers())
             if not selection.matches(dlq):
                 continue
-            key = (dlq.get("stage", "?"), dlq.get("error.class", "?"))
+            key = (dlq.get("stage", "?"), dlq.get("error.class", "?"), dlq.get("account", ""))
             group = groups.setdefault(key, Group(*key))
             group.count += 1
             when = _float(dlq.get("last.attempt.time"))
             if when is not None:
                 group.newest = when if group.newest is None else max(group.newest, when)
                 group.oldest = when if group.oldest is None else min(group.oldest, when)
-    ordered = sorted(groups.values(), key=lambda g: (-(g.newest or 0.0), g.stage, g.reason))
+    ordered = sorted(
+        groups.values(), key=lambda g: (g.account, -(g.newest or 0.0), g.stage, g.reason)
+    )
     return read, ordered
 
 
 def format_list(topic: str, read: int, groups: list[Group]) -> str:
-    """The table `dlq list` prints."""
+    """The table `dlq list` prints; an account column (grouped by account) when any dead
+    letter names one."""
     chosen = sum(g.count for g in groups)
     lines = [f"{chosen} dead letters chosen of {read} in {topic}"]
     if groups:
-        rows = [("stage", "reason", "count", "newest", "oldest")] + [
-            (g.stage, g.reason, str(g.count), _iso(g.newest), _iso(g.oldest)) for g in groups
+        accounts = any(g.account for g in groups)
+        head = ("account",) if accounts else ()
+        rows = [(*head, "stage", "reason", "count", "newest", "oldest")] + [
+            ((g.account or "-",) if accounts else ())
+            + (g.stage, g.reason, str(g.count), _iso(g.newest), _iso(g.oldest))
+            for g in groups
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                   for row in rows]
     return "\n".join(lines)

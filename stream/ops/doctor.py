@@ -19,10 +19,10 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from stream.core.errors import ConfigError, StreamError
@@ -37,6 +37,9 @@ from stream.core.settings import (
 )
 from stream.intake.registry import auth_setting, classify, registry_client, said
 from stream.telemetry.logs import redact
+
+if TYPE_CHECKING:
+    from stream.accounts.config import Account
 
 OK, FAIL = "✓", "✗"
 # compatibility levels under which every registered version can be read by the newest
@@ -63,17 +66,103 @@ class Check:
 
 
 def run_checks(settings: Settings, timeout: float = 10.0) -> Iterator[Check]:
-    """Every check, in order; each one catches its own failure."""
+    """Every check, in order; each one catches its own failure. With an accounts file the
+    Klaviyo checks (key, scopes, revision, rule files, state) run once per account."""
+    if settings.accounts_file:
+        yield from _with_accounts(settings, timeout)
+        return
     yield from _files(settings)
     yield _revision(settings)
     yield from _kafka(settings, timeout)
     if settings.schema_registry_url:
         yield from _registry(settings)
     yield _state(settings)
+    yield from _klaviyo_checks(settings, timeout)
+
+
+def _klaviyo_checks(settings: Settings, timeout: float) -> Iterator[Check]:
     klaviyo = _klaviyo(settings, timeout)
     yield klaviyo
     if klaviyo.ok and settings.klaviyo_mode == "server" and settings.klaviyo_api_key:
         yield _mapped_metrics(settings, timeout)
+
+
+def _with_accounts(settings: Settings, timeout: float) -> Iterator[Check]:
+    """The accounts file, the checks every account shares (Kafka, registry), then each
+    account's own: its key, rule files, revision, state, and Klaviyo (key accepted, scopes)."""
+    from stream.accounts.config import read_accounts_file
+
+    path = str(settings.accounts_file)
+    try:
+        accounts = read_accounts_file(path, settings)
+    except ConfigError as exc:
+        yield Check("accounts file", False, str(exc), "correct ACCOUNTS_FILE")
+        yield from _files(settings, account_files=False)
+        yield from _kafka(settings, timeout)
+        return
+    yield Check("accounts file", True, f"{path}: {len(accounts)} accounts "
+                f"({', '.join(accounts.names)}); records of no account: {accounts.unmatched}, "
+                f"deletes: {accounts.deletes}")  # fmt: skip
+    yield from _files(settings, account_files=False)
+    yield from _kafka(settings, timeout)
+    if settings.schema_registry_url:
+        yield from _registry(settings)
+    keys: dict[str, str] = {}  # a key → the first account that has it
+    for account in accounts:
+        for check in _account_checks(settings, account, keys, timeout):
+            yield _of_account(check, account)
+
+
+def _account_checks(
+    settings: Settings, account: Account, keys: dict[str, str], timeout: float
+) -> Iterator[Check]:
+    """One account's key (readable, a private key, its own), rule files, revision, state and
+    Klaviyo, with the settings the service would build its parts from."""
+    from stream.accounts.stores import store_location
+
+    key = _account_key(settings, account, keys)
+    yield key
+    own = account.settings(settings, with_key=key.ok)
+    for check in _files(own, shared=False):
+        if key.ok or check.name != "klaviyo credentials":  # a key not read: said once
+            yield check
+    yield _revision(own)
+    url, prefix = store_location(str(settings.state_url), account)
+    state = _state(own.model_copy(update={"state_url": url}))
+    if state.ok and not url.startswith("sqlite"):
+        kept = ", the existing state" if account.keeps_state else ""
+        state = replace(state, detail=f"{state.detail} (keys {prefix}*{kept})")
+    yield state
+    if key.ok:
+        yield from _klaviyo_checks(own, timeout)
+
+
+def _account_key(settings: Settings, account: Account, keys: dict[str, str]) -> Check:
+    fix = "give key: {env: VARIABLE} or {file: /path} in ACCOUNTS_FILE"
+    try:
+        key = account.api_key(settings)
+    except ConfigError as exc:
+        return Check("key", False, str(exc).removeprefix("key: "), f"set it, or correct {fix}")
+    if key is None:
+        if account.mode == "server":
+            return Check("key", False, "missing: server mode sends a private key", fix)
+        return Check("key", True, f"none, client mode (public key {account.public_key})")
+    other = keys.setdefault(key.get_secret_value(), account.name)
+    if other != account.name:
+        return Check("key", False, f"{account.key} is account {other}'s key too: one Klaviyo "
+                     "account served twice would not be kept apart", "give each its own key")
+    return Check("key", True, f"{account.key}, {account.mode} mode")
+
+
+def _of_account(check: Check, account: Account) -> Check:
+    """An account's check: its name first, and fixes naming the account's own fields."""
+    fix = check.fix
+    for setting, field in (("KLAVIYO_API_KEY", f"the key {account.key}"),
+                           ("KLAVIYO_REVISION", "its revision in ACCOUNTS_FILE"),
+                           ("EVENT_DEFINITIONS_FILE", "its event-definitions file"),
+                           ("CONSENT_FILE", "its consent file")):  # fmt: skip
+        fix = fix.replace(setting, field)
+    return replace(check, name=f"account {account.name}: {check.name}", fix=fix)
 
 
 def _guard(name: str, fix: str, check: Callable[[], Check]) -> Check:
@@ -85,7 +174,12 @@ def _guard(name: str, fix: str, check: Callable[[], Check]) -> Check:
         return Check(name, False, f"{type(exc).__name__}: {exc}", fix)
 
 
-def _files(settings: Settings) -> Iterator[Check]:
+def _files(
+    settings: Settings, account_files: bool = True, shared: bool = True
+) -> Iterator[Check]:
+    """The rule files and credentials (an account's, unless `account_files` is off) and the
+    files every account shares (catalog mapping, passthrough properties; unless `shared` is
+    off)."""
     from stream.rules.route import router_from_settings
     from stream.rules.transform import transformer_from_settings
 
@@ -118,13 +212,16 @@ def _files(settings: Settings) -> Iterator[Check]:
         require_klaviyo_credentials(settings)
         return Check("klaviyo credentials", True, f"{settings.klaviyo_mode} mode")
 
-    yield _guard("event definitions", "correct EVENT_DEFINITIONS_FILE", routes)
-    yield _guard("transformations", "correct the file named", rules)
-    yield _guard("consent rules", "correct CONSENT_FILE (or KLAVIYO_MODE)", consent)
-    if settings.catalog_mapping_file:
+    if account_files:
+        yield _guard("event definitions", "correct EVENT_DEFINITIONS_FILE", routes)
+        yield _guard("transformations", "correct the file named", rules)
+        yield _guard("consent rules", "correct CONSENT_FILE (or KLAVIYO_MODE)", consent)
+    if shared and settings.catalog_mapping_file:
         yield _guard("catalog mapping", "correct CATALOG_MAPPING_FILE", lambda: _mapping(settings))
-    yield _guard("kafka properties", "correct the KAFKA_CONFIG_* property", properties)
-    yield _guard("klaviyo credentials", "set the key the mode needs", credentials)
+    if shared:
+        yield _guard("kafka properties", "correct the KAFKA_CONFIG_* property", properties)
+    if account_files:
+        yield _guard("klaviyo credentials", "set the key the mode needs", credentials)
 
 
 def _mapping(settings: Settings) -> Check:

@@ -11,6 +11,11 @@ the last attempt), and republishes each one's original key, value and headers (w
 without triggering flows, since customers must not get emails for something long past.
 A replayed event that did reach Klaviyo earlier is refused there by its `unique_id`.
 
+A dead letter of one account (a `dlq.account` header, written with an accounts file) is
+replayed to that account only: the record carries `klaviyo-stream.account`, which routing
+honours over its rules, so the accounts a fan-out record did reach do not get it again.
+`--account NAME` chooses the dead letters of one account.
+
 A deletion's dead letter written in HIPAA mode holds no identifier (its value is the redacted
 call): it is replayed as a delete call naming only its erasure (`ERASURE_HEADER`), which the
 service sends again from the erasure entry it kept (for `ERASURE_KEEP_SECONDS`), so no raw
@@ -35,6 +40,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from stream.accounts.routing import REPLAY_HEADER
 from stream.completion.deadletter import HEADER_PREFIX
 from stream.core.errors import ConfigError, ReplayError
 from stream.klaviyo.mapping import BACKFILL_HEADER, ERASURE_HEADER
@@ -49,15 +55,19 @@ class ReplayFilter:
     """Which dead letters to replay; an empty filter takes them all.
 
     `reason` is a case-insensitive substring of the failing stage, error class, error message
-    or Klaviyo error code; `since`/`until` bound the last attempt time (Unix seconds).
+    or Klaviyo error code; `since`/`until` bound the last attempt time (Unix seconds);
+    `account` is the account the dead letter was written for (`dlq.account`, exactly).
     """
 
     reason: str | None = None
     since: float | None = None
     until: float | None = None
+    account: str | None = None
 
     def matches(self, dlq: dict[str, str]) -> bool:
         """True when a dead letter with these `dlq.*` headers (prefix removed) is wanted."""
+        if self.account is not None and dlq.get("account") != self.account:
+            return False
         if self.reason:
             wanted = self.reason.lower()
             if not any(wanted in dlq.get(name, "").lower() for name in REASON_HEADERS):
@@ -206,8 +216,7 @@ def replay(
                 )
             result.replayed += 1
             if producer is not None:
-                headers = [h for h in original if h[0] != BACKFILL_HEADER]
-                headers.append((BACKFILL_HEADER, b"1"))
+                headers = replayed_headers(original, dlq)
                 value = message.value()
                 erasure = dlq.get("erasure")
                 if erasure and "redacted" in dlq:  # no identifier in it: the entry has them
@@ -223,6 +232,16 @@ def replay(
                 f"{remaining} replayed records unacknowledged; errors: {failures[:3]}"
             )
     return result
+
+
+def replayed_headers(original: Headers, dlq: dict[str, str]) -> Headers:
+    """A replayed record's headers: its own, marked as backfill and, when the dead letter was
+    one account's, for that account only (a fan-out's other accounts had their copy)."""
+    headers = [h for h in original if h[0] not in (BACKFILL_HEADER, REPLAY_HEADER)]
+    headers.append((BACKFILL_HEADER, b"1"))
+    if dlq.get("account"):
+        headers.append((REPLAY_HEADER, dlq["account"].encode()))
+    return headers
 
 
 def _ends(consumer: Consumer, topic: str, timeout: float) -> dict[int, tuple[int, int]]:

@@ -7,8 +7,9 @@ headers, refuses repeated `unique_id`s, keeps profile identity (email / phone_nu
 external_id unique, 409 `duplicate_profile`), queues profile merges and applies them a moment
 later (as Klaviyo's asynchronous merge task does), runs bulk import jobs, keeps consent per
 channel, suppressions and lists, deletes profiles on data-privacy requests, and can inject
-faults. `/sandbox/*` endpoints expose what it received and holds, as JSON or, for a browser,
-as HTML pages (`<url>/sandbox/`).
+faults. It serves several accounts at once when asked (`SandboxConfig.accounts`), told
+apart by key, each with its own data, limits and faults. `/sandbox/*` endpoints expose what
+it received and holds, as JSON or, for a browser, as HTML pages (`<url>/sandbox/`).
 
 Event and profile jobs (events, bulk events, profile bulk imports, subscription and
 suppression jobs, client profiles and subscriptions) are validated when they arrive and
@@ -25,7 +26,15 @@ changes the delay at run time or applies every waiting job now.
 """
 
 from .app import create_app
-from .config import SandboxConfig, SeedList
+from .config import SandboxAccount, SandboxConfig, SeedList
 from .server import SandboxServer, SandboxThread, run
 
-__all__ = ["SandboxConfig", "SandboxServer", "SandboxThread", "SeedList", "create_app", "run"]
+__all__ = [
+    "SandboxAccount",
+    "SandboxConfig",
+    "SandboxServer",
+    "SandboxThread",
+    "SeedList",
+    "create_app",
+    "run",
+]

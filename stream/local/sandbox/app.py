@@ -1,10 +1,16 @@
 """The sandbox web application: routes, the per-operation guard, and the observing middleware.
 
 Order of checks for an API request, as Klaviyo applies them: fault injection (the sandbox's
-own), authentication (401), rate limit (429), `revision` header (400), body size (413), JSON
-parse (400), OpenAPI schema (400), then the endpoint's own rules. Every answer of an API
-endpoint carries RateLimit-Limit/Remaining/Reset; no answer or log entry ever contains the
-Authorization header.
+own), authentication (401; 403 for a scope the key lacks), rate limit (429), `revision` header
+(400), body size (413), JSON parse (400), OpenAPI schema (400), then the endpoint's own rules.
+Every answer of an API endpoint carries RateLimit-Limit/Remaining/Reset; no answer or log
+entry ever contains the Authorization header.
+
+Several accounts are served at once (`SandboxConfig.accounts`), told apart by the request's
+key: private key, or `company_id` for /client/ endpoints. Each request is answered by its
+account's `Sandbox` (its data, limits, faults, stats and log); a request with an unknown key
+by the default account's (it gets its 401 there). The /sandbox/ pages take `?account=NAME`
+(default: the default account); `POST /sandbox/reset` without it resets every account.
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ from . import api, catalog_api, consent_api, list_api, privacy_api, profile_api,
 from .api import SCHEMA_ERRORS, STRINGS_FIT, Handler, json_response
 from .config import SandboxConfig
 from .errors import ApiError, ErrorItem, invalid
-from .inspection import routes as inspection_routes
+from .inspection_accounts import account_routes
 from .spec import Operation
-from .state import Sandbox
+from .state import Sandbox, SandboxAccounts
 from .validation import schema_errors, strings_fit
 
 log = logging.getLogger("stream.local.sandbox")
 
-SANDBOX = web.AppKey("sandbox", Sandbox)
+SANDBOX = web.AppKey("sandbox", Sandbox)  # the default account
+ACCOUNTS = web.AppKey("sandbox_accounts", SandboxAccounts)
+ANSWERED_BY = web.RequestKey("sandbox_account", Sandbox)
 BODY = web.RequestKey("sandbox_body", object)
 OPERATION = web.RequestKey("sandbox_operation", str)
 FAULT = web.RequestKey("sandbox_fault", str)
@@ -80,20 +88,45 @@ def error_response(exc: ApiError) -> web.Response:
     return response
 
 
+def _account_of(request: web.Request, accounts: SandboxAccounts, op: Operation) -> Sandbox:
+    """The account the request's key names (the default one for an unknown or no key)."""
+    if op.client:
+        found = accounts.by_public_key(request.query.get("company_id", ""))
+    else:
+        _scheme, _, key = request.headers.get("Authorization", "").strip().partition(" ")
+        found = accounts.by_private_key(key.strip())
+    return found or accounts.default
+
+
 def _authenticate(request: web.Request, sandbox: Sandbox, op: Operation) -> None:
-    """Private key for /api/, a known public key (company_id) for /client/."""
+    """Private key for /api/, a known public key (company_id) for /client/; the account's key
+    not revoked; a private key with the operation's scopes."""
+    account = sandbox.account
     if op.client:
         company = request.query.get("company_id")
         if not company:
             raise invalid("The company_id query parameter is required.", parameter="company_id")
-        if company not in sandbox.config.public_keys:
+        if company not in account.public_keys or sandbox.revoked:
             raise invalid("Invalid company_id.", parameter="company_id")
         return
     scheme, _, key = request.headers.get("Authorization", "").strip().partition(" ")
-    known = any(hmac.compare_digest(key.strip(), k) for k in sandbox.config.api_keys)
-    if scheme != "Klaviyo-API-Key" or not known:
+    known = any(hmac.compare_digest(key.strip(), k) for k in account.api_keys)
+    if scheme != "Klaviyo-API-Key" or not known or sandbox.revoked:
         detail = "Missing or invalid private key."
         raise ApiError(401, [ErrorItem(401, "not_authenticated", detail)])
+    missing = [scope for scope in op.scopes if not _granted(scope, account.scopes)]
+    if missing:
+        detail = f"Your API key is missing required scopes: {', '.join(missing)}"
+        title = "You do not have permission to perform this action."
+        raise ApiError(403, [ErrorItem(403, "permission_denied", detail, title=title)])
+
+
+def _granted(scope: str, scopes: tuple[str, ...] | None) -> bool:
+    """A full-access key (None) has every scope; `x:write` grants `x:read` too."""
+    if scopes is None or scope in scopes:
+        return True
+    kind, _, level = scope.partition(":")
+    return level == "read" and f"{kind}:write" in scopes
 
 
 def _check_revision(request: web.Request, revisions: tuple[str, ...]) -> None:
@@ -171,11 +204,13 @@ def _fault_response(kind: str) -> web.Response:
     return error_response(ApiError(status, [ErrorItem(status, code, detail)], headers))
 
 
-def _guard(sandbox: Sandbox, op: Operation, handler: Handler, depth: int) -> Any:
-    """Wrap an endpoint handler with faults, auth, rate limit, revision and body checks."""
+def _guard(accounts: SandboxAccounts, op: Operation, handler: Handler, depth: int) -> Any:
+    """Wrap an endpoint handler with faults, auth, rate limit, revision and body checks, all
+    of the account the request's key names."""
 
     async def serve(request: web.Request) -> web.StreamResponse:
         request[OPERATION] = op.operation_id
+        sandbox = request[ANSWERED_BY] = _account_of(request, accounts, op)
         if sandbox.faults.holds(op.operation_id):
             await sandbox.faults.wait_if_held()
             if request.transport is None or request.transport.is_closing():
@@ -236,7 +271,6 @@ async def _observe(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path == "/sandbox" or request.path.startswith("/sandbox/"):
         response: web.StreamResponse = await handler(request)
         return response
-    sandbox = request.app[SANDBOX]
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -246,6 +280,7 @@ async def _observe(request: web.Request, handler: Any) -> web.StreamResponse:
         log.exception("sandbox handler crashed")
         item = ErrorItem(500, "error", "The sandbox failed to handle this request.")
         response = error_response(ApiError(500, [item]))
+    sandbox = request.get(ANSWERED_BY) or request.app[SANDBOX]
     dropped = request.get(FAULT) in ("drop", "drop_after")
     status: int | str = "dropped" if dropped else response.status
     sandbox.stats.count(_endpoint(request), str(status))
@@ -267,15 +302,16 @@ async def _observe(request: web.Request, handler: Any) -> web.StreamResponse:
 
 def create_app(config: SandboxConfig) -> web.Application:
     """A ready aiohttp application serving the Klaviyo endpoints and /sandbox/ inspection."""
-    sandbox = Sandbox(config)
+    accounts = SandboxAccounts(config)
     app = web.Application(middlewares=[_observe], client_max_size=4 * MAX_BODY)
-    app[SANDBOX] = sandbox
+    app[SANDBOX] = accounts.default
+    app[ACCOUNTS] = accounts
     for operation_id, (handler, depth) in HANDLERS.items():
-        op = sandbox.operations.get(operation_id)
+        op = accounts.default.operations.get(operation_id)
         if op is None:
             raise ValueError(f"OpenAPI slice for {operation_id} missing in {config.openapi_dir}")
-        serve = _guard(sandbox, op, handler, depth)
+        serve = _guard(accounts, op, handler, depth)
         app.router.add_route(op.method, op.path, serve)
         app.router.add_route(op.method, op.path + "/", serve)
-    app.router.add_routes(inspection_routes(sandbox))
+    app.router.add_routes(account_routes(accounts))
     return app

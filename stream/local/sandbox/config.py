@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,8 @@ DEFAULT_PUBLIC_KEY = "SBXPUB"
 OPT_IN_PROCESSES = ("single_opt_in", "double_opt_in")
 MAX_DELAY_SECONDS = 3600.0
 """The longest merge, deletion or job delay the sandbox accepts."""
+DEFAULT_ACCOUNT = "default"
+_ACCOUNT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,39 @@ class SeedList:
     id: str
     name: str
     double_opt_in: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxAccount:
+    """One Klaviyo account the sandbox serves, told apart from the others by its keys: its own
+    profiles, events, lists, catalog, rate limits, fault injection, stats and request log.
+
+    `rate_limit_factor` scales every limit (an account whose limits differ from the published
+    ones: 0.5 halves each window's quota; `RateLimit-Limit` says so, as Klaviyo's does).
+    `scopes` are what its private keys may do (`profiles:read`, `events:write`, …; a `:write`
+    scope grants `:read`); None is a full-access key. A request outside them is a 403."""
+
+    name: str
+    api_keys: tuple[str, ...] = ()
+    public_keys: tuple[str, ...] = ()
+    rate_limit_factor: float = 1.0
+    scopes: tuple[str, ...] | None = None
+    lists: tuple[SeedList, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _ACCOUNT_NAME.fullmatch(self.name):
+            raise ValueError(f"SandboxAccount.name {self.name!r}: a-z, 0-9 and '-' only")
+        if not self.api_keys and not self.public_keys:
+            raise ValueError(f"SandboxAccount {self.name}: give a private or a public key")
+        if not 0 < self.rate_limit_factor <= 100:
+            raise ValueError(f"SandboxAccount {self.name}: rate_limit_factor must be in (0, 100]")
+        _check_lists(self.lists, f"SandboxAccount {self.name}.lists")
+
+
+def _check_lists(lists: tuple[SeedList, ...], where: str) -> None:
+    ids = [seed.id for seed in lists]
+    if any(not list_id or not list_id.isalnum() for list_id in ids) or len(set(ids)) < len(ids):
+        raise ValueError(f"{where}: ids must be distinct, non-empty, alphanumeric")
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,9 @@ class SandboxConfig:
     `catalog_jobs_cap` of them are in progress at once (Klaviyo: 500). `lists` are the
     account's lists at start; `default_opt_in_process` is the account setting a subscription
     without a list follows (and a list created without one gets).
+
+    `api_keys`, `public_keys` and `lists` are the account named `default`; `accounts` are
+    more accounts served at once (`SandboxAccount`), each its own world, told apart by key.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +111,7 @@ class SandboxConfig:
     job_delay_seconds: float = 0.0
     lists: tuple[SeedList, ...] = ()
     default_opt_in_process: str = "single_opt_in"
+    accounts: tuple[SandboxAccount, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.api_keys:
@@ -93,8 +133,19 @@ class SandboxConfig:
             raise ValueError(
                 f"SandboxConfig.default_opt_in_process must be one of {OPT_IN_PROCESSES}"
             )
-        ids = [seed.id for seed in self.lists]
-        if any(not list_id or not list_id.isalnum() for list_id in ids) or len(set(ids)) < len(ids):
-            raise ValueError("SandboxConfig.lists: ids must be distinct, non-empty, alphanumeric")
+        _check_lists(self.lists, "SandboxConfig.lists")
         if not Path(self.openapi_dir).is_dir():
             raise ValueError(f"SandboxConfig.openapi_dir: {self.openapi_dir} is not a directory")
+        every = self.all_accounts()
+        account_names = [account.name for account in every]
+        if len(set(account_names)) < len(account_names):
+            raise ValueError("SandboxConfig.accounts: names must be distinct (and not 'default')")
+        keys = [k for account in every for k in (*account.api_keys, *account.public_keys)]
+        if len(set(keys)) < len(keys):
+            raise ValueError("SandboxConfig.accounts: a key belongs to one account only")
+
+    def all_accounts(self) -> tuple[SandboxAccount, ...]:
+        """The default account (from `api_keys`, `public_keys`, `lists`), then `accounts`."""
+        default = SandboxAccount(DEFAULT_ACCOUNT, self.api_keys, self.public_keys,
+                                 lists=self.lists)  # fmt: skip
+        return (default, *self.accounts)

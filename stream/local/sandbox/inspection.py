@@ -109,8 +109,9 @@ def routes(sandbox: Sandbox) -> list[web.RouteDef]:
                     text=pages.not_found_page(what), status=404, content_type="text/html"
                 )
             return _json({"errors": [{"status": 404, "code": "not_found", "detail": what}]}, 404)
-        if live != asked:
-            raise web.HTTPFound(f"/sandbox/profiles/{quote(live, safe='')}")
+        if live != asked:  # the query (`?account=`) goes along
+            query = f"?{request.query_string}" if request.query_string else ""
+            raise web.HTTPFound(f"/sandbox/profiles/{quote(live, safe='')}{query}")
         profile = sandbox.store.profiles[live]
         events = [event_snapshot(e) for e in sandbox.store.events if e.profile_id == live]
         if wants_html(request):

@@ -3,8 +3,9 @@ and a daily one where the spec names it (list creation: 150/d).
 
 Klaviyo documents a fixed-window algorithm; a request counts against every window and is
 refused (429) when any is full. Headers describe the steady window, as Klaviyo's do.
-Every private key of the account shares the same budget, so the limiter is keyed by
-endpoint only. `time_scale` shortens both windows for fast benchmarks.
+Every private key of the account shares the same budget, so the limiter (one per account) is
+keyed by endpoint only. `time_scale` shortens both windows for fast benchmarks; `factor`
+scales every quota (an account with limits of its own).
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class RateLimiter:
         time_scale: float = 1.0,
         enforce: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        factor: float = 1.0,
     ) -> None:
         self._scale = time_scale
+        self._factor = factor
         self._enforce = enforce
         self._clock = clock
         self._windows: dict[str, tuple[_Window, ...]] = {}
@@ -83,11 +86,11 @@ class RateLimiter:
         windows = self._windows.get(endpoint)
         if windows is None:
             windows = (
-                _Window(1.0 * self._scale, quota.burst, start=now),
-                _Window(60.0 * self._scale, quota.steady, start=now),
+                _Window(1.0 * self._scale, self._scaled(quota.burst), start=now),
+                _Window(60.0 * self._scale, self._scaled(quota.steady), start=now),
             )
             if quota.daily is not None:
-                windows += (_Window(86_400.0 * self._scale, quota.daily, start=now),)
+                windows += (_Window(86_400.0 * self._scale, self._scaled(quota.daily), start=now),)
             self._windows[endpoint] = windows
         steady = windows[1]
         for window in windows:
@@ -105,6 +108,9 @@ class RateLimiter:
             reset=max(0, math.ceil(steady.reset_in(now))),
             retry_after=max(1, math.ceil(wait)),
         )
+
+    def _scaled(self, limit: int) -> int:
+        return max(1, round(limit * self._factor))
 
     def state(self) -> dict[str, list[dict[str, float | int | str]]]:
         """Each endpoint's windows now: name, used, limit, seconds to reset (for inspection)."""

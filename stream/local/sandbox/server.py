@@ -9,7 +9,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from .app import SANDBOX, create_app
+from .app import ACCOUNTS, SANDBOX, create_app
 from .config import SandboxConfig
 from .state import Sandbox
 from .store import Store
@@ -28,8 +28,12 @@ class SandboxServer:
 
     @property
     def sandbox(self) -> Sandbox:
-        """Everything the running sandbox holds (store, stats, log, fault dice)."""
+        """Everything the default account holds (store, stats, log, fault dice)."""
         return self.app[SANDBOX]
+
+    def account(self, name: str) -> Sandbox:
+        """Everything account `name` holds (`SandboxConfig.accounts`; KeyError if none)."""
+        return self.app[ACCOUNTS].by_name[name]
 
     @property
     def store(self) -> Store:
@@ -55,7 +59,8 @@ class SandboxServer:
     async def stop(self) -> None:
         """Stop serving and close every connection; queued merges, deletions and jobs are
         dropped."""
-        self.sandbox.scheduler.cancel_all()
+        for sandbox in self.app[ACCOUNTS]:
+            sandbox.scheduler.cancel_all()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -91,8 +96,12 @@ class SandboxThread:
 
     @property
     def store(self) -> Store:
-        """The sandbox's store (see the class note on threads)."""
+        """The default account's store (see the class note on threads)."""
         return self.server.store
+
+    def account(self, name: str) -> Sandbox:
+        """Account `name` (see the class note on threads)."""
+        return self.server.account(name)
 
     def start(self) -> str:
         """Start the thread and wait until the server accepts connections."""

@@ -39,6 +39,7 @@ class Operation:
     rate_limit: RateLimit
     client: bool
     validator: Draft202012Validator | None
+    scopes: tuple[str, ...] = ()  # what a private key needs (`x-klaviyo-scopes`)
 
 
 def _parse_rate(text: str, unit: str) -> int:
@@ -117,5 +118,6 @@ def load_operations(openapi_dir: Path) -> dict[str, Operation]:
                     ),
                     client=op.get("security", doc.get("security")) == [],
                     validator=_request_validator(doc, op),
+                    scopes=tuple(op.get("x-klaviyo-scopes", ())),
                 )
     return operations

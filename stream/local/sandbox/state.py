@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import random
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 from .catalog import Catalog
-from .config import SandboxConfig
+from .config import SandboxAccount, SandboxConfig
 from .consent import MailingList
 from .ratelimit import RateLimiter
 from .spec import Operation, load_operations
@@ -115,17 +116,28 @@ class RequestLog:
 
 
 class Sandbox:
-    """The running sandbox: config, OpenAPI operations, store, limiter, faults, stats, log,
-    and the scheduler of its asynchronous work (merges, deletions, event and profile jobs).
+    """One account of the running sandbox: config, OpenAPI operations, store, limiter, faults,
+    stats, log, and the scheduler of its asynchronous work (merges, deletions, event and
+    profile jobs). `account` says who it is (the default account unless given); `revoked`
+    makes every request with its keys a 401 (a key revoked in Klaviyo) until cleared.
 
     `job_delay` starts as `config.job_delay_seconds`; POST /sandbox/jobs changes it at run
     time (jobs already waiting keep their time)."""
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        account: SandboxAccount | None = None,
+        operations: dict[str, Operation] | None = None,
+    ) -> None:
         self.config = config
-        self.operations: dict[str, Operation] = load_operations(config.openapi_dir)
+        self.account = account or config.all_accounts()[0]
+        self.operations: dict[str, Operation] = (
+            operations if operations is not None else load_operations(config.openapi_dir)
+        )
+        self.revoked = False
         self.store = Store()
-        self.limiter = RateLimiter(config.time_scale, enforce=config.rate_limits)
+        self.limiter = self._limiter()
         self.faults = FaultInjector(config.fault_rate, config.fault_seed)
         self.stats = Stats()
         self.log = RequestLog(config.request_log_limit)
@@ -135,10 +147,16 @@ class Sandbox:
         self.job_delay = config.job_delay_seconds
         self._seed_lists()
 
+    def _limiter(self) -> RateLimiter:
+        config = self.config
+        return RateLimiter(
+            config.time_scale, enforce=config.rate_limits, factor=self.account.rate_limit_factor
+        )
+
     def _seed_lists(self) -> None:
-        """The lists `SandboxConfig.lists` says the account starts with."""
+        """The lists the account starts with (`SandboxConfig.lists` for the default one)."""
         now = iso(datetime.now(UTC))
-        for seed in self.config.lists:
+        for seed in self.account.lists:
             process = "double_opt_in" if seed.double_opt_in else "single_opt_in"
             self.store.lists[seed.id] = MailingList(seed.id, seed.name, process, now, now)
 
@@ -170,8 +188,9 @@ class Sandbox:
         return self.job_queue.submit(kind, size, apply, self.job_delay, check)
 
     def reset(self) -> None:
-        """Back to the state right after start-up (fault rate, job delay, seeded lists); queued
-        tasks and jobs dropped."""
+        """Back to the state right after start-up (fault rate, job delay, seeded lists, key
+        not revoked); queued tasks and jobs dropped."""
+        self.revoked = False
         self.scheduler.cancel_all()
         self.job_queue.clear()
         self.job_delay = self.config.job_delay_seconds
@@ -183,3 +202,32 @@ class Sandbox:
         self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed)
         self.stats = Stats()
         self.log = RequestLog(self.config.request_log_limit)
+
+
+class SandboxAccounts:
+    """Every account the sandbox serves (`Sandbox` each), found by name or by key; the first
+    is the default account: the one a request with an unknown key is answered for."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        operations = load_operations(config.openapi_dir)
+        self.by_name: dict[str, Sandbox] = {
+            account.name: Sandbox(config, account, operations)
+            for account in config.all_accounts()
+        }
+        self.default = next(iter(self.by_name.values()))
+        self._private = {k: sb for sb in self.by_name.values() for k in sb.account.api_keys}
+        self._public = {k: sb for sb in self.by_name.values() for k in sb.account.public_keys}
+
+    def by_private_key(self, key: str) -> Sandbox | None:
+        """The account whose private key `key` is (compared in constant time)."""
+        found = None
+        for known, sandbox in self._private.items():
+            if hmac.compare_digest(key, known):
+                found = sandbox
+        return found
+
+    def by_public_key(self, company_id: str) -> Sandbox | None:
+        return self._public.get(company_id)
+
+    def __iter__(self) -> Iterator[Sandbox]:
+        return iter(self.by_name.values())
