@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stream.accounts.config import Accounts, implicit_accounts, read_accounts_file  # noqa: E402
 from stream.accounts.routing import route  # noqa: E402
 from stream.core.calls import Call, Headers  # noqa: E402
-from stream.core.settings import Settings  # noqa: E402
+from stream.core.settings import Settings
 
 TOPICS = "analytics,t0,t1,t2"
 

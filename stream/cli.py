@@ -19,19 +19,16 @@ from typing import Any
 from pydantic import SecretStr
 
 from stream import __version__
-from stream.core.errors import ConfigError, StreamError
-from stream.core.settings import (
-    SANDBOX_API_KEY,
-    Settings,
+from stream.core.clients import (
     check_kafka_properties,
     kafka_client_config,
-    load_settings,
     masked_settings,
     require_klaviyo_credentials,
     require_production_settings,
-    revision_retirement,
-    revision_warning,
 )
+from stream.core.errors import ConfigError, StreamError
+from stream.core.settings import SANDBOX_API_KEY, Settings, load_settings
+from stream.core.values import revision_retirement, revision_warning
 
 log = logging.getLogger("stream")
 

@@ -35,7 +35,8 @@ from stream.accounts.model import (
     Unmatched,
 )
 from stream.core.errors import AccountsConfigError
-from stream.core.settings import Settings, check_public_key, check_revision, parse_share
+from stream.core.settings import Settings
+from stream.core.values import check_public_key, check_revision, parse_share
 from stream.rules.configfile import load_document
 
 __all__ = [

@@ -10,12 +10,8 @@ in the file); `kafka_client_config` is the one converter to librdkafka's dict.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import logging
 import os
-import re
-from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,13 +28,17 @@ from pydantic_settings import (
 )
 
 from stream.core.errors import ConfigError
+from stream.core.values import (
+    KafkaProperties,
+    MaskedUrl,
+    check_public_key,
+    check_revision,
+    parse_share,
+)
 
 CONFIG_FILE_ENV = "KLAVIYO_STREAM_CONFIG"
 SANDBOX_API_KEY = "pk_sandbox_0000000000000000000000000000"
 KAFKA_CONFIG_ENV_PREFIX = "KAFKA_CONFIG_"
-KAFKA_LOGGER = "stream.kafka"
-REVISION_LIFETIME_YEARS = 2  # Klaviyo supports a revision for two years
-REVISION_WARN_DAYS = 90
 
 # librdkafka properties our guarantees depend on: never taken from the passthrough
 REFUSED_KAFKA_PROPERTIES = {
@@ -54,115 +54,14 @@ REFUSED_KAFKA_PROPERTIES = {
 _PYTHON_CLIENT_KEYS = frozenset(
     {"logger", "error_cb", "throttle_cb", "stats_cb", "oauth_cb", "on_commit", "on_delivery"}
 )
-# passthrough properties whose values are secrets: masked wherever settings are shown
-_SECRET_PROPERTY = re.compile(r"password|secret|token|jaas|\.pem$|oauthbearer\.config", re.I)
-_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
-
-
-def mask_url(url: str) -> str:
-    """`redis://:secret@host:6379/0` → `redis://:***@host:6379/0`; URLs without one unchanged."""
-    return _URL_PASSWORD.sub(r"\1***@", url)
-
-
-class MaskedUrl(str):
-    """A URL that may carry a password: `str()` is the real URL (for the client that connects),
-    `repr()` and `masked` hide the password, so a settings object never shows it."""
-
-    __slots__ = ()
-
-    @property
-    def masked(self) -> str:
-        """The URL with its password replaced by `***`."""
-        return mask_url(str(self))
-
-    def __repr__(self) -> str:
-        return repr(self.masked)
-
-
-class KafkaProperties(dict[str, str]):
-    """The librdkafka passthrough: a plain dict whose repr masks secret-looking values."""
-
-    def masked(self) -> dict[str, str]:
-        """A copy with secret-looking values (passwords, secrets, tokens, keys) masked."""
-        return {k: "**********" if _SECRET_PROPERTY.search(k) else v for k, v in self.items()}
-
-    def __repr__(self) -> str:
-        return repr(self.masked())
 
 
 def kafka_property_of_env(name: str) -> str:
     """`KAFKA_CONFIG_SSL_KEY_LOCATION` → `ssl.key.location` (a dotted name is kept as it is)."""
     tail = name[len(KAFKA_CONFIG_ENV_PREFIX) :]
     return tail.lower() if "." in tail else tail.lower().replace("_", ".")
-
-
-def revision_retirement(revision: str) -> date:
-    """The day a Klaviyo API revision stops being supported: two years after its date."""
-    released = date.fromisoformat(revision[:10])
-    try:
-        return released.replace(year=released.year + REVISION_LIFETIME_YEARS)
-    except ValueError:  # 29 February
-        return released.replace(year=released.year + REVISION_LIFETIME_YEARS, day=28)
-
-
-def revision_warning(revision: str, today: date | None = None) -> str | None:
-    """A warning when `revision` retires within 90 days (or has retired), else None."""
-    retires = revision_retirement(revision)
-    left = (retires - (today or date.today())).days
-    if left > REVISION_WARN_DAYS:
-        return None
-    when = f"retired on {retires}" if left < 0 else f"retires on {retires} ({left} days left)"
-    return (
-        f"KLAVIYO_REVISION {revision} {when}: Klaviyo supports a revision for two years; "
-        "move to a newer revision"
-    )
-
-
-REVISION_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}(\.\w+)?$")
-
-
-def check_revision(value: str) -> str:
-    """A Klaviyo revision: `YYYY-MM-DD[.suffix]` with a real date (ValueError otherwise)."""
-    if not REVISION_PATTERN.fullmatch(value):
-        raise ValueError(f"{value!r} is not a revision: expected YYYY-MM-DD, e.g. 2026-07-15")
-    try:
-        date.fromisoformat(value[:10])
-    except ValueError:
-        raise ValueError(
-            f"{value} is not a date: a revision is YYYY-MM-DD, e.g. 2026-07-15"
-        ) from None
-    return value
-
-
-def check_public_key(value: str) -> str:
-    """A public API key (site ID): six letters or digits, never a private key."""
-    if value.startswith("pk_"):
-        raise ValueError("this is a private key (pk_…); client mode takes the public key")
-    if not re.fullmatch(r"[A-Za-z0-9]{6}", value):
-        raise ValueError("a public API key (site ID) is 6 letters or digits, like 'AbC123'")
-    return value
-
-
-def parse_share(value: Any) -> float | Literal["auto"]:
-    """A rate share: `auto`, a number in (0, 1], or a fraction like `1/3` (ValueError
-    otherwise). `auto` follows the group (`KLAVIYO_RATE_SHARE`) or the account's traffic."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    if isinstance(value, str) and "/" in value:
-        top, _, bottom = value.partition("/")
-        try:
-            value = float(top) / float(bottom)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError("expected auto, a number or a fraction like 1/3") from None
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("expected auto, a number or a fraction like 1/3") from None
-    if not 0 < share <= 1:
-        raise ValueError("a share is more than 0 and at most 1")
-    return share
 
 
 class Settings(BaseSettings):
@@ -490,15 +389,6 @@ class _KafkaPassthroughEnv(PydanticBaseSettingsSource):
         return {"kafka": props} if props else {}
 
 
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def known_environment_variable(name: str) -> bool:
     """True when the service reads `name`: a setting, the settings file, or a passthrough."""
     upper = name.upper()
@@ -561,128 +451,3 @@ def _one_line(exc: ValidationError) -> str:
     if loc[0] == "kafka":
         return f"{KAFKA_CONFIG_ENV_PREFIX}* (kafka: in the settings file): {message}"
     return f"{str(loc[0]).upper()}: {message}"
-
-
-def require_production_settings(settings: Settings) -> None:
-    """Without `--local` there is no fallback: a broker and an API key must be configured."""
-    if not settings.kafka_bootstrap_servers:
-        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: not set (use `run --local` for a local broker)")
-    require_klaviyo_credentials(settings)
-
-
-def require_klaviyo_credentials(settings: Settings) -> None:
-    """Server mode needs the private key; client mode the six-character public key; neither
-    goes over plain http:// unless to loopback or on purpose (`KLAVIYO_ALLOW_HTTP`). Checked by
-    every command that talks to Klaviyo (not by the Kafka-only ones, `dlq`, `status`)."""
-    url = urlsplit(settings.klaviyo_base_url)
-    plain = url.scheme == "http" and not _loopback(url.hostname or "")
-    if plain and not settings.klaviyo_allow_http:
-        raise ConfigError(
-            "KLAVIYO_BASE_URL: http:// would send the API key unencrypted; use https://, "
-            "or set KLAVIYO_ALLOW_HTTP=true on purpose (a sandbox on a private network)"
-        )
-    if settings.klaviyo_mode == "client":
-        if settings.klaviyo_public_key is None:
-            raise ConfigError("KLAVIYO_PUBLIC_KEY: not set (KLAVIYO_MODE=client needs it)")
-    elif settings.klaviyo_api_key is None:
-        raise ConfigError("KLAVIYO_API_KEY: not set (use `run --local` for the Klaviyo sandbox)")
-
-
-def kafka_client_config(settings: Settings) -> dict[str, Any]:
-    """The librdkafka dict shared by consumer, producers and admin clients: the one converter.
-
-    The passthrough properties first, then the named settings over them (a named setting left
-    at its default does not override a passthrough property), then the `logger`: librdkafka's
-    own log lines go through Python logging (`stream.kafka`) as JSON, never raw to stderr.
-    """
-    conf: dict[str, Any] = dict(settings.kafka)
-    explicit = settings.model_fields_set
-    if settings.kafka_bootstrap_servers or "bootstrap.servers" not in conf:
-        conf["bootstrap.servers"] = settings.kafka_bootstrap_servers or ""
-    if "kafka_security_protocol" in explicit or "security.protocol" not in conf:
-        conf["security.protocol"] = settings.kafka_security_protocol
-    if settings.kafka_sasl_mechanism:
-        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
-    if settings.kafka_sasl_username:
-        conf["sasl.username"] = settings.kafka_sasl_username
-    if settings.kafka_sasl_password is not None:
-        conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_ssl_ca_location:
-        conf["ssl.ca.location"] = settings.kafka_ssl_ca_location
-    from stream.telemetry.logs import KafkaLogAdapter
-
-    conf["logger"] = KafkaLogAdapter(logging.getLogger(KAFKA_LOGGER))
-    return conf
-
-
-REGISTRY_TIMEOUT_SECONDS = 10  # per request; a registry that does not answer is an outage
-REGISTRY_CLIENT_RETRIES = 1  # the client's own retries (the service waits out the rest)
-
-
-def schema_registry_config(settings: Settings) -> dict[str, Any] | None:
-    """confluent-kafka's SchemaRegistryClient configuration (None without a registry), with a
-    request timeout and few retries of its own: its retries sleep on a thread no stop can cut
-    short, while the service's own wait (`until_available`) hears SIGTERM."""
-    if not settings.schema_registry_url:
-        return None
-    conf: dict[str, Any] = {
-        "url": str(settings.schema_registry_url),
-        "timeout": REGISTRY_TIMEOUT_SECONDS,
-        "max.retries": REGISTRY_CLIENT_RETRIES,
-        "retries.wait.ms": 500,
-        "retries.max.wait.ms": 2000,
-    }
-    if settings.schema_registry_basic_auth_user_info is not None:
-        info = settings.schema_registry_basic_auth_user_info.get_secret_value()
-        conf["basic.auth.user.info"] = info
-    if settings.schema_registry_bearer_token is not None:
-        conf["bearer.auth.credentials.source"] = "STATIC_TOKEN"
-        conf["bearer.auth.token"] = settings.schema_registry_bearer_token.get_secret_value()
-        conf["bearer.auth.logical.cluster"] = settings.schema_registry_bearer_logical_cluster
-        if settings.schema_registry_bearer_identity_pool_id:
-            conf["bearer.auth.identity.pool.id"] = settings.schema_registry_bearer_identity_pool_id
-    for prop in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"):
-        value = getattr(settings, "schema_registry_" + prop.replace(".", "_"))
-        if value:
-            conf[prop] = value
-    return conf
-
-
-def masked_settings(settings: Settings) -> dict[str, Any]:
-    """The effective settings for a log line or `doctor`: secrets as `**********`, passwords
-    inside URLs as `***`, secret-looking passthrough properties masked."""
-    shown: dict[str, Any] = {}
-    for name, value in settings:
-        if isinstance(value, SecretStr):
-            shown[name] = "**********"
-        elif isinstance(value, MaskedUrl):
-            shown[name] = value.masked
-        elif isinstance(value, KafkaProperties):
-            shown[name] = value.masked()
-        elif isinstance(value, tuple):
-            shown[name] = list(value)
-        else:
-            shown[name] = value
-    return shown
-
-
-def check_kafka_properties(settings: Settings) -> None:
-    """Let librdkafka itself check every passthrough property's name and value (a client with
-    no broker to connect to: nothing leaves the process). Raises `ConfigError` naming it."""
-    if not settings.kafka:
-        return
-    from confluent_kafka import KafkaException, Producer
-
-    from stream.telemetry.logs import KafkaLogAdapter
-
-    quiet = logging.getLogger(KAFKA_LOGGER + ".check")
-    quiet.disabled = True  # "no bootstrap.servers", "a consumer property": expected here
-    conf = {**settings.kafka, "logger": KafkaLogAdapter(quiet)}
-    conf.pop("bootstrap.servers", None)
-    try:
-        Producer(conf).flush(0)
-    except KafkaException as exc:
-        raise ConfigError(
-            f"{KAFKA_CONFIG_ENV_PREFIX}* (kafka: in the settings file): {exc.args[0].str()} "
-            "(see librdkafka's CONFIGURATION.md)"
-        ) from None

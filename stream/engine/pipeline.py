@@ -16,8 +16,9 @@ from stream.catalog.decode import CatalogDecoder
 from stream.catalog.stage import CatalogStage
 from stream.completion.deadletter import DeadLetters
 from stream.completion.ledger import Ledger
+from stream.core.clients import kafka_client_config, schema_registry_config
 from stream.core.retry import Waiting
-from stream.core.settings import Settings, kafka_client_config, schema_registry_config
+from stream.core.settings import Settings
 from stream.delivery.deliver import Deliverer
 from stream.engine.process import Processor
 from stream.identity.erasure import Erasure
@@ -52,7 +53,9 @@ def build_processor(
         settings.ecommerce_metrics,
         consent_rules(settings),
         Erasure(
-            store, identity, max_skew=settings.max_clock_skew_seconds,
+            store,
+            identity,
+            max_skew=settings.max_clock_skew_seconds,
             keep_failed=settings.erasure_keep_seconds,
         ),  # fmt: skip
         settings.klaviyo_mode == "client",

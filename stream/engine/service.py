@@ -28,9 +28,10 @@ from stream.catalog.stage import CatalogStage
 from stream.completion.dedup import Deduplicator
 from stream.completion.ledger import DeadLetterWriter, Ledger
 from stream.core.calls import Record
+from stream.core.clients import require_klaviyo_credentials
 from stream.core.errors import Interrupted
 from stream.core.retry import until_available
-from stream.core.settings import Settings, require_klaviyo_credentials
+from stream.core.settings import Settings
 from stream.delivery.actions import ActionBatch
 from stream.delivery.batch import Batch
 from stream.delivery.deliver import Deliverer

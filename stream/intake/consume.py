@@ -24,7 +24,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream.completion.ledger import Generation, Ledger
-from stream.core.settings import Settings, kafka_client_config
+from stream.core.clients import kafka_client_config
+from stream.core.settings import Settings
 from stream.intake.source import Drain
 from stream.telemetry import metrics
 

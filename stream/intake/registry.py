@@ -26,7 +26,7 @@ _CLIENT_CERT_ALERTS = ("ALERT_CERTIFICATE_REQUIRED", "ALERT_BAD_CERTIFICATE", "A
 
 def registry_client(settings: Settings) -> Any:
     """confluent-kafka's `SchemaRegistryClient` for the settings (None without a registry)."""
-    from stream.core.settings import schema_registry_config
+    from stream.core.clients import schema_registry_config
 
     config = schema_registry_config(settings)
     if config is None:

@@ -25,16 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from stream.core.errors import ConfigError, StreamError
-from stream.core.settings import (
-    Settings,
+from stream.core.clients import (
     check_kafka_properties,
     kafka_client_config,
-    mask_url,
     require_klaviyo_credentials,
-    revision_retirement,
-    revision_warning,
 )
+from stream.core.errors import ConfigError, StreamError
+from stream.core.settings import Settings
+from stream.core.values import mask_url, revision_retirement, revision_warning
 from stream.intake.registry import auth_setting, classify, registry_client, said
 from stream.telemetry.logs import redact
 

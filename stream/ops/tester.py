@@ -22,8 +22,9 @@ import orjson
 
 from stream.completion.ledger import Outcome
 from stream.core.calls import Record
+from stream.core.clients import require_klaviyo_credentials
 from stream.core.errors import ConfigError, DecodeError, KlaviyoError, RecordError
-from stream.core.settings import Settings, require_klaviyo_credentials
+from stream.core.settings import Settings
 from stream.delivery.actions import Action
 from stream.delivery.batch import Item
 from stream.delivery.deliver_actions import PROFILE_ID, single_request
@@ -199,8 +200,10 @@ async def run_tester(
                         if request.path == DELETION:
                             out(f"no Klaviyo profile has this {named}: nothing to delete")
                             continue
-                        out(f"no Klaviyo profile has this {named}: nothing to put on a list "
-                            "(the service makes the profile from the identifiers first)")
+                        out(
+                            f"no Klaviyo profile has this {named}: nothing to put on a list "
+                            "(the service makes the profile from the identifiers first)"
+                        )
                         failed = True
                         continue
                     request = _with_id(request, found)

@@ -14,8 +14,9 @@ import orjson
 
 from stream.catalog import jobs
 from stream.catalog.records import TYPE_NAMES, Resource, parse
+from stream.core.clients import require_klaviyo_credentials
 from stream.core.errors import KlaviyoError, RecordError
-from stream.core.settings import Settings, require_klaviyo_credentials
+from stream.core.settings import Settings
 from stream.klaviyo.catalog import Action, entry, job_body, job_endpoint
 
 Print = Callable[[str], None]

@@ -17,8 +17,9 @@ from stream.accounts.config import (
     load_accounts,
     read_accounts_file,
 )
+from stream.core.clients import masked_settings
 from stream.core.errors import AccountsConfigError, ConfigError
-from stream.core.settings import Settings, load_settings, masked_settings
+from stream.core.settings import Settings, load_settings
 from tests.support.destination import write_yaml
 
 SECRET = "pk_live_" + "S3cr3t" * 5

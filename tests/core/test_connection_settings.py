@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from stream.core.clients import require_klaviyo_credentials
 from stream.core.errors import ConfigError
-from stream.core.settings import Settings, load_settings, require_klaviyo_credentials
+from stream.core.settings import Settings, load_settings
 
 PRIVATE = "pk_0123456789abcdef0123456789abcdef"
 

@@ -11,19 +11,20 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from stream.core.clients import (
+    check_kafka_properties,
+    kafka_client_config,
+    masked_settings,
+    schema_registry_config,
+)
 from stream.core.errors import ConfigError
 from stream.core.settings import (
     REFUSED_KAFKA_PROPERTIES,
     Settings,
-    check_kafka_properties,
-    kafka_client_config,
     known_environment_variable,
     load_settings,
-    masked_settings,
-    revision_retirement,
-    revision_warning,
-    schema_registry_config,
 )
+from stream.core.values import revision_retirement, revision_warning
 from stream.telemetry.logs import KafkaLogAdapter, configure_logging
 
 PASSWORD = "s3cr3t-Pa55word"
@@ -84,9 +85,7 @@ def test_consumer_guarantees_are_not_overridable_but_tuning_is(
 ) -> None:
     from stream.intake.consume import consumer_config
 
-    conf = consumer_config(
-        Settings(kafka_group_id="g", kafka={"session.timeout.ms": "10000"})
-    )
+    conf = consumer_config(Settings(kafka_group_id="g", kafka={"session.timeout.ms": "10000"}))
     assert conf["session.timeout.ms"] == "10000"
     assert conf["enable.auto.offset.store"] is False
     assert conf["partition.assignment.strategy"] == "cooperative-sticky"
@@ -195,7 +194,7 @@ def test_revision_retires_after_two_years_and_warns_within_ninety_days() -> None
 def test_http_toward_klaviyo_only_to_loopback_or_on_purpose(
     url: str, allow: bool, ok: bool
 ) -> None:
-    from stream.core.settings import require_klaviyo_credentials
+    from stream.core.clients import require_klaviyo_credentials
 
     def check() -> None:
         settings = load_settings(

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stream.core.settings import kafka_client_config
+from stream.core.clients import kafka_client_config
 from stream.local.sandbox import SandboxConfig, SandboxServer, SandboxThread
 from stream.ops.replay import ReplayFilter, replay
 from stream.state import open_store
