@@ -29,7 +29,7 @@ PACKAGE = str(ROOT / "stream") + "/"
 LEFT_OUT = ("local", "telemetry")
 
 IDENTIFY = {"type": "identify", "messageId": "i-1", "timestamp": "2026-03-01T10:00:00Z",
-            "userId": "u-1", "traits": {"email": "ada@example.com", "firstName": "Ada"}}  # fmt: skip
+            "userId": "u-1", "traits": {"email": "ada@example.com"}}  # fmt: skip
 TRACK = {"type": "track", "messageId": "t-1", "timestamp": "2026-03-01T10:00:01Z",
          "userId": "u-1", "event": "Viewed Product", "properties": {"sku": "MUG"}}  # fmt: skip
 
@@ -56,9 +56,9 @@ async def trip(call: dict[str, Any], warm: dict[str, Any]) -> list[str]:
             entered: list[str] = []
 
             def hook(frame: FrameType, event: str, _arg: Any) -> None:
-                if event == "call" and (where := folder(frame)) is not None:
-                    if not entered or entered[-1] != where:
-                        entered.append(where)
+                where = folder(frame) if event == "call" else None
+                if where is not None and (not entered or entered[-1] != where):
+                    entered.append(where)
 
             records = begin(parts.ledger, [encoder.encode(call)], ("t", 0))
             sys.setprofile(hook)
