@@ -114,6 +114,7 @@ class Housekeeping:
             try:
                 if not source.broker_reachable:
                     await source.probe()  # an idle replica fetches nothing to prove it
+                await self.observe_partitions()
                 self.sweep_once(now(), with_stats=turn % STATS_EVERY == 0)
             except Exception:  # a state-store hiccup: try again next turn
                 log.exception("housekeeping failed")
@@ -129,13 +130,12 @@ class Housekeeping:
             metrics.RATE_SHARE.set(1 / members)
 
     def sweep_once(self, now: float, with_stats: bool = True) -> int:
-        """Publish lag, stalls and readiness; delete finished held entries; expire held calls
+        """Delete finished held entries; expire held calls
         past their time or over the memory bound (dropped, or leased and sent per
         `EXPIRED_ANONYMOUS`); send again released calls whose lease ran out (a crash); prune
         the dedup window; publish state sizes. Each step runs even when another fails (the
         state store may be down). Returns how many held calls expired."""
         store = self._parts.store
-        self._observe_partitions()
         guarded = self.guarded
         guarded(lambda: self.flush_dedup(due_only=False))
         guarded(self.settle_held)
@@ -214,12 +214,12 @@ class Housekeeping:
             ledger.adopt(held.record)
             sender.add(item)
 
-    def _observe_partitions(self) -> None:
+    async def observe_partitions(self) -> None:
         """Lag, committed-offset lag and stall time per partition; readiness on stalls."""
         source, ledger, health = self._parts.source, self._parts.ledger, self._parts.health
-        for (topic, partition), lag in source.lag().items():
+        for (topic, partition), lag in (await source.lag()).items():
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
-        for (topic, partition), lag in source.committed_lag().items():
+        for (topic, partition), lag in (await source.committed_lag()).items():
             metrics.COMMITTED_LAG.labels(topic, str(partition)).set(lag)
         stalled = ledger.stalled()
         for tp in source.assigned:

@@ -11,6 +11,11 @@ generation per partition; a revoke first lets the partitions' in-flight work fin
 by `REVOKE_DRAIN_SECONDS`), then commits and ends their generations, so the next owner starts
 exactly after what was delivered. Every fetch is stamped with the generations current when it
 returned, on the same thread: the ledger never begins a record of an ended assignment.
+
+While a rebalance callback runs, librdkafka blocks other calls on the consumer (`position`
+waits for it): the event loop, which must finish the drained work meanwhile, calls only
+`store_offsets`. Pausing, resuming and reading positions run on the consume thread, between
+fetches (`pause` takes effect at the next fetch; `lag` waits for the fetch in progress).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class KafkaConsumer:
         self.committed: dict[tuple[str, int], int] = {}  # last committed offset per partition
         self._paused = False  # the event topics' partitions (MAX_PENDING_RECORDS)
         self._catalog_paused = False  # the catalog topics' (CATALOG_MAX_PENDING_RECORDS)
+        self._applied = {False: False, True: False}  # what librdkafka was told: catalog → paused
         self._catalog_topics = frozenset(settings.catalog_topics)
         # False after librdkafka reports every broker down, True again on proof of contact
         # (an assignment, a fetched record, a metadata probe): what /readyz reports.
@@ -166,6 +172,7 @@ class KafkaConsumer:
     def _consume(
         self, max_records: int, timeout: float
     ) -> tuple[list[Message], list[Generation | None]]:
+        self._apply_pauses()
         messages = self._consumer.consume(max_records, timeout)
         return messages, self._ledger.stamp(messages)
 
@@ -179,37 +186,40 @@ class KafkaConsumer:
         return True
 
     def pause(self) -> None:
-        """Backpressure: stop fetching from the event topics' partitions (membership stays;
-        catalog topics have their own bound, `pause_catalog`)."""
-        if not self._paused:
-            self._paused = True
-            self._consumer.pause(self._tps(catalog=False))
+        """Backpressure: stop fetching from the event topics' partitions from the next fetch
+        on (membership stays; catalog topics have their own bound, `pause_catalog`)."""
+        self._paused = True
 
     def resume(self) -> None:
-        """Fetch again after `pause`."""
-        if self._paused:
-            self._paused = False
-            self._consumer.resume(self._tps(catalog=False))
+        """Fetch again after `pause`, from the next fetch on."""
+        self._paused = False
 
     @property
     def paused(self) -> bool:
         return self._paused
 
     def pause_catalog(self, paused: bool) -> None:
-        """Stop (or start again) fetching from the catalog topics' partitions only."""
-        if paused != self._catalog_paused:
-            self._catalog_paused = paused
-            tps = self._tps(catalog=True)
-            if tps:
-                (self._consumer.pause if paused else self._consumer.resume)(tps)
+        """Stop (or start again) fetching from the catalog topics' partitions only, from the
+        next fetch on."""
+        self._catalog_paused = paused
+
+    def _apply_pauses(self) -> None:
+        """Pause or resume what `pause`/`pause_catalog` asked since the last fetch (consume
+        thread)."""
+        for catalog, wanted in ((False, self._paused), (True, self._catalog_paused)):
+            if wanted != self._applied[catalog]:
+                tps = self._tps(catalog=catalog)
+                if tps:
+                    (self._consumer.pause if wanted else self._consumer.resume)(tps)
+                self._applied[catalog] = wanted
 
     @property
     def catalog_paused(self) -> bool:
         return self._catalog_paused
 
     def _holds(self, topic: str) -> bool:
-        """Whether a partition of `topic` is to be paused now."""
-        return self._catalog_paused if topic in self._catalog_topics else self._paused
+        """Whether a partition of `topic` is paused now (as librdkafka was told)."""
+        return self._applied[topic in self._catalog_topics]
 
     def store(self, topic: str, partition: int, next_offset: int) -> None:
         """Mark `next_offset` as the position to commit for one partition."""
@@ -245,9 +255,14 @@ class KafkaConsumer:
             return None
         return len(description.members) or None
 
-    def committed_lag(self) -> dict[tuple[str, int], int]:
+    async def committed_lag(self) -> dict[tuple[str, int], int]:
         """High watermark minus the last committed offset per assigned partition (cached
-        watermarks, no I/O): what a restart would read again, and a stuck partition's growth."""
+        watermarks, no I/O): what a restart would read again, and a stuck partition's growth.
+        Read on the consume thread, after the fetch in progress."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._committed_lag)
+
+    def _committed_lag(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
         for topic, partition in list(self.assigned):
             committed = self.committed.get((topic, partition))
@@ -263,8 +278,14 @@ class KafkaConsumer:
                 out[(topic, partition)] = max(high - committed, 0)
         return out
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        """High watermark minus position per assigned partition (cached watermarks, no I/O)."""
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """High watermark minus position per assigned partition (cached watermarks, no I/O).
+        Read on the consume thread, after the fetch in progress: `position` waits for a
+        rebalance callback to return, and the event loop must not."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._lag)
+
+    def _lag(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
         tps = self._tps()
         if not tps:

@@ -2,12 +2,14 @@
 
 `KafkaConsumer` (`stream.intake.consume`) is the real one; tests run the whole service
 in-process against an in-memory one (`tests/support/source.py`). A source is made for a
-ledger and a drain callback (`SourceFactory`) and keeps the rebalance contract, in the
-manner of aiokafka's `ConsumerRebalanceListener`: rebalances happen inside `fetch`, on the
-thread that fetches; an assignment starts a ledger generation per partition (`Ledger.assign`);
-a revoke first calls `drain` with the partitions (unless `closing`), then ends their
-generations (`Ledger.revoke`) and commits; a loss ends them without a commit. Every fetch
-returns each message with its partition's generation as of the fetch (`Ledger.stamp`).
+ledger and a drain callback (`SourceFactory`) and keeps the rebalance contract, in the manner
+of aiokafka's `ConsumerRebalanceListener`: rebalances happen inside `fetch`, on the thread
+that fetches, and while one runs nothing may block the event loop on the consumer (the loop
+finishes the drained work meanwhile); an assignment starts a ledger generation per partition
+(`Ledger.assign`); a revoke first calls `drain` with the partitions (unless `closing`), then
+ends their generations (`Ledger.revoke`) and commits; a loss ends them without a commit.
+Every fetch returns each message with its partition's generation as of the fetch
+(`Ledger.stamp`).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ class Source(Protocol):
     def paused(self) -> bool: ...
 
     def pause(self) -> None:
-        """Stop fetching from the event topics' partitions (membership stays)."""
+        """Stop fetching from the event topics' partitions, from the next fetch on (membership
+        stays)."""
 
     def resume(self) -> None:
-        """Fetch again after `pause`."""
+        """Fetch again after `pause`, from the next fetch on."""
 
     @property
     def catalog_paused(self) -> bool: ...
@@ -69,11 +72,11 @@ class Source(Protocol):
     def group_size(self, timeout: float = 10.0) -> int | None:
         """The group's members as its coordinator sees them (blocking; None: unknown)."""
 
-    def lag(self) -> dict[TopicPartition, int]:
+    async def lag(self) -> dict[TopicPartition, int]:
         """High watermark minus position per assigned partition."""
         ...
 
-    def committed_lag(self) -> dict[TopicPartition, int]:
+    async def committed_lag(self) -> dict[TopicPartition, int]:
         """High watermark minus the last committed offset per assigned partition."""
         ...
 

@@ -188,10 +188,10 @@ class MemorySource:
     def group_size(self, timeout: float = 10.0) -> int | None:
         return 1
 
-    def lag(self) -> dict[TopicPartition, int]:
+    async def lag(self) -> dict[TopicPartition, int]:
         return {tp: self._topics.high(tp) - self._position[tp] for tp in self.assigned}
 
-    def committed_lag(self) -> dict[TopicPartition, int]:
+    async def committed_lag(self) -> dict[TopicPartition, int]:
         committed = self._topics.committed
         return {
             tp: self._topics.high(tp) - committed[tp] for tp in self.assigned if tp in committed
