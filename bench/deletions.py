@@ -82,7 +82,10 @@ def main() -> None:
             done = time.time()
             confirmations.close()
             stats = get_json(f"{sandbox.url}/sandbox/stats")["requests"].get(DELETION, {})
+    # from the first answered deletion to the moment the last was answered (the settle and the
+    # confirmations after it are not the backlog)
     sent = [(at, n) for at, n in requests if n > 0]
+    sent = sent[: next((i + 1 for i, (_, n) in enumerate(sent) if n == sent[-1][1]), 0)]
     rate = 0.0
     if len(sent) >= 2 and sent[-1][0] > sent[0][0]:
         rate = (sent[-1][1] - sent[0][1]) / (sent[-1][0] - sent[0][0]) * 60
