@@ -85,10 +85,17 @@ class DeadLetters:
     """An idempotent producer to the dead-letter topic, polled on its own thread."""
 
     def __init__(
-        self, producer_config: dict[str, Any], topic: str, redactor: Redactor | None = None
+        self,
+        producer_config: dict[str, Any],
+        topic: str,
+        redactor: Redactor | None = None,
+        unredacted_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.topic = topic
         self._redactor = redactor
+        # records that are about products, not people (the catalog topics): written as they
+        # are even in HIPAA mode, so that `dlq replay` can send them again
+        self._unredacted = unredacted_topics
         self._producer = Producer({**producer_config, "enable.idempotence": True, "linger.ms": 20})
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="dlq-poll", daemon=True)
@@ -107,12 +114,13 @@ class DeadLetters:
         Raises `DeadLetterUnavailable` when the broker did not take it.
         """
         source = letter.record
-        redacted = self._redactor is not None
+        redactor = None if source.topic in self._unredacted else self._redactor
+        redacted = redactor is not None
         dlq = letter.headers(withhold_message=redacted)
         original = [] if redacted else list(source.headers or [])
         key, value = source.key, source.value
-        if self._redactor is not None:  # HIPAA: no original key, value or headers
-            key, value = None, self._redactor(source)
+        if redactor is not None:  # HIPAA: no original key, value or headers
+            key, value = None, redactor(source)
             dlq.append(("dlq.redacted", b"hipaa"))
         refused = await self._write(key, value, original + dlq)
         if refused is None:

@@ -111,12 +111,14 @@ def build_governor(settings: Settings) -> Governor:
 def build_dead_letters(
     settings: Settings, decoder: Decoder, transformer: Transformer
 ) -> DeadLetters:
-    """The dead-letter writer; in HIPAA mode it writes a redacted copy unless told otherwise."""
+    """The dead-letter writer; in HIPAA mode it writes a redacted copy of a call unless told
+    otherwise (catalog records hold products, not people: written as they are)."""
     redact = settings.hipaa_mode and not settings.hipaa_dlq_keep_original
     return DeadLetters(
         kafka_client_config(settings),
         settings.dlq_topic,
         dead_letter_redactor(decoder.decode, transformer) if redact else None,
+        unredacted_topics=frozenset(settings.catalog_topics),
     )
 
 
