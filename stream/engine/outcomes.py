@@ -19,7 +19,7 @@ from stream.core.retry import until_available
 from stream.delivery.actions import ActionBatch
 from stream.delivery.batch import Batch, Sendable
 from stream.engine.handle import internal
-from stream.engine.parts import STATE, Parts
+from stream.engine.parts import STATE, AccountParts, Parts
 from stream.identity.erasure import profile_identifiers
 from stream.telemetry import metrics
 
@@ -29,17 +29,21 @@ QUIET = ("deletion", "confirm")  # batches that never make a profile: not on the
 
 
 class Outcomes:
-    """Sends batches (for the send stage) and gives their outcomes to the ledger."""
+    """Sends one account's batches (for its send stage) and gives their outcomes to the
+    ledger."""
 
-    def __init__(self, parts: Parts, again: Callable[[Record], None]) -> None:
+    def __init__(
+        self, parts: Parts, account: AccountParts, again: Callable[[Record], None]
+    ) -> None:
         self._parts = parts
+        self._account = account
         self._again = again  # process a record anew (it raced a deletion)
 
     async def deliver(self, batch: Batch | ActionBatch) -> None:
         """Send one batch and settle its items."""
-        parts = self._parts
-        ledger, gate = parts.ledger, parts.gate
-        erasure = parts.processor.erasure
+        parts, account = self._parts, self._account
+        ledger, gate = parts.ledger, account.gate
+        erasure = account.processor.erasure
         mark = erasure.mark if erasure is not None else 0  # what `admit` judges against
         try:
             admitted = await self.admit(batch, mark)
@@ -48,10 +52,10 @@ class Outcomes:
         if admitted is None:
             return
         batch = admitted
-        fence = parts.fence
+        fence = account.fence
         token = fence.sending(mark) if fence is not None and batch.kind not in QUIET else None
         try:
-            settlement = await parts.deliverer.send(batch)
+            settlement = await account.deliverer.send(batch)
         except (FatalDeliveryError, ConfigError) as exc:
             parts.stop.fail(exc)
             return  # its records stay unfinished: read again once the cause is fixed
@@ -83,14 +87,14 @@ class Outcomes:
         of what they name, up to tombstone mark `mark`, that this replica has read since.
         Records older than it finish filtered; newer ones are processed again once that erasure
         is done. The rest goes on (None: nothing is left to send)."""
-        parts = self._parts
+        parts, account = self._parts, self._account
         gone = [item for item in batch.items if ended(item)]
         if gone:  # its partition moved on past the drain bound: its next owner sends it
             self.cancel(gone)
             batch = batch.without(gone)
             if not batch.items:
                 return None
-        erasure = parts.processor.erasure
+        erasure = account.processor.erasure
         if erasure is None or batch.kind in QUIET or not batch.items:
             return batch
         if min(r.stamp for item in batch.items for r in item.records) >= mark:
@@ -109,11 +113,11 @@ class Outcomes:
             for record in verdict.newer:  # it raced the deletion: processed again after it
                 parts.ledger.expect(record)
                 waits = tuple(verdict.waits)
-                parts.gate.hold_call(waits, partial(self._again, record))
+                account.gate.hold_call(waits, partial(self._again, record))
         if not caught:
             return batch
         if isinstance(batch, ActionBatch):
-            await parts.gate.answered(caught)
+            await account.gate.answered(caught)
         parts.ledger.settle(caught, Outcome.FILTERED)
         rest = batch.without(caught)
         return rest if rest.items else None
@@ -121,5 +125,5 @@ class Outcomes:
     def cancel(self, items: Sequence[Sendable]) -> None:
         """Items of a revoked partition: nothing more is attempted here (counted)."""
         metrics.ITEMS_CANCELLED.labels(items[0].kind).inc(len(items))
-        self._parts.gate.dropped(items)
+        self._account.gate.dropped(items)
         self._parts.ledger.settle(items, Outcome.CANCELLED)

@@ -59,6 +59,13 @@ RECORDS_FILTERED = Counter(
     ["type", "reason"],
     registry=REGISTRY,
 )
+RECORDS_ROUTED = Counter(
+    P + "records_routed_total",
+    "Record copies routed to an account (ACCOUNTS_FILE), by how: topic, header, field, all,"
+    " delete (to every account), replay (a dead letter replayed for it).",
+    ["account", "via"],
+    registry=REGISTRY,
+)
 RECORDS_DEDUPLICATED = Counter(
     P + "records_deduplicated_total",
     "Calls dropped as already seen (messageId).",
