@@ -14,10 +14,17 @@ from functools import partial
 
 from stream.completion.ledger import Outcome, ended
 from stream.core.calls import Record
-from stream.core.errors import ConfigError, FatalDeliveryError, Interrupted
+from stream.core.errors import (
+    ConfigError,
+    FatalDeliveryError,
+    Interrupted,
+    KlaviyoError,
+    StreamError,
+)
 from stream.core.retry import until_available
 from stream.delivery.actions import ActionBatch
 from stream.delivery.batch import Batch, Sendable
+from stream.delivery.deliver import Settlement
 from stream.engine.handle import internal
 from stream.engine.parts import STATE, AccountParts, Parts
 from stream.identity.erasure import profile_identifiers
@@ -40,11 +47,14 @@ class Outcomes:
         self._again = again  # process a record anew (it raced a deletion)
 
     async def deliver(self, batch: Batch | ActionBatch) -> None:
-        """Send one batch and settle its items."""
+        """Send one batch and settle its items. With an accounts file, what the account's
+        trouble left unsent (a refused key, retries run out in an outage) is parked
+        (`stream.engine.parking`) instead of stopping the service or being dead-lettered."""
         parts, account = self._parts, self._account
-        ledger, gate = parts.ledger, account.gate
+        ledger, gate, parking = parts.ledger, account.gate, account.parking
         erasure = account.processor.erasure
         mark = erasure.mark if erasure is not None else 0  # what `admit` judges against
+        origin = batch  # what the send stage took (a parked part is kept under it)
         try:
             admitted = await self.admit(batch, mark)
         except Interrupted:
@@ -54,11 +64,14 @@ class Outcomes:
         batch = admitted
         fence = account.fence
         token = fence.sending(mark) if fence is not None and batch.kind not in QUIET else None
+        settlement = Settlement()
         try:
-            settlement = await account.deliverer.send(batch)
+            await account.deliverer.send(batch, settlement)
         except (FatalDeliveryError, ConfigError) as exc:
-            parts.stop.fail(exc)
-            return  # its records stay unfinished: read again once the cause is fixed
+            if parking is None:
+                parts.stop.fail(exc)
+                return  # its records stay unfinished: read again once the cause is fixed
+            settlement.kept = list(batch.without(settlement.settled).items)
         except Exception as exc:
             log.exception("delivery failed unexpectedly")
             await gate.answered(batch.items, batch.items)
@@ -67,6 +80,15 @@ class Outcomes:
         finally:
             if token is not None and fence is not None:
                 fence.answered(token)
+        if parking is not None:
+            troubled = [f for f in settlement.failed if parks(f.error)]
+            if troubled:  # retried until the policy gave up: the account's trouble, kept
+                settlement.failed = [f for f in settlement.failed if not parks(f.error)]
+                settlement.kept += [item for failure in troubled for item in failure.items]
+            if settlement.kept:
+                kept = {id(item) for item in settlement.kept}
+                parking.keep(origin, batch.without(i for i in batch.items if id(i) not in kept))
+                batch = batch.without(settlement.kept)
         if settlement.cancelled:
             self.cancel(settlement.cancelled)
         # erasures settled before their records finish
@@ -122,8 +144,19 @@ class Outcomes:
         rest = batch.without(caught)
         return rest if rest.items else None
 
+    async def expire(self, items: Sequence[Sendable], error: StreamError) -> None:
+        """Parked items past the account's bound: dead letters with `error`."""
+        await self._account.gate.answered(items, items)
+        self._parts.ledger.fail(items, error, "deliver")
+
     def cancel(self, items: Sequence[Sendable]) -> None:
         """Items of a revoked partition: nothing more is attempted here (counted)."""
         metrics.ITEMS_CANCELLED.labels(items[0].kind).inc(len(items))
         self._account.gate.dropped(items)
         self._parts.ledger.settle(items, Outcome.CANCELLED)
+
+
+def parks(error: BaseException) -> bool:
+    """Whether a failure is its account's trouble rather than its items' (an outage or 429s
+    that outlasted the retries): parked with an accounts file, not dead-lettered."""
+    return isinstance(error, KlaviyoError) and error.retriable

@@ -23,6 +23,7 @@ from stream.core.settings import Settings
 from stream.delivery.deliver import Deliverer
 from stream.delivery.send import Sender
 from stream.engine.gate import Gate
+from stream.engine.parking import Parking
 from stream.engine.process import Processor
 from stream.identity.fence import Fence
 from stream.intake.decode import Decoder
@@ -83,6 +84,7 @@ class AccountParts:
     sender: Sender
     gate: Gate
     catalog: CatalogStage | None  # None without CATALOG_TOPICS
+    parking: Parking | None = None  # None without an accounts file: a refused key stops
 
 
 @dataclass(eq=False)

@@ -20,7 +20,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -32,17 +32,18 @@ from stream.completion.dedup import Deduplicator
 from stream.completion.ledger import DeadLetterWriter, Ledger
 from stream.core.calls import Record
 from stream.core.clients import require_klaviyo_credentials
-from stream.core.errors import Interrupted
+from stream.core.errors import Interrupted, StreamError
 from stream.core.retry import until_available
 from stream.core.settings import Settings
 from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch
+from stream.delivery.batch import Batch, Sendable
 from stream.delivery.deliver import Deliverer
 from stream.delivery.send import Sender
 from stream.engine.gate import Gate
 from stream.engine.handle import Handler
 from stream.engine.housekeeping import Housekeeping
 from stream.engine.outcomes import Outcomes
+from stream.engine.parking import Parking
 from stream.engine.parts import STATE, AccountParts, Parts, RunResult, Stop
 from stream.engine.pipeline import (
     build_catalog,
@@ -258,6 +259,18 @@ class Service:
         else:
             client, governor = links, build_governor(own)
         client_mode = own.klaviyo_mode == "client"
+
+        async def deliver(batch: Batch | ActionBatch) -> None:
+            await outcomes[name].deliver(batch)
+
+        async def expire(items: Sequence[Sendable], error: StreamError) -> None:
+            await outcomes[name].expire(items, error)
+
+        parking = None if self.accounts.implicit else Parking(
+            name, deliver, expire, lambda items: outcomes[name].cancel(items),
+            max_seconds=own.park_max_seconds, max_records=own.park_max_items,
+            max_in_flight=own.klaviyo_max_in_flight, in_flight=lambda: sender.in_flight,
+        )  # fmt: skip
         deliverer = Deliverer(
             client,
             max_in_flight=own.klaviyo_max_in_flight,
@@ -266,11 +279,8 @@ class Service:
             same_person=state.processor.identity.same_person,
             confirm_rounds=own.deletion_confirm_rounds,
             stale_subscribe_seconds=own.stale_subscribe_seconds,
+            watch=parking,
         )
-
-        async def deliver(batch: Batch | ActionBatch) -> None:
-            await outcomes[name].deliver(batch)
-
         sender = Sender(
             governor,
             deliver,
@@ -279,6 +289,7 @@ class Service:
             linger_seconds=own.batch_linger_ms / 1000,
             max_in_flight=own.klaviyo_max_in_flight,
             client_mode=client_mode,
+            hold=parking,
         )
         # consent, list and deletion actions reach the send stage through the gate: in order
         # per person, each after what it follows (`stream.engine.gate`)
@@ -305,6 +316,7 @@ class Service:
             sender=sender,
             gate=gate,
             catalog=catalog,
+            parking=parking,
         )
 
     # running ----------------------------------------------------------------------------------
@@ -332,6 +344,8 @@ class Service:
         parts = running.parts
         for account in parts.accounts.values():
             account.sender.start()
+            if account.parking is not None:
+                account.parking.start()
             if account.catalog is not None:
                 account.catalog.start()
         running.housekeeping.publish_shares()
@@ -485,6 +499,10 @@ class Service:
         #                                       unfinished, read again later
         await asyncio.gather(*(
             account.sender.close(timeout=0 if fatal else left(reserve)) for account in accounts
+        ))  # fmt: skip
+        await asyncio.gather(*(  # parked work stays unfinished: read again by the next run
+            account.parking.close(timeout=0 if fatal else left(reserve))
+            for account in accounts if account.parking is not None
         ))  # fmt: skip
         for account in accounts:  # catalog jobs still out stay in the state store for next time
             if account.catalog is not None:

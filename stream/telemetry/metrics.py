@@ -245,6 +245,19 @@ RATE_SHARE = Gauge(
     "This replica's share of the account's Klaviyo quota (KLAVIYO_RATE_SHARE=auto: 1/members).",
     registry=REGISTRY,
 )
+PARKED_ITEMS = Gauge(
+    P + "parked_items",
+    "Items of an account kept back while Klaviyo refuses its key, fails or throttles it"
+    " (ACCOUNTS_FILE; dead letters past PARK_MAX_SECONDS or PARK_MAX_ITEMS).",
+    ["account"],
+    registry=REGISTRY,
+)
+PARKED_OLDEST = Gauge(
+    P + "parked_oldest_seconds",
+    "How long an account's oldest parked item has been kept back (0: none).",
+    ["account"],
+    registry=REGISTRY,
+)
 IN_FLIGHT_REQUESTS = Gauge(
     P + "in_flight_requests", "Requests awaiting Klaviyo's answer.", registry=REGISTRY
 )
