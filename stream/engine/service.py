@@ -20,7 +20,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -28,37 +28,23 @@ from stream.accounts.config import load_accounts
 from stream.accounts.connections import AccountLinks
 from stream.accounts.routing import Router
 from stream.accounts.stores import open_stores
-from stream.completion.dedup import Deduplicator
 from stream.completion.ledger import DeadLetterWriter, Ledger
 from stream.core.calls import Record
 from stream.core.clients import require_klaviyo_credentials
-from stream.core.errors import Interrupted, StreamError
+from stream.core.errors import Interrupted
 from stream.core.retry import until_available
 from stream.core.settings import Settings
-from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch, Sendable
-from stream.delivery.deliver import Deliverer
-from stream.delivery.send import Sender
-from stream.engine.gate import Gate
+from stream.engine.assembly import AccountState, account_parts, account_state
 from stream.engine.handle import Handler
 from stream.engine.housekeeping import Housekeeping
 from stream.engine.outcomes import Outcomes
-from stream.engine.parking import Parking
-from stream.engine.parts import STATE, AccountParts, Parts, RunResult, Stop
-from stream.engine.pipeline import (
-    build_catalog,
-    build_dead_letters,
-    build_governor,
-    build_processor,
-    identity_limits,
-)
-from stream.engine.process import Processor
-from stream.identity.fence import Fence
+from stream.engine.parts import STATE, Parts, RunResult, Stop
+from stream.engine.pipeline import build_dead_letters, identity_limits
 from stream.intake.consume import KafkaConsumer
 from stream.intake.decode import Decoder, make_decoder
 from stream.intake.source import Drain, Partitions, Source, SourceFactory
 from stream.klaviyo.client import KlaviyoClient
-from stream.rules.transform import Transformer, transformer_from_settings
+from stream.rules.transform import transformer_from_settings
 from stream.state import StateStore, open_store
 from stream.telemetry import metrics
 from stream.telemetry.health import Health
@@ -95,20 +81,6 @@ class Running:
     outcomes: dict[str, Outcomes]  # each account's
     housekeeping: Housekeeping
     loop: asyncio.AbstractEventLoop  # the loop it runs on (rebalances call into it)
-
-
-@dataclass(eq=False)
-class AccountState:
-    """What one account keeps across runs of the service: its settings, state store, dedup
-    window, processing and fence (its run's send stage, gate and delivery are `assemble`d)."""
-
-    name: str
-    settings: Settings
-    store: StateStore
-    dedup: Deduplicator
-    transformer: Transformer
-    processor: Processor
-    fence: Fence | None
 
 
 class Service:
@@ -171,20 +143,9 @@ class Service:
     def _account_state(self, name: str, own: Settings, store: StateStore) -> AccountState:
         """An account's processing over its store, built from its settings (its rule files
         checked now: a mistake stops the start with one line)."""
-        transformer = (
-            self._transformer if own is self.settings else transformer_from_settings(own)
-        )
+        transformer = self._transformer if own is self.settings else transformer_from_settings(own)
         account = None if self.accounts.implicit else name
-        processor = build_processor(own, store, transformer, account)
-        erasure = processor.erasure
-        fence = None if erasure is None else Fence(
-            store, erasure,
-            request_timeout=own.klaviyo_timeout_seconds,
-            liveness=own.replica_liveness_seconds,
-        )  # fmt: skip
-        if fence is not None:
-            store.lease_owner = fence.replica  # released held calls follow us
-        return AccountState(name, own, store, Deduplicator(store), transformer, processor, fence)
+        return account_state(name, own, store, transformer, account)
 
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -223,7 +184,16 @@ class Service:
         )  # fmt: skip
         outcomes: dict[str, Outcomes] = {}
         accounts = {
-            state.name: self._account_parts(state, links, ledger, outcomes) for state in states
+            state.name: account_parts(
+                state,
+                links,
+                ledger,
+                outcomes,
+                stop=self._stop,
+                waiting=self.health.waiting,
+                parked=not self.accounts.implicit,
+            )
+            for state in states
         }
         parts = Parts(
             settings=settings,
@@ -243,81 +213,6 @@ class Service:
         loop = asyncio.get_running_loop()
         self.running = Running(parts, handler, outcomes, Housekeeping(parts), loop)
         return self.running
-
-    def _account_parts(
-        self,
-        state: AccountState,
-        links: KlaviyoClient | AccountLinks,
-        ledger: Ledger,
-        outcomes: dict[str, Outcomes],
-    ) -> AccountParts:
-        """One account's send stage, gate and delivery over its client and governor; its
-        batches go to `outcomes[name]` (made once the run's parts are)."""
-        own, name = state.settings, state.name
-        if isinstance(links, AccountLinks):
-            client, governor = links[name].client, links[name].governor
-        else:
-            client, governor = links, build_governor(own)
-        client_mode = own.klaviyo_mode == "client"
-
-        async def deliver(batch: Batch | ActionBatch) -> None:
-            await outcomes[name].deliver(batch)
-
-        async def expire(items: Sequence[Sendable], error: StreamError) -> None:
-            await outcomes[name].expire(items, error)
-
-        parking = None if self.accounts.implicit else Parking(
-            name, deliver, expire, lambda items: outcomes[name].cancel(items),
-            max_seconds=own.park_max_seconds, max_records=own.park_max_items,
-            max_in_flight=own.klaviyo_max_in_flight, in_flight=lambda: sender.in_flight,
-        )  # fmt: skip
-        deliverer = Deliverer(
-            client,
-            max_in_flight=own.klaviyo_max_in_flight,
-            client_mode=client_mode,
-            governor=governor,
-            same_person=state.processor.identity.same_person,
-            confirm_rounds=own.deletion_confirm_rounds,
-            stale_subscribe_seconds=own.stale_subscribe_seconds,
-            watch=parking,
-        )
-        sender = Sender(
-            governor,
-            deliver,
-            max_events=own.batch_max_events,
-            max_profiles=own.batch_max_profiles,
-            linger_seconds=own.batch_linger_ms / 1000,
-            max_in_flight=own.klaviyo_max_in_flight,
-            client_mode=client_mode,
-            hold=parking,
-        )
-        # consent, list and deletion actions reach the send stage through the gate: in order
-        # per person, each after what it follows (`stream.engine.gate`)
-        gate = Gate(
-            sender.add,
-            erasure=state.processor.erasure,
-            fence=state.fence,
-            settle_seconds=own.deletion_settle_seconds,
-            stop=self._stop.asked,
-        )
-        catalog = build_catalog(
-            own, state.store, client, ledger, governor,
-            fatal=self._stop.fail, waiting=self.health.waiting,
-        )  # fmt: skip
-        return AccountParts(
-            name=name,
-            settings=own,
-            store=state.store,
-            dedup=state.dedup,
-            processor=state.processor,
-            fence=state.fence,
-            governor=governor,
-            deliverer=deliverer,
-            sender=sender,
-            gate=gate,
-            catalog=catalog,
-            parking=parking,
-        )
 
     # running ----------------------------------------------------------------------------------
 
