@@ -135,7 +135,7 @@ class Housekeeping:
         source = parts.source
         turn = 0
         while True:
-            auto = parts.settings.klaviyo_rate_share == "auto"
+            auto = any(a.settings.klaviyo_rate_share == "auto" for a in parts.accounts.values())
             if auto and (turn % SHARE_EVERY == 0 or source.rebalanced):
                 await self._follow_group_size()
             await asyncio.sleep(SWEEP_SECONDS)
@@ -149,13 +149,15 @@ class Housekeeping:
             turn += 1
 
     async def _follow_group_size(self) -> None:
-        """`KLAVIYO_RATE_SHARE=auto`: take 1 / the group's members of Klaviyo's quota."""
+        """`KLAVIYO_RATE_SHARE=auto`: take 1 / the group's members of Klaviyo's quota (each
+        account whose share is `auto`; a number stays as set)."""
         source = self._parts.source
         source.rebalanced = False
         members = await asyncio.to_thread(source.group_size)
         if members is not None:
             for account in self._parts.accounts.values():
-                account.governor.set_share(1 / members)
+                if account.settings.klaviyo_rate_share == "auto":
+                    account.governor.set_share(1 / members)
             self.publish_shares()
 
     def sweep_once(self, now: float, with_stats: bool = True) -> int:

@@ -222,3 +222,23 @@ async def test_a_replayed_dead_letter_goes_to_its_account_only(tmp_path: Path) -
             await wait_until(lambda: all_committed(topics, TOPIC), what="the replay")
         assert unique_ids(sandbox.account("brand-b")) == Counter([call["messageId"]])
         assert not sandbox.sandbox.store.events and not sandbox.account("acme").store.events
+
+
+async def test_a_fixed_rate_share_stays_while_auto_shares_follow_the_group(tmp_path: Path) -> None:
+    """KLAVIYO_RATE_SHARE=auto is the default of the accounts that set none: they follow the
+    group's size; an account with `rate-share: 0.25` keeps its quarter whatever the group."""
+    document = {
+        "accounts": [
+            {"name": "brand-a", "key": "env:KEY_A", "topics": [TOPIC], "rate-share": 0.25},
+            {"name": "brand-b", "key": "env:KEY_B", "header": True},
+        ]
+    }
+    async with SandboxServer(sandbox_config()) as sandbox:
+        settings = settings_for(sandbox.url, tmp_path, document, klaviyo_rate_share="auto")
+        async with serving(settings, Topics({TOPIC: 1})) as run:
+            await wait_until(lambda: run.service.running is not None, what="assembled")
+            running = run.service.running
+            assert running is not None
+            await running.housekeeping._follow_group_size()  # what the sweep does each 30 s
+            shares = {name: a.governor.share for name, a in running.parts.accounts.items()}
+    assert shares == {"brand-a": 0.25, "brand-b": 1.0}  # the in-memory group has one member
