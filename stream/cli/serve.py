@@ -190,18 +190,12 @@ def run(settings: Settings, local: bool, sample: int, registry: bool = False) ->
 
 
 def _accounts_at_start(settings: Settings) -> None:
-    """ACCOUNTS_FILE is checked at start (structure and every key: one line, exit 2). The
-    engine does not serve several accounts yet (issue 22, phase 2): until it does, a file is
-    refused rather than ignored, so no account's records go to another's Klaviyo."""
+    """ACCOUNTS_FILE is checked before anything starts (structure and every key: one line,
+    exit 2), so `run --local` reports a mistake before it starts a broker. The service
+    reads it again and serves every account."""
     from stream.accounts.config import load_accounts
 
-    accounts = load_accounts(settings)
-    if not accounts.implicit:
-        raise ConfigError(
-            f"ACCOUNTS_FILE: {settings.accounts_file} is valid ({len(accounts)} accounts), but "
-            "`run` serves one account until the engine is wired for several (issue 22, phase "
-            "2); unset ACCOUNTS_FILE. doctor, test-event and dlq already read it"
-        )
+    load_accounts(settings)
 
 
 async def _publish_demo(settings: Settings, count: int) -> None:

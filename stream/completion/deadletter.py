@@ -3,7 +3,10 @@
 Each dead letter keeps the original key, value and headers and adds error-context headers in
 the style of Kafka Connect (`dlq.*`); a deletion's names its erasure (`dlq.erasure`), so a
 replay can send it again from the erasure entry even when HIPAA mode wrote the dead letter
-without the identifiers. `send` resolves only once the broker has the record, so
+without the identifiers; one account's copy of a record names its account (`dlq.account`, so
+`dlq replay --account` sends it to that account only) and is redacted as that account's HIPAA
+mode says (a fan-out spanning HIPAA accounts: as the HIPAA account's, `Record.redact_as`).
+`send` resolves only once the broker has the record, so
 the ledger can move the offset past it safely, and raises `DeadLetterUnavailable` when the
 broker did not take it (the ledger tries again). Too large for the topic: written without the
 value, then also without the original headers. Messages never contain the API key: errors are
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +72,8 @@ class DeadLetter:
             "first.attempt.time": str(self.first_attempt),
             "last.attempt.time": str(now),
         }
+        if source.account is not None:
+            headers["account"] = source.account
         if item:
             headers["item"] = item
             if item.startswith("deletion") and source.message_id:  # `dlq replay` reopens it
@@ -89,10 +94,12 @@ class DeadLetters:
         producer_config: dict[str, Any],
         topic: str,
         redactor: Redactor | None = None,
+        redactors: Mapping[str, Redactor | None] | None = None,
         unredacted_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.topic = topic
-        self._redactor = redactor
+        self._redactor = redactor  # a record of no account (or of the single account)
+        self._redactors = redactors or {}  # account -> its redaction (None: not HIPAA)
         # records that are about products, not people (the catalog topics): written as they
         # are even in HIPAA mode, so that `dlq replay` can send them again
         self._unredacted = unredacted_topics
@@ -114,7 +121,7 @@ class DeadLetters:
         Raises `DeadLetterUnavailable` when the broker did not take it.
         """
         source = letter.record
-        redactor = None if source.topic in self._unredacted else self._redactor
+        redactor = self.redactor_of(source)
         redacted = redactor is not None
         dlq = letter.headers(withhold_message=redacted)
         original = [] if redacted else list(source.headers or [])
@@ -134,6 +141,15 @@ class DeadLetters:
         refused = await self._write(None, None, dlq)
         if refused is not None:
             raise DeadLetterUnavailable(f"dead letter refused by {self.topic}: {refused}")
+
+    def redactor_of(self, record: Record) -> Redactor | None:
+        """How `record`'s dead letter is redacted (None: written as it came)."""
+        if record.topic in self._unredacted:
+            return None
+        account = record.redact_as or record.account
+        if account is None or account not in self._redactors:
+            return self._redactor
+        return self._redactors[account]
 
     async def _write(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, Any]]

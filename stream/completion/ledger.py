@@ -20,6 +20,10 @@ is still in flight is not dropped as a duplicate: it waits for the original and 
 A released held call (no Kafka position) names its state-store entry, which is deleted once the
 call is finished.
 
+Accounts (`stream.accounts`): a routed record carries its account, whose dedup window its message
+id goes to (`dedups`); a record going to several accounts finishes through one copy per account
+(`fan_out`), and its offset moves only once every copy has finished.
+
 Thread-safety: records and items belong to the event loop; generations are shared with the
 consume thread (rebalance callbacks) under one lock, and `wait_drained` blocks that thread
 until a revoked partition's work is done. librdkafka is never called under that lock.
@@ -32,7 +36,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -117,8 +121,10 @@ class Ledger:
         *,
         clock: Callable[[], float] = time.monotonic,
         retry: RetryPolicy = DEFAULT_RETRY,
+        dedups: Mapping[str, Deduplicator] | None = None,
     ) -> None:
-        self._dedup = dedup
+        self._dedup = dedup  # the records without an account's (a single account's)
+        self._dedups = dedups or {}  # account name -> its dedup window
         self._retry = retry
         self._dead_letters = dead_letters
         self._store_offset = store_offset
@@ -128,8 +134,10 @@ class Ledger:
         self._current: dict[TopicPartition, Generation] = {}
         self._pending = 0
         self._writes: set[asyncio.Task[None]] = set()
-        self._held_done: list[str] = []  # released held calls finished: delete their entries
-        self._held_open: set[str] = set()  # released held calls being delivered here
+        # released held calls finished (delete their entries), and being delivered here; by
+        # account (each account's entries are in its own store)
+        self._held_done: dict[str | None, list[str]] = {}
+        self._held_open: set[tuple[str | None, str]] = set()
         self.dead_lettered = 0
 
     # generations (consume thread) ---------------------------------------------------------
@@ -231,9 +239,24 @@ class Ledger:
         """Track a record without a Kafka position (a held call released from the store); its
         one open count stands for its one item."""
         if record.held_id is not None:
-            self._held_open.add(record.held_id)
+            self._held_open.add((record.account, record.held_id))
         with self._lock:
             self._pending += 1
+
+    @staticmethod
+    def fan_out(record: Record, accounts: Sequence[str]) -> list[Record]:
+        """One copy of `record` per account, each finished on its own (processed, its items
+        settled); `record` stands for them all from now on and finishes (its offset may move)
+        once every copy has. Its processing token becomes the copies' open counts."""
+        copies = [
+            Record(
+                record.topic, record.partition, record.offset, record.key, record.value,
+                record.headers, record.generation, account=name, parent=record,
+            )  # fmt: skip
+            for name in accounts
+        ]
+        record.open += len(copies) - 1
+        return copies
 
     @staticmethod
     def expect(record: Record, count: int = 1) -> None:
@@ -242,9 +265,9 @@ class Ledger:
         `processed`."""
         record.open += count
 
-    def has_held(self, held_id: str) -> bool:
-        """Whether this released held call is being delivered here."""
-        return held_id in self._held_open
+    def has_held(self, held_id: str, account: str | None = None) -> bool:
+        """Whether this released held call (of `account`'s store) is being delivered here."""
+        return (account, held_id) in self._held_open
 
     def processed(self, record: Record, outcome: Outcome | None = None) -> None:
         """The record went through the per-record stages; `outcome` when it made no item."""
@@ -349,30 +372,19 @@ class Ledger:
                     finished.append(copy)
 
     def _finish(self, records: list[Record], copies: list[Record]) -> None:
-        dedup = self._dedup
-        kept: list[str] = []
-        forgotten: list[str] = []
-        refused: list[str] = []
-        for r in records:
-            if r.message_id is not None:
-                (kept if r.delivered and not r.failed else forgotten).append(r.message_id)
-                if r.failed and r.held_id is not None:  # remembered when it was held
-                    refused.append(r.message_id)
-            if r.waiting:
-                copies.extend(r.waiting)
-                r.waiting = None
-            if r.held_id is not None:
-                self._held_open.discard(r.held_id)
-                self._held_done.append(r.held_id)
-        if kept:
-            dedup.delivered(kept)
-        if forgotten:
-            dedup.abandoned(forgotten)
-        if refused:
-            self._unmark(refused)
+        accounts = {r.account for r in records} if self._dedups else ()
+        if len(accounts) > 1:  # each account's message ids to its own dedup window
+            for account in accounts:
+                self._remember([r for r in records if r.account == account], copies)
+        else:
+            self._remember(records, copies)
         moved: dict[Generation, int] = {}
+        parents: list[Record] = []
         with self._lock:
             for r in records:
+                if r.parent is not None:  # an account's copy: its record finishes with the last
+                    parents.append(r.parent)
+                    continue
                 self._pending -= 1
                 gen = r.generation
                 if not isinstance(gen, Generation):
@@ -394,13 +406,41 @@ class Ledger:
         for gen, next_offset in moved.items():
             if not gen.ended:
                 self._store_offset(gen.tp[0], gen.tp[1], next_offset)
+        if parents:
+            self._release(parents)
 
-    def _unmark(self, message_ids: list[str]) -> None:
+    def _remember(self, records: list[Record], copies: list[Record]) -> None:
+        """Finished records of one account: their message ids kept or forgotten in its dedup
+        window, their waiting copies due, their released held entries to delete."""
+        account = records[0].account
+        dedup = self._dedup if account is None else self._dedups.get(account, self._dedup)
+        kept: list[str] = []
+        forgotten: list[str] = []
+        refused: list[str] = []
+        for r in records:
+            if r.message_id is not None:
+                (kept if r.delivered and not r.failed else forgotten).append(r.message_id)
+                if r.failed and r.held_id is not None:  # remembered when it was held
+                    refused.append(r.message_id)
+            if r.waiting:
+                copies.extend(r.waiting)
+                r.waiting = None
+            if r.held_id is not None:
+                self._held_open.discard((account, r.held_id))
+                self._held_done.setdefault(account, []).append(r.held_id)
+        if kept:
+            dedup.delivered(kept)
+        if forgotten:
+            dedup.abandoned(forgotten)
+        if refused:
+            self._unmark(dedup, refused)
+
+    def _unmark(self, dedup: Deduplicator, message_ids: list[str]) -> None:
         """Forget refused released calls in the dedup store, retried until the store answers
         (their records are finished already: the write goes on in the background)."""
 
         async def forget() -> None:
-            await until_available(lambda: self._dedup.refused(message_ids), "state store")
+            await until_available(lambda: dedup.refused(message_ids), "state store")
 
         task = asyncio.get_running_loop().create_task(forget())
         self._writes.add(task)
@@ -408,14 +448,14 @@ class Ledger:
 
     # housekeeping ------------------------------------------------------------------------------
 
-    def take_finished_held(self) -> list[str]:
-        """Entry ids of released held calls that finished (to delete from the state store)."""
-        done, self._held_done = self._held_done, []
-        return done
+    def take_finished_held(self, account: str | None = None) -> list[str]:
+        """Entry ids of released held calls of `account` that finished (to delete from its
+        state store)."""
+        return self._held_done.pop(account, [])
 
-    def return_finished_held(self, entry_ids: list[str]) -> None:
+    def return_finished_held(self, entry_ids: list[str], account: str | None = None) -> None:
         """The deletion failed: keep them for the next try."""
-        self._held_done = entry_ids + self._held_done
+        self._held_done[account] = entry_ids + self._held_done.get(account, [])
 
     def stalled(self) -> dict[TopicPartition, float]:
         """Per current partition with unfinished records: seconds since its offset last moved."""

@@ -39,6 +39,12 @@ class Record:
     dead-lettered; `waiting` holds later copies of its message id that finish with it.
     `stamp` is the tombstone mark it was judged against when processed (or adopted: a released
     held call), `called_at` its call's time for ordering (`stream.identity.erasure`).
+
+    With an accounts file (`stream.accounts`), `account` names the account it goes to (None:
+    not routed yet, or the single account of a deployment without one). A record going to
+    several accounts is finished by one copy per account (`Ledger.fan_out`): each copy's
+    `parent` is the Kafka record, which finishes when every copy has; `redact_as` names the
+    account whose HIPAA redaction its dead letter takes (a fan-out spanning HIPAA accounts).
     """
 
     topic: str
@@ -56,6 +62,9 @@ class Record:
     waiting: list[Record] | None = None
     stamp: int = 0
     called_at: float = 0.0
+    account: str | None = None
+    parent: Record | None = None
+    redact_as: str | None = None
 
     @property
     def position(self) -> str:

@@ -16,9 +16,10 @@
     ├── StatusError                  `status`: the broker could not be asked
     ├── RecordError                  one record cannot be processed: a dead letter
     │   ├── DecodeError              bytes are not a record we can read
-    │   └── MappingError             the call cannot be expressed as a Klaviyo payload
-    │       ├── InvalidIdentifier    an email, phone or id Klaviyo would refuse
-    │       └── InternalError        an unexpected exception while processing one record
+    │   ├── MappingError             the call cannot be expressed as a Klaviyo payload
+    │   │   ├── InvalidIdentifier    an email, phone or id Klaviyo would refuse
+    │   │   └── InternalError        an unexpected exception while processing one record
+    │   └── NoAccount                no account of ACCOUNTS_FILE takes it (`unmatched: dead-letter`)
     ├── Unavailable                  a dependency failed; wait and try again (never a dead letter)
     │   ├── StateError               the state store (SQLite locked, Redis down)
     │   ├── RegistryUnavailable      the Schema Registry (transport error, 5xx)
@@ -32,6 +33,7 @@
         ├── ImportJobUnknown         a bulk import job's outcome cannot be read
         ├── DeletionNotConfirmed     a deleted person's profile kept reappearing
         ├── CatalogJobUnknown        a catalog bulk job's outcome cannot be read    retriable
+        ├── AccountParked            one account's items parked past PARK_MAX_SECONDS/ITEMS
         └── KlaviyoClientError       4xx: the request itself is wrong          not retriable
             ├── Unauthorized         401/403: the API key                       fatal
             ├── DuplicateProfile     409: carries duplicate_profile_id          healed by a merge
@@ -156,6 +158,13 @@ class InternalError(MappingError):
     stage = "process"
 
 
+class NoAccount(RecordError):
+    """No account of the accounts file takes the record, and the file says `unmatched:
+    dead-letter`."""
+
+    stage = "route"
+
+
 # dependencies that come back --------------------------------------------------------------
 
 
@@ -267,6 +276,13 @@ class CatalogJobUnknown(KlaviyoError):
     an id): its resources are sent again, which the create/update recovery makes safe."""
 
     retriable = True
+
+
+class AccountParked(KlaviyoError):
+    """One account's item stayed parked (its key refused, its Klaviyo failing) past
+    PARK_MAX_SECONDS, or was among its oldest past PARK_MAX_ITEMS: dead-lettered for that
+    account, replayable with `dlq replay --account` once it is fixed. `status` and `code` are
+    the last refusal's."""
 
 
 class KlaviyoClientError(KlaviyoError):

@@ -156,8 +156,14 @@ class Settings(BaseSettings):
 
     # Several Klaviyo accounts from one consumer group (docs/accounts.md): a YAML or JSON file
     # listing them, their keys (by reference), routing and files; without it the service is
-    # the one account the settings above describe
+    # the one account the settings above describe. With it, one account's trouble (a refused
+    # key, an outage, 429s) parks its items instead of stopping the service: kept and probed,
+    # they become dead letters of that account after this long, or past this many (the
+    # oldest first; counted in the records they carry) so that no account fills
+    # MAX_PENDING_RECORDS with its parked work
     accounts_file: str | None = None
+    park_max_seconds: float = Field(default=3600.0, gt=0)
+    park_max_items: int = Field(default=10_000, ge=1)
 
     # Consent, lists and deletion: rules that subscribe, unsubscribe, suppress or change lists
     # (besides each call's own options), and the `custom_source` of the consent we record

@@ -40,7 +40,7 @@ from stream.delivery.actions import ActionBatch
 from stream.delivery.batch import Batch, Item, Sendable
 from stream.delivery.deliver_actions import ActionSender
 from stream.delivery.endpoints import endpoint_for
-from stream.delivery.requests import BatchRequests, PartitionMoved, Requests
+from stream.delivery.requests import BatchRequests, PartitionMoved, Requests, Watch
 from stream.klaviyo import mapping
 from stream.klaviyo.client import (
     CLIENT_EVENTS,
@@ -81,12 +81,19 @@ class Failure:
 
 @dataclass(slots=True)
 class Settlement:
-    """What became of a batch's items: each is in exactly one of the three lists (`cancelled`:
-    its partition was revoked past the drain bound while it waited to be tried again)."""
+    """What became of a batch's items: each is in exactly one of the lists (`cancelled`: its
+    partition was revoked past the drain bound while it waited to be tried again; `kept`: its
+    account's trouble left it unsent, parked by the deliver stage's caller)."""
 
     delivered: list[Sendable] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     cancelled: list[Sendable] = field(default_factory=list)
+    kept: list[Sendable] = field(default_factory=list)  # parked (`stream.engine.parking`)
+
+    @property
+    def settled(self) -> list[Sendable]:
+        """The items with an answer so far: delivered, failed or cancelled."""
+        return [*self.delivered, *(i for f in self.failed for i in f.items), *self.cancelled]
 
     def done(self, items: Sequence[Sendable], endpoint: str) -> None:
         metrics.RECORDS_SENT.labels(endpoint).inc(len(items))
@@ -110,10 +117,13 @@ class Deliverer:
         same_person: SamePerson | None = None,
         confirm_rounds: int = 3,
         stale_subscribe_seconds: float = 3600.0,
+        watch: Watch | None = None,
     ) -> None:
         self._same = same_person
         self._retry = retry or RetryPolicy()
-        self._requests = Requests(client, governor or Governor(), self._retry, max_in_flight)
+        self._requests = Requests(
+            client, governor or Governor(), self._retry, max_in_flight, watch
+        )
         self._client_mode = client_mode  # public key: /client/ endpoints, one profile a request
         self.actions = ActionSender(
             client_mode=client_mode, confirm_rounds=confirm_rounds,
@@ -147,10 +157,9 @@ class Deliverer:
             else:
                 await self._profiles(requests, batch.items, out)
         except PartitionMoved:
-            settled = [*out.delivered, *(item for f in out.failed for item in f.items)]
-            moved = [item for item in batch.without(settled).items if ended(item)]
+            moved = [item for item in batch.without(out.settled).items if ended(item)]
             out.cancelled += moved
-            alive = batch.without([*settled, *moved])
+            alive = batch.without([*out.settled])
             alive.reserved = None  # that slot was this try's: the next takes its own
             if alive.items:
                 await self.send(alive, out)

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from stream.completion.ledger import Item, ended
 from stream.core.errors import KlaviyoError
@@ -72,17 +72,33 @@ class Wire:
                 metrics.REQUEST_SECONDS.labels(budget, cls).observe(time.perf_counter() - started)
 
 
+class Watch(Protocol):
+    """Told how the account's requests fare (`stream.engine.parking.Parking`)."""
+
+    def trouble(self, error: KlaviyoError) -> None:
+        """An answer that stops or is retried: a refused key or revision, 5xx, 429, none."""
+
+    def fine(self) -> None:
+        """An answer that says the account works (accepted, or one request's own 4xx)."""
+
+
 class Requests:
     """Paced, retried requests; raises the last error when out of attempts or time (with
     `attempts` and `first_attempt` set for the dead letter), or the error that stops the
-    service (`FatalDeliveryError`, `RevisionRefused`)."""
+    service (`FatalDeliveryError`, `RevisionRefused`). `watch` hears every answer."""
 
     def __init__(
-        self, client: KlaviyoClient, governor: Governor, retry: RetryPolicy, max_in_flight: int
+        self,
+        client: KlaviyoClient,
+        governor: Governor,
+        retry: RetryPolicy,
+        max_in_flight: int,
+        watch: Watch | None = None,
     ) -> None:
         self._wire = Wire(client, governor, max_in_flight)
         self._governor = governor
         self._retry = retry
+        self._watch = watch
 
     async def request(
         self, method: str, path: str, body: Any = None, *, budget: str
@@ -102,12 +118,22 @@ class Requests:
         attempt = 0
         while True:
             reserved = batch is not None and batch.spend(budget)
+            watch = self._watch
             try:
-                return await self._wire.attempt(method, path, body, budget, reserved=reserved)
+                response = await self._wire.attempt(method, path, body, budget, reserved=reserved)
             except KlaviyoError as exc:
                 exc.attempts, exc.first_attempt = attempt + 1, first_attempt
                 error = exc
+            else:
+                if watch is not None:
+                    watch.fine()
+                return response
             reaction = react(error)
+            if watch is not None:
+                if reaction.verdict is Verdict.FAIL:
+                    watch.fine()
+                else:
+                    watch.trouble(error)
             if reaction.verdict is Verdict.STOP:
                 raise stop_error(error) from None
             if reaction.throttle is not None:

@@ -8,6 +8,10 @@ spent by its first request: `stream.delivery.endpoints` says where that goes), s
 waits for the slot after it. `linger` is the
 longest a batch waits to fill when a slot is free. `hurry()` sends what waits without lingering
 (a revoked partition drains, shutdown). Time is `clock` and `sleep` (tests move their own).
+
+A `Hold` (an account's parking, `stream.engine.parking`) takes the batches while its account is
+parked, without a slot or a permit, and any part of a delivered batch the deliver stage kept
+back: such a batch stays taken for its lane until the hold calls its `finish`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Protocol
 
 from stream.delivery.actions import Action, ActionBatch, ActionLane, action_lanes
 from stream.delivery.batch import Batch, Item, Kind, Lane
@@ -23,6 +29,21 @@ from stream.delivery.endpoints import first_endpoint
 from stream.klaviyo.governor import Governor
 
 Deliver = Callable[[Batch | ActionBatch], Awaitable[None]]
+
+
+class Hold(Protocol):
+    """Where an account's batches wait while it is parked (`stream.engine.parking.Parking`)."""
+
+    @property
+    def parked(self) -> bool: ...
+
+    def keep(
+        self, origin: object, batch: Batch | ActionBatch, finish: Callable[[], None] | None = None
+    ) -> None:
+        """Keep `batch` (taken from its lane as `origin`); `finish` once it is resolved."""
+
+    def handing(self, origin: object, finish: Callable[[], None]) -> bool:
+        """True when part of the delivered `origin` was kept: it calls `finish` later."""
 
 
 class Sender:
@@ -40,7 +61,9 @@ class Sender:
         client_mode: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hold: Hold | None = None,
     ) -> None:
+        self._hold = hold
         self._items: dict[Kind, Lane] = {
             "events": Lane("events", max_events, clock=clock),
             "profiles": Lane("profiles", max_profiles, clock=clock),
@@ -85,6 +108,14 @@ class Sender:
         return sum(lane.items + lane.parked for lane in self.lanes.values())
 
     @property
+    def _movable(self) -> int:
+        """Items in lanes that can still leave (while parked, upserts waiting behind a kept
+        batch cannot)."""
+        if self._hold is not None and self._hold.parked:
+            return sum(lane.items for lane in self.lanes.values())
+        return self.waiting
+
+    @property
     def in_flight(self) -> int:
         """Batches being delivered."""
         return len(self._sending)
@@ -101,7 +132,7 @@ class Sender:
         self.hurry()
         deadline = self._clock() + timeout
         with contextlib.suppress(TimeoutError):
-            while self.waiting or self._sending:
+            while self._movable or self._sending:
                 left = deadline - self._clock()
                 if left <= 0:
                     break
@@ -130,6 +161,12 @@ class Sender:
                     urgent.clear()
                     await self._until(urgent, remaining)
                     continue
+            hold = self._hold
+            if hold is not None and hold.parked:  # kept, not sent: no slot, no permit
+                batch = lane.take()
+                if batch is not None:
+                    hold.keep(batch, batch, partial(self._finish, lane, batch))
+                continue
             await permits.acquire()
             try:
                 while True:  # no slot yet: the batch keeps filling meanwhile
@@ -137,9 +174,12 @@ class Sender:
                     items = waiting.items if waiting is not None else []
                     endpoint = first_endpoint(kind, items, self._client_mode)
                     wait = self._governor.delay(endpoint)
-                    if wait <= 0:
+                    if wait <= 0 or (hold is not None and hold.parked):
                         break
                     await self._sleep(wait)
+                if hold is not None and hold.parked:  # parked while it waited for a slot
+                    permits.release()
+                    continue
                 batch = lane.take()
                 if batch is not None:
                     # reserve the slot now (it is free: no wait), so that the next batch waits
@@ -172,7 +212,13 @@ class Sender:
         try:
             await self._deliver(batch)
         finally:
-            lane.done(batch)
             permits.release()
-            if lane.items:
-                self._arrived[lane.kind].set()
+            finish = partial(self._finish, lane, batch)
+            if self._hold is None or not self._hold.handing(batch, finish):
+                finish()
+
+    def _finish(self, lane: Lane | ActionLane, batch: Batch | ActionBatch) -> None:
+        """`batch` is resolved: its lane may send its keys again."""
+        lane.done(batch)
+        if lane.items:
+            self._arrived[lane.kind].set()

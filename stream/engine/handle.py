@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from stream.accounts.routing import NO_ACCOUNT, Router
 from stream.completion.ledger import Generation, Outcome
 from stream.core.calls import Call, Record
 from stream.core.errors import (
@@ -18,12 +19,13 @@ from stream.core.errors import (
     FatalDeliveryError,
     InternalError,
     Interrupted,
+    NoAccount,
     RecordError,
     StreamError,
     Unavailable,
 )
 from stream.core.retry import until_available
-from stream.engine.parts import STATE, Parts
+from stream.engine.parts import STATE, AccountParts, Parts
 from stream.engine.process import Result
 from stream.intake.decode import Peeked
 from stream.rules.route import Route
@@ -33,24 +35,43 @@ YIELD_EVERY = 100  # records processed between two turns of the event loop (gove
 MAX_ROUTES = 10_000  # peeked (type, name, integrations) → routing answer, remembered
 MAX_ROUTE_KEY = 1024  # characters of name + integrations beyond which nothing is remembered
 
+Routed = tuple[Call, Record, Route]  # a record (or an account's copy) that goes on, and how
+
 
 class Handler:
-    """decode → route → dedup (one store round trip per fetch) → process → send."""
+    """decode → route → dedup (one store round trip per fetch and account) → process → send.
+
+    With an accounts file each decoded call is routed to its accounts first
+    (`stream.accounts.routing`): one copy of the record per account when it goes to several
+    (`Ledger.fan_out`), each deduplicated, processed and sent by its account's parts."""
 
     def __init__(self, parts: Parts) -> None:
         self._parts = parts
         self._routes: dict[Peeked, Route | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # records processed again
+        self._hipaa = {n: a.settings.hipaa_mode for n, a in parts.accounts.items()}
 
     async def handle(self, records: list[Record]) -> None:
         """One fetch's records, each to its outcome or handed to the send stage and gate."""
         parts = self._parts
-        ledger, decoder, processor = parts.ledger, parts.decoder, parts.processor
+        decoder = parts.decoder
         waiting, stop = parts.health.waiting, parts.stop.asked
         await until_available(
             lambda: decoder.prepare(records), "schema registry", waiting=waiting, stop=stop
         )
-        routed: list[tuple[Call, Record, Route]] = []
+        if parts.router is None:
+            groups = {parts.only: self._route_one(records)}
+        else:
+            groups = self._route_accounts(records, parts.router)
+        for account, routed in groups.items():
+            await self._run(account, routed)
+
+    def _route_one(self, records: list[Record]) -> list[Routed]:
+        """The records of the only account (no accounts file): decoded and routed by its
+        rules; what is filtered finishes here."""
+        parts = self._parts
+        ledger, decoder, processor = parts.ledger, parts.decoder, parts.only.processor
+        routed: list[Routed] = []
         types: Counter[str] = Counter()
         reasons: Counter[tuple[str, str]] = Counter()  # filtered: counted once per fetch
         # With event definitions most records may be for others: route on a peek at the few
@@ -93,9 +114,109 @@ class Handler:
             metrics.RECORDS_FILTERED.labels(call_type, why).inc(count)
         if filtered:
             ledger.settle(filtered, Outcome.FILTERED)
+        return routed
+
+    def _route_accounts(
+        self, records: list[Record], router: Router
+    ) -> dict[AccountParts, list[Routed]]:
+        """Each record decoded, routed to its accounts (a copy per account when several), and
+        by each account's own rules; no account: filtered (`no_account`) or dead-lettered, as
+        the accounts file says."""
+        parts = self._parts
+        ledger, decoder, accounts = parts.ledger, parts.decoder, parts.accounts
+        groups: dict[AccountParts, list[Routed]] = {}
+        types: Counter[str] = Counter()
+        reasons: Counter[tuple[str, str]] = Counter()
+        vias: Counter[tuple[str, str]] = Counter()
+        for record in records:
+            try:
+                call = decoder.decode(record.value, record.headers)
+                types[call.type] += 1
+                decision = router.route(record.topic, record.headers, call)
+            except (ConfigError, FatalDeliveryError):
+                raise
+            except RecordError as exc:
+                ledger.reject(record, exc, exc.stage)
+                continue
+            except Exception as exc:  # the per-record barrier: a record built to hurt
+                ledger.reject(record, internal(exc), "decode")
+                continue
+            routes = decision.routes
+            if not routes:
+                if decision.unmatched == "dead-letter":
+                    ledger.reject(record, NoAccount(decision.reason), "route")
+                else:
+                    reasons[call.type, NO_ACCOUNT] += 1
+                    ledger.processed(record, Outcome.FILTERED)
+                continue
+            copies = self._copies(record, decision.accounts)
+            for copy, via in zip(copies, routes, strict=True):
+                account = accounts[via.account]
+                vias[via.account, via.via] += 1
+                copy.message_id = call.message_id
+                route = account.processor.route(call)
+                if route.filtered:
+                    reasons[call.type, route.reason or ""] += 1
+                    ledger.processed(copy, Outcome.FILTERED)
+                    continue
+                groups.setdefault(account, []).append((call, copy, route))
+        for call_type, count in types.items():
+            metrics.RECORDS_DECODED.labels(call_type).inc(count)
+        for (call_type, why), count in reasons.items():
+            metrics.RECORDS_FILTERED.labels(call_type, why).inc(count)
+        for (name, how), count in vias.items():
+            metrics.RECORDS_ROUTED.labels(name, how).inc(count)
+        return groups
+
+    def _copies(self, record: Record, names: tuple[str, ...]) -> list[Record]:
+        """The record itself for one account; a copy per account for several, whose dead
+        letters are redacted as the strictest account's (one HIPAA account is enough)."""
+        if len(names) == 1:
+            record.account = names[0]
+            return [record]
+        copies = self._parts.ledger.fan_out(record, names)
+        hipaa = self._hipaa
+        strict = next((name for name in names if hipaa[name]), None)
+        if strict is not None:
+            for copy in copies:
+                if not hipaa[copy.account or ""]:
+                    copy.redact_as = strict
+        return copies
+
+    def route_catalog(self, records: list[Record]) -> dict[AccountParts, list[Record]]:
+        """Catalog records to their accounts' catalog stages, routed by topic and header (a
+        catalog record has no call: field rules never match); no account: filtered or
+        dead-lettered, as the accounts file says."""
+        parts = self._parts
+        router, ledger = parts.router, parts.ledger
+        if router is None:
+            return {parts.only: records}
+        groups: dict[AccountParts, list[Record]] = {}
+        for record in records:
+            decision = router.route(record.topic, record.headers, None)
+            if not decision.routes:
+                if decision.unmatched == "dead-letter":
+                    ledger.reject(record, NoAccount(decision.reason), "route")
+                else:
+                    metrics.RECORDS_FILTERED.labels("catalog", NO_ACCOUNT).inc()
+                    ledger.processed(record, Outcome.FILTERED)
+                continue
+            for copy, via in zip(self._copies(record, decision.accounts), decision.routes,
+                                 strict=True):  # fmt: skip
+                metrics.RECORDS_ROUTED.labels(via.account, via.via).inc()
+                groups.setdefault(parts.accounts[via.account], []).append(copy)
+        return groups
+
+    async def _run(self, account: AccountParts, routed: list[Routed]) -> None:
+        """One account's routed records of a fetch: deduplicated in its window (one store
+        round trip), processed, handed on."""
+        parts = self._parts
+        ledger = parts.ledger
+        waiting, stop = parts.health.waiting, parts.stop.asked
         fresh = await until_available(
-            lambda: parts.dedup.fresh([r for _, r, _ in routed]), STATE, waiting=waiting, stop=stop
-        )
+            lambda: account.dedup.fresh([r for _, r, _ in routed]), STATE,
+            waiting=waiting, stop=stop,
+        )  # fmt: skip
         for n, ((call, record, route), new) in enumerate(zip(routed, fresh, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # let paced requests and their answers go meanwhile
@@ -107,11 +228,11 @@ class Handler:
                     ledger.wait_for(record, new)
                 continue
             try:  # the usual case: no retry wrapper (a coroutine and a lambda) per record
-                result = self._barrier(call, record, route)
+                result = self._barrier(account, call, record, route)
             except Unavailable as exc:  # a dependency failed: wait it out, this failure first
-                result = await self._process(call, record, route, exc)
+                result = await self._process(account, call, record, route, exc)
             if result is not None:
-                self._dispatch(record, result)
+                self._dispatch(account, record, result)
 
     def _peeked_route(self, peeked: Peeked) -> Route | None:
         """`Processor.route_peeked`, remembered for the few distinct (type, name, integrations)
@@ -119,14 +240,19 @@ class Handler:
         routes = self._routes
         if peeked in routes:
             return routes[peeked]
-        route = self._parts.processor.route_peeked(peeked)
+        route = self._parts.only.processor.route_peeked(peeked)
         name, integrations = peeked[1] or "", peeked[2] or ""
         if len(routes) < MAX_ROUTES and len(name) + len(integrations) <= MAX_ROUTE_KEY:
             routes[peeked] = route
         return route
 
     async def _process(
-        self, call: Call, record: Record, route: Route | None, failed: Unavailable | None = None
+        self,
+        account: AccountParts,
+        call: Call,
+        record: Record,
+        route: Route | None,
+        failed: Unavailable | None = None,
     ) -> Result | None:
         """One call through transform → identity → map, behind the per-record barrier: a
         dependency failure (`failed`: the first one, already seen) waits and tries again (the
@@ -136,16 +262,18 @@ class Handler:
         def attempt() -> Result | None:
             if first:
                 raise first.pop()
-            return self._barrier(call, record, route)
+            return self._barrier(account, call, record, route)
 
         parts = self._parts
         return await until_available(
             attempt, STATE, waiting=parts.health.waiting, stop=parts.stop.asked
         )
 
-    def _barrier(self, call: Call, record: Record, route: Route | None) -> Result | None:
+    def _barrier(
+        self, account: AccountParts, call: Call, record: Record, route: Route | None
+    ) -> Result | None:
         try:
-            return self._parts.processor.process(call, record, route)
+            return account.processor.process(call, record, route)
         except (Unavailable, ConfigError, FatalDeliveryError):
             raise
         except RecordError as exc:
@@ -154,12 +282,11 @@ class Handler:
             self._parts.ledger.reject(record, internal(exc), "process")
         return None
 
-    def _dispatch(self, record: Record, result: Result) -> None:
+    def _dispatch(self, account: AccountParts, record: Record, result: Result) -> None:
         """Hand a processed record's items to the send stage, its actions to the gate (all of
         them to the gate's hold while a deletion it names is under way), its failures to the
         ledger; then the record is processed."""
-        parts = self._parts
-        ledger, sender, gate = parts.ledger, parts.sender, parts.gate
+        ledger, sender, gate = self._parts.ledger, account.sender, account.gate
         for item in result.released:
             ledger.adopt(item.records[0])
             sender.add(item)
@@ -190,20 +317,21 @@ class Handler:
     async def _again(self, record: Record) -> None:
         parts = self._parts
         decoder = parts.decoder
+        account = parts.account_of(record)
         try:
             await until_available(
                 lambda: decoder.prepare([record]), "schema registry",
                 waiting=parts.health.waiting, stop=parts.stop.asked,
             )  # fmt: skip
             call = decoder.decode(record.value, record.headers)
-            result = await self._process(call, record, None)  # routed as on its first reading
+            result = await self._process(account, call, record, None)  # routed as before
         except RecordError as exc:
             parts.ledger.reject(record, exc, exc.stage)
             return
         except Interrupted:
             return  # stopping: the record stays unfinished, read again by the next owner
         if result is not None:
-            self._dispatch(record, result)
+            self._dispatch(account, record, result)
 
 
 class _Finished:

@@ -2,7 +2,10 @@
 
 `Service.assemble` builds them, none missing; the per-record stages (`stream.engine.handle`),
 the batches' outcomes (`stream.engine.outcomes`), the housekeeping and the fetch loop all work
-on one `Parts`.
+on one `Parts`. What is Kafka's (the source, the ledger, the decoder, the dead-letter topic) is
+shared; what is Klaviyo's is one `AccountParts` per account (`stream.accounts`): its state
+store, processing, gate, send stage and delivery. Without an accounts file there is one, made
+of the settings, and no router (every record is that account's).
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from stream.accounts.routing import Router
 from stream.catalog.stage import CatalogStage
 from stream.completion.dedup import Deduplicator
 from stream.completion.ledger import DeadLetterWriter, Ledger
+from stream.core.calls import Record
 from stream.core.settings import Settings
 from stream.delivery.deliver import Deliverer
 from stream.delivery.send import Sender
 from stream.engine.gate import Gate
+from stream.engine.parking import Parking
 from stream.engine.process import Processor
 from stream.identity.fence import Fence
 from stream.intake.decode import Decoder
@@ -64,6 +70,24 @@ class Stop:
 
 
 @dataclass(eq=False)
+class AccountParts:
+    """One Klaviyo account's stages, kept apart from every other account's."""
+
+    name: str
+    settings: Settings  # the account's own (`Account.settings`): key, revision, mode, rules
+    store: StateStore
+    dedup: Deduplicator
+    processor: Processor
+    fence: Fence | None  # None without deletions (no erasure)
+    governor: Governor
+    deliverer: Deliverer
+    sender: Sender
+    gate: Gate
+    catalog: CatalogStage | None  # None without CATALOG_TOPICS
+    parking: Parking | None = None  # None without an accounts file: a refused key stops
+
+
+@dataclass(eq=False)
 class Parts:
     """Everything one run works with."""
 
@@ -71,22 +95,48 @@ class Parts:
     health: Health
     stop: Stop
     result: RunResult
-    store: StateStore
-    dedup: Deduplicator
     decoder: Decoder
-    processor: Processor
-    fence: Fence | None  # None without deletions (no erasure)
     ledger: Ledger
     source: Source
     dead_letters: DeadLetterWriter
-    deliverer: Deliverer
-    governor: Governor
-    sender: Sender
-    gate: Gate
-    catalog: CatalogStage | None  # None without CATALOG_TOPICS
+    accounts: dict[str, AccountParts]  # in the accounts file's order
+    router: Router | None  # None: one account without a file, every record its own
+
+    @property
+    def only(self) -> AccountParts:
+        """The first account: the only one without an accounts file."""
+        return next(iter(self.accounts.values()))
+
+    def account_of(self, record: Record) -> AccountParts:
+        """The account a routed record (or copy) goes to (unrouted: the only account)."""
+        name = record.account
+        return self.only if name is None else self.accounts[name]
+
+    # the only account's parts, by the names a single-account run always had (tests) ---------
+
+    @property
+    def store(self) -> StateStore:
+        return self.only.store
+
+    @property
+    def processor(self) -> Processor:
+        return self.only.processor
+
+    @property
+    def sender(self) -> Sender:
+        return self.only.sender
+
+    @property
+    def gate(self) -> Gate:
+        return self.only.gate
+
+    @property
+    def catalogs(self) -> list[CatalogStage]:
+        """Every account's catalog stage (none without CATALOG_TOPICS)."""
+        return [a.catalog for a in self.accounts.values() if a.catalog is not None]
 
     @property
     def pending(self) -> int:
         """Records of the event path begun and not finished (the catalog's are its own)."""
-        catalog = self.catalog.pending if self.catalog is not None else 0
-        return self.ledger.pending - catalog
+        catalog = sum(c.pending for c in self.catalogs)
+        return max(0, self.ledger.pending - catalog)

@@ -8,13 +8,13 @@ the Klaviyo client and its rate-limit governor, the dead-letter writer, and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from stream.catalog.debezium import load_mapping
 from stream.catalog.decode import CatalogDecoder
 from stream.catalog.stage import CatalogStage
-from stream.completion.deadletter import DeadLetters
+from stream.completion.deadletter import DeadLetters, Redactor
 from stream.completion.ledger import Ledger
 from stream.core.clients import kafka_client_config, schema_registry_config
 from stream.core.retry import Waiting
@@ -36,9 +36,13 @@ from stream.state.rules import Limits
 
 
 def build_processor(
-    settings: Settings, store: StateStore, transformer: Transformer | None = None
+    settings: Settings,
+    store: StateStore,
+    transformer: Transformer | None = None,
+    account: str | None = None,
 ) -> Processor:
-    """Route → transform (rules, then HIPAA) → identity → map, as the settings describe."""
+    """Route → transform (rules, then HIPAA) → identity → map, as the settings describe (an
+    account's: `Account.settings`, its own store, `account` its name)."""
     identity = IdentityResolver(
         store,
         email_first=settings.use_email_as_identifier,
@@ -64,6 +68,7 @@ def build_processor(
         max_skew=settings.max_clock_skew_seconds,
         anonymous_profiles=settings.expired_anonymous == "send",
         back_in_stock_event=settings.back_in_stock_event,
+        account=account,
     )
 
 
@@ -109,15 +114,25 @@ def build_governor(settings: Settings) -> Governor:
 
 
 def build_dead_letters(
-    settings: Settings, decoder: Decoder, transformer: Transformer
+    settings: Settings,
+    decoder: Decoder,
+    transformer: Transformer,
+    accounts: Mapping[str, tuple[Settings, Transformer]] | None = None,
 ) -> DeadLetters:
     """The dead-letter writer; in HIPAA mode it writes a redacted copy of a call unless told
-    otherwise (catalog records hold products, not people: written as they are)."""
-    redact = settings.hipaa_mode and not settings.hipaa_dlq_keep_original
+    otherwise (catalog records hold products, not people: written as they are). `accounts`:
+    each account's settings and transformer, for its records' dead letters (a record of no
+    account is redacted as the global settings say)."""
+
+    def redactor(own: Settings, shape: Transformer) -> Redactor | None:
+        redact = own.hipaa_mode and not settings.hipaa_dlq_keep_original
+        return dead_letter_redactor(decoder.decode, shape) if redact else None
+
     return DeadLetters(
         kafka_client_config(settings),
         settings.dlq_topic,
-        dead_letter_redactor(decoder.decode, transformer) if redact else None,
+        redactor(settings, transformer),
+        {name: redactor(*own) for name, own in (accounts or {}).items()},
         unredacted_topics=frozenset(settings.catalog_topics),
     )
 

@@ -100,6 +100,7 @@ class Processor:
     max_skew: float = 600.0  # how far ahead of its reading a call's time may order it
     anonymous_profiles: bool = False  # EXPIRED_ANONYMOUS=send: anonymous persons' profiles exist
     back_in_stock_event: str = ""  # a track call of this name asks a back-in-stock notice
+    account: str | None = None  # the account it processes for (None: the only one, no file)
 
     def route(self, call: Call) -> Route:
         """Where a decoded call goes (`Route`): routing, and what it asks of consent and lists
@@ -460,6 +461,7 @@ class Processor:
         """The item of a held call sent on `profile` (its person's, or its anonymous_id's),
         its record stamped as work begun now (`stream.identity.fence`)."""
         record = held.record
+        record.account = self.account  # from this account's store: finished in its window
         if self.erasure is not None:
             record.stamp = self.erasure.mark
         record.called_at = event_seconds(held.event)

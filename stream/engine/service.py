@@ -24,32 +24,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from stream.catalog.stage import CatalogStage
-from stream.completion.dedup import Deduplicator
+from stream.accounts.config import load_accounts
+from stream.accounts.connections import AccountLinks
+from stream.accounts.routing import Router
+from stream.accounts.stores import open_stores
 from stream.completion.ledger import DeadLetterWriter, Ledger
 from stream.core.calls import Record
 from stream.core.clients import require_klaviyo_credentials
 from stream.core.errors import Interrupted
 from stream.core.retry import until_available
 from stream.core.settings import Settings
-from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch
-from stream.delivery.deliver import Deliverer
-from stream.delivery.send import Sender
-from stream.engine.gate import Gate
+from stream.engine.assembly import AccountState, account_parts, account_state
 from stream.engine.handle import Handler
 from stream.engine.housekeeping import Housekeeping
 from stream.engine.outcomes import Outcomes
 from stream.engine.parts import STATE, Parts, RunResult, Stop
-from stream.engine.pipeline import (
-    build_catalog,
-    build_client,
-    build_dead_letters,
-    build_governor,
-    build_processor,
-    identity_limits,
-)
-from stream.identity.fence import Fence
+from stream.engine.pipeline import build_dead_letters, identity_limits
 from stream.intake.consume import KafkaConsumer
 from stream.intake.decode import Decoder, make_decoder
 from stream.intake.source import Drain, Partitions, Source, SourceFactory
@@ -88,7 +78,7 @@ class Running:
 
     parts: Parts
     handler: Handler
-    outcomes: Outcomes
+    outcomes: dict[str, Outcomes]  # each account's
     housekeeping: Housekeeping
     loop: asyncio.AbstractEventLoop  # the loop it runs on (rebalances call into it)
 
@@ -98,7 +88,8 @@ class Service:
 
     `source` makes the Kafka side (default: `KafkaConsumer`), `dead_letters` writes dead
     letters (default: the dead-letter topic): tests run the service in-process with in-memory
-    ones."""
+    ones. With `ACCOUNTS_FILE` it serves every account of the file (`stream.accounts`), each
+    with its own state store (`store` is the single account's, without a file)."""
 
     def __init__(
         self,
@@ -118,23 +109,29 @@ class Service:
         )
         self.result = RunResult()
         self._decoder = decoder or make_decoder(settings)
-        self._store = store or open_store(
-            settings.state_url,
-            settings.dedup_window_seconds,
-            settings.held_lease_seconds,
-            identity_limits(settings),
-        )
-        self._dedup = Deduplicator(self._store)
+        self.accounts = load_accounts(settings)  # the file and every key, checked now
+        self._router = None if self.accounts.implicit else Router(self.accounts)
         self._transformer = transformer_from_settings(settings)  # rules and HIPAA, checked now
-        self._processor = build_processor(settings, self._store, self._transformer)
-        erasure = self._processor.erasure
-        self._fence = None if erasure is None else Fence(
-            self._store, erasure,
-            request_timeout=settings.klaviyo_timeout_seconds,
-            liveness=settings.replica_liveness_seconds,
-        )  # fmt: skip
-        if self._fence is not None:
-            self._store.lease_owner = self._fence.replica  # released held calls follow us
+        if self.accounts.implicit:
+            stores = {self.accounts.names[0]: store or open_store(
+                settings.state_url,
+                settings.dedup_window_seconds,
+                settings.held_lease_seconds,
+                identity_limits(settings),
+            )}  # fmt: skip
+        else:
+            stores = open_stores(settings, self.accounts)
+        self._states: dict[str, AccountState] = {}
+        try:
+            for account in self.accounts:
+                own = settings if self.accounts.implicit else account.settings(settings)
+                self._states[account.name] = self._account_state(
+                    account.name, own, stores[account.name]
+                )
+        except BaseException:
+            for opened in stores.values():
+                opened.close()
+            raise
         self._stop = Stop()
         self._shutdown_timeout = (
             settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
@@ -142,6 +139,13 @@ class Service:
         self._source = source or self._kafka
         self._dead_letters = dead_letters
         self.running: Running | None = None  # while `run` runs
+
+    def _account_state(self, name: str, own: Settings, store: StateStore) -> AccountState:
+        """An account's processing over its store, built from its settings (its rule files
+        checked now: a mistake stops the start with one line)."""
+        transformer = self._transformer if own is self.settings else transformer_from_settings(own)
+        account = None if self.accounts.implicit else name
+        return account_state(name, own, store, transformer, account)
 
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
@@ -162,72 +166,50 @@ class Service:
 
     # assembling -------------------------------------------------------------------------------
 
-    def assemble(self, client: KlaviyoClient) -> Running:
-        """The parts of one run over `client`, wired together (nothing started yet); on the
-        event loop the run will use."""
+    def assemble(self, links: KlaviyoClient | AccountLinks) -> Running:
+        """The parts of one run over `links` (every account's client and governor; a bare
+        client: the single account's), wired together (nothing started yet); on the event loop
+        the run will use."""
         settings = self.settings
         dead_letters = self._dead_letters or build_dead_letters(
-            settings, self._decoder, self._transformer
-        )
-        ledger = Ledger(self._dedup, dead_letters, self._store_offset)
-        governor = build_governor(settings)
-        client_mode = settings.klaviyo_mode == "client"
-        deliverer = Deliverer(
-            client,
-            max_in_flight=settings.klaviyo_max_in_flight,
-            client_mode=client_mode,
-            governor=governor,
-            same_person=self._processor.identity.same_person,
-            confirm_rounds=settings.deletion_confirm_rounds,
-            stale_subscribe_seconds=settings.stale_subscribe_seconds,
-        )
-
-        async def deliver(batch: Batch | ActionBatch) -> None:
-            await outcomes.deliver(batch)  # made below, once the gate is
-
-        sender = Sender(
-            governor,
-            deliver,
-            max_events=settings.batch_max_events,
-            max_profiles=settings.batch_max_profiles,
-            linger_seconds=settings.batch_linger_ms / 1000,
-            max_in_flight=settings.klaviyo_max_in_flight,
-            client_mode=client_mode,
-        )
-        # consent, list and deletion actions reach the send stage through the gate: in order
-        # per person, each after what it follows (`stream.engine.gate`)
-        gate = Gate(
-            sender.add,
-            erasure=self._processor.erasure,
-            fence=self._fence,
-            settle_seconds=settings.deletion_settle_seconds,
-            stop=self._stop.asked,
-        )
-        catalog = build_catalog(
-            settings, self._store, client, ledger, governor,
-            fatal=self._stop.fail, waiting=self.health.waiting,
+            settings, self._decoder, self._transformer,
+            None if self.accounts.implicit else {
+                n: (a.settings, a.transformer) for n, a in self._states.items()
+            },
         )  # fmt: skip
+        states = list(self._states.values())
+        ledger = Ledger(
+            states[0].dedup, dead_letters, self._store_offset,
+            dedups=None if self.accounts.implicit else {a.name: a.dedup for a in states},
+        )  # fmt: skip
+        outcomes: dict[str, Outcomes] = {}
+        accounts = {
+            state.name: account_parts(
+                state,
+                links,
+                ledger,
+                outcomes,
+                stop=self._stop,
+                waiting=self.health.waiting,
+                parked=not self.accounts.implicit,
+            )
+            for state in states
+        }
         parts = Parts(
             settings=settings,
             health=self.health,
             stop=self._stop,
             result=self.result,
-            store=self._store,
-            dedup=self._dedup,
             decoder=self._decoder,
-            processor=self._processor,
-            fence=self._fence,
             ledger=ledger,
             source=self._source(ledger, self._drain),
             dead_letters=dead_letters,
-            deliverer=deliverer,
-            governor=governor,
-            sender=sender,
-            gate=gate,
-            catalog=catalog,
+            accounts=accounts,
+            router=self._router,
         )
         handler = Handler(parts)
-        outcomes = Outcomes(parts, handler.again_soon)
+        for name, account in accounts.items():
+            outcomes[name] = Outcomes(parts, account, handler.again_soon)
         loop = asyncio.get_running_loop()
         self.running = Running(parts, handler, outcomes, Housekeeping(parts), loop)
         return self.running
@@ -236,25 +218,32 @@ class Service:
 
     async def run(self) -> RunResult:
         """Consume until stopped; returns counts. Raises on a fatal delivery or config error."""
-        require_klaviyo_credentials(self.settings)
+        for state in self._states.values():
+            require_klaviyo_credentials(state.settings)
         tune_gc()
-        async with build_client(self.settings) as client, self.started(client) as running:
+        async with (
+            AccountLinks(self.settings, self.accounts) as links,
+            self.started(links) as running,
+        ):
             await self._fetch_loop(running)
         if self._stop.fatal is not None:
             raise self._stop.fatal
         return self.result
 
     @asynccontextmanager
-    async def started(self, client: KlaviyoClient) -> AsyncIterator[Running]:
-        """A run assembled and started (send stage, catalog, the group's deletions loaded,
-        heartbeat, sweep); shut down on exit within `shutdown_timeout`, the state store
-        closed. A stop while the deletions load (the state store down) leaves nothing to do."""
-        running = self.assemble(client)
+    async def started(self, links: KlaviyoClient | AccountLinks) -> AsyncIterator[Running]:
+        """A run assembled and started (send stages, catalogs, the group's deletions loaded,
+        heartbeat, sweep); shut down on exit within `shutdown_timeout`, the state stores
+        closed. A stop while the deletions load (a state store down) leaves nothing to do."""
+        running = self.assemble(links)
         parts = running.parts
-        parts.sender.start()
-        if parts.catalog is not None:
-            parts.catalog.start()
-        metrics.RATE_SHARE.set(parts.governor.share)
+        for account in parts.accounts.values():
+            account.sender.start()
+            if account.parking is not None:
+                account.parking.start()
+            if account.catalog is not None:
+                account.catalog.start()
+        running.housekeeping.publish_shares()
         housekeeping = running.housekeeping
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -268,21 +257,23 @@ class Service:
             for task in tasks:
                 task.cancel()
             await self._shutdown(running)
-            self._store.close()
+            for state in self._states.values():
+                state.store.close()
             self.result.dead_lettered = parts.ledger.dead_lettered
 
     async def _load_erasures(self) -> bool:
-        """The group's tombstones and erasures, before any record is judged (False: stopped
-        while the state store was down)."""
-        erasure = self._processor.erasure
-        if erasure is None:
-            return True
-        try:
-            await until_available(
-                erasure.load, STATE, waiting=self.health.waiting, stop=self._stop.asked
-            )
-        except Interrupted:
-            return False
+        """Each account's group tombstones and erasures, before any record is judged (False:
+        stopped while a state store was down)."""
+        for state in self._states.values():
+            erasure = state.processor.erasure
+            if erasure is None:
+                continue
+            try:
+                await until_available(
+                    erasure.load, STATE, waiting=self.health.waiting, stop=self._stop.asked
+                )
+            except Interrupted:
+                return False
         return True
 
     async def _fetch_loop(self, running: Running) -> None:
@@ -291,7 +282,7 @@ class Service:
         Records a last fetch returned after the stop are not begun: their offsets are never
         stored, the group's next owner reads them again."""
         parts, handler, housekeeping = running.parts, running.handler, running.housekeeping
-        source, ledger, sender, catalog = parts.source, parts.ledger, parts.sender, parts.catalog
+        source, ledger, catalogs = parts.source, parts.ledger, parts.catalogs
         stop = self._stop
         max_pending = self.settings.max_pending_records
         fetching = None
@@ -301,10 +292,12 @@ class Service:
                 source.pause()
             elif source.paused and pending < max_pending // 2:
                 source.resume()
-            if catalog is not None:  # catalog records have a bound of their own
-                if catalog.pending >= catalog.max_pending:
+            if catalogs:  # catalog records have a bound of their own (each account's)
+                if any(c.pending >= c.max_pending for c in catalogs):
                     source.pause_catalog(True)
-                elif source.catalog_paused and catalog.pending < catalog.max_pending // 2:
+                elif source.catalog_paused and all(
+                    c.pending < c.max_pending // 2 for c in catalogs
+                ):
                     source.pause_catalog(False)
             if fetching is None:  # fetch even when paused: callbacks run inside the fetch
                 room = max(1, self._room(parts))
@@ -324,16 +317,16 @@ class Service:
                 fetching = asyncio.create_task(source.fetch(room, FETCH_TIMEOUT))
             self._count(records)
             try:
-                if catalog is not None:
-                    records = await self._to_catalog(catalog, records)
+                if catalogs:
+                    records = await self._to_catalog(running, records)
                 await handler.handle(records)
             except Interrupted:
                 break  # stopped during a dependency wait: what it held is read again next run
-            parts.gate.poll()  # deletions whose earlier records finished meanwhile
+            for account in parts.accounts.values():
+                account.gate.poll()  # deletions whose earlier records finished meanwhile
             housekeeping.flush_dedup(due_only=True)
             metrics.PENDING_RECORDS.set(ledger.pending)
-            for kind, lane in sender.lanes.items():
-                metrics.ITEMS_WAITING.labels(kind).set(lane.items + lane.parked)
+            housekeeping.publish_waiting()
         if fetching is not None:
             await fetching  # let the consume thread finish; its records are not begun
 
@@ -341,13 +334,16 @@ class Service:
         """How many records a fetch may return: pending never exceeds MAX_PENDING_RECORDS."""
         return min(FETCH_MAX, self.settings.max_pending_records - parts.pending)
 
-    async def _to_catalog(self, catalog: CatalogStage, records: list[Record]) -> list[Record]:
-        """Hand the records of catalog topics to the catalog stage; the others go on."""
+    async def _to_catalog(self, running: Running, records: list[Record]) -> list[Record]:
+        """Hand the records of catalog topics to their accounts' catalog stages (routed by
+        topic and header: a catalog record has no call); the others go on."""
         topics = self.settings.catalog_topics
         mine = [r for r in records if r.topic in topics]
         if not mine:
             return records
-        await catalog.accept(mine)
+        for account, routed in running.handler.route_catalog(mine).items():
+            assert account.catalog is not None
+            await account.catalog.accept(routed)
         return [r for r in records if r.topic not in topics]
 
     def _count(self, records: list[Record]) -> None:
@@ -370,9 +366,10 @@ class Service:
         ledger = parts.ledger
         if ledger.unfinished(partitions) == 0:
             return
-        loop.call_soon_threadsafe(parts.sender.hurry)
-        if parts.catalog is not None:
-            loop.call_soon_threadsafe(parts.catalog.hurry)
+        for account in parts.accounts.values():
+            loop.call_soon_threadsafe(account.sender.hurry)
+            if account.catalog is not None:
+                loop.call_soon_threadsafe(account.catalog.hurry)
         drained = ledger.wait_drained(partitions, self.settings.revoke_drain_seconds)
         log.info(
             "revoked partitions drained" if drained else "revoked with work in flight",
@@ -385,7 +382,7 @@ class Service:
         """Within `shutdown_timeout` in all: finish what is out (Klaviyo's answers, dead-letter
         writes), keeping a few seconds of it for the commit and leaving the group."""
         parts = running.parts
-        source, ledger, sender, catalog = parts.source, parts.ledger, parts.sender, parts.catalog
+        source, ledger, accounts = parts.source, parts.ledger, list(parts.accounts.values())
         self.health.stopping = True
         deadline = time.monotonic() + self._shutdown_timeout
         reserve = min(SHUTDOWN_RESERVE_SECONDS, self._shutdown_timeout / 2)
@@ -393,21 +390,25 @@ class Service:
         def left(keep: float = 0.0) -> float:
             return max(0.0, deadline - keep - time.monotonic())
 
-        if self._stop.fatal is None:
-            await sender.close(timeout=left(reserve))
-            if catalog is not None:  # jobs still out stay in the state store for next time
-                await catalog.close(timeout=left(reserve))
-            await ledger.close(timeout=left(reserve))
-        else:  # nothing more can be sent: what is out stays unfinished, read again later
-            await sender.close(timeout=0)
-            if catalog is not None:
-                await catalog.close(timeout=0)
-            await ledger.close(timeout=min(5, left(reserve)))
+        fatal = self._stop.fatal is not None  # nothing more can be sent: what is out stays
+        #                                       unfinished, read again later
+        await asyncio.gather(*(
+            account.sender.close(timeout=0 if fatal else left(reserve)) for account in accounts
+        ))  # fmt: skip
+        await asyncio.gather(*(  # parked work stays unfinished: read again by the next run
+            account.parking.close(timeout=0 if fatal else left(reserve))
+            for account in accounts if account.parking is not None
+        ))  # fmt: skip
+        for account in accounts:  # catalog jobs still out stay in the state store for next time
+            if account.catalog is not None:
+                await account.catalog.close(timeout=0 if fatal else left(reserve))
+        await ledger.close(timeout=min(5, left(reserve)) if fatal else left(reserve))
         housekeeping = running.housekeeping
         housekeeping.flush_dedup(due_only=False)
         housekeeping.settle_held()
-        if self._fence is not None:  # gone: deletions stop waiting for us, now
-            housekeeping.guarded(self._fence.retire)
+        for account in accounts:
+            if account.fence is not None:  # gone: deletions stop waiting for us, now
+                housekeeping.guarded(account.fence.retire)
         source.closing = True
         await source.commit()
         await source.close()

@@ -59,6 +59,13 @@ RECORDS_FILTERED = Counter(
     ["type", "reason"],
     registry=REGISTRY,
 )
+RECORDS_ROUTED = Counter(
+    P + "records_routed_total",
+    "Record copies routed to an account (ACCOUNTS_FILE), by how: topic, header, field, all,"
+    " delete (to every account), replay (a dead letter replayed for it).",
+    ["account", "via"],
+    registry=REGISTRY,
+)
 RECORDS_DEDUPLICATED = Counter(
     P + "records_deduplicated_total",
     "Calls dropped as already seen (messageId).",
@@ -236,6 +243,19 @@ GOVERNOR_WAIT = Counter(
 RATE_SHARE = Gauge(
     P + "rate_share",
     "This replica's share of the account's Klaviyo quota (KLAVIYO_RATE_SHARE=auto: 1/members).",
+    registry=REGISTRY,
+)
+PARKED_ITEMS = Gauge(
+    P + "parked_items",
+    "Items of an account kept back while Klaviyo refuses its key, fails or throttles it"
+    " (ACCOUNTS_FILE; dead letters past PARK_MAX_SECONDS or PARK_MAX_ITEMS).",
+    ["account"],
+    registry=REGISTRY,
+)
+PARKED_OLDEST = Gauge(
+    P + "parked_oldest_seconds",
+    "How long an account's oldest parked item has been kept back (0: none).",
+    ["account"],
     registry=REGISTRY,
 )
 IN_FLIGHT_REQUESTS = Gauge(

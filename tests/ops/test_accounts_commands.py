@@ -1,7 +1,7 @@
 """Operator commands with an accounts file, without a broker: `test-event --account` says which
 account a call goes to and why, and tests it with that account's settings; dead letters are
 chosen and listed by account, and replayed to their account only; `run` checks the file at
-start and refuses it until the engine serves several accounts."""
+start."""
 
 from __future__ import annotations
 
@@ -118,9 +118,7 @@ def test_dead_letters_are_chosen_listed_and_replayed_by_account() -> None:
     assert single.splitlines()[1].split()[0] == "stage"  # without accounts: as before
 
 
-def test_run_checks_the_accounts_file_at_start_and_refuses_it_until_phase_2(
-    tmp_path: Path,
-) -> None:
+def test_run_checks_the_accounts_file_at_start(tmp_path: Path) -> None:
     env: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:9", "kafka_topics": "brand-a",
                            "klaviyo_api_key": "pk_" + "0" * 30, "metrics_port": 0}  # fmt: skip
     inline = {"name": "brand-a", "key": "pk_live_inline_secret_1234", "topics": ["brand-a"]}
@@ -134,6 +132,3 @@ def test_run_checks_the_accounts_file_at_start_and_refuses_it_until_phase_2(
         {"name": "brand-a", "key": "env:KEY_A", "topics": ["brand-a"]}]})  # fmt: skip
     missing = cli(clean_env(accounts_file=valid, **env), "run")
     assert missing.code == 2 and "environment variable KEY_A is not set" in missing.stderr
-    refused = cli(clean_env(accounts_file=valid, key_a=KEYS["KEY_A"], **env), "run")
-    assert refused.code == 2 and "serves one account until the engine is wired" in refused.stderr
-    assert KEYS["KEY_A"] not in refused.output
