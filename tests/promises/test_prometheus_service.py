@@ -4,7 +4,9 @@
 topic on the real broker and delivers to the Klaviyo sandbox. The records are chosen so every
 family has data: sample identify/track/page calls (pages are switched off, so they are
 filtered), exact duplicates, undecodable records, anonymous tracks held until an identify names
-them, and a sandbox failing every request until both a 429 and a 5xx were answered. Then the
+them, and a sandbox failing every request until both a 429 and a 5xx were answered; and a
+compacted product topic (items, a variant, a category, a tombstone, an item someone else made,
+so our create is refused and recovered, and an item Klaviyo refuses outright). Then the
 series Prometheus stored must say exactly what was published, and every dashboard and alert
 expression must evaluate without error and (except the reviewed few below) return data.
 """
@@ -29,9 +31,11 @@ from stream.local.sample import sample_calls
 from stream.local.sandbox import SandboxConfig, SandboxThread
 from stream.ops.produce import Encoder, publish
 from tests.support import free_port, wait_until
+from tests.support.catalog import catalog, item, latest, mismatches, publish_catalog, submit
 from tests.support.harness import (
     ServiceProcess,
     assert_exactly_once,
+    create_topic,
     service_env,
     state_dir,
     stats,
@@ -53,6 +57,7 @@ PERSONS = 150
 DUPLICATES = 120
 BAD = 25
 ANONYMOUS = 20
+CATALOG_ITEMS = 200  # one refused item among them stays under the catalog dead-letter alert's 1 %
 
 # Alert expressions that return nothing on a healthy, fed replica even in the `bool` form
 # below (reviewed; each with the reason). Every dashboard expression must return data.
@@ -98,6 +103,21 @@ def anonymous_persons(count: int) -> tuple[list[dict[str, Any]], list[dict[str, 
     return tracks, identifies
 
 
+def catalog_lines() -> list[dict[str, Any]]:
+    """Catalog records of every kind: a category, items (one in the category), a variant, a
+    tombstone, an item someone else already made (THEIRS) and one Klaviyo refuses (REFUSED)."""
+    ids = [f"P-{i}" for i in range(CATALOG_ITEMS)] + ["THEIRS", "REFUSED"]
+    lines: list[dict[str, Any]] = [{"type": "catalog_category", "id": "C1", "name": "Shirts"}]
+    lines += [{"type": "catalog_item", "id": i, "title": f"{i} title", "url": f"https://s.io/{i}"}
+              for i in ids]  # fmt: skip
+    lines[1]["categories"] = ["C1"]
+    lines.append({"type": "catalog_variant", "id": "V1", "item_id": "P-0", "sku": "P-0-M",
+                  "title": "P-0 M", "url": "https://s.io/P-0?m", "price": 10.0,
+                  "inventory_quantity": 0})  # fmt: skip
+    lines.append({"type": "catalog_item", "id": "P-1", "deleted": True})
+    return lines
+
+
 def publish_garbage(bootstrap: str, topic: str, count: int) -> None:
     """Records no decoder can read: each must become one dead letter."""
     producer = Producer({"bootstrap.servers": bootstrap})
@@ -117,6 +137,8 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
 ) -> None:
     topic = topic_factory(partitions=3)
+    compacted = {"cleanup.policy": "compact"}
+    products = create_topic(kafka_bootstrap, f"{topic}-products", 1, **compacted)
     calls = list(sample_calls(RECORDS, seed=31, persons=PERSONS))
     tracks = [c for c in calls if c["type"] == "track"]
     pages = sum(c["type"] == "page" for c in calls)
@@ -129,8 +151,9 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
 
     with SandboxThread(SandboxConfig(fault_seed=9)) as sandbox:
         env = service_env(
-            kafka_bootstrap, topic, sandbox.url, state_dir(), metrics_port=port, page_event_name=""
-        )
+            kafka_bootstrap, topic, sandbox.url, state_dir(), metrics_port=port,
+            page_event_name="", catalog_topics=products, catalog_linger_ms=100,
+        )  # fmt: skip
         service = ServiceProcess(env, tmp_path / "service.log")
         prometheus = PrometheusHarness([instance])
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -157,6 +180,34 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
 
             await wait_until(ready, timeout=60, what="/readyz 200 (partitions assigned)")
             await holds(f'up{{job="{JOB}", instance="{instance}"}} == 1', "a successful scrape")
+
+            # 0. the catalog: one create refused and recovered, one resource dead-lettered
+            status, body, _ = await submit(
+                http, sandbox.url, "item", "create", item("THEIRS", title="theirs")
+            )
+            assert status == 202, body
+
+            async def theirs_made() -> bool:
+                made = (await catalog(http, sandbox.url))["items"]
+                return any(i["id"].endswith(":THEIRS") for i in made)
+
+            await wait_until(theirs_made, timeout=30, what="someone else's item made")
+            refuse = {"fail": [{"id": "REFUSED", "detail": "price: must be positive"}]}
+            async with http.post(f"{sandbox.url}/sandbox/catalog/faults", json=refuse) as resp:
+                assert resp.status == 200, await resp.text()
+            lines = catalog_lines()
+            await asyncio.to_thread(publish_catalog, kafka_bootstrap, products, lines)
+            expected_catalog = {k: v for k, v in latest(lines).items() if k != "item:REFUSED"}
+
+            async def catalog_equal() -> bool:
+                return not mismatches(await catalog(http, sandbox.url), expected_catalog)
+
+            await wait_until(catalog_equal, timeout=120, what="the catalog equal to the topic")
+            dead_lettered = 'klaviyo_stream_catalog_resources_total{outcome="dead_lettered"}'
+            await holds(f"sum({dead_lettered}) == 1", "the refused item dead-lettered")
+            await holds("sum(klaviyo_stream_catalog_recovered_total) == 1", "one recovery")
+            await holds("klaviyo_stream_catalog_pending_records == 0", "no catalog record waits")
+            await holds("klaviyo_stream_catalog_jobs_in_progress == 0", "no catalog job open")
 
             # 1. anonymous tracks: held, nothing sent yet
             publish(producer, topic, held_tracks, Encoder())
@@ -200,7 +251,9 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
             await holds("count(klaviyo_stream_state_store_keys) > 0", "state-store sizes")
 
             # 4. the series say exactly what happened
-            assert value(await query("sum(klaviyo_stream_dead_letters_total)")) == BAD
+            assert value(await query("sum(klaviyo_stream_dead_letters_total)")) == BAD + 1
+            catalog_dead = 'sum(klaviyo_stream_dead_letters_total{stage="catalog"})'
+            assert value(await query(catalog_dead)) == 1
             assert (
                 value(await query('sum(klaviyo_stream_dead_letters_total{stage="decode"})')) == BAD
             )
@@ -237,9 +290,17 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
                 s["metric"]["kind"] for s in await query("klaviyo_stream_identity_links_total")
             }
             assert {"email", "external_id", "anonymous_id"} <= kinds
-            assert value(await query("klaviyo_stream_assigned_partitions")) == 3
+            assigned = value(await query("klaviyo_stream_assigned_partitions"))
+            assert assigned == 3 + 1, "the events' three partitions and the product topic's one"
             assert value(await query("klaviyo_stream_in_flight_requests")) == 0
             assert value(await query("klaviyo_stream_profile_merges_total")) == 0
+            assert value(await query(f"sum({dead_lettered})")) == 1
+            recovered = 'klaviyo_stream_catalog_recovered_total{type="item", refused="create"}'
+            assert value(await query(recovered)) == 1
+            finished = value(await query("sum(klaviyo_stream_catalog_resources_total)"))
+            assert finished == len(lines), "every catalog version finished once"
+            jobs_seen = "sum(klaviyo_stream_catalog_job_duration_seconds_count)"
+            assert value(await query(jobs_seen)) >= 3, "category, item and variant jobs"
 
             # 5. every shipped expression runs; the ones expected to have data have it
             errors: dict[str, str] = {}
@@ -284,7 +345,7 @@ async def test_prometheus_scrapes_the_running_service_and_every_expression_has_d
         expected = [c for c in calls if c["type"] != "page"] + held_tracks + namers  # no pages
         # faults were on for a while: a request applied whose answer was lost is refused later
         await assert_exactly_once(sandbox.url, expected, replays_allowed=True)
-    assert topic_size(kafka_bootstrap, f"{topic}-dlq") == BAD
+    assert topic_size(kafka_bootstrap, f"{topic}-dlq") == BAD + 1
 
     # 7. the logs: one JSON object per line with the stable keys, never the API key
     log_lines = [ln for ln in service.log().splitlines() if ln.startswith("{")]

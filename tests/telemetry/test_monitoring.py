@@ -87,6 +87,11 @@ def test_dashboard_covers_the_agreed_panels() -> None:
         "profile_merges_total",
         "records_held_total",
         "records_deduplicated_total",
+        "catalog_resources_total",
+        "catalog_recovered_total",
+        "catalog_jobs_in_progress",
+        "catalog_job_duration_seconds_bucket",
+        "catalog_pending_records",
     ):
         assert f"klaviyo_stream_{metric}" in text, metric
     assert "histogram_quantile(0.5," in text and "histogram_quantile(0.99," in text
@@ -153,6 +158,10 @@ def test_every_alert_has_severity_and_summary() -> None:
         "KlaviyoStreamDeadLetterRateHigh",
         "KlaviyoStreamKlaviyoErrorRate",
         "KlaviyoStreamSustained429",
+        "KlaviyoStreamCatalogDeadLetters",
+        "KlaviyoStreamCatalogJobsSlow",
+        "KlaviyoStreamCatalogJobsNotCompleting",
+        "KlaviyoStreamCatalogPendingNotDraining",
     } <= {rule["alert"] for rule in rules}
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]

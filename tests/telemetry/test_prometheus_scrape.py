@@ -57,6 +57,12 @@ def set_sample_values() -> None:
     metrics.CONSUMER_LAG.labels("analytics", "0").set(12)
     metrics.ASSIGNED_PARTITIONS.set(1)
     metrics.STATE_KEYS.labels("dedup").set(100)
+    metrics.CATALOG_RESOURCES.labels("item", "created").inc(99)
+    metrics.CATALOG_RESOURCES.labels("item", "dead_lettered").inc()
+    metrics.CATALOG_RECOVERED.labels("item", "create").inc()
+    metrics.CATALOG_JOBS.set(2)
+    metrics.CATALOG_JOB_SECONDS.labels("item", "create").observe(3.5)
+    metrics.CATALOG_PENDING_RECORDS.set(150)
 
 
 @pytest.fixture
