@@ -317,6 +317,8 @@ CATALOG_RESOURCES = Counter(
     ["type", "outcome"],
     registry=REGISTRY,
 )
+for _kind in ("item", "variant", "category"):
+    CATALOG_RESOURCES.labels(_kind, "dead_lettered")  # present at 0: the first one alerts too
 CATALOG_RECOVERED = Counter(
     P + "catalog_recovered_total",
     "Catalog resources sent again as the other action after Klaviyo refused a create (it"
