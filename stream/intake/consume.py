@@ -12,16 +12,19 @@ by `REVOKE_DRAIN_SECONDS`), then commits and ends their generations, so the next
 exactly after what was delivered. Every fetch is stamped with the generations current when it
 returned, on the same thread: the ledger never begins a record of an ended assignment.
 
-While a rebalance callback runs, librdkafka blocks other calls on the consumer (`position`
-waits for it): the event loop, which must finish the drained work meanwhile, calls only
-`store_offsets`. Pausing, resuming and reading positions run on the consume thread, between
-fetches (`pause` takes effect at the next fetch; `lag` waits for the fetch in progress).
+Calls on the consumer wait while a fetch runs, a rebalance callback included (`store_offsets`
+and `position` waited out a whole drain): the event loop, which must finish the drained work
+meanwhile, never calls the consumer. Offsets to store, pauses and lag readings go to the consume
+thread: stored offsets before the next fetch (or, in a revoke, before its commit), pauses at
+the next fetch, lag after the fetch in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -83,6 +86,9 @@ class KafkaConsumer:
         self._paused = False  # the event topics' partitions (MAX_PENDING_RECORDS)
         self._catalog_paused = False  # the catalog topics' (CATALOG_MAX_PENDING_RECORDS)
         self._applied = {False: False, True: False}  # what librdkafka was told: catalog → paused
+        self._stores: dict[tuple[str, int], int] = {}  # offsets to store on the consume thread
+        self._stores_queued = False  # an `_apply_stores` waits on the consume thread
+        self._stores_lock = threading.Lock()
         self._catalog_topics = frozenset(settings.catalog_topics)
         # False after librdkafka reports every broker down, True again on proof of contact
         # (an assignment, a fetched record, a metadata probe): what /readyz reports.
@@ -129,6 +135,9 @@ class KafkaConsumer:
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
+        with self._stores_lock:  # another member owns them already: nothing to store
+            for tp in gone:
+                self._stores.pop(tp, None)
         self._ledger.revoke(gone)  # another member owns them already: nothing to commit
         self.assigned.difference_update(gone)
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
@@ -173,6 +182,7 @@ class KafkaConsumer:
         self, max_records: int, timeout: float
     ) -> tuple[list[Message], list[Generation | None]]:
         self._apply_pauses()
+        self._apply_stores()
         messages = self._consumer.consume(max_records, timeout)
         return messages, self._ledger.stamp(messages)
 
@@ -222,12 +232,26 @@ class KafkaConsumer:
         return self._applied[topic in self._catalog_topics]
 
     def store(self, topic: str, partition: int, next_offset: int) -> None:
-        """Mark `next_offset` as the position to commit for one partition."""
-        try:
-            self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, next_offset)])
-            metrics.OFFSETS_STORED.inc()
-        except KafkaException as exc:  # partition no longer ours: its new owner re-reads
-            log.debug("offset not stored", extra={"error": str(exc)})
+        """Mark `next_offset` as the position to commit for one partition: handed to the
+        consume thread, stored there after the fetch in progress (never waits)."""
+        with self._stores_lock:
+            self._stores[(topic, partition)] = next_offset
+            if self._stores_queued:
+                return
+            self._stores_queued = True
+        with contextlib.suppress(RuntimeError):  # closed: the final commit is done
+            self._thread.submit(self._apply_stores)
+
+    def _apply_stores(self) -> None:
+        """Store the offsets `store` was given since the last time (consume thread)."""
+        with self._stores_lock:
+            stores, self._stores, self._stores_queued = self._stores, {}, False
+        for (topic, partition), offset in stores.items():
+            try:
+                self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset)])
+                metrics.OFFSETS_STORED.inc()
+            except KafkaException as exc:  # partition no longer ours: its new owner re-reads
+                log.debug("offset not stored", extra={"error": str(exc)})
 
     async def commit(self) -> None:
         """Commit stored offsets now (shutdown)."""
@@ -235,6 +259,7 @@ class KafkaConsumer:
         await loop.run_in_executor(self._thread, self._commit_quietly)
 
     def _commit_quietly(self) -> None:
+        self._apply_stores()
         try:
             self._consumer.commit(asynchronous=False)
             metrics.LAST_COMMIT.set(time.time())

@@ -57,7 +57,8 @@ class Source(Protocol):
         """Stop (or start again) fetching from the catalog topics' partitions only."""
 
     def store(self, topic: str, partition: int, next_offset: int) -> None:
-        """Mark `next_offset` as the position to commit for one partition."""
+        """Mark `next_offset` as the position to commit for one partition (never blocks: the
+        revoke's commit and the next commit include it)."""
 
     async def commit(self) -> None:
         """Commit the stored offsets now."""

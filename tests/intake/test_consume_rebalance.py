@@ -1,11 +1,12 @@
 """A revoke's drain against a real broker: the event loop keeps running while it waits.
 
 The drain (on the consume thread, inside librdkafka's rebalance callback) waits for work that
-only the event loop can finish. librdkafka blocks other calls on the consumer while a callback
-runs (`position` among them), so a loop that asked the consumer for its lag then would wait for
-the drain, and the drain for the loop: every revoke ran out its bound with work in flight, and
-the partitions' new owner read it again. The sweep asks for lag all the time; here it asks
-right in the middle of a drain.
+only the event loop can finish. Calls on the consumer wait while a fetch runs, the callback
+included (`position` and `store_offsets` waited out the whole drain), so a loop that stored a
+finished record's offset, or asked for lag, then would wait for the drain, and the drain for
+the loop: the revoke ran out its bound with work in flight, and the partitions' new owner read
+it again. Here the sweep asks for lag and the drained work stores its offsets right in the
+middle of a drain; the revoke's commit must hold those offsets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.completion.dedup import Deduplicator
 from stream.completion.ledger import Ledger
@@ -33,16 +36,22 @@ def member(bootstrap: str, topic: str, drain: Any) -> KafkaConsumer:
     return KafkaConsumer(settings, ledger, drain)
 
 
-async def test_the_loop_finishes_a_drained_partitions_work_while_the_sweep_asks_for_lag(
+async def test_the_loop_finishes_a_drained_partitions_work_and_the_commit_holds_its_offsets(
     kafka_bootstrap: str, topic_factory: Any
 ) -> None:
     topic = topic_factory(partitions=4)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for partition in range(4):  # one record each: the drained work finishes offset 0
+        producer.produce(topic, b"x", partition=partition)
+    producer.flush(30)
     draining = threading.Event()  # the first member's drain has begun
-    asked = threading.Event()  # the loop asked for lag during that drain
+    asking = threading.Event()  # the sweep is asking for lag right now
     finished = threading.Event()  # the loop finished the drained work
+    revoked: list[tuple[str, int]] = []
     drains: list[bool] = []
 
     def drain(partitions: Partitions) -> None:
+        revoked.extend(partitions)
         draining.set()
         drains.append(finished.wait(DRAIN_BOUND))
 
@@ -56,14 +65,20 @@ async def test_the_loop_finishes_a_drained_partitions_work_while_the_sweep_asks_
 
     async def sweeping() -> None:  # the housekeeping sweep's lag reading, as often as it likes
         while not stop.is_set():
-            if draining.is_set():
-                asked.set()
+            asking.set()
             await first.lag()
             await first.committed_lag()
+            asking.clear()
             await asyncio.sleep(0.05)
 
-    async def finishing() -> None:  # the work the drain waits for, done on the loop
-        await wait_until(asked.is_set, timeout=DRAIN_BOUND * 2, what="lag asked mid-drain")
+    async def finishing() -> None:  # the drained work, done on the loop: its offsets stored
+        await wait_until(
+            lambda: draining.is_set() and asking.is_set(),
+            timeout=DRAIN_BOUND * 2,
+            what="the sweep asking mid-drain",
+        )
+        for topic_name, partition in revoked:
+            first.store(topic_name, partition, 1)
         finished.set()
 
     tasks = [asyncio.create_task(fetching(first)), asyncio.create_task(sweeping())]
@@ -88,3 +103,9 @@ async def test_the_loop_finishes_a_drained_partitions_work_while_the_sweep_asks_
             m.closing = True
         await asyncio.gather(*(m.close() for m in members))
     assert drains == [True], "the drain ran out its bound: the loop was stuck on the consumer"
+    reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"group-{topic}"})
+    try:
+        committed = reader.committed([TopicPartition(t, p) for t, p in revoked], timeout=30)
+    finally:
+        reader.close()
+    assert revoked and [tp.offset for tp in committed] == [1] * len(revoked)
