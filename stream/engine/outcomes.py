@@ -112,8 +112,7 @@ class Outcomes:
                 parts.gate.hold_call(waits, partial(self._again, record))
         if not caught:
             return batch
-        if isinstance(batch, ActionBatch):
-            await parts.gate.answered(caught)
+        await parts.gate.answered(caught)  # an action's turn ends; a list change stops waiting
         parts.ledger.settle(caught, Outcome.FILTERED)
         rest = batch.without(caught)
         return rest if rest.items else None
