@@ -20,6 +20,7 @@ from tests.support.lifecycle_model import (
     call,
     lifecycle_settings,
     run_dry,
+    settle,
 )
 
 
@@ -69,5 +70,35 @@ async def test_a_delete_read_again_after_its_partition_came_back_is_confirmed(
         await replica.fetch(0, 1)
         await run_dry(replica, [replica], Wire(), server, replica.clock)
         assert not server.store.profiles, "the person was not deleted at Klaviyo"
+        assert not replica.store.open_erasures(), "the erasure never settled"
+        assert replica.stored == {0: 2}
+
+
+async def test_a_delete_whose_confirmation_was_cancelled_is_confirmed_when_read_again(
+    tmp_path: Path,
+) -> None:
+    """Its deletion was answered, then the partition moved on before the confirmation left:
+    the record must not be remembered as delivered, or its next reading (here, or by another
+    replica through the shared dedup store) is dropped and the erasure stays pending."""
+    async with one_replica(tmp_path) as (replica, server):
+        now = time.time() - 60
+        replica.topic.publish(0, call("identify", "m-1", now, userId="u-1",
+                                      traits={"email": "ann@example.com"}))  # fmt: skip
+        await replica.fetch(0, 1)
+        await run_dry(replica, [replica], Wire(), server, replica.clock)
+        replica.commit()
+        replica.topic.publish(0, call("delete", "m-2", now + 1, userId="u-1"))
+        await replica.fetch(0, 1)
+        replica.beat()  # the fence passes: the deletion leaves and is answered
+        assert replica.send("deletion")
+        await settle([replica], Wire(), server)
+        replica.revoke(0)
+        replica.clock.advance(60)
+        replica.beat()  # the confirmation is due: taken, and cancelled
+        assert replica.send("confirm")
+        await settle([replica], Wire(), server)
+        replica.commit()  # delivered message ids are written to the store
+        await replica.fetch(0, 1)
+        await run_dry(replica, [replica], Wire(), server, replica.clock)
         assert not replica.store.open_erasures(), "the erasure never settled"
         assert replica.stored == {0: 2}
