@@ -155,15 +155,16 @@ class Handler:
         return None
 
     def _dispatch(self, record: Record, result: Result) -> None:
-        """Hand a processed record's items to the send stage, its actions to the gate (all of
-        them to the gate's hold while a deletion it names is under way), its failures to the
-        ledger; then the record is processed."""
+        """Hand a processed record's items (and the held calls it released) to the send stage,
+        its actions to the gate (all of them to the gate's hold while a deletion it names is
+        under way), its failures to the ledger; then the record is processed."""
         parts = self._parts
         ledger, sender, gate = parts.ledger, parts.sender, parts.gate
-        for item in result.released:
-            ledger.adopt(item.records[0])
-            sender.add(item)
         waits = result.after_erasures  # a deletion it names is in flight: all wait for it
+        for item in result.released:  # the person's held calls: theirs, so they wait too
+            ledger.adopt(item.records[0])
+            if not waits:
+                sender.add(item)
         gen = record.generation
         quiet = gen.quiet_until if isinstance(gen, Generation) else 0.0
         ledger.expect(record, len(result.actions) + len(result.items) + len(result.failures))
@@ -176,7 +177,7 @@ class Handler:
             if not waits:
                 sender.add(item)
         if waits:
-            gate.hold(waits, result.items, result.actions)
+            gate.hold(waits, [*result.released, *result.items], result.actions)
         for failure in result.failures:  # a bad order line: a dead letter of its own
             ledger.fail([failure], failure.error, failure.error.stage)
         ledger.processed(record, result.outcome)
