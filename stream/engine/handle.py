@@ -19,12 +19,16 @@ from stream.core.errors import (
     InternalError,
     Interrupted,
     RecordError,
+    StateError,
     StreamError,
     Unavailable,
 )
 from stream.core.retry import until_available
+from stream.delivery.actions import Action
+from stream.delivery.batch import Item
 from stream.engine.parts import STATE, Parts
 from stream.engine.process import Result
+from stream.identity.erasure import profile_identifiers
 from stream.intake.decode import Peeked
 from stream.rules.route import Route
 from stream.telemetry import metrics
@@ -160,7 +164,7 @@ class Handler:
         under way), its failures to the ledger; then the record is processed."""
         parts = self._parts
         ledger, sender, gate = parts.ledger, parts.sender, parts.gate
-        waits = result.after_erasures  # a deletion it names is in flight: all wait for it
+        waits = self._waits(result)  # a deletion of its person is in flight: all wait for it
         for item in result.released:  # the person's held calls: theirs, so they wait too
             ledger.adopt(item.records[0])
             if not waits:
@@ -181,6 +185,28 @@ class Handler:
         for failure in result.failures:  # a bad order line: a dead letter of its own
             ledger.fail([failure], failure.error, failure.error.stage)
         ledger.processed(record, result.outcome)
+
+    def _waits(self, result: Result) -> tuple[str, ...]:
+        """The erasures a processed record's work waits for: those of what its call names, and
+        those still under way that removed an identifier of a profile it goes to (the person
+        came back meanwhile, reached through an identifier the deletion never knew). Looked up
+        only while one is under way; the store down, it waits for all of them."""
+        waits = result.after_erasures
+        erasure = self._parts.processor.erasure
+        if erasure is None or not erasure.has_open:
+            return waits
+        work: list[Item | Action] = [*result.released, *result.items, *result.actions]
+        idents = [
+            ident
+            for item in work
+            if not (isinstance(item, Action) and item.erasure)  # a deletion: its own
+            for ident in profile_identifiers(item.profile)
+        ]
+        try:
+            pending = erasure.pending(idents)
+        except StateError:
+            pending = tuple(erasure.open)
+        return tuple(sorted({*waits, *pending})) if pending else waits
 
     def again_soon(self, record: Record) -> None:
         """Process a record anew, soon (it raced a deletion); its token is open."""

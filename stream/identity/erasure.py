@@ -117,6 +117,11 @@ class Erasure:
     def open(self) -> set[str]:
         return set(self._open)
 
+    @property
+    def has_open(self) -> bool:
+        """Whether an erasure is under way in the group (as last read)."""
+        return bool(self._open)
+
     # judging calls ----------------------------------------------------------------------------
 
     def called_at(self, call: Call) -> float:
@@ -142,6 +147,14 @@ class Erasure:
         waits = {tomb.erasure for h, tomb in rows.items() if tomb.erasure in self._open
                  and h not in gone}  # fmt: skip
         return Verdict(waits=tuple(sorted(waits)), without_anonymous_id=stripped)
+
+    def pending(self, identifiers: Sequence[Identifier]) -> tuple[str, ...]:
+        """The erasures still under way that removed any of these identifiers (a profile's):
+        work sent on that profile waits for them (the person came back meanwhile)."""
+        if not self._open or not identifiers:
+            return ()
+        rows = self.tombstones.rows([tombstone_hash(ident) for ident in identifiers])
+        return tuple(sorted({t.erasure for t in rows.values() if t.erasure in self._open}))
 
     def guard(self, call: Call, record: Record) -> Guard:
         """The same judgement inside the store's link (see `StateStore.link`)."""

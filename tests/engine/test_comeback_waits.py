@@ -1,7 +1,8 @@
-"""A person comes back while their deletion is under way, on the browser whose anonymous calls
-(newer than the deletion) were held: those calls, released by the comeback, wait for the
-deletion like the comeback's own items. Sent at once, they land on the profile being deleted,
-or make it again for the confirmation to delete: the comeback's browsing is lost."""
+"""A person comes back while their deletion is under way: everything sent on their profile
+waits until the deletion is done, like the comeback's own items: the anonymous calls its
+identification releases, and later calls that reach the person through an identifier the
+deletion never knew (their browser's anonymousId). Sent at once, they land on the profile being
+deleted, or make it again for the confirmation to delete: the comeback's data is lost."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from tests.support.lifecycle_model import (
 )
 
 ANN = {"userId": "u-1", "traits": {"email": "ann@example.com"}}
+CONFIG = SandboxConfig(rate_limits=False, deletion_delay_seconds=0, job_delay_seconds=3600)
 
 
 async def test_calls_released_by_a_comeback_wait_for_the_deletion(tmp_path: Path) -> None:
-    config = SandboxConfig(rate_limits=False, deletion_delay_seconds=0, job_delay_seconds=3600)
-    async with SandboxServer(config) as server:
+    async with SandboxServer(CONFIG) as server:
         settings = lifecycle_settings(
             server.url, f"sqlite:///{tmp_path}/state.db", deletion_settle_seconds=1.0
         )
@@ -51,4 +52,33 @@ async def test_calls_released_by_a_comeback_wait_for_the_deletion(tmp_path: Path
         assert profile.attributes["email"] == "ann@example.com"
         events = [e.unique_id for e in server.store.events if e.profile_id == profile.id]
         assert events == ["m-3"], "the comeback's browsing was deleted with the old profile"
+        assert not letters
+
+
+async def test_a_browser_call_reaching_a_comeback_waits_for_the_deletion(tmp_path: Path) -> None:
+    async with SandboxServer(CONFIG) as server:
+        settings = lifecycle_settings(
+            server.url, f"sqlite:///{tmp_path}/state.db", deletion_settle_seconds=1.0
+        )
+        letters: list[Letter] = []
+        replica = Replica(settings, Topic(2), Clock(), letters)
+        await replica.start()
+        try:
+            now, topic = time.time() - 600, replica.topic
+            topic.publish(0, call("identify", "m-1", now, **ANN))
+            await replica.fetch(0, 1)
+            await run_dry(replica, [replica], Wire(), server, replica.clock)
+            topic.publish(0, call("delete", "m-2", now + 10, userId="u-1"))
+            topic.publish(0, call("track", "m-3", now + 20, userId="u-1", anonymousId="browser-9",
+                                  event="Signed In"))  # fmt: skip
+            topic.publish(1, call("track", "m-4", now + 30, anonymousId="browser-9",
+                                  event="Viewed Page"))  # fmt: skip
+            await replica.fetch(0, 2)  # the deletion waits for the fence; back on browser-9
+            await replica.fetch(1, 1)  # browser-9 is the comeback's: sent on their profile
+            await run_dry(replica, [replica], Wire(), server, replica.clock)
+        finally:
+            await replica.close()
+        [profile] = server.store.profiles.values()
+        events = {e.unique_id for e in server.store.events if e.profile_id == profile.id}
+        assert events == {"m-3", "m-4"}, "the comeback's browsing was deleted with the old profile"
         assert not letters
