@@ -97,6 +97,21 @@ class Gate:
         """Keep one record's items and actions until these erasures are done."""
         self._held.append((set(erasures), items, actions))
 
+    @property
+    def holds(self) -> bool:
+        """Whether any record's work waits here for erasures."""
+        return bool(self._held)
+
+    def holding(self, persons: set[str]) -> set[str]:
+        """The erasures that held work of any of these persons waits for (their later work
+        waits with it, so each person's work leaves in the order it was processed)."""
+        out: set[str] = set()
+        for erasures, items, actions in self._held if persons else ():
+            mine = any(i.person in persons for i in items)
+            if mine or any(a.person in persons for a in actions):
+                out |= erasures
+        return out
+
     def hold_call(self, erasures: Sequence[str], again: Callable[[], None]) -> None:
         """Run `again` (process a record anew) once these erasures are done."""
         self._calls.append((set(erasures), again))

@@ -187,26 +187,30 @@ class Handler:
         ledger.processed(record, result.outcome)
 
     def _waits(self, result: Result) -> tuple[str, ...]:
-        """The erasures a processed record's work waits for: those of what its call names, and
+        """The erasures a processed record's work waits for: those of what its call names;
         those still under way that removed an identifier of a profile it goes to (the person
-        came back meanwhile, reached through an identifier the deletion never knew). Looked up
-        only while one is under way; the store down, it waits for all of them."""
-        waits = result.after_erasures
-        erasure = self._parts.processor.erasure
-        if erasure is None or not erasure.has_open:
-            return waits
+        came back meanwhile, reached through an identifier the deletion never knew; looked up
+        only while one is under way, and the store down, it waits for all of them); and those
+        the gate holds earlier work of its persons for (a person's work leaves in order)."""
+        gate, erasure = self._parts.gate, self._parts.processor.erasure
+        under_way = erasure is not None and erasure.has_open
+        if not under_way and not gate.holds:  # the usual record: nothing to look up
+            return result.after_erasures
         work: list[Item | Action] = [*result.released, *result.items, *result.actions]
-        idents = [
-            ident
-            for item in work
-            if not (isinstance(item, Action) and item.erasure)  # a deletion: its own
-            for ident in profile_identifiers(item.profile)
-        ]
-        try:
-            pending = erasure.pending(idents)
-        except StateError:
-            pending = tuple(erasure.open)
-        return tuple(sorted({*waits, *pending})) if pending else waits
+        waits = set(result.after_erasures)
+        waits |= gate.holding({w.person for w in work if w.person is not None})
+        if erasure is not None and under_way:
+            idents = [
+                ident
+                for item in work
+                if not (isinstance(item, Action) and item.erasure)  # a deletion: its own
+                for ident in profile_identifiers(item.profile)
+            ]
+            try:
+                waits.update(erasure.pending(idents))
+            except StateError:
+                waits.update(erasure.open)
+        return tuple(sorted(waits))
 
     def again_soon(self, record: Record) -> None:
         """Process a record anew, soon (it raced a deletion); its token is open."""
