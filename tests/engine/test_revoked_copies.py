@@ -6,72 +6,45 @@ cancelled when taken; a copy that waited for it as a duplicate would be lost wit
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-from stream.local.sandbox import SandboxConfig, SandboxServer
-from tests.support.lifecycle_model import (
-    Clock,
-    Letter,
-    Replica,
-    Topic,
-    Wire,
-    call,
-    lifecycle_settings,
-    run_dry,
-    settle,
-)
+from tests.support.lifecycle_model import Wire, call, drain, one_replica, settle
 
-
-@asynccontextmanager
-async def one_replica(tmp_path: Path) -> AsyncIterator[tuple[Replica, SandboxServer]]:
-    config = SandboxConfig(rate_limits=False, deletion_delay_seconds=0, job_delay_seconds=3600)
-    async with SandboxServer(config) as server:
-        settings = lifecycle_settings(
-            server.url, f"sqlite:///{tmp_path}/state.db", deletion_settle_seconds=1.0
-        )
-        letters: list[Letter] = []
-        replica = Replica(settings, Topic(1), Clock(), letters)
-        await replica.start()
-        try:
-            yield replica, server
-        finally:
-            await replica.close()
-            assert not letters
-
+SETTLE = {"deletion_settle_seconds": 1.0}
 
 async def test_an_event_read_again_after_its_partition_came_back_is_sent(
     tmp_path: Path,
 ) -> None:
-    async with one_replica(tmp_path) as (replica, server):
+    async with one_replica(tmp_path, **SETTLE) as (replica, server, letters):
         now = time.time() - 60
         replica.topic.publish(0, call("track", "m-1", now, userId="u-1", event="Viewed Product"))
         await replica.fetch(0, 1)  # its event waits in the events lane
         replica.revoke(0)  # past the drain bound: what it left is cancelled when taken
         await replica.fetch(0, 1)  # the partition is back here: read again
-        await run_dry(replica, [replica], Wire(), server, replica.clock)
+        await drain(replica, server)
         assert [e.unique_id for e in server.store.events] == ["m-1"]
         assert replica.topic.committed == {0: 1} or replica.stored == {0: 1}
+        assert not letters
 
 
 async def test_a_delete_read_again_after_its_partition_came_back_is_confirmed(
     tmp_path: Path,
 ) -> None:
-    async with one_replica(tmp_path) as (replica, server):
+    async with one_replica(tmp_path, **SETTLE) as (replica, server, letters):
         now = time.time() - 60
         replica.topic.publish(0, call("identify", "m-1", now, userId="u-1",
                                       traits={"email": "ann@example.com"}))  # fmt: skip
         await replica.fetch(0, 1)
-        await run_dry(replica, [replica], Wire(), server, replica.clock)
+        await drain(replica, server)
         replica.topic.publish(0, call("delete", "m-2", now + 1, userId="u-1"))
         await replica.fetch(0, 1)  # its deletion waits for the fence
         replica.revoke(0)
         await replica.fetch(0, 1)
-        await run_dry(replica, [replica], Wire(), server, replica.clock)
+        await drain(replica, server)
         assert not server.store.profiles, "the person was not deleted at Klaviyo"
         assert not replica.store.open_erasures(), "the erasure never settled"
         assert replica.stored == {0: 2}
+        assert not letters
 
 
 async def test_a_delete_whose_confirmation_was_cancelled_is_confirmed_when_read_again(
@@ -80,12 +53,12 @@ async def test_a_delete_whose_confirmation_was_cancelled_is_confirmed_when_read_
     """Its deletion was answered, then the partition moved on before the confirmation left:
     the record must not be remembered as delivered, or its next reading (here, or by another
     replica through the shared dedup store) is dropped and the erasure stays pending."""
-    async with one_replica(tmp_path) as (replica, server):
+    async with one_replica(tmp_path, **SETTLE) as (replica, server, letters):
         now = time.time() - 60
         replica.topic.publish(0, call("identify", "m-1", now, userId="u-1",
                                       traits={"email": "ann@example.com"}))  # fmt: skip
         await replica.fetch(0, 1)
-        await run_dry(replica, [replica], Wire(), server, replica.clock)
+        await drain(replica, server)
         replica.commit()
         replica.topic.publish(0, call("delete", "m-2", now + 1, userId="u-1"))
         await replica.fetch(0, 1)
@@ -99,6 +72,7 @@ async def test_a_delete_whose_confirmation_was_cancelled_is_confirmed_when_read_
         await settle([replica], Wire(), server)
         replica.commit()  # delivered message ids are written to the store
         await replica.fetch(0, 1)
-        await run_dry(replica, [replica], Wire(), server, replica.clock)
+        await drain(replica, server)
         assert not replica.store.open_erasures(), "the erasure never settled"
         assert replica.stored == {0: 2}
+        assert not letters

@@ -9,17 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from stream.local.sandbox import SandboxConfig, SandboxServer
-from tests.support.lifecycle_model import (
-    Clock,
-    Letter,
-    Replica,
-    Topic,
-    Wire,
-    call,
-    lifecycle_settings,
-    run_dry,
-)
+from tests.support.lifecycle_model import call, drain, one_replica
 
 BOB = {"userId": "u-bob", "anonymousId": "device-1"}
 
@@ -27,27 +17,19 @@ BOB = {"userId": "u-bob", "anonymousId": "device-1"}
 async def test_case1_an_older_call_of_someone_else_on_the_shared_browser_is_not_dropped(
     tmp_path: Path,
 ) -> None:
-    config = SandboxConfig(rate_limits=False, deletion_delay_seconds=0, job_delay_seconds=3600)
-    async with SandboxServer(config) as server:
-        settings = lifecycle_settings(server.url, f"sqlite:///{tmp_path}/state.db")
-        letters: list[Letter] = []
-        replica = Replica(settings, Topic(2), Clock(), letters)
-        await replica.start()
-        try:
-            now = time.time() - 600
-            topic = replica.topic
-            topic.publish(0, call("delete", "d-1", now, userId="u-alice", anonymousId="device-1"))
-            topic.publish(1, call("identify", "b-1", now - 30, **BOB,
-                                  traits={"email": "bob@example.com", "phone": "+14155550102"}))
-            topic.publish(1, call("track", "b-2", now - 20, **BOB, event="Opted Out",
-                                  integrations={"Klaviyo": {"unsubscribe": ["sms"]}}))
-            topic.publish(1, call("track", "a-1", now - 10, anonymousId="device-1",
-                                  event="Viewed Page"))  # fmt: skip
-            await replica.fetch(0, 1)  # the delete first: device-1 is nobody's yet
-            await replica.fetch(1, 3)
-            await run_dry(replica, [replica], Wire(), server, replica.clock)
-        finally:
-            await replica.close()
+    async with one_replica(tmp_path, partitions=2) as (replica, server, letters):
+        now = time.time() - 600
+        topic = replica.topic
+        topic.publish(0, call("delete", "d-1", now, userId="u-alice", anonymousId="device-1"))
+        topic.publish(1, call("identify", "b-1", now - 30, **BOB,
+                              traits={"email": "bob@example.com", "phone": "+14155550102"}))
+        topic.publish(1, call("track", "b-2", now - 20, **BOB, event="Opted Out",
+                              integrations={"Klaviyo": {"unsubscribe": ["sms"]}}))
+        topic.publish(1, call("track", "a-1", now - 10, anonymousId="device-1",
+                              event="Viewed Page"))  # fmt: skip
+        await replica.fetch(0, 1)  # the delete first: device-1 is nobody's yet
+        await replica.fetch(1, 3)
+        await drain(replica, server)
         [bob] = server.store.profiles.values()
         assert bob.attributes["external_id"] == "u-bob"
         assert bob.attributes["email"] == "bob@example.com"

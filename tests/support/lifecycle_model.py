@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -44,7 +46,7 @@ from stream.engine.service import Running, Service
 from stream.intake.source import Drain
 from stream.klaviyo.governor import Governor
 from stream.klaviyo.mapping import BACKFILL_HEADER
-from stream.local.sandbox import SandboxServer
+from stream.local.sandbox import SandboxConfig, SandboxServer
 from stream.local.sandbox.tasks import PENDING
 from stream.ops.produce import Encoder, key_of
 from stream.state import StateStore, open_store
@@ -395,6 +397,32 @@ async def run_dry(
         clock.advance(settings.deletion_settle_seconds + settings.revoke_drain_seconds
                       + settings.klaviyo_timeout_seconds)  # fmt: skip
     raise AssertionError("the pipeline never became quiescent")
+
+
+@asynccontextmanager
+async def one_replica(
+    tmp_path: Path, partitions: int = 1, config: SandboxConfig | None = None, **extra: Any
+) -> AsyncIterator[tuple[Replica, SandboxServer, list[Letter]]]:
+    """One replica over SQLite in `tmp_path` against a sandbox (by default: no rate limits,
+    deletions at once, jobs applied when a step flushes them), with its dead letters; closed
+    on exit. `extra`: settings."""
+    config = config or SandboxConfig(
+        rate_limits=False, deletion_delay_seconds=0, job_delay_seconds=3600
+    )
+    async with SandboxServer(config) as server:
+        settings = lifecycle_settings(server.url, f"sqlite:///{tmp_path}/state.db", **extra)
+        letters: list[Letter] = []
+        replica = Replica(settings, Topic(partitions), Clock(), letters)
+        await replica.start()
+        try:
+            yield replica, server, letters
+        finally:
+            await replica.close()
+
+
+async def drain(replica: Replica, server: SandboxServer) -> None:
+    """`run_dry` for a replica alone, nothing kept on the wire."""
+    await run_dry(replica, [replica], Wire(), server, replica.clock)
 
 
 def lifecycle_settings(sandbox_url: str, state_url: str, **extra: Any) -> Settings:
