@@ -447,17 +447,21 @@ class LifecycleModel(RuleBasedStateMachine):
 
     def lives(self, name: str) -> list[Life]:
         """The person's named calls in Kafka order, split at each delete call; a backfilled
-        call older than the deletion before it is dropped (not in any life)."""
+        call older than a deletion before it is dropped (not in any life): judged by call time,
+        against the latest time of any (one tombstone per identifier keeps it, even when a
+        later delete call's clock runs behind)."""
         lives = [Life()]
         mine = sorted((s for s in self.sent if s.person == name), key=lambda s: s.offset)
+        latest = float("-inf")  # the latest time of any deletion so far: its tombstone's
         for sent in mine:
             if sent.kind == "delete":
+                latest = max(latest, sent.at)
                 maybe = [s for s in mine
                          if s.backfill and s.offset < sent.offset and s.at > sent.at]  # fmt: skip
                 lives.append(Life(sent, maybe=maybe))
                 continue
             life = lives[-1]
-            if sent.backfill and life.deletion is not None and sent.at < life.deletion.at:
+            if sent.backfill and life.deletion is not None and sent.at < latest:
                 continue
             life.calls.append(sent)
         return lives
