@@ -30,8 +30,11 @@ class Deduplicator:
 
     `fresh` says, per record: new (its id is now in flight, owned by that record), seen (the
     store or this process knows it as delivered: drop it), or the record that has it in flight
-    (the ledger makes the copy wait for it). Marking never touches the store: `flush` does, and
-    a failed flush keeps the ids for the next one."""
+    (the ledger makes the copy wait for it). An owner of a partition generation that has ended
+    (revoked or lost, then given back to this replica) is not waited for: its items are
+    cancelled when taken, so the copy read now owns the id and goes (sent twice at worst,
+    which Klaviyo's `unique_id` absorbs). Marking never touches the store: `flush` does, and a
+    failed flush keeps the ids for the next one."""
 
     def __init__(
         self,
@@ -59,8 +62,7 @@ class Deduplicator:
             assert mid is not None
             if mid in delivered:
                 out.append(False)
-            elif mid in in_flight:
-                owner = in_flight[mid]
+            elif mid in in_flight and not _ended(owner := in_flight[mid]):
                 out.append(False if owner is None else owner)
             else:
                 in_flight[mid] = record
@@ -126,3 +128,9 @@ class Deduplicator:
     def unwritten(self) -> int:
         """Delivered ids waiting for the next flush."""
         return len(self._delivered)
+
+
+def _ended(owner: Record | None) -> bool:
+    """Whether the record owning an id in flight was read in a generation that has ended (see
+    `stream.completion.ledger.Generation`; the ledger imports this module)."""
+    return owner is not None and bool(getattr(owner.generation, "ended", False))

@@ -8,7 +8,8 @@ finished when it was processed and all of its items have an outcome. Finishing, 
 1. the dead letters of its failed items (or of the record itself) are acknowledged by the broker,
    retried for as long as that takes (the record waits, it is never dropped);
 2. the dedup stage remembers its message id when something was delivered or held and nothing
-   was dead-lettered (so a dead-lettered item stays replayable); otherwise it forgets it;
+   was dead-lettered or cancelled (a dead-lettered item stays replayable, a cancelled one is
+   sent by the partition's next reading); otherwise it forgets it;
 3. its partition's offset moves past it once every earlier record of its generation is
    finished (out-of-order completion, one stored offset per partition).
 
@@ -296,6 +297,9 @@ class Ledger:
         if outcome is Outcome.DELIVERED or outcome is Outcome.HELD:
             for r in records:
                 r.delivered = True
+        elif outcome is Outcome.CANCELLED:  # its next reading sends it: never remembered
+            for r in records:
+                r.failed = True
         self._release(records)
 
     def fail(

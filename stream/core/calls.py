@@ -36,9 +36,10 @@ class Record:
     (None for a held call released from the state store: no Kafka position of its own, and
     `held_id` names its store entry instead); `open` counts what still has to happen to it (the
     processing token, then one per unsettled item); `failed` is set when one of its items was
-    dead-lettered; `waiting` holds later copies of its message id that finish with it.
-    `stamp` is the tombstone mark it was judged against when processed (or adopted: a released
-    held call), `called_at` its call's time for ordering (`stream.identity.erasure`).
+    dead-lettered or cancelled (its message id is then never remembered as delivered);
+    `waiting` holds later copies of its message id that finish with it. `stamp` is the
+    tombstone mark it was judged against when processed (or adopted: a released held call),
+    `called_at` its call's time for ordering (`stream.identity.erasure`).
 
     With an accounts file (`stream.accounts`), `account` names the account it goes to (None:
     not routed yet, or the single account of a deployment without one). A record going to

@@ -97,6 +97,21 @@ class Gate:
         """Keep one record's items and actions until these erasures are done."""
         self._held.append((set(erasures), items, actions))
 
+    @property
+    def holds(self) -> bool:
+        """Whether any record's work waits here for erasures."""
+        return bool(self._held)
+
+    def holding(self, persons: set[str]) -> set[str]:
+        """The erasures that held work of any of these persons waits for (their later work
+        waits with it, so each person's work leaves in the order it was processed)."""
+        out: set[str] = set()
+        for erasures, items, actions in self._held if persons else ():
+            mine = any(i.person in persons for i in items)
+            if mine or any(a.person in persons for a in actions):
+                out |= erasures
+        return out
+
     def hold_call(self, erasures: Sequence[str], again: Callable[[], None]) -> None:
         """Run `again` (process a record anew) once these erasures are done."""
         self._calls.append((set(erasures), again))
@@ -160,6 +175,8 @@ class Gate:
         for item in items:
             if isinstance(item, Action):
                 self._done(item)
+            else:
+                self._count_down(item)
         self.poll()
 
     # answers ---------------------------------------------------------------------------------
@@ -181,14 +198,8 @@ class Gate:
                 elif item.kind == "unsubscribe":
                     metrics.OPT_OUTS.labels("sent" if ok else "dead_lettered").inc()
                 self._done(item)
-            elif self._before:
-                for record in item.records:
-                    left = self._before.get(id(record))
-                    if left is not None:
-                        if left <= 1:
-                            del self._before[id(record)]
-                        else:
-                            self._before[id(record)] = left - 1
+            else:
+                self._count_down(item)
         erasure = self._erasure
         if erasure is not None:  # before the ledger finishes the delete call's record
             for erasure_id in done:
@@ -198,6 +209,17 @@ class Gate:
         for erasure_id in [*done, *gone]:
             self._started.pop(erasure_id, None)
         self.poll()
+
+    def _count_down(self, item: Sendable) -> None:
+        """One of its record's items ended (answered, or never to be sent): a list change of
+        that record waits for one fewer."""
+        for record in item.records if self._before else ():
+            left = self._before.get(id(record))
+            if left is not None:
+                if left <= 1:
+                    del self._before[id(record)]
+                else:
+                    self._before[id(record)] = left - 1
 
     def _follow(self, action: Action, ok: bool, done: list[str], gone: list[str]) -> None:
         """A deletion or confirmation was answered: what comes next for its erasure."""

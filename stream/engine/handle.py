@@ -21,12 +21,16 @@ from stream.core.errors import (
     Interrupted,
     NoAccount,
     RecordError,
+    StateError,
     StreamError,
     Unavailable,
 )
 from stream.core.retry import until_available
+from stream.delivery.actions import Action
+from stream.delivery.batch import Item
 from stream.engine.parts import STATE, AccountParts, Parts
 from stream.engine.process import Result
+from stream.identity.erasure import profile_identifiers
 from stream.intake.decode import Peeked
 from stream.rules.route import Route
 from stream.telemetry import metrics
@@ -283,14 +287,15 @@ class Handler:
         return None
 
     def _dispatch(self, account: AccountParts, record: Record, result: Result) -> None:
-        """Hand a processed record's items to the send stage, its actions to the gate (all of
-        them to the gate's hold while a deletion it names is under way), its failures to the
-        ledger; then the record is processed."""
+        """Hand a processed record's items (and the held calls it released) to the send stage,
+        its actions to the gate (all of them to the gate's hold while a deletion it names is
+        under way), its failures to the ledger; then the record is processed."""
         ledger, sender, gate = self._parts.ledger, account.sender, account.gate
-        for item in result.released:
+        waits = self._waits(account, result)  # a deletion of its person is in flight: all wait
+        for item in result.released:  # the person's held calls: theirs, so they wait too
             ledger.adopt(item.records[0])
-            sender.add(item)
-        waits = result.after_erasures  # a deletion it names is in flight: all wait for it
+            if not waits:
+                sender.add(item)
         gen = record.generation
         quiet = gen.quiet_until if isinstance(gen, Generation) else 0.0
         ledger.expect(record, len(result.actions) + len(result.items) + len(result.failures))
@@ -303,10 +308,36 @@ class Handler:
             if not waits:
                 sender.add(item)
         if waits:
-            gate.hold(waits, result.items, result.actions)
+            gate.hold(waits, [*result.released, *result.items], result.actions)
         for failure in result.failures:  # a bad order line: a dead letter of its own
             ledger.fail([failure], failure.error, failure.error.stage)
         ledger.processed(record, result.outcome)
+
+    def _waits(self, account: AccountParts, result: Result) -> tuple[str, ...]:
+        """The erasures a processed record's work waits for: those of what its call names;
+        those still under way that removed an identifier of a profile it goes to (the person
+        came back meanwhile, reached through an identifier the deletion never knew; looked up
+        only while one is under way, and the store down, it waits for all of them); and those
+        the gate holds earlier work of its persons for (a person's work leaves in order)."""
+        gate, erasure = account.gate, account.processor.erasure
+        under_way = erasure is not None and erasure.has_open
+        if not under_way and not gate.holds:  # the usual record: nothing to look up
+            return result.after_erasures
+        work: list[Item | Action] = [*result.released, *result.items, *result.actions]
+        waits = set(result.after_erasures)
+        waits |= gate.holding({w.person for w in work if w.person is not None})
+        if erasure is not None and under_way:
+            idents = [
+                ident
+                for item in work
+                if not (isinstance(item, Action) and item.erasure)  # a deletion: its own
+                for ident in profile_identifiers(item.profile)
+            ]
+            try:
+                waits.update(erasure.pending(idents))
+            except StateError:
+                waits.update(erasure.open)
+        return tuple(sorted(waits))
 
     def again_soon(self, record: Record) -> None:
         """Process a record anew, soon (it raced a deletion); its token is open."""

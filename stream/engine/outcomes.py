@@ -138,8 +138,7 @@ class Outcomes:
                 account.gate.hold_call(waits, partial(self._again, record))
         if not caught:
             return batch
-        if isinstance(batch, ActionBatch):
-            await account.gate.answered(caught)
+        await account.gate.answered(caught)  # an action's turn ends; a list change stops waiting
         parts.ledger.settle(caught, Outcome.FILTERED)
         rest = batch.without(caught)
         return rest if rest.items else None

@@ -150,6 +150,8 @@ class Processor:
                     metrics.OPT_OUTS.labels("person_deleted").inc()
                 return Result(outcome=Outcome.FILTERED)
             waits = verdict.waits  # newer, but that deletion is still under way
+            if verdict.without_anonymous_id:  # erased with someone else: not this person's
+                ids = ids._replace(anonymous_id=None)
             guard = erasure.guard(call, record)
         if route is None:
             route = self.route(call)

@@ -31,7 +31,7 @@ from stream.identity.resolver import IdentityResolver, graph_identifiers
 from stream.identity.tombstones import Tombstones, older
 from stream.klaviyo.mapping import wants_backfill
 from stream.state import Identifier, Kind, StateStore
-from stream.state.base import Forgotten, Guard, Position, Tombstone
+from stream.state.base import Forgotten, Guard, Position, Tombstone, tombstone_hash
 from stream.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,13 @@ KIND_OF_ATTRIBUTE: dict[str, Kind] = {
 @dataclass(slots=True)
 class Verdict:
     """How a call stands against the deletions of what it names: `older` than one (drop it),
-    or newer and waiting for these PENDING erasures (`waits`)."""
+    or newer and waiting for these PENDING erasures (`waits`); `without_anonymous_id` when only
+    its anonymousId went with an older deletion while it names someone no deletion erased
+    (another person on a shared browser): it goes on without that anonymousId."""
 
     older: bool = False
     waits: tuple[str, ...] = ()
+    without_anonymous_id: bool = False
 
 
 @dataclass(slots=True)
@@ -114,6 +117,11 @@ class Erasure:
     def open(self) -> set[str]:
         return set(self._open)
 
+    @property
+    def has_open(self) -> bool:
+        """Whether an erasure is under way in the group (as last read)."""
+        return bool(self._open)
+
     # judging calls ----------------------------------------------------------------------------
 
     def called_at(self, call: Call) -> float:
@@ -121,17 +129,32 @@ class Erasure:
         return order_time(call, self._clock(), self._max_skew)
 
     def check(self, call: Call, ids: Identifiers, record: Record) -> Verdict:
-        """Judge a call (its time checked) against the deletions of what it names."""
+        """Judge a call (its time checked) against the deletions of what it names. A call older
+        than a deletion is dropped, unless that deletion erased only its anonymousId (a delete
+        call naming a shared browser nobody owned yet) and it names someone by a userId, email
+        or phone no older deletion erased: it goes on without the anonymousId."""
         rows = self.tombstones.of(_named(call, ids))
         if not rows:
             return Verdict()
         when, where = self.called_at(call), position_of(record)
         historical = wants_backfill(record.headers)
-        if any(older(tomb, when, where, historical) for tomb in rows.values()):
+        gone = {h for h, tomb in rows.items() if older(tomb, when, where, historical)}
+        anonymous = tombstone_hash(("anonymous_id", ids.anonymous_id)) if ids.anonymous_id else ""
+        stripped = ids.named and gone == {anonymous}
+        if gone and not stripped:
             metrics.RECORDS_TOMBSTONED.inc()
             return Verdict(older=True)
-        waits = {tomb.erasure for tomb in rows.values() if tomb.erasure in self._open}
-        return Verdict(waits=tuple(sorted(waits)))
+        waits = {tomb.erasure for h, tomb in rows.items() if tomb.erasure in self._open
+                 and h not in gone}  # fmt: skip
+        return Verdict(waits=tuple(sorted(waits)), without_anonymous_id=stripped)
+
+    def pending(self, identifiers: Sequence[Identifier]) -> tuple[str, ...]:
+        """The erasures still under way that removed any of these identifiers (a profile's):
+        work sent on that profile waits for them (the person came back meanwhile)."""
+        if not self._open or not identifiers:
+            return ()
+        rows = self.tombstones.rows([tombstone_hash(ident) for ident in identifiers])
+        return tuple(sorted({t.erasure for t in rows.values() if t.erasure in self._open}))
 
     def guard(self, call: Call, record: Record) -> Guard:
         """The same judgement inside the store's link (see `StateStore.link`)."""

@@ -151,6 +151,16 @@ class Forgotten:
         return float(orjson.loads(payload).get("created", 0.0))
 
 
+def comes_after(tomb: Tombstone, deleted_at: float, position: Position | None) -> bool:
+    """Whether a deletion (its time, where its delete call sits) comes after the one `tomb`
+    records: on the same partition Kafka's order decides, elsewhere the time (the rule calls
+    are judged by, `stream.identity.tombstones.older`). A store keeps one tombstone per
+    identifier: the last deletion by this order, at the latest time of any."""
+    if position is not None and tomb.position is not None and position[:2] == tomb.position[:2]:
+        return position[2] > tomb.position[2]
+    return deleted_at > tomb.deleted_at
+
+
 def tombstone_hash(identifier: Identifier) -> str:
     """A deleted identifier as its tombstone keeps it: SHA-256 (hex) of `kind:value`."""
     return hashlib.sha256(f"{identifier[0]}:{identifier[1]}".encode()).hexdigest()
@@ -256,15 +266,16 @@ class StateStore(CatalogStore, Protocol):
         the owner of its strongest identifier and whom the rules join to it), in one atomic
         step: their identifiers, traits and held calls (held under their anonymous ids) are
         removed; a tombstone (`tombstone_hash`; the latest `deleted_at`, this erasure's new
-        mark, `erasure_id`, `position`) is kept for each of their identifiers and each of
-        `identifiers` nobody owned; identifiers owned by someone else are left with them
-        (counted in `others`); an erasure entry `erasure_id` (PENDING) remembers what was
-        removed until `settle_erasure`.
+        mark, and the `erasure_id` and `position` of the last deletion by `comes_after`) is
+        kept for each of their identifiers and each of `identifiers` nobody owned; identifiers
+        owned by someone else are left with them (counted in `others`); an erasure entry
+        `erasure_id` (PENDING) remembers what was removed until `settle_erasure`.
 
         Read again, a deletion changes nothing: if its entry exists its identifiers are
         returned (`again`) and it is PENDING again; if it was applied and settled before (a
-        tombstone of `identifiers` names it, or all of them are at or after `deleted_at`),
-        nothing is returned (`again`, no identifiers): whoever holds them now came after it.
+        tombstone of `identifiers` names it, or none of them records a deletion it
+        `comes_after`), nothing is returned (`again`, no identifiers): whoever holds them now
+        came after it.
         """
         ...
 

@@ -371,6 +371,19 @@ local function take()
   at = at + 1
   return v
 end
+-- where a tombstone's delete call sat: 'topic:partition', offset (nil: unknown)
+local function place(e)
+  local where, offset = string.match(e, '^%S* (.+):(%d+)$')
+  return where, tonumber(offset)
+end
+-- whether deletion a (time, extra) comes after deletion b: on one partition Kafka's order
+-- decides, elsewhere the time (`comes_after` in stream/state/base.py)
+local function after(at_a, e_a, at_b, e_b)
+  local where_a, off_a = place(e_a)
+  local where_b, off_b = place(e_b)
+  if where_a and where_a == where_b then return off_a > off_b end
+  return tonumber(at_a) > tonumber(at_b)
+end
 -- applied before: every identifier asked has a tombstone naming this erasure, or later ones
 local na0 = tonumber(take())
 local all, mine, later = true, false, true
@@ -382,7 +395,7 @@ for i = 1, na0 do
   else
     local e = redis.call('HGET', P .. 'tombe', h) or ''
     if string.match(e, '^(%S*)') == eid then mine = true end
-    if tonumber(cur) < tonumber(dat) then later = false end
+    if after(dat, extra, cur, e) then later = false end
   end
 end
 if all and (mine or later) then return {'applied'} end
@@ -445,10 +458,11 @@ local nh = tonumber(take())
 for i = 1, nh do
   local h = take()
   local cur = redis.call('HGET', P .. 'tomb', h)
-  if (not cur) or tonumber(dat) >= tonumber(cur) then
-    redis.call('HSET', P .. 'tomb', h, dat)
+  -- one tombstone an identifier: the last deletion by that order, at the latest time of any
+  if (not cur) or not after(cur, redis.call('HGET', P .. 'tombe', h) or '', dat, extra) then
     redis.call('HSET', P .. 'tombe', h, extra)
   end
+  if (not cur) or tonumber(dat) > tonumber(cur) then redis.call('HSET', P .. 'tomb', h, dat) end
   redis.call('ZADD', P .. 'tombz', seq, h)
 end
 redis.call('HSET', P .. 'er', eid, payload)

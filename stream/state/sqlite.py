@@ -40,6 +40,7 @@ from stream.state.base import (
     Tombstone,
     build_person,
     check_identifiers,
+    comes_after,
     tombstone_hash,
 )
 from stream.state.catalog_sqlite import CATALOG_SCHEMA, SqliteCatalog
@@ -671,7 +672,7 @@ class SqliteStore(SqliteCatalog):
         before = _tombstone_rows(db, [tombstone_hash(ident) for ident in ids])
         if len(before) == len(ids) and (
             any(tomb.erasure == erasure_id for tomb in before.values())
-            or all(tomb.deleted_at >= deleted_at for tomb in before.values())
+            or not any(comes_after(tomb, deleted_at, position) for tomb in before.values())
         ):
             return Forgotten((), again=True)  # applied before: those holding them came after
         rows, _traits, owners, _touch, _held = self._read(db, ids)
@@ -706,13 +707,22 @@ class SqliteStore(SqliteCatalog):
         seq = db.execute(
             "UPDATE counters SET value = value + 1 WHERE name = 'tombstone' RETURNING value"
         ).fetchone()[0]
-        extra = Tombstone(deleted_at, seq, erasure_id, position).encode()
+        mine = Tombstone(deleted_at, seq, erasure_id, position)
+        hashes = [tombstone_hash(ident) for ident in removed]
+        known = _tombstone_rows(db, hashes)
+        written: list[tuple[str, float, int, str]] = []
+        for digest in hashes:
+            old = known.get(digest)
+            if old is None:
+                written.append((digest, deleted_at, seq, mine.encode()))
+            else:  # one deletion came after the other (see `comes_after`)
+                last = old if comes_after(mine, old.deleted_at, old.position) else mine
+                written.append((digest, max(deleted_at, old.deleted_at), seq, last.encode()))
         db.executemany(
             "INSERT INTO tombstones (hash, deleted_at, seq, extra) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (hash) DO UPDATE SET seq = excluded.seq, extra = CASE WHEN"
-            " excluded.deleted_at >= deleted_at THEN excluded.extra ELSE extra END,"
-            " deleted_at = max(deleted_at, excluded.deleted_at)",
-            [(tombstone_hash(ident), deleted_at, seq, extra) for ident in removed],
+            " ON CONFLICT (hash) DO UPDATE SET seq = excluded.seq, extra = excluded.extra,"
+            " deleted_at = excluded.deleted_at",
+            written,
         )
         forgotten = Forgotten(
             tuple(removed), len(plan.persons), count, person_ids=tuple(plan.persons),

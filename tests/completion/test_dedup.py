@@ -67,3 +67,21 @@ def test_a_failed_flush_keeps_the_ids_for_the_next(tmp_path: Path) -> None:
     assert dedup.fresh(records("a")) == [False]  # still known here
     dedup.flush()
     assert store.seen(["a", "b"]) == {"a", "b"}
+
+
+def test_an_owner_of_an_ended_generation_gives_its_id_to_the_copy(tmp_path: Path) -> None:
+    """Its partition was revoked and came back: the owner's items are cancelled when taken,
+    so the copy read in the new generation owns the id (a copy in the same one still waits)."""
+
+    class Gen:
+        ended = False
+
+    dedup = Deduplicator(open_store(f"sqlite:///{tmp_path}/state.db"))
+    [first] = records("a")
+    first.generation = old = Gen()
+    assert dedup.fresh([first]) == [True]
+    assert dedup.fresh(records("a")) == [first]
+    old.ended = True
+    [copy] = records("a")
+    assert dedup.fresh([copy]) == [True]
+    assert dedup.fresh(records("a")) == [copy]

@@ -77,6 +77,28 @@ def test_a_guarded_link_older_than_a_deletion_changes_nothing(store: StateStore)
     assert not back.tombstoned and back.person.identifiers == {"email": ("alice@x.io",)}
 
 
+def test_a_later_delete_on_the_partition_erases_the_comeback_whatever_its_clock_says(
+    store: StateStore,
+) -> None:
+    """Delete, comeback, then a delete stamped before the first (a clock behind), all on one
+    partition: Kafka's order makes the second one newer: it erases the comeback, and its
+    tombstone records it there (keeping the latest time for calls from elsewhere)."""
+    ann = [("external_id", "u-ann")]
+    store.link(ann, None, 1.0)  # type: ignore[arg-type]
+    store.forget(ann, 50.0, "d-1", ("calls", 0, 5))  # type: ignore[arg-type]
+    store.link(ann, None, 60.0)  # type: ignore[arg-type]
+    second = store.forget(ann, 30.0, "d-2", ("calls", 0, 9))  # type: ignore[arg-type]
+    assert not second.again and second.persons == 1
+    assert store.lookup(("external_id", "u-ann")) is None
+    [(_digest, tomb)] = store.tombstone_rows([tombstone_hash(("external_id", "u-ann"))]).items()
+    assert (tomb.deleted_at, tomb.erasure, tomb.position) == (50.0, "d-2", ("calls", 0, 9))
+    for erasure, at, offset in (("d-1", 50.0, 5), ("d-2", 30.0, 9), ("d-0", 40.0, 2)):
+        again = store.forget(ann, at, erasure, ("calls", 0, offset))  # type: ignore[arg-type]
+        assert again.again, erasure  # read again, or older on the partition: applied before
+    elsewhere = store.forget(ann, 45.0, "d-3", ("calls", 1, 0))  # type: ignore[arg-type]
+    assert elsewhere.again  # another partition: by time, before the latest
+
+
 def test_erasures_are_pending_until_settled_failed_ones_are_kept_then_purged(
     store: StateStore,
 ) -> None:
