@@ -5,9 +5,13 @@ once.
 topic (the first by its rule, the second as a fan-out copy), so each record is two items on
 the ledger and its offset moves only once both accounts' copies are done. The service is
 killed (SIGKILL) at random points while it delivers a few thousand calls and restarted at once
-each time; at the end each account's sandbox holds every event exactly once, on the right
-profile, one profile per person, nothing dead-lettered and every offset committed. Once with
-SQLite (a state file per account) and once with Redis (a key prefix per account, one database).
+each time. At every other kill the second account's requests are held unanswered (a slow
+Klaviyo, then a timeout that parks the account), so the first account runs ahead and the kill
+lands while many records have one copy done and the other not (an offset moved by one copy
+alone would lose the other's events). At the end each account's sandbox holds every event
+exactly once, on the right profile, one profile per person, nothing dead-lettered and every
+offset committed. Once with SQLite (a state file per account) and once with Redis (a key
+prefix per account, one database).
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ async def test_fan_out_to_two_accounts_with_sigkills_each_account_has_each_event
         env = service_env(
             kafka_bootstrap, topic, sandbox.url, state_dir(), accounts_file=accounts_file,
             kafka_group_instance_id="crashy", **extra,
+            klaviyo_timeout_seconds=2,  # a held request times out: its account is parked
         )  # fmt: skip
         env.update(KEYS)
         service = ServiceProcess(env, tmp_path / "service.log")
@@ -138,8 +143,9 @@ async def test_fan_out_to_two_accounts_with_sigkills_each_account_has_each_event
                     return committed_lag(kafka_bootstrap, f"group-{topic}", topic) == 0
 
                 await wait_until(reached, timeout=300, what=f"{target} events before a kill")
-                # a random moment after (inside a batch; held: past an offset commit, every 1 s)
-                await asyncio.sleep(rng.uniform(1.0, 2.5) if held else rng.uniform(0, 0.3))
+                # a random moment after: inside a batch; held, past an offset commit (every
+                # 1 s) and often past the request timeout, brand-b parked
+                await asyncio.sleep(rng.uniform(1.0, 4.0) if held else rng.uniform(0, 0.3))
                 service.kill()
                 if held:
                     await hold(sandbox.url, "brand-b", False)
