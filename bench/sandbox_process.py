@@ -17,9 +17,15 @@ import argparse
 import gc
 from typing import Any
 
-from stream.local.sandbox import SandboxConfig
+from stream.local.sandbox import SandboxAccount, SandboxConfig
 from stream.local.sandbox import app as sandbox_app
 from stream.local.sandbox.server import run
+
+
+def _account(spec: str) -> SandboxAccount:
+    """`NAME:KEY:FACTOR` → an account the sandbox serves beside its default one."""
+    name, key, factor = spec.split(":")
+    return SandboxAccount(name, (key,), rate_limit_factor=float(factor))
 
 
 def main() -> None:
@@ -30,6 +36,10 @@ def main() -> None:
     p.add_argument("--no-validation", action="store_true")
     p.add_argument("--catalog-job-seconds", type=float, default=2.0)
     p.add_argument("--catalog-job-seconds-per-resource", type=float, default=0.01)
+    p.add_argument(
+        "--account", action="append", default=[], metavar="NAME:KEY:FACTOR",
+        help="one more account: its name, private key and share of the limits (repeatable)",
+    )  # fmt: skip
     args = p.parse_args()
     gc.set_threshold(100_000, 1_000_000, 1_000_000)
     if args.no_validation:
@@ -46,6 +56,7 @@ def main() -> None:
             request_log_limit=0,
             catalog_job_seconds=args.catalog_job_seconds,
             catalog_job_seconds_per_resource=args.catalog_job_seconds_per_resource,
+            accounts=tuple(_account(spec) for spec in args.account),
         )
     )
 

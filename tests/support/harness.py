@@ -191,9 +191,15 @@ def topic_size(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-async def stats(sandbox_url: str) -> dict[str, Any]:
-    result: dict[str, Any] = await sandbox_get(sandbox_url, "/sandbox/stats")
+async def stats(sandbox_url: str, account: str | None = None) -> dict[str, Any]:
+    """The sandbox's counts (of `account`, when it serves several)."""
+    result: dict[str, Any] = await sandbox_get(sandbox_url, "/sandbox/stats" + _of(account))
     return result
+
+
+def _of(account: str | None) -> str:
+    """The query naming one of a multi-account sandbox's accounts (none: the default one)."""
+    return f"?account={account}" if account else ""
 
 
 def expected_of(calls: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
@@ -218,7 +224,11 @@ def with_duplicates(calls: list[dict[str, Any]], every: int = 40) -> list[dict[s
 
 
 async def assert_exactly_once(
-    sandbox_url: str, calls: list[dict[str, Any]], *, replays_allowed: bool = False
+    sandbox_url: str,
+    calls: list[dict[str, Any]],
+    *,
+    replays_allowed: bool = False,
+    account: str | None = None,
 ) -> Counter[str]:
     """What the promises say, checked at the sandbox (what "Klaviyo" stored):
 
@@ -228,10 +238,11 @@ async def assert_exactly_once(
     - one profile per person (by external_id), none extra;
     - unless `replays_allowed` (the crash window docs/guarantees.md names), Klaviyo refused no
       replay: the service's own dedup caught every copy it could have caught.
-    Returns the unique_id counts."""
+    `account`: what that account of a multi-account sandbox stored. Returns the unique_id
+    counts."""
     expected = {c["messageId"]: c for c in calls if c["type"] in ("track", "page")}
     emails = {c["userId"]: c["traits"]["email"] for c in calls if c["type"] == "identify"}
-    events = (await sandbox_get(sandbox_url, "/sandbox/events"))["events"]
+    events = (await sandbox_get(sandbox_url, "/sandbox/events" + _of(account)))["events"]
     counts = Counter(e["unique_id"] for e in events)
     missing = set(expected) - set(counts)
     extra = set(counts) - set(expected)
@@ -239,7 +250,7 @@ async def assert_exactly_once(
     assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:3]}"
     assert not extra, f"{len(extra)} unexpected events, e.g. {sorted(extra)[:3]}"
     assert not doubled, f"{len(doubled)} events stored more than once, e.g. {list(doubled)[:3]}"
-    profiles = (await sandbox_get(sandbox_url, "/sandbox/profiles"))["profiles"]
+    profiles = (await sandbox_get(sandbox_url, "/sandbox/profiles" + _of(account)))["profiles"]
     owner = {}  # profile id (merged ids too) -> the live profile's email
     for p in profiles:
         for pid in [p["id"], *p.get("merged_ids", [])]:
@@ -264,7 +275,7 @@ async def assert_exactly_once(
     assert set(external) == set(emails), "profiles lost or invented"
     assert max(external.values(), default=1) == 1, "a person has two profiles"
     if not replays_allowed:
-        refused = (await stats(sandbox_url))["refused_duplicates"]
+        refused = (await stats(sandbox_url, account))["refused_duplicates"]
         assert refused == 0, f"Klaviyo refused {refused} replays our dedup should have dropped"
     return counts
 
