@@ -40,7 +40,7 @@ from stream.delivery.actions import ActionBatch, ActionLane
 from stream.delivery.batch import Batch, Lane
 from stream.delivery.deliver import Deliverer
 from stream.engine.gate import Gate
-from stream.engine.parts import Parts
+from stream.engine.parts import AccountParts, Parts
 from stream.engine.pipeline import build_client
 from stream.engine.service import Running, Service
 from stream.intake.source import Drain
@@ -221,8 +221,13 @@ class Replica:
         return self.running.parts
 
     @property
+    def account(self) -> AccountParts:
+        """The one account's stages (no accounts file here)."""
+        return self.running.parts.only
+
+    @property
     def fence_id(self) -> str:
-        fence = self.parts.fence
+        fence = self.account.fence
         assert fence is not None
         return fence.replica
 
@@ -234,18 +239,18 @@ class Replica:
         self._client = build_client(settings)
         await self._client.__aenter__()
         self._running = self.service.assemble(self._client)
-        parts = self.parts
-        parts.deliverer = Deliverer(
+        parts, account = self.parts, self.account
+        account.deliverer = Deliverer(
             self._client, governor=Governor({}), retry=RetryPolicy(0.01, max_attempts=3),
-            same_person=parts.processor.identity.same_person,
+            same_person=account.processor.identity.same_person,
             confirm_rounds=settings.deletion_confirm_rounds,
             stale_subscribe_seconds=settings.stale_subscribe_seconds,
         )  # fmt: skip
-        parts.gate = Gate(
-            parts.sender.add, erasure=parts.processor.erasure, fence=parts.fence,
+        account.gate = Gate(
+            account.sender.add, erasure=account.processor.erasure, fence=account.fence,
             settle_seconds=settings.deletion_settle_seconds, clock=self.clock,
         )  # fmt: skip
-        erasure = parts.processor.erasure
+        erasure = account.processor.erasure
         assert erasure is not None
         erasure.load()
         parts.ledger.assign([(TOPIC, p) for p in range(self.topic.partitions)])
@@ -267,11 +272,11 @@ class Replica:
             housekeeping.refresh_erasures()
             housekeeping.quiet(fresh)
         await running.handler.handle(records)
-        running.parts.gate.poll()
+        self.account.gate.poll()
         return messages
 
     def lanes(self) -> dict[str, Lane | ActionLane]:
-        return {str(kind): lane for kind, lane in self.parts.sender.lanes.items()}
+        return {str(kind): lane for kind, lane in self.account.sender.lanes.items()}
 
     def send(self, kind: str) -> bool:
         """The send stage takes one batch of `kind` and delivers it (a task: it may stay on
@@ -285,7 +290,7 @@ class Replica:
 
     async def _deliver(self, lane: Lane | ActionLane, batch: Batch | ActionBatch) -> None:
         try:
-            await self.running.outcomes.deliver(batch)
+            await self.running.outcomes[self.account.name].deliver(batch)
         finally:
             lane.done(batch)
 
@@ -297,11 +302,11 @@ class Replica:
     def beat(self) -> None:
         """One heartbeat: the group's deletions read, this replica's mark published, the gate
         polled."""
-        parts = self.parts
-        assert parts.fence is not None
+        account = self.account
+        assert account.fence is not None
         self.running.housekeeping.refresh_erasures()
-        parts.fence.heartbeat()
-        parts.gate.poll()
+        account.fence.heartbeat()
+        account.gate.poll()
 
     def commit(self) -> None:
         """Delivered message ids written, stored offsets committed."""
@@ -333,7 +338,7 @@ class Replica:
         return (
             parts.ledger.pending == 0
             and not self.busy()
-            and not parts.gate.waiting()
+            and not self.account.gate.waiting()
             and all(lane.items == 0 and lane.parked == 0 for lane in lanes)
         )
 
