@@ -158,7 +158,14 @@ class Handler:
                 account = accounts[via.account]
                 vias[via.account, via.via] += 1
                 copy.message_id = call.message_id
-                route = account.processor.route(call)
+                try:
+                    route = account.processor.route(call)
+                except RecordError as exc:
+                    ledger.reject(copy, exc, exc.stage)
+                    continue
+                except Exception as exc:  # the barrier, per copy: its account's rules
+                    ledger.reject(copy, internal(exc), "route")
+                    continue
                 if route.filtered:
                     reasons[call.type, route.reason or ""] += 1
                     ledger.processed(copy, Outcome.FILTERED)

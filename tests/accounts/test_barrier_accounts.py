@@ -9,6 +9,7 @@ one of its copies waiting in an account's send stage or gate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from stream.core.calls import Record
 from stream.engine.parts import Parts
 from stream.engine.pipeline import build_client
 from stream.engine.service import Service
+from stream.rules.route import Router
 from tests.support.barrier import JSON_TEXT, TEXT, TIMESTAMPS, TP, encoded
 from tests.support.deadletters import DeadLetterSink
 from tests.support.inprocess import begin, offline_settings
@@ -128,3 +130,47 @@ def test_no_exception_leaves_the_per_record_stage_of_several_accounts(
     assert letters.reasons, "the unreadable record must be dead-lettered"
     assert all(reason.strip() for reason in letters.reasons)
     assert {x.record.account for x in letters.letters} <= {None, "acme", "brand-b", "group"}
+
+
+class HurtingRouter(Router):
+    """An account's event definitions that raise on whatever they read."""
+
+    __slots__ = ()
+
+    def reason_to_skip(self, call: Any) -> str | None:
+        raise ValueError("a rule built to hurt")
+
+
+async def test_an_accounts_rules_that_hurt_cost_only_its_copy() -> None:
+    """Whatever one account's own rules raise on a call (its consent rules, its event
+    definitions) dead-letters that account's copy, with the reason; the other copy goes on."""
+    call = {"type": "track", "messageId": "m-hurt", "timestamp": "2026-03-01T10:00:00Z",
+            "userId": "u-1", "event": "Viewed", "properties": '{"v": "x"}',
+            "context": json.dumps({"groupId": "acme"})}  # fmt: skip
+    value = encoded(call)
+    assert value is not None
+    with tempfile.TemporaryDirectory(prefix="state-") as state:
+        settings = offline_settings(
+            kafka_topics=(TP[0],), accounts_file=str(ACCOUNTS), klaviyo_api_key=None,
+            state_url=f"sqlite:///{state}/state.db",
+        )  # fmt: skip
+        letters = DeadLetterSink()
+        service = Service(settings, source=memory_source(Topics({}), ()), dead_letters=letters)
+        async with build_client(settings) as client:
+            running = service.assemble(client)
+            group = running.parts.accounts["group"]
+            router = group.processor.router
+            fields = {f.name: getattr(router, f.name) for f in dataclasses.fields(router)}
+            group.processor = dataclasses.replace(group.processor, router=HurtingRouter(**fields))
+            try:
+                records = begin(running.parts.ledger, [value], TP)
+                await running.handler.handle(records)
+                lanes = running.parts.accounts["acme"].sender.lanes.values()
+                sent = [r for lane in lanes for b in lane.drain() for r in b.records]
+                await running.parts.ledger.close(timeout=30)
+            finally:
+                for account in running.parts.accounts.values():
+                    account.store.close()
+    assert [letter.record.account for letter in letters.letters] == ["group"]
+    assert "a rule built to hurt" in letters.reasons[0]
+    assert [r.account for r in sent] == ["acme"]
