@@ -89,6 +89,9 @@ class Sendable(Protocol):
     @property
     def group_key(self) -> str: ...
 
+    @property
+    def stamp(self) -> int | None: ...
+
 
 @dataclass(slots=True, eq=False)
 class Item:
@@ -115,6 +118,9 @@ class Item:
     size: int = 0
     group_size: int = 0
     encoded: bytes = b""  # the event's JSON, encoded once: bulk bodies embed it as it is
+    stamp: int | None = None  # the tombstone mark the processing that made it judged against
+    #                           (None: its records' `stamp`); a record processed again after a
+    #                           deletion gets a newer one, what it made before keeps this
 
     def __post_init__(self) -> None:
         # sorting keys changes no length: the key's length is the profile's encoded length
@@ -436,5 +442,13 @@ def _newer(old: Item, new: Item) -> Item:
             merged[key] = value
     return Item(
         new.kind, merged, None, old.records + new.records, person=new.person, label=new.label,
-        meta=new.meta,
+        meta=new.meta, stamp=min(stamp_of(old), stamp_of(new)),
     )
+
+
+def stamp_of(item: Sendable) -> int:
+    """The tombstone mark the work of an item (or action) was judged against: its own, else
+    the lowest of its records'."""
+    if item.stamp is not None:
+        return item.stamp
+    return min(r.stamp for r in item.records)
