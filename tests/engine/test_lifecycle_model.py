@@ -383,23 +383,38 @@ class LifecycleModel(RuleBasedStateMachine):
     # the wire ---------------------------------------------------------------------------------
 
     def _watch(self, arrived: Held, on_the_wire: list[Held]) -> None:
-        """A deletion never meets another request naming its person on the wire: older work is
-        answered before it leaves, newer work waits until it is done (either could make the
-        profile again after it, or be deleted with it). Another deletion of the person (a
-        crashed replica's, still on the wire) makes nothing again: it may."""
+        """A deletion never meets another request naming the profile it deletes on the wire:
+        older work is answered before it leaves, newer work waits until it is done (either
+        could make the profile again after it, or be deleted with it). Another deletion of the
+        person (a crashed replica's, still on the wire) makes nothing again: it may.
+
+        The profile it deletes is what its identifiers name at Klaviyo, not everything the
+        model knows of the person: an email the person called by alone (`identify` by email)
+        is another person in the graph until a call names both, so a delete call naming their
+        userId rightly neither erases it nor waits for its work."""
         if arrived.method != "POST" or arrived.path.rstrip("/") != DELETION:
             return
         who = orjson.loads(arrived.body)["data"]["attributes"]["profile"]["data"]
         named = self._named_in(who.get("id")) | set(who["attributes"].values())
+        named |= self._holders(named)
         names = [n for n, p in PEOPLE.items() if named & {p.user_id, p.email, p.phone}]
         for held in on_the_wire:
             if held.path.rstrip("/") == DELETION:
                 continue
-            found = self._named_in(None, held.body)
-            for name in names:
-                person = PEOPLE[name]
-                if found & {person.user_id, person.email, person.phone}:
-                    self.overlaps.append(f"{name}'s deletion met {held.method} {held.path}")
+            if self._named_in(None, held.body) & named:
+                self.overlaps.append(f"{'/'.join(names)}'s deletion met {held.method} {held.path}")
+
+    def _holders(self, values: set[str]) -> set[str]:
+        """The identifiers of the live sandbox profiles holding any of `values`."""
+        store = self.server.store
+        out: set[str] = set()
+        for value in values:
+            for attribute in ("email", "phone_number", "external_id"):
+                owner = store.owner(attribute, value)
+                if owner is not None:
+                    out |= {v for v in store.profiles[owner].attributes.values()
+                            if isinstance(v, str)}  # fmt: skip
+        return out
 
     def _named_in(self, profile_id: str | None, body: bytes = b"") -> set[str]:
         """Identifier values a request names: the strings of its body, and the identifiers of
