@@ -511,7 +511,7 @@ class LifecycleModel(RuleBasedStateMachine):
             newest = latest.at if latest is not None else since
             if name == "carol" and any(
                 s.kind == "anonymous" and s.ask and s.ask[1] == channel
-                and (s.at > newest or not self._erased_browser(life))
+                and (s.at > newest or not self._erased_browser(lives))
                 for s in self.sent
             ):  # fmt: skip
                 continue  # an anonymous opt-out may or may not have met carol
@@ -530,19 +530,18 @@ class LifecycleModel(RuleBasedStateMachine):
                 f" ({latest.mid if latest else '-'}), Klaviyo holds {holds}"
             )
 
-    def _erased_browser(self, life: Life) -> bool:
-        """Whether the deletion starting `life` erased carol's browser: its delete call named
-        it, or a call of hers before it did. If not, her browser's anonymous calls older than
-        the deletion still go to whoever names the browser next (her comeback included:
-        nothing tells them from hers)."""
+    def _erased_browser(self, lives: list[Life]) -> bool:
+        """Whether the deletion starting the last life erased carol's browser: its delete call
+        named it, or a call of hers since the deletion before it did (an earlier deletion
+        took her browser with it; a call naming it since is what made it hers again). If not,
+        her browser's anonymous calls older than the deletion (and newer than the one that last
+        erased the browser) still go to whoever names the browser next (her comeback
+        included: nothing tells them from hers)."""
+        life = lives[-1]
         deletion = life.deletion
         if deletion is None:
             return False
-        return deletion.device is not None or any(
-            s.person == "carol" and s.device and s.offset < deletion.offset
-            and s.partition == deletion.partition
-            for s in self.sent
-        )  # fmt: skip
+        return deletion.device is not None or any(s.device for s in lives[-2].calls)
 
     def latest_traits_hold(
         self, name: str, person: Person, lives: list[Life], klaviyo: Klaviyo
