@@ -377,11 +377,26 @@ async def settle(
             if len(busy) <= wire.waiting:
                 return
         if time.monotonic() > deadline:
-            raise AssertionError(f"the pipeline did not settle: {busy}, {pending}")
+            where = [_waits_at(t) for t in busy]
+            raise AssertionError(
+                f"the pipeline did not settle: {len(busy)} tasks busy, {wire.waiting} requests"
+                f" held for them; they wait at {where}; Klaviyo tasks pending: {pending}"
+            )
         if busy:
             await asyncio.wait(busy, timeout=0.005)
         else:
             await asyncio.sleep(0.001)  # the sandbox's scheduler: deletions and merges due
+
+
+def _waits_at(task: asyncio.Task[Any]) -> str:
+    """Where a task waits: the innermost coroutines of its await chain."""
+    coro: Any = task.get_coro()
+    chain: list[str] = []
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        code = coro.cr_frame.f_code
+        chain.append(f"{code.co_name} ({Path(code.co_filename).name}:{coro.cr_frame.f_lineno})")
+        coro = coro.cr_await
+    return " < ".join(reversed(chain[-3:])) or repr(task)
 
 
 async def run_dry(
