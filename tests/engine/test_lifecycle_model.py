@@ -166,6 +166,7 @@ class LifecycleModel(RuleBasedStateMachine):
         self.overlaps: list[str] = []  # deletions that met other work of their person
         url = self.loop.run_until_complete(self.server.start())
         self.settings = lifecycle_settings(url, state_url, deletion_settle_seconds=SETTLE)
+        self.wire.most = self.settings.klaviyo_max_in_flight - 1
         self.topic = Topic(PARTITIONS)
         self.clock = Clock()
         self.letters: list[Letter] = []
