@@ -39,7 +39,9 @@ class Record:
     dead-lettered or cancelled (its message id is then never remembered as delivered);
     `waiting` holds later copies of its message id that finish with it. `stamp` is the
     tombstone mark it was judged against when processed (or adopted: a released held call),
-    `called_at` its call's time for ordering (`stream.identity.erasure`).
+    `called_at` its call's time for ordering (`stream.identity.erasure`); `again` the mark
+    at which it was last sent to be processed anew (it raced a deletion): what it made before
+    is void.
 
     With an accounts file (`stream.accounts`), `account` names the account it goes to (None:
     not routed yet, or the single account of a deployment without one). A record going to
@@ -63,6 +65,7 @@ class Record:
     waiting: list[Record] | None = None
     stamp: int = 0
     called_at: float = 0.0
+    again: int = 0
     account: str | None = None
     parent: Record | None = None
     redact_as: str | None = None

@@ -74,6 +74,7 @@ class Action:
     ready_at: float = 0.0
     round: int = 0
     found: int = 0
+    stamp: int | None = None  # the tombstone mark its record was judged against (`Item.stamp`)
 
     def __post_init__(self) -> None:
         if not self.group_key:  # the request it can share: same list, same kind of import

@@ -89,6 +89,9 @@ class Sendable(Protocol):
     @property
     def group_key(self) -> str: ...
 
+    @property
+    def stamp(self) -> int | None: ...
+
 
 @dataclass(slots=True, eq=False)
 class Item:
@@ -115,6 +118,9 @@ class Item:
     size: int = 0
     group_size: int = 0
     encoded: bytes = b""  # the event's JSON, encoded once: bulk bodies embed it as it is
+    stamp: int | None = None  # the tombstone mark the processing that made it judged against
+    #                           (None: its records' `stamp`); a record processed again after a
+    #                           deletion gets a newer one, what it made before keeps this
 
     def __post_init__(self) -> None:
         # sorting keys changes no length: the key's length is the profile's encoded length
@@ -253,6 +259,7 @@ class Lane:
         self._full: deque[Batch] = deque()
         self._unique: dict[tuple[str, str, str], Item] = {}  # the open batch's unique_ids
         self._queued: dict[str, tuple[Batch, Item]] = {}  # upsert keys waiting in a batch
+        self._keys: dict[int, tuple[str, ...]] = {}  # id(queued upsert) -> the keys it holds
         self._in_flight: dict[str, int] = {}  # upsert keys being sent (how many batches)
         self._flying: dict[int, list[str]] = {}  # id(batch) -> the upsert keys it carries
         self._parked: list[Item] = []  # upserts waiting for an answer, in arrival order
@@ -280,7 +287,11 @@ class Lane:
                 if fits and old.meta is None and item.meta is None:
                     new = _newer(old, item)
                     waiting.replace(index, new)
-                    for key in (*upsert_keys(old), *keys):
+                    # every key `old` held (its person's too, when the person id changed)
+                    before = self._keys.pop(id(old), None) or upsert_keys(old)
+                    held = tuple(dict.fromkeys((*before, *keys)))
+                    self._keys[id(new)] = held
+                    for key in held:
                         self._queued[key] = (waiting, new)
                 else:  # cannot be folded into that request: it follows it
                     self._park(item)
@@ -306,7 +317,8 @@ class Lane:
         batch.put(item)
         self.items += 1
         if item.person is not None:
-            for key in upsert_keys(item):
+            self._keys[id(item)] = upsert_keys(item)
+            for key in self._keys[id(item)]:
                 self._queued[key] = (batch, item)
         if twin_key is not None:
             self._unique[twin_key] = item
@@ -369,7 +381,8 @@ class Lane:
             return None
         self.items -= len(batch.items)
         if batch.persons:
-            flying = [key for item in batch.items for key in upsert_keys(item)]
+            flying = [key for item in batch.items
+                      for key in self._keys.pop(id(item), None) or upsert_keys(item)]  # fmt: skip
             for key in flying:
                 self._queued.pop(key, None)
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
@@ -436,5 +449,13 @@ def _newer(old: Item, new: Item) -> Item:
             merged[key] = value
     return Item(
         new.kind, merged, None, old.records + new.records, person=new.person, label=new.label,
-        meta=new.meta,
+        meta=new.meta, stamp=min(stamp_of(old), stamp_of(new)),
     )
+
+
+def stamp_of(item: Sendable) -> int:
+    """The tombstone mark the work of an item (or action) was judged against: its own, else
+    the lowest of its records'."""
+    if item.stamp is not None:
+        return item.stamp
+    return min(r.stamp for r in item.records)

@@ -75,6 +75,7 @@ class Gate:
         self._held: list[tuple[set[str], list[Item], list[Action]]] = []  # after erasures
         self._calls: list[tuple[set[str], Callable[[], None]]] = []  # processed again after
         self._started: dict[str, float] = {}  # erasure -> when its deletion came here
+        self._chains: dict[str, int] = {}  # erasure -> its deletions followed here, unfinished
 
     # in --------------------------------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class Gate:
             self._before[id(record)] = action.after
         if action.kind == "deletion" and action.erasure is not None:
             self._started.setdefault(action.erasure, self._clock())
+            self._chains[action.erasure] = self._chains.get(action.erasure, 0) + 1
         keys = _keys(action)
         self._keys[id(action)] = keys
         for key in keys:
@@ -174,6 +176,8 @@ class Gate:
         erasures stay PENDING for the partition's next owner."""
         for item in items:
             if isinstance(item, Action):
+                if item.erasure is not None:
+                    self._last_of(item.erasure)  # that deletion ends here, undecided
                 self._done(item)
             else:
                 self._count_down(item)
@@ -225,12 +229,14 @@ class Gate:
         """A deletion or confirmation was answered: what comes next for its erasure."""
         assert action.erasure is not None
         if not ok:
-            gone.append(action.erasure)
+            if self._last_of(action.erasure):
+                gone.append(action.erasure)
             if action.kind == "confirm":
                 metrics.DELETIONS.labels("not_confirmed").inc()
             return
         if action.kind == "confirm" and not action.found:
-            done.append(action.erasure)
+            if self._last_of(action.erasure):
+                done.append(action.erasure)
             metrics.DELETIONS.labels("confirmed").inc()
             return
         record = action.records[0]
@@ -240,6 +246,19 @@ class Gate:
             erasure=action.erasure, lookups=action.lookups, person_ids=action.person_ids,
             ready_at=self._clock() + self._settle, round=action.round + 1,
         ))  # fmt: skip
+
+    def _last_of(self, erasure_id: str) -> bool:
+        """One deletion of this erasure ended (with its confirmations): whether it was the
+        last one followed here. A delete call read again (a revoke, a re-read before its
+        first deletion was confirmed) starts another; the erasure stays open, and the calls
+        of a comeback waiting, until that one is confirmed too (else they would land on the
+        profile its confirmation then deletes)."""
+        left = self._chains.get(erasure_id, 0) - 1
+        if left > 0:
+            self._chains[erasure_id] = left
+            return False
+        self._chains.pop(erasure_id, None)
+        return True
 
     # polling ---------------------------------------------------------------------------------
 

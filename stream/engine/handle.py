@@ -306,7 +306,10 @@ class Handler:
         gen = record.generation
         quiet = gen.quiet_until if isinstance(gen, Generation) else 0.0
         ledger.expect(record, len(result.actions) + len(result.items) + len(result.failures))
+        for item in result.items:  # made by this processing of it (`Item.stamp`)
+            item.stamp = record.stamp
         for action in result.actions:  # before the record's items: list changes count them
+            action.stamp = record.stamp
             if quiet > action.ready_at:
                 action.ready_at = quiet
             if not waits:

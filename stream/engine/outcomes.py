@@ -23,7 +23,7 @@ from stream.core.errors import (
 )
 from stream.core.retry import until_available
 from stream.delivery.actions import ActionBatch
-from stream.delivery.batch import Batch, Sendable
+from stream.delivery.batch import Batch, Sendable, stamp_of
 from stream.delivery.deliver import Settlement
 from stream.engine.handle import internal
 from stream.engine.parts import STATE, AccountParts, Parts
@@ -119,13 +119,16 @@ class Outcomes:
         erasure = account.processor.erasure
         if erasure is None or batch.kind in QUIET or not batch.items:
             return batch
-        if min(r.stamp for item in batch.items for r in item.records) >= mark:
+        if min(stamp_of(item) for item in batch.items) >= mark:
             return batch  # the usual batch: nothing was deleted since its work began
         caught: list[Sendable] = []
         for item in batch.items:
-            if all(r.stamp >= mark for r in item.records):
+            stamp = stamp_of(item)
+            if stamp >= mark:
                 continue
-            judge = partial(erasure.late, item.records, profile_identifiers(item.profile), mark)
+            judge = partial(
+                erasure.late, item.records, profile_identifiers(item.profile), mark, stamp
+            )
             verdict = await until_available(
                 judge, STATE, waiting=parts.health.waiting, stop=parts.stop.asked
             )
@@ -133,6 +136,9 @@ class Outcomes:
                 continue
             caught.append(item)
             for record in verdict.newer:  # it raced the deletion: processed again after it
+                if record.again > stamp:
+                    continue  # already sent to be processed anew: what it made before is void
+                record.again = mark
                 parts.ledger.expect(record)
                 waits = tuple(verdict.waits)
                 account.gate.hold_call(waits, partial(self._again, record))

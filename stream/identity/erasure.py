@@ -167,12 +167,12 @@ class Erasure:
         return refuse
 
     def late(
-        self, records: Sequence[Record], identifiers: Sequence[Identifier], mark: int
+        self, records: Sequence[Record], identifiers: Sequence[Identifier], mark: int,
+        stamp: int,
     ) -> Caught | None:
-        """Work about to leave whose records were stamped before a deletion (up to `mark`) of
-        one of these identifiers: which of them are older than it (drop) and which newer
-        (process again after it); None when nothing was deleted since they were stamped."""
-        stamp = min(r.stamp for r in records)
+        """Work about to leave, made under tombstone mark `stamp`, before a deletion (up to
+        `mark`) of one of these identifiers: which of its records are older than it (drop) and
+        which newer (process again after it); None when nothing was deleted since."""
         if stamp >= mark or not identifiers:
             return None
         rows = self.tombstones.of(identifiers)

@@ -166,6 +166,7 @@ class LifecycleModel(RuleBasedStateMachine):
         self.overlaps: list[str] = []  # deletions that met other work of their person
         url = self.loop.run_until_complete(self.server.start())
         self.settings = lifecycle_settings(url, state_url, deletion_settle_seconds=SETTLE)
+        self.wire.most = self.settings.klaviyo_max_in_flight - 1
         self.topic = Topic(PARTITIONS)
         self.clock = Clock()
         self.letters: list[Letter] = []
@@ -383,23 +384,38 @@ class LifecycleModel(RuleBasedStateMachine):
     # the wire ---------------------------------------------------------------------------------
 
     def _watch(self, arrived: Held, on_the_wire: list[Held]) -> None:
-        """A deletion never meets another request naming its person on the wire: older work is
-        answered before it leaves, newer work waits until it is done (either could make the
-        profile again after it, or be deleted with it). Another deletion of the person (a
-        crashed replica's, still on the wire) makes nothing again: it may."""
+        """A deletion never meets another request naming the profile it deletes on the wire:
+        older work is answered before it leaves, newer work waits until it is done (either
+        could make the profile again after it, or be deleted with it). Another deletion of the
+        person (a crashed replica's, still on the wire) makes nothing again: it may.
+
+        The profile it deletes is what its identifiers name at Klaviyo, not everything the
+        model knows of the person: an email the person called by alone (`identify` by email)
+        is another person in the graph until a call names both, so a delete call naming their
+        userId rightly neither erases it nor waits for its work."""
         if arrived.method != "POST" or arrived.path.rstrip("/") != DELETION:
             return
         who = orjson.loads(arrived.body)["data"]["attributes"]["profile"]["data"]
         named = self._named_in(who.get("id")) | set(who["attributes"].values())
+        named |= self._holders(named)
         names = [n for n, p in PEOPLE.items() if named & {p.user_id, p.email, p.phone}]
         for held in on_the_wire:
             if held.path.rstrip("/") == DELETION:
                 continue
-            found = self._named_in(None, held.body)
-            for name in names:
-                person = PEOPLE[name]
-                if found & {person.user_id, person.email, person.phone}:
-                    self.overlaps.append(f"{name}'s deletion met {held.method} {held.path}")
+            if self._named_in(None, held.body) & named:
+                self.overlaps.append(f"{'/'.join(names)}'s deletion met {held.method} {held.path}")
+
+    def _holders(self, values: set[str]) -> set[str]:
+        """The identifiers of the live sandbox profiles holding any of `values`."""
+        store = self.server.store
+        out: set[str] = set()
+        for value in values:
+            for attribute in ("email", "phone_number", "external_id"):
+                owner = store.owner(attribute, value)
+                if owner is not None:
+                    out |= {v for v in store.profiles[owner].attributes.values()
+                            if isinstance(v, str)}  # fmt: skip
+        return out
 
     def _named_in(self, profile_id: str | None, body: bytes = b"") -> set[str]:
         """Identifier values a request names: the strings of its body, and the identifiers of
@@ -496,7 +512,7 @@ class LifecycleModel(RuleBasedStateMachine):
             newest = latest.at if latest is not None else since
             if name == "carol" and any(
                 s.kind == "anonymous" and s.ask and s.ask[1] == channel
-                and (s.at > newest or not self._erased_browser(life))
+                and (s.at > newest or not self._erased_browser(lives))
                 for s in self.sent
             ):  # fmt: skip
                 continue  # an anonymous opt-out may or may not have met carol
@@ -515,19 +531,18 @@ class LifecycleModel(RuleBasedStateMachine):
                 f" ({latest.mid if latest else '-'}), Klaviyo holds {holds}"
             )
 
-    def _erased_browser(self, life: Life) -> bool:
-        """Whether the deletion starting `life` erased carol's browser: its delete call named
-        it, or a call of hers before it did. If not, her browser's anonymous calls older than
-        the deletion still go to whoever names the browser next (her comeback included:
-        nothing tells them from hers)."""
+    def _erased_browser(self, lives: list[Life]) -> bool:
+        """Whether the deletion starting the last life erased carol's browser: its delete call
+        named it, or a call of hers since the deletion before it did (an earlier deletion
+        took her browser with it; a call naming it since is what made it hers again). If not,
+        her browser's anonymous calls older than the deletion (and newer than the one that last
+        erased the browser) still go to whoever names the browser next (her comeback
+        included: nothing tells them from hers)."""
+        life = lives[-1]
         deletion = life.deletion
         if deletion is None:
             return False
-        return deletion.device is not None or any(
-            s.person == "carol" and s.device and s.offset < deletion.offset
-            and s.partition == deletion.partition
-            for s in self.sent
-        )  # fmt: skip
+        return deletion.device is not None or any(s.device for s in lives[-2].calls)
 
     def latest_traits_hold(
         self, name: str, person: Person, lives: list[Life], klaviyo: Klaviyo

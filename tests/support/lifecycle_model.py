@@ -85,11 +85,14 @@ class Held:
 
 class Wire:
     """Holds the next `stalls` API requests: each is answered when released, in any order
-    (the sandbox then applies it, whether or not its client is still there). `watch` sees
-    every API request as it arrives, with those still on the wire."""
+    (the sandbox then applies it, whether or not its client is still there), at most `most` at
+    once: a replica keeps `KLAVIYO_MAX_IN_FLIGHT` requests on the wire, and a delivery waiting
+    for a slot behind held requests would look like a hang to `settle`. `watch` sees every API
+    request as it arrives, with those still on the wire."""
 
     def __init__(self) -> None:
         self.stalls = 0
+        self.most = 1_000  # held at once (see the class)
         self.held: list[Held] = []
         self.watch: Callable[[Held, list[Held]], None] | None = None
 
@@ -100,7 +103,7 @@ class Wire:
             arrived = Held(request.method, request.path, body)
             if self.watch is not None:
                 self.watch(arrived, list(self.held))
-            if self.stalls > 0:
+            if self.stalls > 0 and len(self.held) < self.most:
                 self.stalls -= 1
                 self.held.append(arrived)
                 await arrived.go.wait()
@@ -243,6 +246,7 @@ class Replica:
         account.deliverer = Deliverer(
             self._client, governor=Governor({}), retry=RetryPolicy(0.01, max_attempts=3),
             same_person=account.processor.identity.same_person,
+            max_in_flight=settings.klaviyo_max_in_flight,
             confirm_rounds=settings.deletion_confirm_rounds,
             stale_subscribe_seconds=settings.stale_subscribe_seconds,
         )  # fmt: skip
@@ -377,11 +381,26 @@ async def settle(
             if len(busy) <= wire.waiting:
                 return
         if time.monotonic() > deadline:
-            raise AssertionError(f"the pipeline did not settle: {busy}, {pending}")
+            where = [_waits_at(t) for t in busy]
+            raise AssertionError(
+                f"the pipeline did not settle: {len(busy)} tasks busy, {wire.waiting} requests"
+                f" held for them; they wait at {where}; Klaviyo tasks pending: {pending}"
+            )
         if busy:
             await asyncio.wait(busy, timeout=0.005)
         else:
             await asyncio.sleep(0.001)  # the sandbox's scheduler: deletions and merges due
+
+
+def _waits_at(task: asyncio.Task[Any]) -> str:
+    """Where a task waits: the innermost coroutines of its await chain."""
+    coro: Any = task.get_coro()
+    chain: list[str] = []
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        code = coro.cr_frame.f_code
+        chain.append(f"{code.co_name} ({Path(code.co_filename).name}:{coro.cr_frame.f_lineno})")
+        coro = coro.cr_await
+    return " < ".join(reversed(chain[-3:])) or repr(task)
 
 
 async def run_dry(
