@@ -25,6 +25,7 @@ from tests.support.lifecycle_model import (
     lifecycle_settings,
     run_dry,
     settle,
+    state_url_for,
 )
 
 SETTLE = 1.0
@@ -34,10 +35,7 @@ SETTLE = 1.0
 async def test_a_comeback_waits_for_the_deletion_a_reread_delete_call_started(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    state_url = (
-        f"sqlite:///{tmp_path}/state.db" if backend == "sqlite"
-        else str(request.getfixturevalue("clean_redis_url"))
-    )  # fmt: skip
+    state_url = state_url_for(backend, tmp_path, request)
     config = SandboxConfig(
         rate_limits=False, merge_delay_seconds=0, deletion_delay_seconds=0,
         job_delay_seconds=3600, lists=(SeedList("L1", "Newsletter"),),

@@ -27,6 +27,7 @@ from tests.support.lifecycle_model import (
     lifecycle_settings,
     run_dry,
     settle,
+    state_url_for,
 )
 
 CAROL = ("u-carol", "carol@example.com", "+14155550103")
@@ -36,10 +37,7 @@ CAROL = ("u-carol", "carol@example.com", "+14155550103")
 async def test_work_of_a_record_processed_anew_never_outlives_the_deletion(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    state_url = (
-        f"sqlite:///{tmp_path}/state.db" if backend == "sqlite"
-        else str(request.getfixturevalue("clean_redis_url"))
-    )  # fmt: skip
+    state_url = state_url_for(backend, tmp_path, request)
     config = SandboxConfig(rate_limits=False, deletion_delay_seconds=0, job_delay_seconds=3600)
     async with SandboxServer(config) as server:
         settings = lifecycle_settings(server.url, state_url, deletion_settle_seconds=1.0)

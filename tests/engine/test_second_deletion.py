@@ -20,6 +20,7 @@ from tests.support.lifecycle_model import (
     call,
     lifecycle_settings,
     run_dry,
+    state_url_for,
 )
 
 ANN = {"userId": "u-1", "traits": {"email": "ann@example.com"}}
@@ -29,10 +30,7 @@ ANN = {"userId": "u-1", "traits": {"email": "ann@example.com"}}
 async def test_a_second_deletion_stamped_before_the_first_erases_the_comeback(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    state_url = (
-        f"sqlite:///{tmp_path}/state.db" if backend == "sqlite"
-        else str(request.getfixturevalue("clean_redis_url"))
-    )  # fmt: skip
+    state_url = state_url_for(backend, tmp_path, request)
     config = SandboxConfig(rate_limits=False, deletion_delay_seconds=0, job_delay_seconds=3600)
     async with SandboxServer(config) as server:
         settings = lifecycle_settings(server.url, state_url, deletion_settle_seconds=1.0)

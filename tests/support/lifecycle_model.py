@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from confluent_kafka import Message
 from pydantic import SecretStr
@@ -447,6 +448,13 @@ async def one_replica(
 async def drain(replica: Replica, server: SandboxServer) -> None:
     """`run_dry` for a replica alone, nothing kept on the wire."""
     await run_dry(replica, [replica], Wire(), server, replica.clock)
+
+
+def state_url_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh state store of `backend` ("sqlite" or "redis") for one test."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    return str(request.getfixturevalue("clean_redis_url"))
 
 
 def lifecycle_settings(sandbox_url: str, state_url: str, **extra: Any) -> Settings:
