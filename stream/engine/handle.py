@@ -103,13 +103,8 @@ class Handler:
                         reasons[call.type, route.reason or ""] += 1
                         ledger.processed(record, Outcome.FILTERED)
                         continue
-            except (ConfigError, FatalDeliveryError):
-                raise
-            except RecordError as exc:
-                ledger.reject(record, exc, exc.stage)
-                continue
             except Exception as exc:  # the per-record barrier: a record built to hurt
-                ledger.reject(record, internal(exc), "decode")
+                self._refuse(record, exc, "decode")
                 continue
             routed.append((call, record, route))
         for call_type, count in types.items():
@@ -137,13 +132,8 @@ class Handler:
                 call = decoder.decode(record.value, record.headers)
                 types[call.type] += 1
                 decision = router.route(record.topic, record.headers, call)
-            except (ConfigError, FatalDeliveryError):
-                raise
-            except RecordError as exc:
-                ledger.reject(record, exc, exc.stage)
-                continue
             except Exception as exc:  # the per-record barrier: a record built to hurt
-                ledger.reject(record, internal(exc), "decode")
+                self._refuse(record, exc, "decode")
                 continue
             routes = decision.routes
             if not routes:
@@ -160,11 +150,8 @@ class Handler:
                 copy.message_id = call.message_id
                 try:
                     route = account.processor.route(call)
-                except RecordError as exc:
-                    ledger.reject(copy, exc, exc.stage)
-                    continue
                 except Exception as exc:  # the barrier, per copy: its account's rules
-                    ledger.reject(copy, internal(exc), "route")
+                    self._refuse(copy, exc, "route")
                     continue
                 if route.filtered:
                     reasons[call.type, route.reason or ""] += 1
@@ -178,6 +165,16 @@ class Handler:
         for (name, how), count in vias.items():
             metrics.RECORDS_ROUTED.labels(name, how).inc(count)
         return groups
+
+    def _refuse(self, record: Record, exc: Exception, stage: str) -> None:
+        """The per-record barrier's verdict: a record's own error (or anything unexpected, at
+        `stage`) dead-letters it; a setup or fatal delivery error stops the run."""
+        if isinstance(exc, (ConfigError, FatalDeliveryError)):
+            raise exc
+        if isinstance(exc, RecordError):
+            self._parts.ledger.reject(record, exc, exc.stage)
+        else:
+            self._parts.ledger.reject(record, internal(exc), stage)
 
     def _copies(self, record: Record, names: tuple[str, ...]) -> list[Record]:
         """The record itself for one account; a copy per account for several, whose dead
@@ -285,12 +282,10 @@ class Handler:
     ) -> Result | None:
         try:
             return account.processor.process(call, record, route)
-        except (Unavailable, ConfigError, FatalDeliveryError):
-            raise
-        except RecordError as exc:
-            self._parts.ledger.reject(record, exc, exc.stage)
+        except Unavailable:
+            raise  # a dependency: waited out by the caller
         except Exception as exc:  # the per-record barrier
-            self._parts.ledger.reject(record, internal(exc), "process")
+            self._refuse(record, exc, "process")
         return None
 
     def _dispatch(self, account: AccountParts, record: Record, result: Result) -> None:

@@ -9,9 +9,11 @@ one of its copies waiting in an account's send stage or gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from stream.core.calls import Record
 from stream.engine.parts import Parts
 from stream.engine.pipeline import build_client
-from stream.engine.service import Service
+from stream.engine.service import Running, Service
 from stream.rules.route import Router
 from tests.support.barrier import JSON_TEXT, TEXT, TIMESTAMPS, TP, encoded
 from tests.support.deadletters import DeadLetterSink
@@ -81,9 +83,10 @@ CALLS = st.fixed_dictionaries(
 )
 
 
-async def run_stage(values: list[bytes]) -> tuple[Parts, list[Record], DeadLetterSink]:
-    """The per-record stage of a three-account service over `values` (each account's own
-    SQLite store in a fresh folder); the ledger closed after (dead letters written)."""
+@contextlib.asynccontextmanager
+async def three_accounts() -> AsyncIterator[tuple[Running, DeadLetterSink]]:
+    """A three-account service's run, assembled and not started (each account's own SQLite
+    store in a fresh folder, closed after)."""
     with tempfile.TemporaryDirectory(prefix="state-") as state:
         settings = offline_settings(
             kafka_topics=(TP[0],), accounts_file=str(ACCOUNTS), klaviyo_api_key=None,
@@ -94,13 +97,20 @@ async def run_stage(values: list[bytes]) -> tuple[Parts, list[Record], DeadLette
         async with build_client(settings) as client:
             running = service.assemble(client)
             try:
-                records = begin(running.parts.ledger, values, TP)
-                await running.handler.handle(records)
-                await running.parts.ledger.close(timeout=30)
+                yield running, letters
             finally:
                 for account in running.parts.accounts.values():
                     account.store.close()
-        return running.parts, records, letters
+
+
+async def run_stage(values: list[bytes]) -> tuple[Parts, list[Record], DeadLetterSink]:
+    """The per-record stage of a three-account service over `values`; the ledger closed after
+    (dead letters written)."""
+    async with three_accounts() as (running, letters):
+        records = begin(running.parts.ledger, values, TP)
+        await running.handler.handle(records)
+        await running.parts.ledger.close(timeout=30)
+    return running.parts, records, letters
 
 
 @given(st.lists(CALLS, min_size=1, max_size=8))
@@ -149,28 +159,16 @@ async def test_an_accounts_rules_that_hurt_cost_only_its_copy() -> None:
             "context": json.dumps({"groupId": "acme"})}  # fmt: skip
     value = encoded(call)
     assert value is not None
-    with tempfile.TemporaryDirectory(prefix="state-") as state:
-        settings = offline_settings(
-            kafka_topics=(TP[0],), accounts_file=str(ACCOUNTS), klaviyo_api_key=None,
-            state_url=f"sqlite:///{state}/state.db",
-        )  # fmt: skip
-        letters = DeadLetterSink()
-        service = Service(settings, source=memory_source(Topics({}), ()), dead_letters=letters)
-        async with build_client(settings) as client:
-            running = service.assemble(client)
-            group = running.parts.accounts["group"]
-            router = group.processor.router
-            fields = {f.name: getattr(router, f.name) for f in dataclasses.fields(router)}
-            group.processor = dataclasses.replace(group.processor, router=HurtingRouter(**fields))
-            try:
-                records = begin(running.parts.ledger, [value], TP)
-                await running.handler.handle(records)
-                lanes = running.parts.accounts["acme"].sender.lanes.values()
-                sent = [r for lane in lanes for b in lane.drain() for r in b.records]
-                await running.parts.ledger.close(timeout=30)
-            finally:
-                for account in running.parts.accounts.values():
-                    account.store.close()
+    async with three_accounts() as (running, letters):
+        group = running.parts.accounts["group"]
+        router = group.processor.router
+        fields = {f.name: getattr(router, f.name) for f in dataclasses.fields(router)}
+        group.processor = dataclasses.replace(group.processor, router=HurtingRouter(**fields))
+        records = begin(running.parts.ledger, [value], TP)
+        await running.handler.handle(records)
+        lanes = running.parts.accounts["acme"].sender.lanes.values()
+        sent = [r for lane in lanes for b in lane.drain() for r in b.records]
+        await running.parts.ledger.close(timeout=30)
     assert [letter.record.account for letter in letters.letters] == ["group"]
     assert "a rule built to hurt" in letters.reasons[0]
     assert [r.account for r in sent] == ["acme"]

@@ -29,7 +29,7 @@ from stream.ops.replay import replayed_headers
 from stream.telemetry import metrics
 from tests.support import service_settings, wait_until
 from tests.support.destination import write_yaml
-from tests.support.inprocess import all_committed, publish_calls, serving
+from tests.support.inprocess import InProcess, all_committed, publish_calls, serving
 from tests.support.source import Topics
 
 TOPIC = "calls"
@@ -129,6 +129,14 @@ async def produce_paced(
         sent[call["messageId"]] = time.monotonic()
         if n % 30 == 29:
             await asyncio.sleep(0.05)
+
+
+def taken(run: InProcess) -> bool:
+    """Brand-a's lanes hold no batch waiting to be taken (what is read goes out on its own)."""
+    running = run.service.running
+    assert running is not None
+    lanes = running.parts.accounts["brand-a"].sender.lanes.values()
+    return all(lane.next_batch is None for lane in lanes)
 
 
 def p99(latencies: list[float]) -> float:
@@ -271,7 +279,7 @@ async def test_a_persons_profile_snapshots_land_in_order_across_a_parked_spell(
                 topics.produce(TOPIC, ENCODER.encode(call), b"u1",
                                headers=[("klaviyo-account", b"brand-a")])  # fmt: skip
                 await wait_until(lambda n=n: run.service.result.consumed > n, what="read")
-                await asyncio.sleep(0.05)  # a batch of its own, kept behind the one before
+                await wait_until(lambda: taken(run), what="its batch taken")  # one each
             await wait_until(lambda: parked("brand-a") > 0, what="parked")
             brand_a.revoked = False
             await wait_until(lambda: all_committed(topics, TOPIC), what="the snapshots")

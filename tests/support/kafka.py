@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.local.kafka import LocalKafka
+from tests.support import poll_until
 
 TopicFactory = Callable[..., str]
 
@@ -118,11 +118,7 @@ def _ask_controller(directory: Path, timeout: float = 180) -> str:
     """A worker's side: ask for the shared broker and wait for its address."""
     (directory / _REQUEST).touch()
     address = directory / _ADDRESS
-    deadline = time.monotonic() + timeout
-    while not address.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no shared Kafka broker after {timeout} s")
-        time.sleep(0.05)
+    poll_until(address.exists, timeout=timeout, what="the shared Kafka broker", poll=0.05)
     answer = json.loads(address.read_text())
     if "error" in answer:
         raise RuntimeError(f"the shared Kafka broker did not start: {answer['error']}")
@@ -185,16 +181,15 @@ def make_topic_factory(bootstrap: str, request: pytest.FixtureRequest) -> TopicF
 
 def wait_for_leaders(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
     """Wait until metadata shows every partition of `topic` with a leader."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def led() -> bool:
         meta = admin.list_topics(topic=topic, timeout=5).topics.get(topic)
-        if (
+        return (
             meta is not None
             and meta.error is None
             and len(meta.partitions) == partitions
             and all(p.leader >= 0 for p in meta.partitions.values())
-        ):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"topic {topic} has no leader for every partition after {timeout} s")
+        )
+
+    poll_until(led, timeout=timeout, what=f"a leader for every partition of {topic}", poll=0.05)
 
